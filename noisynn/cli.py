@@ -1,0 +1,31 @@
+"""``noisynn <experiment> [flags]``: one console script for every experiment."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> module under noisynn.experiments; each has main(argv) -> exit code.
+EXPERIMENTS = {
+    "sweep": "sweep",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: noisynn <experiment> [flags]   (noisynn <experiment> --help for its flags)\n\nexperiments:")
+        for name in EXPERIMENTS:
+            print(f"  {name}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in EXPERIMENTS:
+        sys.stderr.write(f"noisynn: error: unknown experiment '{name}'; known: {', '.join(EXPERIMENTS)}\n")
+        return 2
+    module = importlib.import_module(f"noisynn.experiments.{EXPERIMENTS[name]}")
+    sys.argv[0] = f"noisynn {name}"
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Start of every experiment: parse-time checks, then model, text and run folder, in that order.
+
+Everything that can be wrong with the user's input is checked before the run folder is
+touched, so a bad invocation never damages an existing run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .corpus import Text, load_text
+from .evaluation import tokenize
+from .models import LoadedModel, load_model, resolve_device, resolve_dtype
+from .options import check_noise_args, config_of, default_out, load_plugins
+from .results import LEADING_COLUMNS, RunFolder
+
+
+@dataclass
+class Context:
+    args: object
+    experiment: str
+    lm: LoadedModel
+    text: Text
+    eval_ids: torch.Tensor
+    folder: RunFolder
+    done_rows: list = field(default_factory=list)
+
+
+def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[str] = ("sigma", "trial"),
+          extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True) -> Context:
+    """Check flags, load plugins, model and text, then open (or resume) the run folder."""
+    if getattr(args, "plugin", None):
+        load_plugins(args.plugin)
+    if noise:
+        check_noise_args(args)
+    resolve_dtype(args.dtype, resolve_device(args.device))  # fail before the slow load
+    args.out = args.out or default_out(experiment)
+    columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
+    folder = RunFolder(args.out, columns, key)
+    config = {"experiment": experiment, **config_of(args)}
+    text = load_text(args.text_file, args.dataset)
+    lm = load_model(args.model, args.device, args.dtype)
+    folder.check(config)
+    eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
+    if eval_ids.numel() - 1 < args.eval_tokens:
+        from .errors import NoisyNNError
+        raise NoisyNNError(f"the text has only {eval_ids.numel() - 1} scorable tokens, fewer than "
+                           f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
+    done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **(meta or {})})
+    return Context(args, experiment, lm, text, eval_ids, folder, done)

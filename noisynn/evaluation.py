@@ -1,0 +1,279 @@
+"""Metrics: perplexity and bits per byte, next-token entropy, generation, diversity, repetition.
+
+Perplexity is exp of the mean next-token negative log-likelihood (NLL, nats) over the scored
+tokens; bits per byte = total NLL / ln 2 / UTF-8 bytes of the scored text, comparable across
+tokenizers. Entropy is H = -sum_i p_i log2 p_i of the model's next-token distribution, in bits.
+Non-finite logits (heavy-tailed noise produces them) give inf/nan metrics and ``finite=False``
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class PerplexityResult:
+    """Perplexity over ``n_tokens`` scored tokens (``float(result)`` is the perplexity)."""
+
+    perplexity: float
+    nll: float  # mean NLL per token, nats
+    bits_per_byte: float
+    n_tokens: int
+    n_bytes: int
+    finite: bool
+
+    def __float__(self) -> float:
+        return self.perplexity
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def tokenize(tokenizer, text: str | torch.Tensor, max_tokens: int | None = None) -> torch.Tensor:
+    """1-D token ids of ``text`` (a tensor passes through), cut to ``max_tokens + 1`` ids."""
+    ids = text if isinstance(text, torch.Tensor) else torch.tensor(
+        tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    ids = ids.flatten()
+    if max_tokens is not None:
+        ids = ids[: max_tokens + 1]
+    return ids
+
+
+@torch.inference_mode()
+def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, *, max_length: int = 512,
+                       stride: int | None = None, batch_size: int = 4, max_tokens: int | None = None) -> PerplexityResult:
+    """Perplexity of ``text`` with sliding windows of ``max_length`` tokens moved by ``stride``.
+
+    Every token after the first is scored exactly once; with ``stride < max_length`` each
+    window re-reads ``max_length - stride`` tokens of context. ``max_tokens`` caps the number
+    of scored tokens. Windows of equal length run as one batch of up to ``batch_size``.
+    """
+    device = device or _device_of(model)
+    stride = stride or max_length
+    if not 0 < stride <= max_length:
+        raise ValueError(f"stride must be in (0, max_length], got {stride}")
+    ids = tokenize(tokenizer, text, max_tokens)
+    n = ids.numel()
+    if n < 2:
+        raise ValueError("need at least two tokens to compute a perplexity")
+    # Window k reads ids[s : s + L] and predicts ids[s + 1 : s + L + 1]; it scores only targets
+    # not scored before.
+    windows, done, start = [], 1, 0
+    while done < n:
+        end = min(start + max_length, n - 1)
+        first_new = done - (start + 1)  # index, within the window's predictions, of the first new target
+        windows.append((start, end, max(first_new, 0)))
+        done = end + 1
+        start += stride
+    total = torch.zeros((), dtype=torch.float64)
+    scored = 0
+    for length in sorted({e - s for s, e, _ in windows}, reverse=True):
+        group = [w for w in windows if w[1] - w[0] == length]
+        for i in range(0, len(group), batch_size):
+            batch = group[i: i + batch_size]
+            x = torch.stack([ids[s:e] for s, e, _ in batch]).to(device)
+            y = torch.stack([ids[s + 1:e + 1] for s, e, _ in batch]).to(device)
+            logits = model(input_ids=x, use_cache=False).logits.float()
+            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            for row, (_, _, skip) in enumerate(batch):
+                total += nll[row, skip:].double().sum().cpu()
+                scored += nll.shape[1] - skip
+    mean_nll = float(total) / scored
+    n_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8")) if tokenizer is not None else 0
+    finite = math.isfinite(mean_nll)
+    perplexity = math.exp(mean_nll) if finite and mean_nll < 700 else (float("inf") if mean_nll == mean_nll else float("nan"))
+    bpb = float(total) / LN2 / n_bytes if n_bytes else float("nan")
+    return PerplexityResult(perplexity, mean_nll, bpb, scored, n_bytes, finite)
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of softmax(logits) along the last axis (nan where logits are not finite)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    h = -(logp.exp() * logp).nan_to_num(nan=0.0).sum(-1) / LN2
+    bad = ~torch.isfinite(logits).all(-1)
+    return h.masked_fill(bad, float("nan"))
+
+
+@dataclass
+class Generation:
+    """Output of ``decode``: continuations and per-step traces, shape (batch, steps)."""
+
+    texts: list[str]
+    token_ids: torch.Tensor
+    entropy_bits: torch.Tensor  # next-token entropy at each step (model distribution, T = 1)
+    logprob: torch.Tensor  # natural log-probability of the chosen token
+    finished: torch.Tensor  # True once the row has produced EOS (steps after it are padding)
+    finite: bool = True
+    extras: dict = field(default_factory=dict)
+
+
+def _cache_names(model) -> tuple[str, str]:
+    """(forward kwarg, output field) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return ("cache", "cache") if "cache" in params else ("past_key_values", "past_key_values")
+
+
+def _choose(logits: torch.Tensor, greedy: torch.Tensor, temperature: float, top_k: int | None,
+            top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    safe = logits.float().nan_to_num(nan=-1e30, posinf=1e30, neginf=-1e30)
+    choice = safe.argmax(-1)
+    if (~greedy).any():
+        scaled = safe / max(temperature, 1e-6)
+        if top_k:
+            kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, order = scaled.sort(-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > top_p
+            scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = scaled.softmax(-1)
+        bad = ~torch.isfinite(probs).all(-1) | (probs.sum(-1) <= 0)
+        probs[bad] = 1.0 / probs.shape[-1]
+        sampled = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,
+                                    1, generator=generator).squeeze(-1).to(logits.device)
+        choice = torch.where(greedy, choice, sampled)
+    return choice
+
+
+@torch.inference_mode()
+def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, greedy: bool | Sequence[bool] = True,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, before_step: Callable[[int], None] | None = None) -> Generation:
+    """Batched, KV-cached decoding; each row is greedy or sampled.
+
+    ``before_step(t)`` runs before the forward pass that produces token ``t`` (t = 0 is the
+    prompt pass): the temporal-drift experiment changes the weights there. Rows of different
+    prompt lengths are left-padded with matching position ids.
+    """
+    device = _device_of(model)
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    batch = ids.shape[0]
+    greedy_rows = torch.tensor([greedy] * batch if isinstance(greedy, bool) else list(greedy), device=device)
+    cache_kw, cache_out = _cache_names(model)
+    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    tokens, entropies, logprobs = [], [], []
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished_trace = []
+    cache, step_input, step_pos, finite = None, ids, positions, True
+    for t in range(max_new_tokens):
+        if before_step is not None:
+            before_step(t)
+        kwargs = {"input_ids": step_input, "attention_mask": mask, "position_ids": step_pos, "use_cache": True}
+        if keep_last:
+            kwargs["logits_to_keep"] = 1
+        if cache is not None:
+            kwargs[cache_kw] = cache
+        out = model(**kwargs)
+        cache = getattr(out, cache_out)
+        logits = out.logits[:, -1, :]
+        finite = finite and bool(torch.isfinite(logits).all())
+        choice = _choose(logits, greedy_rows, temperature, top_k, top_p, generator)
+        choice = torch.where(finished, torch.full_like(choice, pad), choice)
+        logp = F.log_softmax(logits.float(), -1).gather(-1, choice[:, None]).squeeze(-1)
+        entropies.append(entropy_bits(logits))
+        logprobs.append(logp)
+        tokens.append(choice)
+        finished_trace.append(finished.clone())
+        if eos is not None:
+            finished = finished | (choice == eos)
+        step_input = choice[:, None]
+        mask = torch.cat([mask, torch.ones_like(step_input)], dim=1)
+        step_pos = step_pos[:, -1:] + 1
+        if bool(finished.all()):
+            break
+    token_ids = torch.stack(tokens, 1).cpu()
+    done = torch.stack(finished_trace, 1).cpu()
+    texts = []
+    for row in range(batch):
+        keep = [int(tok) for tok, fin in zip(token_ids[row], done[row]) if not fin and int(tok) != eos]
+        texts.append(tokenizer.decode(keep, skip_special_tokens=True))
+    return Generation(texts, token_ids, torch.stack(entropies, 1).cpu(), torch.stack(logprobs, 1).cpu(), done, finite)
+
+
+def generate_text_samples(model, tokenizer, prompt: str, device=None, num_samples: int = 3, max_new_tokens: int = 50,
+                          *, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+                          greedy: bool = False, seed: int | None = None,
+                          generator: torch.Generator | None = None) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (without the prompt), in one batched pass."""
+    if generator is None and seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = decode(model, tokenizer, [prompt] * num_samples, max_new_tokens, greedy=greedy,
+                 temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    return gen.texts
+
+
+def mean_entropy(gen: Generation, row: int = 0, steps: int | None = None) -> float:
+    """Mean next-token entropy (bits) of one row over its first ``steps`` steps before EOS."""
+    h = gen.entropy_bits[row][~gen.finished[row]]
+    h = h[:steps] if steps else h
+    return float(h.mean()) if h.numel() else float("nan")
+
+
+def compute_output_entropy(model, tokenizer, prompt: str, device=None, num_tokens: int = 10) -> float:
+    """Mean entropy (bits) of the next-token distribution along ``num_tokens`` greedy steps.
+
+    For uniform logits over a vocabulary of V tokens this is log2(V).
+    """
+    gen = decode(model, tokenizer, [prompt], num_tokens, greedy=True)
+    return mean_entropy(gen)
+
+
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def compute_distinct_n(texts: str | Sequence[str], n: int = 2) -> float:
+    """distinct-n (Li et al., 2016): unique word n-grams / all word n-grams over ``texts``; 0 if none."""
+    texts = [texts] if isinstance(texts, str) else texts
+    grams = [g for t in texts for g in _ngrams(t.lower().split(), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def compute_repetition_ratio(texts: str | Sequence[str], n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same text (0 = no loops); 0 if none."""
+    texts = [texts] if isinstance(texts, str) else texts
+    repeats = total = 0
+    for t in texts:
+        grams = _ngrams(t.lower().split(), n)
+        total += len(grams)
+        repeats += len(grams) - len(set(grams))
+    return repeats / total if total else 0.0
+
+
+def quality_metrics(model, tokenizer, eval_ids: torch.Tensor, prompt: str, *, n_samples: int = 3,
+                    max_new_tokens: int = 40, entropy_tokens: int = 10, temperature: float = 0.8,
+                    top_k: int | None = 50, sample_seed: int = 0, max_length: int = 512) -> tuple[dict, list[str], str]:
+    """The sweep's metrics for the model as it is now: one perplexity pass and one decode pass.
+
+    The decode batch holds one greedy row (its first ``entropy_tokens`` steps give the
+    entropy) and ``n_samples`` sampled rows (distinct-n and repetition). Returns (metrics,
+    sampled texts, greedy text).
+    """
+    ppl = compute_perplexity(model, tokenizer, eval_ids, max_length=max_length)
+    gen_rng = torch.Generator(device="cpu").manual_seed(int(sample_seed))
+    rows = [True] + [False] * n_samples
+    gen = decode(model, tokenizer, [prompt] * len(rows), max(max_new_tokens, entropy_tokens), greedy=rows,
+                 temperature=temperature, top_k=top_k, generator=gen_rng)
+    samples = gen.texts[1:]
+    entropy = mean_entropy(gen, 0, entropy_tokens)
+    metrics = {"perplexity": ppl.perplexity, "nll": ppl.nll, "bits_per_byte": ppl.bits_per_byte,
+               "eval_tokens": ppl.n_tokens, "entropy_bits": entropy,
+               "distinct_1": compute_distinct_n(samples, 1), "distinct_2": compute_distinct_n(samples, 2),
+               "repetition": compute_repetition_ratio(samples),
+               "finite": bool(ppl.finite and gen.finite and math.isfinite(entropy))}
+    return metrics, samples, gen.texts[0]

@@ -1,0 +1,92 @@
+"""The main sweep: perplexity, entropy and text diversity against noise level, several trials each.
+
+    python thermal_noise_simulation.py            # = noisynn sweep, embedded SmolLM2-135M
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from tqdm.auto import tqdm
+
+from .. import plotting
+from ..context import start
+from ..inject import NoiseInjector
+from ..evaluation import quality_metrics
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, positive_int,
+                       nonneg_float, script_main)
+from ..sweep import Point, TrialResult, grid, levels, run_sweep
+
+EXPERIMENT = "sweep"
+METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
+           "repetition", "finite")
+DEFAULT_PROMPT = "The history of science shows that"
+
+
+def add_args(p: ArgumentParser) -> None:
+    add_model_args(p)
+    add_noise_args(p)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--max_noise", type=nonneg_float, default=0.08, help="largest sigma (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--spacing", choices=("log", "linear"), default="log",
+                   help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) as the original (default: %(default)s)")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt for generated samples (default: %(default)r)")
+    g.add_argument("--n_samples", type=positive_int, default=3, help="sampled generations per point (default: %(default)s)")
+    g.add_argument("--max_new_tokens", type=positive_int, default=40, help="tokens per generation (default: %(default)s)")
+    g.add_argument("--entropy_tokens", type=positive_int, default=10,
+                   help="greedy steps averaged for the entropy (default: %(default)s)")
+    g.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature (default: %(default)s)")
+    add_run_args(p)
+
+
+def parse(argv=None):
+    p = ArgumentParser(prog="thermal_noise_simulation.py", description=__doc__.strip().splitlines()[0])
+    add_args(p)
+    return p.parse_args(argv)
+
+
+def run(argv=None) -> int:
+    args = parse(argv)
+    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    ctx = start(args, EXPERIMENT, METRICS, meta={
+        "levels": sigmas,
+        "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
+                              "trial seed and the layer name), scaled to every level",
+        "head": "not noised unless --targets names head/all; a tied head is untied before it is noised",
+        "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
+                     "max_new_tokens": args.max_new_tokens}})
+    lm = ctx.lm
+    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
+                             noise_params=noise_params(args))
+    ctx.folder.update_meta(injection=injector.describe())
+    leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
+                         "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
+
+    def trial(point: Point) -> TrialResult:
+        if injector.seed != point.seed(args.seed):
+            injector.draw(point.seed(args.seed))
+        injector.apply(point.sigma)
+        metrics, samples, greedy = quality_metrics(
+            lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
+            max_new_tokens=args.max_new_tokens, entropy_tokens=args.entropy_tokens, temperature=args.temperature,
+            sample_seed=point.sample_seed(args.seed), max_length=args.max_length)
+        records = [{"kind": "greedy", "text": greedy}] + [{"kind": "sampled", "text": t} for t in samples]
+        return TrialResult(metrics, [{"prompt": args.prompt, **r} for r in records])
+
+    bar = None if args.quiet else (lambda items: tqdm(items, desc="sweep", unit="point"))
+    try:
+        rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows, bar)
+    finally:
+        injector.restore()
+    figures = plotting.plot_sweep(ctx.folder.path)
+    if args.output:
+        shutil.copyfile(figures[0], args.output)
+    ctx.folder.finish(figures=[f.name for f in figures])
+    print(plotting.format_sweep_table(rows))
+    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
+    return 0
+
+
+def main(argv=None) -> int:
+    return script_main(run, argv)

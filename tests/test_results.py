@@ -1,0 +1,109 @@
+import json
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from noisynn.errors import NoisyNNError
+from noisynn.results import RunFolder, format_value, parse_value, read_rows
+from noisynn.stats import log_crossing, median_ci, summarize_levels
+from noisynn.sweep import Point, TrialResult, grid, levels, run_sweep
+
+COLS = ["experiment", "sigma", "trial", "value"]
+
+
+def leading(p: Point) -> dict:
+    return {"experiment": "t", "sigma": p.sigma, "trial": p.trial}
+
+
+def test_resume_skips_finished_points_and_matches_uninterrupted(tmp_path):
+    pts = grid([0.0, 0.1, 0.2], 2)
+    calls = []
+
+    def trial(p):
+        calls.append(p)
+        return TrialResult({"value": p.sigma * 10 + p.trial}, [{"text": f"s{p.sigma}"}])
+
+    f = RunFolder(tmp_path / "a", COLS)
+    f.open({"x": 1}, {})
+    run_sweep(f, pts[:4], trial, leading, [])
+    f2 = RunFolder(tmp_path / "a", COLS)
+    done = f2.open({"x": 1}, {})
+    assert len(done) == 4
+    calls.clear()
+    rows = run_sweep(f2, pts, trial, leading, done)
+    assert len(calls) == 2 and len(rows) == 6
+    ref = RunFolder(tmp_path / "b", COLS)
+    ref.open({"x": 1}, {})
+    ref_rows = run_sweep(ref, pts, trial, leading, [])
+    assert read_rows(f2.csv) == read_rows(ref.csv) == rows == ref_rows
+    assert len(f2.samples.read_text().splitlines()) == 6
+
+
+def test_torn_last_line_and_orphan_samples_are_dropped(tmp_path):
+    f = RunFolder(tmp_path, COLS)
+    f.open({}, {})
+    f.append({"experiment": "t", "sigma": 0.0, "trial": 0, "value": 1.5})
+    f.append_samples([{"sigma": 0.1, "trial": 0, "text": "orphan"}])
+    with open(f.csv, "a") as fh:
+        fh.write("t,0.1,0,2.")  # killed mid-row
+    assert len(read_rows(f.csv)) == 1
+    done = RunFolder(tmp_path, COLS).open({}, {})
+    assert len(done) == 1 and f.csv.read_text().endswith("1.5\n")
+    assert f.samples.read_text() == ""
+
+
+def test_different_config_is_refused_without_writing(tmp_path):
+    f = RunFolder(tmp_path, COLS)
+    f.open({"max_noise": 0.1, "out": "x"}, {})
+    before = (tmp_path / "run.json").read_text()
+    assert RunFolder(tmp_path, COLS).check({"max_noise": 0.1, "out": "y"}) == []  # out is volatile
+    with pytest.raises(NoisyNNError, match="max_noise"):
+        RunFolder(tmp_path, COLS).open({"max_noise": 0.2}, {})
+    assert (tmp_path / "run.json").read_text() == before
+
+
+def test_run_json_records_provenance(tmp_path):
+    f = RunFolder(tmp_path, COLS)
+    f.open({"seed": 3}, {"model": {"name": "m"}})
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["config"] == {"seed": 3} and "torch" in meta["versions"] and "git" in meta
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True), st.integers(-10**12, 10**12), st.booleans()))
+def test_csv_values_roundtrip(value):
+    back = parse_value(format_value(value))
+    if isinstance(value, float) and math.isnan(value):
+        assert math.isnan(back)
+    else:
+        assert back == value and type(back) is type(value) or (isinstance(value, float) and back == value)
+
+
+def test_median_ci_coverage_and_nonfinite():
+    s = median_ci([3.0, 1.0, 2.0])
+    assert (s.median, s.low, s.high) == (2.0, 1.0, 3.0) and s.coverage == pytest.approx(0.75)
+    s = median_ci(range(1, 11))
+    assert s.coverage >= 0.9 and s.low == 2 and s.high == 9  # j=2: 1 - 2 P(B(10,.5) <= 1) = 0.9785
+    s = median_ci([1.0, float("inf"), float("nan")])
+    assert s.median == math.inf and s.n_nonfinite == 2
+    s = median_ci([1.0, float("nan"), 3.0], nonfinite_as_inf=False)
+    assert s.median == 2.0 and s.n == 2
+
+
+def test_summarize_levels_reports_tokens_and_counts():
+    rows = [{"sigma": s, "trial": t, "perplexity": 10 + s + t, "eval_tokens": 64} for s in (0.0, 1.0) for t in range(3)]
+    out = summarize_levels(rows, "perplexity")
+    assert [o["median"] for o in out] == [11.0, 12.0] and out[0]["n_trials"] == 3 and out[0]["eval_tokens"] == 64
+
+
+def test_log_crossing():
+    assert log_crossing([0, 1, 2], [10, 10, 40], 20) == pytest.approx(1.5)
+    assert math.isnan(log_crossing([0, 1], [10, 12], 20))
+    assert log_crossing([0, 1, 2], [10, 10, float("inf")], 20) == 2
+
+
+def test_levels():
+    assert levels(0.1, 10, "linear")[-1] == pytest.approx(0.1) and levels(0.1, 10, "linear")[0] == 0
+    lg = levels(0.09, 4, "log")
+    assert lg[0] == 0 and lg[1] == pytest.approx(0.003) and lg[-1] == pytest.approx(0.09)
