@@ -271,6 +271,14 @@ class NoiseInjector:
         for t, c in zip(self.targets, self.clean):
             t.param.data.copy_(c)
 
+    def weight_unit_rms(self) -> float:
+        """RMS over targeted elements of the unit u (1 for absolute): sigma * this = noise scale in weight units."""
+        total = sq = 0.0
+        for t, u in zip(self.targets, self.units):
+            sq += float((torch.as_tensor(u, dtype=torch.float32) ** 2).mean()) * t.numel
+            total += t.numel
+        return (sq / total) ** 0.5
+
     def describe(self) -> dict:
         """What gets recorded in run.json about the injection."""
         kinds: dict[str, int] = {}
@@ -343,3 +351,24 @@ def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str |
             z = draw(noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), w.device))
         w.add_((z * u).to(w.dtype))
     return model
+
+
+def rounding_report(rounding_std: dict, injector: NoiseInjector, sigmas: Sequence[float], ratio: float = 0.1) -> dict | None:
+    """Compare the low-precision rounding error of the targeted weights with each noise level.
+
+    ``rounding_std`` is ``LoadedModel.rounding_std``. Returns None for float32 models, else the
+    pooled rounding std (weight units) and the levels whose noise scale (sigma x RMS unit) is
+    less than ``1 / ratio`` times it, i.e. where rounding exceeds ``ratio`` of the noise.
+    """
+    if not rounding_std:
+        return None
+    n = sq = 0.0
+    for t in injector.targets:
+        count, std = rounding_std.get(t.name, (0, 0.0))
+        n += count
+        sq += count * std ** 2
+    pooled = (sq / n) ** 0.5 if n else 0.0
+    unit = injector.weight_unit_rms()
+    flagged = [s for s in sigmas if s > 0 and pooled > ratio * s * unit]
+    return {"rounding_std": pooled, "noise_unit_rms": unit, "threshold_ratio": ratio,
+            "levels_where_rounding_exceeds_threshold": flagged}

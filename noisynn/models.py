@@ -57,6 +57,9 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     info: dict = field(default_factory=dict)
+    # For a model loaded in a lower precision: parameter name -> (numel, std of the rounding
+    # error W_dtype - W_float32). Rounding is itself a perturbation of the weights.
+    rounding_std: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -191,31 +194,36 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    load_dtype = torch.float32  # cast after loading, to measure the rounding error
     info: dict = {"name": name}
     path = Path(os.path.expanduser(name))
     if name in EMBEDDED_MODELS:
         gguf = embedded_gguf_path(name)
         folder, meta = _dequantized_cache(gguf, name)
-        model, tokenizer = _from_folder(folder, torch_dtype)
+        model, tokenizer = _from_folder(folder, load_dtype)
         info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
                     license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise NoisyNNError(f"model file {name} does not exist")
         folder, meta = _dequantized_cache(path, path.stem)
-        model, tokenizer = _from_folder(folder, torch_dtype)
+        model, tokenizer = _from_folder(folder, load_dtype)
         info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise NoisyNNError(f"model folder {name} has no config.json")
-        model, tokenizer = _from_folder(path, torch_dtype)
+        model, tokenizer = _from_folder(path, load_dtype)
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         info.update(source="folder", fingerprint=_fingerprint_files(weights))
     elif path.exists() or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
         raise NoisyNNError(f"model path {name} does not exist (or is not a folder or .gguf file)")
     else:
-        model, tokenizer = _from_hub(name, torch_dtype)
+        model, tokenizer = _from_hub(name, load_dtype)
         info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
+    rounding = {}
+    if torch_dtype != torch.float32:
+        rounding = rounding_error_std(model, torch_dtype)
+        model.to(torch_dtype)
     model.to(dev).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -224,7 +232,18 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
                 n_params=sum(p.numel() for p in model.parameters()),
                 tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)),
                 device=str(dev), dtype=str(torch_dtype).replace("torch.", ""))
-    return LoadedModel(model, tokenizer, info)
+    return LoadedModel(model, tokenizer, info, rounding)
+
+
+@torch.no_grad()
+def rounding_error_std(model: torch.nn.Module, dtype: torch.dtype) -> dict:
+    """name -> (numel, std(W.to(dtype) - W)) for every float32 parameter of ``model``."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.dtype == torch.float32:
+            err = p.detach().to(dtype).float() - p.detach()
+            out[name] = (p.numel(), float(err.std()) if p.numel() > 1 else float(err.abs().max()))
+    return out
 
 
 def _looks_like_repo_id(name: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -78,6 +79,7 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
     if done:
         log.info("resuming: %d of %d points already in %s", len(points) - len(pending), len(points), folder.csv)
     iterator = progress(pending) if progress else pending
+    start = time.perf_counter()
     for key, point in iterator:
         result = trial(point)
         row = {**leading(point), **result.metrics}
@@ -85,6 +87,7 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
             folder.append_samples({**{k: row[k] for k in folder.key}, **s} for s in result.samples)
         folder.append(row)
         done[key] = row
+    folder.update_meta(last_session={"points_run": len(pending), "seconds": round(time.perf_counter() - start, 3)})
     return [done[k] for k, _ in keyed if k in done]
 
 

@@ -102,3 +102,14 @@ def test_root_script_is_the_entry_point(tmp_path, small):
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown noise type" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_noisynn_console_script_dispatch(capsys):
+    from noisynn import cli
+
+    assert cli.main(["nosuch"]) == 2
+    assert "unknown experiment 'nosuch'" in capsys.readouterr().err
+    assert cli.main([]) == 2 and "sweep" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sweep", "--help"])
+    assert info.value.code == 0 and "--max_noise" in capsys.readouterr().out

@@ -5,18 +5,20 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import start
-from ..inject import NoiseInjector
+from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, positive_int,
                        nonneg_float, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
+log = logging.getLogger(__name__)
 EXPERIMENT = "sweep"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
            "repetition", "finite")
@@ -59,7 +61,12 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
                              noise_params=noise_params(args))
-    ctx.folder.update_meta(injection=injector.describe())
+    rounding = rounding_report(lm.rounding_std, injector, sigmas)
+    ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding)
+    if rounding and rounding["levels_where_rounding_exceeds_threshold"]:
+        log.warning("%s rounding of the targeted weights (std %.3g in weight units) exceeds 10%% of the noise at "
+                    "sigma = %s; those levels measure rounding as much as noise", lm.info["dtype"],
+                    rounding["rounding_std"], ", ".join(f"{s:.3g}" for s in rounding["levels_where_rounding_exceeds_threshold"]))
     leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
                          "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
 
