@@ -448,7 +448,7 @@ def _figure(width: float = 6.4, height: float = 3.2):
 
 def probability_figure(top: Sequence[tuple[str, float, float]], sigma: float):
     """Horizontal bars: next-token probability after the prompt, clean vs noisy."""
-    fig, ax = _figure(5.6, max(3.2, 0.24 * len(top) + 1.0))
+    fig, ax = _figure(5.6, max(3.4, 0.24 * len(top) + 1.3))
     labels = [t for t, _, _ in top]
     y = list(range(len(top)))
     ax.barh([v - 0.2 for v in y], [c for _, c, _ in top], height=0.4, label="clean", color="tab:blue")
@@ -456,8 +456,9 @@ def probability_figure(top: Sequence[tuple[str, float, float]], sigma: float):
             color="tab:red")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("probability of the next token after the prompt")
-    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability")
+    ax.set_xlim(0, min(1.0, 1.15 * max([p for _, c, n in top for p in (c, n)] + [0.05])))
+    ax.set_title("next token after the prompt (top-k of each)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -465,13 +466,15 @@ def probability_figure(top: Sequence[tuple[str, float, float]], sigma: float):
 
 def entropy_figure(clean: Sequence[float], noisy: Sequence[float], sigma: float):
     """Next-token entropy (bits) at each generated token, clean vs noisy."""
-    fig, ax = _figure(5.6, 3.2)
+    fig, ax = _figure(5.6, 3.4)
     ax.plot(range(1, len(clean) + 1), clean, "o-", ms=3, label="clean", color="tab:blue")
     ax.plot(range(1, len(noisy) + 1), noisy, "o-", ms=3, label=f"noisy (sigma={sigma:g})", color="tab:red")
     ax.set_xlabel("generated token")
     ax.set_ylabel("entropy (bits)")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
+    top = max([h for h in list(clean) + list(noisy) if math.isfinite(h)] + [1.0])
+    ax.set_ylim(0, top * 1.3)
+    ax.set_title("next-token entropy along the generation", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
     ax.grid(alpha=0.3)
     return fig
 
@@ -486,6 +489,7 @@ def drift_figure(steps: Sequence[DriftStep]):
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("sigma at that token")
+    ax.set_title("each token of the drift", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig

@@ -8,8 +8,10 @@ This module is layout only: every number, text and figure comes from ``noisynn.e
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import html
 import inspect
 import logging
 import math
@@ -62,9 +64,12 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
         def wrap(fn):
             def message(err):
                 if isinstance(err, NoisyNNError):
-                    return f"⚠ {err}"
-                log.exception("ui handler %s failed", fn.__name__)
-                return f"⚠ internal error ({type(err).__name__}: {str(err)[:300]}); the server keeps running"
+                    text = str(err)
+                else:
+                    log.exception("ui handler %s failed", fn.__name__)
+                    text = f"internal error ({type(err).__name__}: {str(err)[:300]}); the server keeps running"
+                gr.Warning(html.escape(text), title="Cannot do that")  # a toast, seen wherever the page is scrolled
+                return f"⚠ {text}"
 
             if inspect.isgeneratorfunction(fn):
                 @functools.wraps(fn)
@@ -138,8 +143,8 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                         noisy_text = gr.Textbox(label="noisy continuation", lines=5, interactive=False,
                                                 elem_id="noisy-text")
                     with gr.Row():
-                        prob_plot = gr.Plot(label="next-token probability (top-k of each)", elem_id="prob-chart")
-                        entropy_plot = gr.Plot(label="entropy along the generation", elem_id="entropy-chart")
+                        prob_plot = gr.Plot(label="next-token probability", show_label=False, elem_id="prob-chart")
+                        entropy_plot = gr.Plot(label="entropy along the generation", show_label=False, elem_id="entropy-chart")
                     metrics = gr.Dataframe(value=[], headers=METRICS_HEADERS, label="perplexity and bits per byte on "
                                            "the evaluation text", interactive=False, elem_id="metrics")
                     command = gr.Textbox(label="reproduce from the shell (its greedy sample is the noisy continuation)",
@@ -158,7 +163,7 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
             drift_now = gr.Markdown(elem_id="drift-now")
             drift_text = gr.Textbox(label="continuation under growing noise", lines=6, interactive=False,
                                     elem_id="drift-text")
-            drift_plot = gr.Plot(label="entropy and surprisal against sigma", elem_id="drift-chart")
+            drift_plot = gr.Plot(label="entropy and surprisal against sigma", show_label=False, elem_id="drift-chart")
         with gr.Tab("Saved runs"):
             gr.Markdown("A run folder's figures and table, read from its files (run.json, results.csv, summary.csv, "
                         "PNGs). Folders under " + ", ".join(f"`{r}/`" for r in run_roots) + " are listed.")
@@ -168,7 +173,7 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                 refresh = gr.Button("Refresh list", scale=1)
                 load_run = gr.Button("Show", variant="primary", scale=1, elem_id="run-show")
             run_note = gr.Markdown(elem_id="run-note")
-            gallery = gr.Gallery(label="figures", columns=1, height="auto", elem_id="run-figures")
+            gallery = gr.HTML(elem_id="run-figures")
             run_table = gr.Dataframe(label="table", interactive=False, elem_id="run-table")
             run_config = gr.JSON(label="run.json config", elem_id="run-config")
 
@@ -190,8 +195,8 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
 
         @guard(status)
         def on_perplexity(cmp, progress=gr.Progress()):
-            if cmp is None:
-                return {}
+            if cmp is None:  # the generation before failed or did not run
+                return {status: gr.update()}
             progress(0, desc="perplexity")
             ppl = explorer.perplexity(cmp.setting, progress=lambda f: progress(f, desc="perplexity"))
             rows = result_rows(cmp, ppl)
@@ -201,7 +206,7 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                     metrics: metrics_table(rows), csv_file: str(write_csv(rows)), state: None}
 
         def on_generate_if_live(is_live, *values):
-            return on_generate(*values) if is_live else {}
+            return on_generate(*values) if is_live else {status: gr.update()}
 
         @guard(status)
         def on_drift(start, end, n_tokens, *values):
@@ -222,11 +227,13 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
         def on_load_run(folder):
             run = load_saved_run(folder)
             import pandas as pd
-            from PIL import Image
 
-            images = [Image.open(p).convert("RGB") for p in run.figures]
+            # Inline data URIs: the figures may live outside the folders Gradio serves files from.
+            images = "".join(f'<figure><img alt="{html.escape(p.name)}" style="max-width:100%" src="data:image/png;'
+                             f'base64,{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.name)}'
+                             "</figcaption></figure>" for p in run.figures)
             cfg = run.meta.get("config", {})
-            note = f"`{run.path}`: {run.table_name} ({len(run.rows)} rows), {len(images)} figure(s). {run.note}"
+            note = f"`{run.path}`: {run.table_name} ({len(run.rows)} rows), {len(run.figures)} figure(s). {run.note}"
             return {status: ok(f"Showing {run.path}."), run_note: note, gallery: images,
                     run_table: pd.DataFrame(run.rows, columns=run.columns), run_config: cfg}
 
@@ -245,7 +252,7 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                    [status, drift_text, drift_now, drift_plot], **model_queue)
         refresh.click(lambda: gr.update(choices=list_runs(run_roots)), None, run_folder)
         load_run.click(on_load_run, run_folder, [status, run_note, gallery, run_table, run_config])
-        run_folder.input(on_load_run, run_folder, [status, run_note, gallery, run_table, run_config])
+        run_folder.select(on_load_run, run_folder, [status, run_note, gallery, run_table, run_config])
     return app
 
 
