@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -629,13 +629,8 @@ def _redraw(path: Path, meta: dict) -> tuple[list[Path], str, Path | None]:
         log.warning("redrawing %s failed: %s", path, err)
         return [], f"No PNG in the folder; redrawing with plotting.plot_{experiment} failed ({err}).", None
     summary = tmp / "summary.csv"
-    return figures, f"Figure redrawn from results.csv by plotting.plot_{experiment}.", summary if summary.is_file() else None
-
-
-def setting_dict(s: Setting) -> dict:
-    d = asdict(s)
-    d["targets"] = list(s.targets)
-    return d
+    note = f"Figure redrawn from results.csv by plotting.plot_{experiment}."
+    return figures, note, summary if summary.is_file() else None
 
 
 def noise_choices() -> list[str]:

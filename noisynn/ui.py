@@ -144,7 +144,8 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                                                 elem_id="noisy-text")
                     with gr.Row():
                         prob_plot = gr.Plot(label="next-token probability", show_label=False, elem_id="prob-chart")
-                        entropy_plot = gr.Plot(label="entropy along the generation", show_label=False, elem_id="entropy-chart")
+                        entropy_plot = gr.Plot(label="entropy along the generation", show_label=False,
+                                               elem_id="entropy-chart")
                     metrics = gr.Dataframe(value=[], headers=METRICS_HEADERS, label="perplexity and bits per byte on "
                                            "the evaluation text", interactive=False, elem_id="metrics")
                     command = gr.Textbox(label="reproduce from the shell (its greedy sample is the noisy continuation)",
@@ -220,7 +221,8 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                 steps.append(step)
                 yield {drift_text: step.text, drift_now: f"token {step.t + 1}: sigma = **{step.sigma:.3g}**, "
                                                          f"entropy {step.entropy:.2f} bits"}
-            yield {status: ok(f"Drift done: {len(steps)} tokens, sigma {lo:g} -> {steps[-1].sigma if steps else hi:g}."),
+            last = steps[-1].sigma if steps else hi
+            yield {status: ok(f"Drift done: {len(steps)} tokens, sigma {lo:g} -> {last:g}."),
                    drift_plot: drift_figure(steps) if steps else None}
 
         @guard(status)
@@ -275,7 +277,8 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--max_new_tokens", type=positive_int, default=30, help="initial tokens per continuation "
                    "(default: %(default)s)")
     g.add_argument("--runs", action="append", default=None, metavar="DIR",
-                   help=f"folder whose run folders the Saved runs tab lists; repeatable (default: {', '.join(RUN_ROOTS)})")
+                   help=f"folder whose run folders the Saved runs tab lists; repeatable "
+                        f"(default: {', '.join(RUN_ROOTS)})")
 
 
 def defaults_from(args) -> Setting:
