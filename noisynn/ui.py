@@ -271,6 +271,7 @@ def add_args(p: ArgumentParser) -> None:
     add_noise_args(p)
     g = p.add_argument_group("ui")
     g.add_argument("--port", type=nonneg_int, default=7860, help="port on 127.0.0.1 (default: %(default)s)")
+    g.add_argument("--blocks", default="all", help="initial blocks, e.g. 0-9,20 (default: %(default)s)")
     g.add_argument("--sigma", type=nonneg_float, default=0.02, help="initial sigma (default: %(default)s)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="initial seed (default: %(default)s)")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="initial prompt (default: %(default)r)")
@@ -288,7 +289,8 @@ def defaults_from(args) -> Setting:
         raise NoisyNNError(f"the ui offers the targets {', '.join(TARGET_CHOICES)} (and blocks); "
                            f"got --targets {args.targets}")
     s = Setting(model=args.model, noise_type=args.noise_type, sigma=float(f"{args.sigma:.4g}"), scale=args.scale,
-                targets=tuple(t for t in TARGET_CHOICES if t in kinds), seed=args.seed, prompt=args.prompt,
+                targets=tuple(t for t in TARGET_CHOICES if t in kinds), blocks=args.blocks, seed=args.seed,
+                prompt=args.prompt,
                 max_new_tokens=args.max_new_tokens, eval_tokens=args.eval_tokens, max_length=args.max_length,
                 df=args.df, include_bias=args.include_bias)
     return check_setting(s)

@@ -295,4 +295,6 @@ def test_cli_ui_bad_input_is_one_line(capsys):
     assert "the ui offers the targets attention, mlp, head" in err and len(err.splitlines()) == 1
     assert cli.main(["ui", "--noise_type", "pink"]) == 2
     assert "unknown noise type 'pink'" in capsys.readouterr().err
+    assert cli.main(["ui", "--blocks", "2-1"]) == 2
+    assert "runs backwards" in capsys.readouterr().err
     assert cli.main(["--help"]) == 0 and "  ui" in capsys.readouterr().out
