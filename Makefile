@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Debian's Chromium, for the browser test of `noisynn ui` (installed by `make test` only when missing).
+CHROMIUM ?= /usr/bin/chromium
+SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test test-fast figures clean
+.PHONY: install demo test test-fast figures ui clean
 
 $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python thermal_noise_simulation.py --out runs/demo
 
-## The whole test suite: unit tests on tiny random models + integration runs on the embedded model.
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+## The whole test suite: unit tests on tiny random models + integration runs on the embedded model
+## (one of them drives the explorer in headless Chromium).
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 ## Unit tests only (no embedded model).
@@ -35,6 +43,10 @@ test-fast: $(STAMP)
 ## The figures under images/, each from a real run of the shipped code.
 figures: $(STAMP)
 	$(BIN)/python thermal_noise_simulation.py --out runs/demo --output images/sweep.png
+
+## The interactive explorer on http://127.0.0.1:7860 (UI_ARGS="--port 8000 ..."; noisynn ui --help).
+ui: $(STAMP)
+	$(BIN)/noisynn ui $(UI_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -10,6 +10,11 @@ EXPERIMENTS = {
     "sweep": "sweep",
 }
 
+# name -> module (full path) with main(argv) -> exit code: tools that are not experiments.
+TOOLS = {
+    "ui": "noisynn.ui",
+}
+
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -17,12 +22,13 @@ def main(argv=None) -> int:
         print("usage: noisynn <experiment> [flags]   (noisynn <experiment> --help for its flags)\n\nexperiments:")
         for name in EXPERIMENTS:
             print(f"  {name}")
+        print("tools:\n" + "".join(f"  {name}\n" for name in TOOLS), end="")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in EXPERIMENTS:
-        sys.stderr.write(f"noisynn: error: unknown experiment '{name}'; known: {', '.join(EXPERIMENTS)}\n")
+    if name not in EXPERIMENTS and name not in TOOLS:
+        sys.stderr.write(f"noisynn: error: unknown experiment '{name}'; known: {', '.join([*EXPERIMENTS, *TOOLS])}\n")
         return 2
-    module = importlib.import_module(f"noisynn.experiments.{EXPERIMENTS[name]}")
+    module = importlib.import_module(TOOLS.get(name) or f"noisynn.experiments.{EXPERIMENTS[name]}")
     sys.argv[0] = f"noisynn {name}"
     return module.main(rest)
 

@@ -51,12 +51,14 @@ def tokenize(tokenizer, text: str | torch.Tensor, max_tokens: int | None = None)
 
 @torch.inference_mode()
 def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, *, max_length: int = 512,
-                       stride: int | None = None, batch_size: int = 4, max_tokens: int | None = None) -> PerplexityResult:
+                       stride: int | None = None, batch_size: int = 4, max_tokens: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
     """Perplexity of ``text`` with sliding windows of ``max_length`` tokens moved by ``stride``.
 
     Every token after the first is scored exactly once; with ``stride < max_length`` each
     window re-reads ``max_length - stride`` tokens of context. ``max_tokens`` caps the number
     of scored tokens. Windows of equal length run as one batch of up to ``batch_size``.
+    ``progress(scored, total)``, if given, is called after each batch (the UI's progress bar).
     """
     device = device or _device_of(model)
     stride = stride or max_length
@@ -88,6 +90,8 @@ def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, 
             for row, (_, _, skip) in enumerate(batch):
                 total += nll[row, skip:].double().sum().cpu()
                 scored += nll.shape[1] - skip
+            if progress is not None:
+                progress(scored, n - 1)
     mean_nll = float(total) / scored
     n_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8")) if tokenizer is not None else 0
     finite = math.isfinite(mean_nll)
@@ -149,11 +153,14 @@ def _choose(logits: torch.Tensor, greedy: torch.Tensor, temperature: float, top_
 @torch.inference_mode()
 def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, greedy: bool | Sequence[bool] = True,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None, before_step: Callable[[int], None] | None = None) -> Generation:
+           generator: torch.Generator | None = None, before_step: Callable[[int], None] | None = None,
+           after_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> Generation:
     """Batched, KV-cached decoding; each row is greedy or sampled.
 
     ``before_step(t)`` runs before the forward pass that produces token ``t`` (t = 0 is the
-    prompt pass): the temporal-drift experiment changes the weights there. Rows of different
+    prompt pass): the temporal-drift experiment changes the weights there. ``after_step(t,
+    tokens, logits)`` sees each step's chosen ids (batch,) and logits (batch, vocab): the UI
+    streams text with it. Rows of different
     prompt lengths are left-padded with matching position ids.
     """
     device = _device_of(model)
@@ -189,6 +196,8 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
         logprobs.append(logp)
         tokens.append(choice)
         finished_trace.append(finished.clone())
+        if after_step is not None:
+            after_step(t, choice, logits)
         if eos is not None:
             finished = finished | (choice == eos)
         step_input = choice[:, None]

@@ -151,6 +151,27 @@ def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
     return kinds, projs
 
 
+def parse_blocks(spec: str | Iterable[int] | None) -> list[int] | None:
+    """Block indices from ``"0-3,7"`` (ranges inclusive), sorted; None, ``""`` or ``"all"`` = every block."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        return sorted({int(b) for b in spec})
+    text = spec.strip().lower()
+    if text in ("", "all"):
+        return None
+    found: set[int] = set()
+    for item in (i.strip() for i in text.split(",")):
+        lo, _, hi = item.partition("-")
+        if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
+            raise NoisyNNError(f"blocks take indices and ranges like 0-3,7; got '{spec}'")
+        lo_i, hi_i = int(lo), int(hi) if hi else int(lo)
+        if hi_i < lo_i:
+            raise NoisyNNError(f"block range '{item}' runs backwards")
+        found.update(range(lo_i, hi_i + 1))
+    return sorted(found)
+
+
 def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
                    include_bias: bool = False) -> list[Target]:
     """The weights (and optionally biases) to noise, in module order.

@@ -73,6 +73,16 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def block_list(text: str) -> list[int] | None:
+    """argparse type of ``--blocks``: ``"0-3,7"`` -> [0, 1, 2, 3, 7]; ``"all"`` -> None."""
+    from .inject import parse_blocks
+
+    try:
+        return parse_blocks(text)
+    except NoisyNNError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL
 

@@ -55,3 +55,15 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_requirements_satisfy_optional_extras():
+    """The `test` and `ui` extras (pytest, playwright, gradio ...) are pinned in requirements.txt within range."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = pins("requirements.txt")
+    for extra in ("test", "ui"):
+        for dep in extras[extra]:
+            req = Requirement(dep)
+            name = req.name.lower().replace("_", "-")
+            assert name in pinned, f"{name} (extra '{extra}') is not pinned in requirements.txt"
+            assert req.specifier.contains(pinned[name]), f"{name}=={pinned[name]} violates {req}"

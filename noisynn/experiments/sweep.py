@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 
@@ -14,8 +15,8 @@ from .. import plotting
 from ..context import start
 from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, positive_int,
-                       nonneg_float, script_main)
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, block_list, noise_params,
+                       positive_int, nonneg_float, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
     g = p.add_argument_group("sweep")
+    # SUPPRESS: without --blocks the config (and so resuming older run folders) is unchanged.
+    g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
+                   help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
     g.add_argument("--max_noise", type=nonneg_float, default=0.08, help="largest sigma (default: %(default)s)")
     g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="log",
@@ -59,8 +63,8 @@ def run(argv=None) -> int:
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                             noise_params=noise_params(args))
+    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, blocks=getattr(args, "blocks", None),
+                             include_bias=args.include_bias, noise_params=noise_params(args))
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding)
     if rounding and rounding["levels_where_rounding_exceeds_threshold"]:
