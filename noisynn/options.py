@@ -95,7 +95,7 @@ def add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     g.add_argument("--text_file", default=None, help="evaluate on this UTF-8 text file instead of the embedded text")
     g.add_argument("--dataset", default=None, help="evaluate on an HF dataset NAME[:CONFIG[:SPLIT]] (needs the hub)")
     if many:
-        g.add_argument("--eval_chars", type=positive_int, default=4000,
+        g.add_argument("--eval_chars", type=positive_int, default=3000,
                        help="characters of text scored by every model (the same text whatever the tokenizer; "
                             "default: %(default)s)")
     else:

@@ -53,7 +53,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--include_modern", action="store_true",
                    help=f"also compare {', '.join(MODERN_MODELS)} (hub, meant for a GPU)")
     g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=8, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="log",
                    help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) (default: %(default)s)")
     g.add_argument("--ppl_threshold", type=positive_float, default=2.0,
