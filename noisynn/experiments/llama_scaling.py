@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import start
-from ..errors import NoisyNNError
 from ..evaluation import compute_perplexity, tokenize
 from ..inject import NoiseInjector
-from ..models import EMBEDDED_MODELS, DEFAULT_MODEL, embedded_available, load_model
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
 from ..results import RUN_JSON
@@ -87,12 +85,7 @@ def resolve_models(given, include_modern: bool) -> list[str]:
         names += list(MODERN_MODELS)
     out = list(dict.fromkeys(names))
     for name in out:  # fail now, in one line, before the run folder is touched
-        if name in EMBEDDED_MODELS:
-            if not embedded_available(name):
-                raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
-        elif (name.endswith(".gguf") or name.startswith(("/", "./", "../", "~"))) and \
-                not Path(os.path.expanduser(name)).exists():
-            raise NoisyNNError(f"model path {name} does not exist")
+        check_model_name(name)
     return out
 
 
@@ -120,6 +113,37 @@ def eval_ids_for(tokenizer, text: str) -> torch.Tensor:
     return ids
 
 
+def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> None:
+    """Load one model, run its pending points, restore and drop it (its memory goes with the frame)."""
+    args = ctx.args
+    lm = load_model(name, args.device, args.dtype)
+    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
+                             noise_params=noise_params(args))
+    ids = eval_ids_for(lm.tokenizer, ctx.text.text)
+    models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
+    ctx.folder.update_meta(models=models_meta)
+    n_params, noised = lm.info["n_params"], injector.n_params
+
+    def leading(p: Point) -> dict:
+        return {"experiment": EXPERIMENT, "model": name, "noise_type": args.noise_type, "scale": args.scale,
+                "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed), "n_params": n_params,
+                "noised_params": noised}
+
+    def trial(point: Point) -> TrialResult:
+        if injector.seed != point.seed(args.seed):
+            injector.draw(point.seed(args.seed))
+        injector.apply(point.sigma)
+        r = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=args.max_length)
+        return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
+                            "eval_tokens": r.n_tokens, "eval_bytes": r.n_bytes, "finite": r.finite})
+
+    bar = None if args.quiet else (lambda items: tqdm(items, desc=name, unit="point"))
+    try:
+        run_sweep(ctx.folder, points, trial, leading, done, bar)
+    finally:
+        injector.restore()
+
+
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
@@ -142,37 +166,10 @@ def run(argv=None) -> int:
         if len(done) >= len(points):
             log.info("%s: all %d points already in the run folder", name, len(points))
             continue
-        lm = load_model(name, args.device, args.dtype)
-        try:
-            injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets,
-                                     include_bias=args.include_bias, noise_params=noise_params(args))
-            ids = eval_ids_for(lm.tokenizer, ctx.text.text)
-            models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
-            ctx.folder.update_meta(models=models_meta)
-            n_params, noised = lm.info["n_params"], injector.n_params
-            leading = lambda p: {"experiment": EXPERIMENT, "model": name, "noise_type": args.noise_type,  # noqa: E731
-                                 "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed),
-                                 "n_params": n_params, "noised_params": noised}
-
-            def trial(point: Point) -> TrialResult:
-                if injector.seed != point.seed(args.seed):
-                    injector.draw(point.seed(args.seed))
-                injector.apply(point.sigma)
-                r = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=args.max_length)
-                return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
-                                    "eval_tokens": r.n_tokens, "eval_bytes": r.n_bytes, "finite": r.finite})
-
-            bar = None if args.quiet else (lambda items: tqdm(items, desc=name, unit="point"))
-            try:
-                run_sweep(ctx.folder, points, trial, leading, done, bar)
-            finally:
-                injector.restore()
-        finally:  # one model in memory at a time
-            del lm
-            injector = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        run_model(ctx, name, points, done, models_meta)
+        gc.collect()  # one model in memory at a time: run_model's references are gone
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     figures = plotting.plot_llama_scaling(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)
