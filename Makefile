@@ -38,7 +38,7 @@ figures: $(STAMP)
 
 ## Re-create results/ (the sweep, the noise-type comparison, llama_scaling; resumes what exists), then the figures.
 NOISE_TYPES := gaussian uniform cauchy laplacian student_t
-NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 2 --eval_tokens 512 --n_samples 1 --max_new_tokens 16 --entropy_tokens 5
+NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 3 --eval_tokens 256 --n_samples 1 --max_new_tokens 8 --entropy_tokens 4
 runs: $(STAMP)
 	$(BIN)/python thermal_noise_simulation.py --out results/sweep --quiet
 	for t in $(NOISE_TYPES); do $(BIN)/python thermal_noise_simulation.py --noise_type $$t $(NOISE_TYPE_FLAGS) --out results/noise_types/$$t --quiet || exit 1; done

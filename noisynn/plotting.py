@@ -201,6 +201,14 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _level_ticks(ax, sigmas: Sequence[float]) -> None:
+    """Label the x axis at the sweep's own levels (a log axis otherwise labels only powers of 10)."""
+    ticks = sorted({s for s in sigmas if s > 0})
+    if 1 < len(ticks) <= 12:
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], fontsize=8)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _write_table(path: Path, table: Sequence[dict]) -> Path:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()), lineterminator="\n")
@@ -244,15 +252,16 @@ def plot_llama_scaling(run_dir: str | Path, name: str = "llama_scaling.png") -> 
             axes[0].errorbar([c["crossing_median"]], [factor], xerr=[[c["crossing_median"] - lo], [hi - c["crossing_median"]]],
                              fmt="D", color=color, ms=6, capsize=4, zorder=5)
         bpb = summarize_levels(noisy, "bits_per_byte")
-        band(axes[1], [s["sigma"] for s in bpb], bpb, label, color=color, log_y=True)
+        band(axes[1], [s["sigma"] for s in bpb], bpb, label, color=color)
         axes[1].axhline(c["clean_bits_per_byte"], color=color, ls=":", lw=1)
         if math.isfinite(c["crossing_median"]):
             hi = c["crossing_ci_high"] if math.isfinite(c["crossing_ci_high"]) else c["crossing_median"]
             axes[2].errorbar([c["n_params"]], [c["crossing_median"]],
                              yerr=[[c["crossing_median"] - c["crossing_ci_low"]], [hi - c["crossing_median"]]],
                              fmt="o", color=color, ms=7, capsize=5)
-            axes[2].annotate(_short(c["model"]), (c["n_params"], c["crossing_median"]), textcoords="offset points",
-                             xytext=(7, 4), fontsize=8)
+            axes[2].annotate(f"{_short(c['model'])}\n({_count(c['noised_params'])} noised)",
+                             (c["n_params"], c["crossing_median"]), textcoords="offset points", xytext=(7, -4),
+                             fontsize=8)
         else:
             axes[2].annotate(f"{_short(c['model'])}: not reached", (0.05, 0.9 - 0.07 * i), xycoords="axes fraction",
                              fontsize=8, color=color)
@@ -262,10 +271,19 @@ def plot_llama_scaling(run_dir: str | Path, name: str = "llama_scaling.png") -> 
     sigmas = sorted({r["sigma"] for r in rows if r["sigma"] > 0})
     for ax in axes[:2]:
         _sigma_axis(ax, sigmas, meta)
+        _level_ticks(ax, sigmas)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[2].set_xscale("log")
-    axes[2].set_xlabel("parameters")
+    if crossings:
+        sizes = [c["n_params"] for c in crossings]
+        axes[2].set_xlim(min(sizes) / 1.6, max(sizes) * 2.5)
+        tops = [c["crossing_ci_high"] for c in crossings if math.isfinite(c["crossing_ci_high"])]
+        if tops:  # from 0, so that equal robustness looks equal
+            axes[2].set_ylim(0, max(tops) * 1.25)
+        axes[2].set_xticks(sorted(set(sizes)), [_count(v) for v in sorted(set(sizes))])
+    axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[2].set_xlabel("parameters (all; noised in brackets)")
     axes[2].set_ylabel(f"sigma where perplexity reaches {factor:g} x clean")
     axes[2].grid(alpha=0.3, which="both")
     axes[2].set_title("median over realizations, CI bars", fontsize=9)
@@ -334,6 +352,7 @@ def plot_noise_types(run_dirs: Sequence[str | Path], path: str | Path, metric: s
             clean_done = True
     meta0 = runs[0][0] if runs else {}
     _sigma_axis(ax, sorted(set(sigmas)), meta0)
+    _level_ticks(ax, sigmas)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

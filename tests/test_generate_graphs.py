@@ -40,6 +40,8 @@ def results_tree(tmp_path_factory, tiny_model_dir, text_file):
             png.unlink()
     for png in (root / "noise_types").rglob("*.png"):
         png.unlink()
+    for name in ("a", "b"):  # nested runs that are not sweeps: redrawn one by one, not compared
+        shutil.copytree(root / "llama_scaling", root / "nested" / name)
     return root, originals
 
 
@@ -58,7 +60,8 @@ def test_redraws_every_figure_from_folders_alone_without_torch(results_tree, tmp
     proc = run_without_torch(["--results_dir", str(root), "--output_dir", str(images)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "NO-TORCH" in proc.stdout
-    assert sorted(p.name for p in images.iterdir()) == ["llama_scaling.png", "noise_types.png", "sweep.png"]
+    assert sorted(p.name for p in images.iterdir()) == ["a_llama_scaling.png", "b_llama_scaling.png",
+                                                         "llama_scaling.png", "noise_types.png", "sweep.png"]
     # The same data give the same picture as the experiment drew at the end of its run.
     for name, data in originals.items():
         assert (images / name).read_bytes() == data, name

@@ -5,7 +5,7 @@
 
 Every folder under ``--results_dir`` that holds a ``run.json`` is redrawn by the plot function
 registered for the experiment named in it (``plotting.plotter_for``), and its PNGs are copied to
-``--output_dir``. A folder without ``run.json`` that holds two or more runs of one experiment
+``--output_dir``. A folder without ``run.json`` that holds two or more sweeps
 (``results/noise_types/<type>/``) is drawn as one comparison figure, ``<folder name>.png``, with
 one band per run. The run folders are left as they were (figures drawn into them are removed
 unless they were there before), apart from their summary tables, which are rewritten.
@@ -47,6 +47,10 @@ def parse(argv=None):
     return args
 
 
+# Experiments whose runs can share one comparison figure (median perplexity against sigma).
+COMPARABLE = {"sweep"}
+
+
 def experiment_of(run_dir: Path) -> str | None:
     try:
         meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
@@ -57,14 +61,15 @@ def experiment_of(run_dir: Path) -> str | None:
 
 def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
     """Run folders (holding run.json) under ``root``, and comparison groups: folders without
-    run.json whose child run folders (two or more) all ran the same experiment."""
-    runs = sorted(p.parent for p in root.rglob(RUN_JSON))
+    run.json whose child run folders (two or more) are all sweeps."""
+    # top-level runs first, so that they keep their figures' plain names in --output_dir
+    runs = sorted((p.parent for p in root.rglob(RUN_JSON)), key=lambda r: (len(r.relative_to(root).parts), str(r)))
     groups: dict[Path, list[Path]] = {}
-    for parent in sorted({r.parent for r in runs}):
+    for parent in sorted({r.parent for r in runs}, key=str):
         if parent == root or (parent / RUN_JSON).is_file():
             continue
         children = [r for r in runs if r.parent == parent]
-        if len(children) >= 2 and len({experiment_of(c) for c in children}) == 1:
+        if len(children) >= 2 and {experiment_of(c) for c in children} <= COMPARABLE:
             groups[parent] = children
     return runs, groups
 
