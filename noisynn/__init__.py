@@ -5,25 +5,41 @@ Public API (re-exported; see each module for details)::
     from noisynn import load_model, load_text, inject_thermal_noise, noisy_weights
     from noisynn import NoiseDistribution, NOISE_REGISTRY, register_noise
     from noisynn import compute_perplexity, compute_output_entropy, generate_text_samples
+
+Names are imported on first use (PEP 562), so ``import noisynn.plotting`` (figures from saved
+results, used by ``generate_graphs``) does not import torch.
 """
 
-from .corpus import load_text
-from .errors import NoisyNNError
-from .evaluation import (PerplexityResult, compute_distinct_n, compute_output_entropy, compute_perplexity,
-                         compute_repetition_ratio, decode, generate_text_samples)
-from .inject import (NoiseInjector, classify_weight, inject_thermal_noise, noisy_weights, select_targets,
-                     untie_head)
-from .models import load_model
-from .noise import (NOISE_REGISTRY, CauchyNoise, GaussianNoise, LaplacianNoise, NoiseDistribution, StudentTNoise,
-                    UniformNoise, get_noise, register_noise)
-from .seeding import set_seed
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "NoiseInjector",
-    "NoisyNNError", "PerplexityResult", "StudentTNoise", "UniformNoise", "classify_weight", "compute_distinct_n",
-    "compute_output_entropy", "compute_perplexity", "compute_repetition_ratio", "decode", "generate_text_samples",
-    "get_noise", "inject_thermal_noise", "load_model", "load_text", "noisy_weights", "register_noise",
-    "select_targets", "set_seed", "untie_head",
-]
+# public name -> submodule that defines it
+_EXPORTS = {
+    "load_text": "corpus",
+    "NoisyNNError": "errors",
+    **{name: "evaluation" for name in (
+        "PerplexityResult", "compute_distinct_n", "compute_output_entropy", "compute_perplexity",
+        "compute_repetition_ratio", "decode", "generate_text_samples")},
+    **{name: "inject" for name in (
+        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "select_targets", "untie_head")},
+    "load_model": "models",
+    **{name: "noise" for name in (
+        "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",
+        "UniformNoise", "get_noise", "register_noise")},
+    "set_seed": "seeding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'noisynn' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

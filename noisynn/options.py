@@ -83,19 +83,43 @@ def block_list(text: str) -> list[int] | None:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """Model, device, dtype and text flags.
+
+    ``many=True`` (experiments that compare models) gives ``--models`` (a list) instead of
+    ``--model``, and ``--eval_chars`` (the same text span for every tokenizer) instead of
+    ``--eval_tokens``.
+    """
     from .models import DEFAULT_MODEL
 
     g = p.add_argument_group("model and text")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"embedded alias ({DEFAULT_MODEL}), hub id, local folder or .gguf file (default: %(default)s)")
+    if many:
+        g.add_argument("--models", nargs="+", type=name_list, default=None, metavar="NAME",
+                       help="models to compare, space- or comma-separated: embedded aliases, hub ids, local folders "
+                            "or .gguf files (default: see the experiment)")
+    else:
+        g.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"embedded alias ({DEFAULT_MODEL}), hub id, local folder or .gguf file (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: %(default)s)")
     g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
     g.add_argument("--text_file", default=None, help="evaluate on this UTF-8 text file instead of the embedded text")
     g.add_argument("--dataset", default=None, help="evaluate on an HF dataset NAME[:CONFIG[:SPLIT]] (needs the hub)")
-    g.add_argument("--eval_tokens", type=positive_int, default=1024,
-                   help="tokens scored by each perplexity (default: %(default)s)")
+    if many:
+        g.add_argument("--eval_chars", type=positive_int, default=3000,
+                       help="characters of text scored by every model (the same text whatever the tokenizer; "
+                            "default: %(default)s)")
+    else:
+        g.add_argument("--eval_tokens", type=positive_int, default=1024,
+                       help="tokens scored by each perplexity (default: %(default)s)")
     g.add_argument("--max_length", type=positive_int, default=512, help="perplexity window in tokens (default: %(default)s)")
+
+
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of names (empty items are an error)."""
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty name")
+    return names
 
 
 def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", scale: str = "absolute",

@@ -95,3 +95,23 @@ def summarize_levels(rows: Sequence[dict], metric: str, by: str = "sigma") -> li
                     "coverage": round(s.coverage, 4), "n_trials": s.n, "n_nonfinite": s.n_nonfinite,
                     "eval_tokens": tokens[0] if len(tokens) == 1 else tokens})
     return out
+
+
+def threshold_crossings(rows: Sequence[dict], factor: float = 2.0, metric: str = "perplexity", x: str = "sigma",
+                        by: str = "trial") -> dict:
+    """Per realization (``by``): the ``x`` at which ``metric`` first reaches ``factor`` times its
+    clean value (the median at x = 0), by ``log_crossing``; then their median and CI.
+
+    A realization that never reaches the threshold within the sweep counts as +inf (beyond the
+    largest level) in the median and is counted in ``n_not_reached``.
+    """
+    baseline = median_ci([r[metric] for r in rows if r[x] == 0]).median
+    threshold = factor * baseline
+    per: dict = {}
+    for key, group in group_by(rows, by).items():
+        points = sorted((r[x], r[metric]) for r in group)
+        per[key] = log_crossing([p[0] for p in points], [p[1] for p in points], threshold)
+    s = median_ci(per.values())
+    return {"baseline": baseline, "factor": factor, "threshold": threshold, "per_trial": per, "median": s.median,
+            "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4), "n_trials": s.n,
+            "n_not_reached": s.n_nonfinite}

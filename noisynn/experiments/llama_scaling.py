@@ -1,0 +1,184 @@
+"""Do bigger or newer models tolerate more noise? The same relative noise on several models.
+
+    python llama_scaling.py                       # = noisynn llama_scaling: smollm2-135m (+ gemma3-270m if installed)
+    python llama_scaling.py --models gpt2,gpt2-medium smollm2-135m     # hub ids need the network
+
+Fair across vocabularies and sizes: noise is relative to each tensor's spread (``--scale
+relative``: sigma x std(W)), every model scores the same characters of text (``--eval_chars``),
+and the figure compares bits per byte (tokenizer-independent) as well as perplexity. Each
+model's robustness is the sigma at which its perplexity reaches ``--ppl_threshold`` x its clean
+perplexity, found per noise realization and summarized by the median and its CI.
+Models are loaded one at a time and freed before the next.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import plotting
+from ..context import start
+from ..evaluation import compute_perplexity, tokenize
+from ..inject import NoiseInjector
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+                       positive_float, positive_int, script_main)
+from ..results import RUN_JSON
+from ..sweep import Point, TrialResult, grid, levels, run_sweep
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "llama_scaling"
+EXTRA = ("n_params", "noised_params")
+METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "eval_bytes", "finite")
+OPTIONAL_MODEL = "gemma3-270m"
+# --include_modern: larger current models from the hub (a GPU and the network; Llama is gated:
+# accept its license on the hub and log in first).
+MODERN_MODELS = ("HuggingFaceTB/SmolLM2-360M", "Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B",
+                 "HuggingFaceTB/SmolLM2-1.7B")
+
+
+def add_args(p: ArgumentParser) -> None:
+    add_model_args(p, many=True)
+    add_noise_args(p, scale="relative")
+    g = p.add_argument_group("scaling")
+    g.add_argument("--include_modern", action="store_true",
+                   help=f"also compare {', '.join(MODERN_MODELS)} (hub, meant for a GPU)")
+    g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=8, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--spacing", choices=("log", "linear"), default="log",
+                   help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) (default: %(default)s)")
+    g.add_argument("--ppl_threshold", type=positive_float, default=2.0,
+                   help="robustness = sigma where perplexity reaches this factor x clean (default: %(default)s)")
+    add_run_args(p)
+
+
+def parse(argv=None):
+    p = ArgumentParser(prog="llama_scaling.py", description=__doc__.strip().splitlines()[0])
+    add_args(p)
+    args = p.parse_args(argv)
+    args.models = resolve_models(args.models, args.include_modern)
+    return args
+
+
+def default_models() -> list[str]:
+    """The embedded SmolLM2-135M, plus Gemma-3-270M when its optional packages are installed."""
+    models = [DEFAULT_MODEL]
+    if embedded_available(OPTIONAL_MODEL):
+        models.append(OPTIONAL_MODEL)
+    else:
+        log.warning("%s left out: its optional packages are not installed (%s)", OPTIONAL_MODEL,
+                    EMBEDDED_MODELS[OPTIONAL_MODEL].install)
+    return models
+
+
+def resolve_models(given, include_modern: bool) -> list[str]:
+    """Flatten ``--models`` (space- and comma-separated), default list, ``--include_modern``; no repeats."""
+    names = [n for group in given for n in group] if given else default_models()
+    if include_modern:
+        names += list(MODERN_MODELS)
+    out = list(dict.fromkeys(names))
+    for name in out:  # fail now, in one line, before the run folder is touched
+        check_model_name(name)
+    return out
+
+
+def previous_models(out: str | None) -> dict:
+    """Model records of an earlier session of the same run folder (kept when its models are skipped)."""
+    path = Path(out) / RUN_JSON if out else None
+    try:
+        return dict(json.loads(path.read_text()).get("models") or {}) if path and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def eval_ids_for(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of the whole text, with the BOS token first if this tokenizer adds one by default.
+
+    Each model reads the text as it was trained to (Gemma expects <bos>: without it its
+    perplexity here is ~25 instead of ~16; SmolLM2 and GPT-2 add none). With BOS every text
+    token is scored; without, all but the first.
+    """
+    ids = tokenize(tokenizer, text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    probe = tokenizer("a")["input_ids"]
+    if bos is not None and probe and probe[0] == bos:
+        ids = torch.cat([torch.tensor([bos], dtype=ids.dtype), ids])
+    return ids
+
+
+def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> None:
+    """Load one model, run its pending points, restore and drop it (its memory goes with the frame)."""
+    args = ctx.args
+    lm = load_model(name, args.device, args.dtype)
+    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
+                             noise_params=noise_params(args))
+    ids = eval_ids_for(lm.tokenizer, ctx.text.text)
+    models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
+    ctx.folder.update_meta(models=models_meta)
+    n_params, noised = lm.info["n_params"], injector.n_params
+
+    def leading(p: Point) -> dict:
+        return {"experiment": EXPERIMENT, "model": name, "noise_type": args.noise_type, "scale": args.scale,
+                "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed), "n_params": n_params,
+                "noised_params": noised}
+
+    def trial(point: Point) -> TrialResult:
+        if injector.seed != point.seed(args.seed):
+            injector.draw(point.seed(args.seed))
+        injector.apply(point.sigma)
+        r = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=args.max_length)
+        return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
+                            "eval_tokens": r.n_tokens, "eval_bytes": r.n_bytes, "finite": r.finite})
+
+    bar = None if args.quiet else (lambda items: tqdm(items, desc=name, unit="point"))
+    try:
+        run_sweep(ctx.folder, points, trial, leading, done, bar)
+    finally:
+        injector.restore()
+
+
+def run(argv=None) -> int:
+    args = parse(argv)
+    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    models_meta = previous_models(args.out)
+    ctx = start(args, EXPERIMENT, METRICS, key=("model", "sigma", "trial"), extra_columns=EXTRA, load=False, meta={
+        "levels": sigmas, "models": models_meta,
+        "noise_realizations": "common random numbers: one unit-scale draw per model and trial (seeded per layer "
+                              "from the trial seed and the layer name), scaled to every level",
+        "head": "not noised unless --targets names head/all; a tied head is untied before it is noised",
+        "text_span": f"the first {args.eval_chars} characters of the text, scored by every model; BOS first "
+                     "where the tokenizer adds one by default",
+        "robustness": f"sigma where perplexity reaches {args.ppl_threshold} x clean, per trial by log_crossing "
+                      "(log-linear interpolation), then median and order-statistic CI over trials"})
+    done_by_model: dict[str, list[dict]] = {}
+    for r in ctx.done_rows:
+        done_by_model.setdefault(r["model"], []).append(r)
+    points = grid(sigmas, args.n_trials)
+    for name in args.models:
+        done = done_by_model.get(name, [])
+        if len(done) >= len(points):
+            log.info("%s: all %d points already in the run folder", name, len(points))
+            continue
+        run_model(ctx, name, points, done, models_meta)
+        gc.collect()  # one model in memory at a time: run_model's references are gone
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    figures = plotting.plot_llama_scaling(ctx.folder.path)
+    if args.output:
+        shutil.copyfile(figures[0], args.output)
+    ctx.folder.finish(figures=[f.name for f in figures])
+    meta, rows = plotting.load_run(ctx.folder.path)
+    print(plotting.format_scaling_table(rows, args.ppl_threshold))
+    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, crossings.csv, {figures[0].name})")
+    return 0
+
+
+def main(argv=None) -> int:
+    return script_main(run, argv)
