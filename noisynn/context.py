@@ -7,7 +7,7 @@ touched, so a bad invocation never damages an existing run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,8 +30,13 @@ class Context:
 
 
 def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[str] = ("sigma", "trial"),
-          extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True) -> Context:
-    """Check flags, load plugins, model and text, then open (or resume) the run folder."""
+          extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True,
+          check: Callable[[LoadedModel, Text], None] | None = None) -> Context:
+    """Check flags, load plugins, model and text, then open (or resume) the run folder.
+
+    ``check(lm, text)``, if given, validates flags that depend on the loaded model or text
+    (e.g. block indices); it runs before the run folder is touched and raises ``NoisyNNError``.
+    """
     if getattr(args, "plugin", None):
         load_plugins(args.plugin)
     if noise:
@@ -43,6 +48,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     config = {"experiment": experiment, **config_of(args)}
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype)
+    if check is not None:
+        check(lm, text)
     folder.check(config)
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
     if eval_ids.numel() - 1 < args.eval_tokens:
