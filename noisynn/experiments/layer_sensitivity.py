@@ -221,8 +221,6 @@ def run(argv=None) -> int:
         "normalisation": "noise energy E = sigma^2 x n_params: the expected sum of squared injected noise, in units "
                          "of each tensor's scale unit squared (--scale relative: its weight variance); per-cell "
                          "heatmap values are also given per million noised weights",
-        "heatmap": {"noise_level": args.noise_level, "tokens": args.heatmap_tokens,
-                    "cells": [cell_label(b, p) for b, p in found.get("cells", [])]},
         "noise_realizations": "common random numbers within a target: one unit draw per (target, trial), "
                               "scaled to every level; each target is noised alone, all other weights clean",
         "head": "not noised unless a --targets item names head/all; a tied head is untied before it is noised"})
@@ -245,7 +243,8 @@ def run(argv=None) -> int:
                 "mode": specs[p.target][0], "block": block, "projection": proj}
 
     ctx.folder.update_meta(n_params={label: trials.n_params(label) for label in groups},
-                           clean_params=sum(p.numel() for p in lm.model.parameters()))
+                           heatmap_cells={"noise_level": args.noise_level, "tokens": args.heatmap_tokens,
+                                          "cells": [cell_label(b, p) for b, p in cells]})
     bar = None if args.quiet else (lambda items: tqdm(items, desc=EXPERIMENT, unit="point"))
     try:
         run_sweep(ctx.folder, points, trials, leading, ctx.done_rows, bar)
