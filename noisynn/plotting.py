@@ -309,6 +309,8 @@ def _plot_groups(run_dir: Path, rows, crossings, cfg, meta) -> Path:
     _sigma_axis(axes[0], sorted({r["sigma"] for r in rows if r["mode"] == "groups"}), meta)
     if cfg.get("spacing", "log") == "log":
         axes[0].set_xscale("log")
+        axes[0].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        axes[0].xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     unit = "weight variance" if scale == "relative" else ("weight units^2" if scale == "absolute" else f"{scale} unit^2")
     axes[1].set_xscale("log")
@@ -333,21 +335,24 @@ def _plot_heatmap(run_dir: Path, cells, hm: dict, cfg) -> Path:
     blocks = sorted({c["block"] for c in cells})
     projs = list(dict.fromkeys(c["projection"] for c in cells))
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.27 * len(blocks)))
-    panels = (("delta_nll", "ln(ppl / clean ppl), nats per token"),
-              ("delta_nll_per_mparam", "the same per 10^6 noised weights"))
+    panels = (("delta_nll", "ln(ppl / clean ppl), nats per token (log colour)"),
+              ("delta_nll_per_mparam", "the same per 10^6 noised weights (log colour)"))
     for ax, (field, title) in zip(axes, panels):
         grid = np.full((len(blocks), len(projs)), np.nan)
         for c in cells:
             grid[blocks.index(c["block"]), projs.index(c["projection"])] = c[field]
         finite = grid[np.isfinite(grid)]
-        vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
-        linthresh = max(vmax / 100, 1e-6)
-        norm = mcolors.SymLogNorm(linthresh=linthresh, vmin=-vmax, vmax=vmax, base=10)
-        im = ax.imshow(np.where(np.isfinite(grid), grid, vmax), cmap="RdBu_r", norm=norm, aspect="auto")
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        vmin = vmax / 1000  # log colour scale over three decades; values <= vmin (also < 0) get its colour
+        shown = np.where(np.isinf(grid), vmax, np.clip(np.nan_to_num(grid, nan=vmin), vmin, None))
+        im = ax.imshow(np.ma.masked_where(np.isnan(grid), shown), cmap="YlOrRd",
+                       norm=mcolors.LogNorm(vmin=vmin, vmax=vmax), aspect="auto")
         for (y, x), v in np.ndenumerate(grid):
-            text = "inf" if not np.isfinite(v) else (f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.3f}")
+            if np.isnan(v):
+                continue  # cell not run
+            text = "inf" if np.isinf(v) else (f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.3f}")
             ax.text(x, y, text, ha="center", va="center", fontsize=6,
-                    color="white" if np.isfinite(v) and abs(v) > vmax / 3 else "black")
+                    color="white" if not np.isfinite(v) or v > vmax / 10 else "black")
         ax.set_xticks(range(len(projs)), projs)
         ax.set_yticks(range(len(blocks)), blocks)
         ax.set_xlabel("projection")
