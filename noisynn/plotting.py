@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -459,6 +460,8 @@ def plot_optimal_jitter(run_dir: str | Path, name: str = "optimal_jitter.png") -
     axes[1].axhline(zone["max_ppl_ratio"] * zone["clean_perplexity"], color="red", ls="--", lw=1,
                     label=f"bound {zone['max_ppl_ratio']:g} x clean")
     axes[1].set_ylabel("perplexity")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     sigmas = sorted({r["sigma"] for r in noisy})
     for ax in axes:
         if zone["found"]:
@@ -472,7 +475,7 @@ def plot_optimal_jitter(run_dir: str | Path, name: str = "optimal_jitter.png") -
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7.5)
     n_prompts = len(cfg.get("prompts", [])) or "?"
-    title = zone["verdict"] if len(zone["verdict"]) < 150 else zone["verdict"][:147] + "..."
+    title = "\n".join(textwrap.wrap(zone["verdict"], 150))
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({cfg.get('scale')}) on {cfg.get('targets')}, "
                  f"{zone['n_trials']} realizations per sigma; distinct-n over {n_prompts} prompts x "
                  f"{cfg.get('n_samples')} samples x {cfg.get('max_new_tokens')} tokens; perplexity on "
