@@ -8,6 +8,8 @@ import sys
 # name -> module under noisynn.experiments; each has main(argv) -> exit code.
 EXPERIMENTS = {
     "sweep": "sweep",
+    "layer_sensitivity": "layer_sensitivity",
+    "optimal_jitter": "optimal_jitter",
     "llama_scaling": "llama_scaling",
     "generate_graphs": "generate_graphs",
 }

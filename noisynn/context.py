@@ -7,7 +7,7 @@ touched, so a bad invocation never damages an existing run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -31,11 +31,13 @@ class Context:
 
 def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[str] = ("sigma", "trial"),
           extra_columns: Sequence[str] = (), meta: dict | None = None, noise: bool = True,
-          load: bool = True) -> Context:
+          load: bool = True, check: Callable[[LoadedModel, Text], None] | None = None) -> Context:
     """Check flags, load plugins, model and text, then open (or resume) the run folder.
 
     ``load=False`` (experiments that compare several models, one at a time) skips the model:
     ``lm`` and ``eval_ids`` are None, and the text is cut to ``args.eval_chars`` characters.
+    ``check(lm, text)``, if given, validates flags that depend on the loaded model or text
+    (e.g. block indices); it runs before the run folder is touched and raises ``NoisyNNError``.
     """
     if getattr(args, "plugin", None):
         load_plugins(args.plugin)
@@ -57,6 +59,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         return Context(args, experiment, None, text, None, folder, done)
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype)
+    if check is not None:
+        check(lm, text)
     folder.check(config)
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
     if eval_ids.numel() - 1 < args.eval_tokens:
