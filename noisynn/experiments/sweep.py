@@ -11,10 +11,11 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import start
+from ..devices import converter_io_from_args, install_converters
 from ..inject import NoiseInjector
 from ..evaluation import quality_metrics
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, positive_int,
-                       nonneg_float, script_main)
+from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
+                       noise_params, positive_int, nonneg_float, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 EXPERIMENT = "sweep"
@@ -26,6 +27,7 @@ DEFAULT_PROMPT = "The history of science shows that"
 def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
+    add_converter_args(p)
     g = p.add_argument_group("sweep")
     g.add_argument("--max_noise", type=nonneg_float, default=0.08, help="largest sigma (default: %(default)s)")
     g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
@@ -49,6 +51,7 @@ def parse(argv=None):
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    converter_io_from_args(args)  # check converter flags before the run folder is touched
     ctx = start(args, EXPERIMENT, METRICS, meta={
         "levels": sigmas,
         "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
@@ -59,13 +62,16 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
                              noise_params=noise_params(args))
-    ctx.folder.update_meta(injection=injector.describe())
+    hooks = install_converters(args, lm, injector.targets)
+    ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
     leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
                          "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
 
     def trial(point: Point) -> TrialResult:
         if injector.seed != point.seed(args.seed):
             injector.draw(point.seed(args.seed))
+        if hooks:
+            hooks.reseed(point.sample_seed(args.seed))
         injector.apply(point.sigma)
         metrics, samples, greedy = quality_metrics(
             lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
@@ -79,6 +85,8 @@ def run(argv=None) -> int:
         rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows, bar)
     finally:
         injector.restore()
+        if hooks:
+            hooks.remove()
     figures = plotting.plot_sweep(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)
