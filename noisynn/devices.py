@@ -191,11 +191,17 @@ class DeviceModel(NoiseDistribution):
         return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
 
 
-def _stuck(g: torch.Tensor, u: torch.Tensor, fraction: float, on_ratio: float) -> torch.Tensor:
-    """Bool mask of stuck devices; sets g in place to 1 (stuck on) or 0 (stuck off) there."""
+def _stuck(g: torch.Tensor, fraction: float, on_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Bool mask of stuck devices (u < fraction); sets g in place to 1 (stuck on, v < on_ratio) or 0 there.
+
+    Two uniforms per device, u (whether) and v (where), so faults are nested across fractions: a device
+    stuck at a fraction is stuck, at the same value, at every larger fraction.
+    """
+    u = torch.rand(g.shape, generator=generator, device=g.device)
+    v = torch.rand(g.shape, generator=generator, device=g.device)
     stuck = u < fraction
-    g.masked_fill_(u < fraction * on_ratio, 1.0)
-    g.masked_fill_(stuck & (u >= fraction * on_ratio), 0.0)
+    g.masked_fill_(stuck, 0.0)
+    g.masked_fill_(stuck & (v < on_ratio), 1.0)
     return stuck
 
 
@@ -287,9 +293,8 @@ class PCMNoise(DeviceModel):
         q_off: torch.Tensor | float = read_noise_q(0.0) * read
         del mu, sd
         if self.stuck_fraction > 0:
-            for g, nu, u in ((g_on, nu_on, torch.rand(shape, generator=gen, device=dev)),
-                             (g_off, nu_off, torch.rand(shape, generator=gen, device=dev))):
-                stuck = _stuck(g, u, self.stuck_fraction, self.stuck_on_ratio)
+            for g, nu in ((g_on, nu_on), (g_off, nu_off)):
+                stuck = _stuck(g, self.stuck_fraction, self.stuck_on_ratio, gen)
                 nu.masked_fill_(stuck, 0.0)
                 if g is g_on:
                     q_on.masked_fill_(stuck, 0.0)
@@ -297,7 +302,7 @@ class PCMNoise(DeviceModel):
                     q_off = torch.full(shape, q_off, device=dev).masked_fill_(stuck, 0.0)
         state.g_on, state.g_off = g_on.mul_(sign), g_off.mul_(sign).neg_()
         state.nu_on, state.nu_off, state.q_on, state.q_off = nu_on, nu_off, q_on, q_off
-        state.l1_programmed = float((g_on + g_off).mul_(state.w_max).abs_().sum(dtype=torch.float64))
+        state.l1_programmed = _l1(g_on + g_off, state.w_max)
         state.level = level
         return state
 
@@ -306,9 +311,9 @@ class PCMNoise(DeviceModel):
         """W_t / w_max (float32): drifted pair with read noise at time t; ``generator`` None = no read noise."""
         log_ratio = math.log((t_seconds + T0) / T0)
         growth = read_noise_growth(t_seconds)
-        out = None
+        acc = None
         for g, nu, q in ((state.g_on, state.nu_on, state.q_on), (state.g_off, state.nu_off, state.q_off)):
-            factor = torch.mul(nu, -log_ratio).exp_()  # drift (t + t0 / t0)^-nu
+            factor = torch.mul(nu, -log_ratio).exp_()  # drift ((t + t0) / t0)^-nu
             if generator is not None:
                 xi = torch.randn(g.shape, generator=generator, device=g.device)
                 if isinstance(q, torch.Tensor):
@@ -316,21 +321,31 @@ class PCMNoise(DeviceModel):
                 else:
                     factor.addcmul_(factor, xi, value=growth * q)
                 factor.clamp_(min=0.0)  # conductances stay >= 0
-            factor.mul_(g)
-            out = factor if out is None else out.add_(factor)
-        return out
+            if acc is None:
+                acc = factor.mul_(g)
+            else:
+                acc.addcmul_(factor, g)
+        return acc
 
     @torch.no_grad()
     def weights(self, clean, state: PCMState, level, unit, generator, out) -> None:
         self.programmed(clean, state, level)
         read_gen = make_generator(derive_seed(self._generator_seed(generator), "read", repr(self.t_seconds)),
                                   clean.device)
-        torch.mul(self.read(state, self.t_seconds, read_gen), state.w_max, out=out)
-        state.l1_read = float(out.abs().sum(dtype=torch.float64))
+        x = self.read(state, self.t_seconds, read_gen)
+        state.l1_read = _l1(x, state.w_max)
         state.alpha = 1.0
         if self.drift_compensation and state.l1_read > 0:
             state.alpha = state.l1_programmed / state.l1_read
-            out.mul_(state.alpha)
+        torch.mul(x, state.w_max * state.alpha if state.alpha != 1.0 else state.w_max, out=out)
+
+
+def _l1(x: torch.Tensor, w_max) -> float:
+    """sum |x w_max| without materializing the product (w_max: a number or a per-channel tensor)."""
+    if not isinstance(w_max, torch.Tensor):
+        return float(torch.linalg.vector_norm(x, 1, dtype=torch.float64)) * w_max
+    dims = [d for d in range(x.dim()) if w_max.shape[d] == 1]
+    return float((torch.linalg.vector_norm(x, 1, dim=dims, keepdim=True).double() * w_max).sum())
 
 
 @dataclass
@@ -361,8 +376,8 @@ class StuckAtFaults(DeviceModel):
         gen = make_generator(state.seed, clean.device)  # the same uniforms at every level: nested faults
         g_on, sign = _targets(clean, state.w_max)
         g_off = torch.zeros_like(g_on)
-        _stuck(g_on, torch.rand(g_on.shape, generator=gen, device=g_on.device), level, self.stuck_on_ratio)
-        _stuck(g_off, torch.rand(g_on.shape, generator=gen, device=g_on.device), level, self.stuck_on_ratio)
+        _stuck(g_on, level, self.stuck_on_ratio, gen)
+        _stuck(g_off, level, self.stuck_on_ratio, gen)
         torch.mul(g_on.sub_(g_off).mul_(sign), state.w_max, out=out)
 
 
