@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -417,6 +418,8 @@ class AnalogIO:
     ``input_range``: "dynamic" (per-token abs-max, aihwkit's ABS_MAX noise management), "calibrated"
     (a fixed per-layer range: max|x| seen by ``ConverterHooks.calibrate``) or a number (fixed range).
     ``per_channel``: normalize outputs by max|W| per output channel (else per tensor).
+    ``noise_pool``: size of the pool the output noise is sliced from (0: fresh draws at every call;
+    torch's CPU generator makes those cost about as much as the matmul of a 576 x 1536 layer).
     """
 
     dac_bits: int | None = 7
@@ -425,6 +428,7 @@ class AnalogIO:
     out_bound: float | None = 12.0
     input_range: str | float = "dynamic"
     per_channel: bool = False
+    noise_pool: int = 2 ** 23
 
     def __post_init__(self):
         for name in ("dac_bits", "adc_bits"):
@@ -456,80 +460,114 @@ class AnalogIO:
         return d
 
 
-class _TileIO:
-    """Pre- and post-hook state of one layer: its w_max, generator, fixed range and the last input scale."""
+class _Shared:
+    """State shared by one model's tiles: the output-noise pool and offsets, and the last converted input."""
 
-    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor, out_axis: int, io: AnalogIO):
-        self.name, self.io = name, io
+    def __init__(self, io: AnalogIO, device):
+        self.io, self.device = io, device
+        self.pool: torch.Tensor | None = None
+        self.rng = random.Random(0)
+        self.generator = make_generator(0, device)
+        self.last: tuple | None = None  # (input tensor, fixed range, converted input, range)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = random.Random(derive_seed(seed, "converter-offsets"))
+        self.generator = make_generator(derive_seed(seed, "converter-noise"), self.device)
+        if self.io.out_noise and self.io.noise_pool:
+            self.pool = torch.randn(self.io.noise_pool, generator=self.generator, device=self.device)
+        self.last = None
+
+    def noise(self, y: torch.Tensor) -> torch.Tensor:
+        """N(0, 1) shaped like y: a slice of the pool at a random offset, or fresh draws when it is larger."""
+        n = y.numel()
+        if self.pool is not None and n <= self.pool.numel():
+            start = self.rng.randrange(self.pool.numel() - n + 1)
+            return self.pool[start:start + n].view(y.shape)
+        return torch.randn(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
+
+
+class _TileIO:
+    """Pre- and post-hook of one layer: its w_max and fixed range, and the range of the input in flight."""
+
+    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor, out_axis: int, io: AnalogIO,
+                 shared: _Shared):
+        self.name, self.io, self.shared = name, io, shared
         w = weight.detach().float()
         if io.per_channel:
             dims = [d for d in range(w.dim()) if d != out_axis]
-            w_max = w.abs().amax(dim=dims).clamp_(min=torch.finfo(torch.float32).tiny)
+            self.w_max = w.abs().amax(dim=dims).clamp_(min=torch.finfo(torch.float32).tiny).to(weight.dtype)
+            self.w_scalar = 1.0
         else:
-            w_max = w.abs().max().clamp_(min=torch.finfo(torch.float32).tiny)
-        self.w_max = w_max.to(weight.dtype) if io.per_channel else float(w_max)
-        self.device = weight.device
+            self.w_max = None
+            self.w_scalar = max(float(w.abs().max()), torch.finfo(torch.float32).tiny)
         self.bias = getattr(module, "bias", None)
         self.fixed = None if isinstance(io.input_range, str) else float(io.input_range)
-        self.generator: torch.Generator | None = None
         self.enabled = True
         self.scale = None
         self.record: float | None = None  # calibration: running max|x|
         self.dac_half = (2 ** io.dac_bits - 2) / 2 if io.dac_bits else None
         self.adc_half = (2 ** io.adc_bits - 2) / 2 if io.adc_bits else None
+        self.analog_out = bool(io.out_noise or io.out_bound or io.adc_bits)
 
     def pre(self, module, args):
-        x = args[0]
+        self.scale = None
         if not self.enabled:
-            self.scale = None
             return None
-        if self.record is not None:  # calibration pass: observe, do not quantize
-            self.record = max(self.record, float(torch.linalg.vector_norm(x, float("inf"))))
-            self.scale = None
+        x = args[0]
+        if self.record is not None:  # calibration pass: observe, do not convert
+            self.record = max(self.record, float(x.amax()), -float(x.amin()))
             return None
-        if self.fixed is None:  # per-token abs-max
-            r = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True)
+        last = self.shared.last
+        if last is not None and last[0] is x and last[1] == self.fixed:  # q, k, v (gate, up) share their input
+            _, _, converted, self.scale = last
+        else:
+            converted, self.scale = self._convert(x)
+            self.shared.last = (x, self.fixed, converted, self.scale)
+        return None if converted is None else (converted,) + tuple(args[1:])
+
+    def _convert(self, x: torch.Tensor):
+        """(input for the layer or None if unchanged, range r). With a DAC the layer receives the integer
+        levels round(x / d), d = r / half: its output is rescaled by d in ``post``."""
+        if self.fixed is None:  # per-token abs-max (aihwkit ABS_MAX noise management)
+            r = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
             r.clamp_(min=torch.finfo(x.dtype).tiny)
         else:
             r = self.fixed
-        self.scale = r
         if not self.dac_half:
-            if self.fixed is None:
-                return None
-            return (x.clamp(-r, r),) + tuple(args[1:])
-        step = r / self.dac_half  # 2 r / (2^bits - 2)
-        q = x / step
-        q.round_()
+            return (None if self.fixed is None else x.clamp(-r, r)), r
+        levels = x / (r / self.dac_half)
+        levels.round_()
         if self.fixed is not None:
-            q.clamp_(-self.dac_half, self.dac_half)
-        q.mul_(step)
-        return (q,) + tuple(args[1:])
+            levels.clamp_(-self.dac_half, self.dac_half)
+        return levels, r
 
     def post(self, module, args, y):
         r = self.scale
         if r is None:
             return None
         io = self.io
-        # One factor per token (and per channel) takes y to ADC steps: y / (r w_max k), k = ADC step.
-        k = io.out_bound / self.adc_half if self.adc_half else 1.0
-        per_tensor = not isinstance(self.w_max, torch.Tensor)
-        to_units = r * (k * self.w_max if per_tensor else k)
         if self.bias is not None:
-            y = y - self.bias
-        y.div_(to_units)
-        if not per_tensor:
-            y.div_(self.w_max)
-        if io.out_noise:
-            noise = torch.randn(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
-            y.add_(noise, alpha=io.out_noise / k)
-        if io.out_bound:
-            bound = io.out_bound / k
-            y.clamp_(-bound, bound)
-        if self.adc_half:
-            y.round_()
-        y.mul_(to_units)
-        if not per_tensor:
-            y.mul_(self.w_max)
+            y.sub_(self.bias)
+        if self.analog_out:
+            # Work in ADC steps k of the normalized output y / (r w_max): one factor in, one factor out.
+            k = io.out_bound / self.adc_half if self.adc_half else 1.0
+            if self.dac_half:  # y = levels W^T: the normalized output is y / (half w_max)
+                y.mul_(1.0 / (self.dac_half * self.w_scalar * k))
+            else:
+                y.mul_(1.0 / (r * (self.w_scalar * k)))
+            if self.w_max is not None:
+                y.div_(self.w_max)
+            if io.out_noise:
+                y.add_(self.shared.noise(y), alpha=io.out_noise / k)
+            if io.out_bound:
+                y.clamp_(-io.out_bound / k, io.out_bound / k)
+            if self.adc_half:
+                y.round_()
+            y.mul_(r * (self.w_scalar * k))
+            if self.w_max is not None:
+                y.mul_(self.w_max)
+        elif self.dac_half:
+            y.mul_(r / self.dac_half)
         if self.bias is not None:
             y.add_(self.bias)
         return y
@@ -538,9 +576,11 @@ class _TileIO:
 class ConverterHooks:
     """DAC, output noise and ADC on the targeted layers through forward hooks (see the module doc).
 
-    ``reseed(seed)`` before each realization makes the output noise reproducible (one generator per
-    layer, seeded from the seed and the layer name); ``remove()`` detaches every hook. Use as a
-    context manager or call ``remove`` in a ``finally``.
+    Vectorised over tokens, in place on the layer output. An input fed to several targeted layers
+    (q, k, v; gate, up) is converted once. Output noise: slices of a pool of ``io.noise_pool`` N(0, 1)
+    values drawn at ``reseed`` (exact i.i.d. normals within a layer call; different calls take random
+    offsets into the pool, so two calls may reuse shifted values); ``noise_pool = 0`` draws afresh.
+    ``reseed(seed)`` makes the noise reproducible; ``remove()`` detaches every hook (or use ``with``).
     """
 
     def __init__(self, model: nn.Module, targets: Sequence, io: AnalogIO, seed: int = 0):
@@ -548,13 +588,14 @@ class ConverterHooks:
         self.tiles: list[_TileIO] = []
         self._handles = []
         self.calibration: dict | None = None
+        self.shared = _Shared(io, next((t.param.device for t in targets), "cpu"))
         for t in targets:
             if not t.name.endswith(".weight") or t.param.dim() != 2:
                 continue
             module = model.get_submodule(t.name[: -len(".weight")])
             if isinstance(module, nn.Embedding):
                 continue
-            tile = _TileIO(t.name[: -len(".weight")], module, t.param, t.out_axis, io)
+            tile = _TileIO(t.name[: -len(".weight")], module, t.param, t.out_axis, io, self.shared)
             self.tiles.append(tile)
             self._handles.append(module.register_forward_pre_hook(tile.pre))
             self._handles.append(module.register_forward_hook(tile.post))
@@ -568,14 +609,14 @@ class ConverterHooks:
             tile.enabled = bool(enabled)
 
     def reseed(self, seed: int) -> None:
-        for tile in self.tiles:
-            tile.generator = make_generator(derive_seed(seed, "converter", tile.name), tile.device)
+        self.shared.reseed(seed)
 
     @torch.no_grad()
     def calibrate(self, model: nn.Module, input_ids: torch.Tensor, max_length: int = 512) -> dict:
         """Fixed per-layer input ranges: max|x| of each layer's input over ``input_ids`` (in windows)."""
         for tile in self.tiles:
             tile.record = 0.0
+        self.shared.last = None
         try:
             ids = input_ids.flatten()
             device = next(model.parameters()).device
@@ -592,6 +633,7 @@ class ConverterHooks:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.shared.last = self.shared.pool = None
 
     def __enter__(self):
         return self

@@ -276,8 +276,9 @@ def test_dac_error_matches_the_quantization_step():
     model = layer()
     hooks = hooked(model, AnalogIO(dac_bits=4, adc_bits=None, out_noise=0.0, out_bound=None))
     x = torch.randn(4096, 64)
-    (q,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))
+    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))  # the DAC's integer levels
     step = 2 * x.abs().amax(dim=-1, keepdim=True) / (2 ** 4 - 2)  # 14 steps over [-max|x|, max|x|]
+    q = levels * step
     err = q - x
     assert float((err.abs() / step).max()) <= 0.5 + 1e-5
     assert torch.allclose(q / step, (q / step).round(), atol=1e-4)
@@ -301,10 +302,11 @@ def test_adc_error_matches_the_quantization_step():
         hooks.remove()
         ref = model(x)
     r = x.abs().amax(dim=-1, keepdim=True)
-    w_max = lin.weight.abs().amax(dim=1)
+    w_max = lin.weight.detach().abs().amax(dim=1)
     unit = r * w_max  # normalization: input range x max|W| of the channel
     step = 2 * bound / (2 ** bits - 2)
-    y_n, ref_n = (y - lin.bias) / unit, (ref - lin.bias) / unit
+    bias = lin.bias.detach()
+    y_n, ref_n = (y - bias) / unit, (ref - bias) / unit
     inside = ref_n.abs() < bound
     err = (y_n - ref_n)[inside]
     assert float(err.abs().max()) <= step / 2 + 1e-4
@@ -334,8 +336,9 @@ def test_fixed_and_calibrated_input_range():
     model = layer()
     x = torch.randn(512, 64)
     hooks = hooked(model, AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range=1.0))
-    (q,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))
-    assert float(q.abs().max()) <= 1.0 and torch.allclose(q * 31, (q * 31).round(), atol=1e-4)  # step 2/62
+    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))
+    assert torch.equal(levels, levels.round()) and float(levels.abs().max()) == 31  # 62 steps over [-1, 1], clipped
+    assert torch.equal(levels, (x * 31).round().clamp(-31, 31))
     hooks.remove()
     hooks = hooked(model, AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range="calibrated"))
 
