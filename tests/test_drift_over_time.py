@@ -123,8 +123,8 @@ def test_sweep_with_converters(tmp_path, tiny):
 @pytest.mark.integration
 def test_drift_over_time_on_embedded_model(tmp_path):
     out = tmp_path / "run"
-    args = ["--targets", "down", "--times", "1h,1y", "--n_trials", "2", "--eval_tokens", "128",
-            "--max_new_tokens", "8", "--n_samples", "1", "--digital_bits", "", "--quiet", "--out", str(out)]
+    args = ["--targets", "down", "--times", "1h,1y", "--n_trials", "2", "--eval_tokens", "64", "--max_new_tokens", "4",
+            "--entropy_tokens", "4", "--n_samples", "1", "--digital_bits", "", "--quiet", "--out", str(out)]
     assert drift_over_time.main(args) == 0
     rows = read_rows(out / "results.csv")
     clean = next(r["perplexity"] for r in rows if r["condition"] == "float")
