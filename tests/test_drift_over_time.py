@@ -123,14 +123,14 @@ def test_sweep_with_converters(tmp_path, tiny):
 @pytest.mark.integration
 def test_drift_over_time_on_embedded_model(tmp_path):
     out = tmp_path / "run"
-    args = ["--targets", "down", "--times", "1h,1y", "--n_trials", "2", "--eval_tokens", "64", "--max_new_tokens", "4",
+    args = ["--targets", "down", "--times", "1h,1y", "--n_trials", "1", "--eval_tokens", "64", "--max_new_tokens", "4",
             "--entropy_tokens", "4", "--n_samples", "1", "--digital_bits", "", "--quiet", "--out", str(out)]
     assert drift_over_time.main(args) == 0
     rows = read_rows(out / "results.csv")
     clean = next(r["perplexity"] for r in rows if r["condition"] == "float")
     pcm = {(r["t_label"], r["compensation"], r["trial"]): r for r in rows if r["condition"] == "pcm"}
-    assert len(pcm) == 8 and 5 < clean < 40
-    for trial in (0, 1):
+    assert len(pcm) == 4 and 5 < clean < 40
+    for trial in (0,):
         year_off, year_on = pcm[("1 y", False, trial)], pcm[("1 y", True, trial)]
         assert year_off["perplexity"] > clean and year_on["perplexity"] > clean
         assert year_on["perplexity"] < year_off["perplexity"]  # compensation helps after a year of drift
