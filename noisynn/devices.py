@@ -48,7 +48,6 @@ Converters (``ConverterHooks``, forward hooks on the targeted layers; aihwkit ``
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -60,8 +59,6 @@ from torch import nn
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, register_noise
 from .seeding import derive_seed, make_generator
-
-log = logging.getLogger(__name__)
 
 G_MAX_US = 25.0  # uS: conductance that max|W| maps to
 PROG_COEFF_US = (0.26348, 1.9650, -1.1731)  # programming-noise std polynomial in gT, in uS at g_max = 25 uS
@@ -446,10 +443,6 @@ class AnalogIO:
                 raise NoisyNNError(f"input_range is dynamic, calibrated or a number, got '{self.input_range}'") from None
         if not isinstance(self.input_range, str) and not self.input_range > 0:
             raise NoisyNNError(f"a fixed input_range must be > 0, got {self.input_range}")
-
-    @property
-    def active(self) -> bool:
-        return bool(self.dac_bits or self.adc_bits or self.out_noise or self.out_bound)
 
     def describe(self) -> dict:
         d = asdict(self)
