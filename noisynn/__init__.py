@@ -5,6 +5,7 @@ Public API (re-exported; see each module for details)::
     from noisynn import load_model, load_text, inject_thermal_noise, noisy_weights
     from noisynn import NoiseDistribution, NOISE_REGISTRY, register_noise
     from noisynn import compute_perplexity, compute_output_entropy, generate_text_samples
+    from noisynn import PCMNoise, StuckAtFaults, WeightQuantization, AnalogIO, ConverterHooks   # devices
 
 Names are imported on first use (PEP 562), so ``import noisynn.plotting`` (figures from saved
 results, used by ``generate_graphs``) does not import torch.
@@ -28,6 +29,7 @@ _EXPORTS = {
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",
         "UniformNoise", "get_noise", "register_noise")},
     "set_seed": "seeding",
+    **{name: "devices" for name in ("AnalogIO", "ConverterHooks", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ import sys
 # name -> module under noisynn.experiments; each has main(argv) -> exit code.
 EXPERIMENTS = {
     "sweep": "sweep",
+    "drift_over_time": "drift_over_time",
     "layer_sensitivity": "layer_sensitivity",
     "optimal_jitter": "optimal_jitter",
     "llama_scaling": "llama_scaling",

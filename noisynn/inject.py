@@ -210,6 +210,14 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
     return found
 
 
+def check_scale(noise: NoiseDistribution, scale: str) -> None:
+    """A device model names the scales it accepts (its weight-to-conductance mapping); others take any."""
+    allowed = getattr(noise, "scales", None)
+    if allowed and scale not in allowed:
+        raise NoisyNNError(f"noise '{noise.name}' maps weights to conductances by max|W| and needs --scale "
+                           f"{' or '.join(allowed)} (per output channel or per tensor), got '{scale}'")
+
+
 def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tensor | float:
     """The factor ``u`` that turns sigma into weight units for one tensor (see module doc)."""
     if scale == "absolute":
@@ -230,7 +238,9 @@ class NoiseInjector:
 
     Usage: ``draw(seed)`` once per noise realization, then ``apply(sigma)`` for any number of
     levels (common random numbers: one realization is reused across levels, scaled), then
-    ``restore()``. Memory: one clean copy plus one unit-noise buffer of the targeted weights.
+    ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
+    distributions one unit-noise buffer of the targeted weights). Device models (``pcm``,
+    ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
     """
 
     def __init__(self, model: nn.Module, noise: str | NoiseDistribution = "gaussian", scale: str = "absolute",
@@ -240,51 +250,46 @@ class NoiseInjector:
             raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
         self.model = model
         self.noise = get_noise(noise, **(noise_params or {}))
+        check_scale(self.noise, scale)
         self.scale = scale
         self.targets = select_targets(model, targets, blocks, include_bias)
         self.clean = [t.param.detach().clone() for t in self.targets]
         self.units = [unit_scale(c, scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
-        self._unit_noise: list[torch.Tensor] | None = None
+        self._states: list | None = None
         self.seed: int | None = None
 
     @property
     def n_params(self) -> int:
         return sum(t.numel for t in self.targets)
 
+    @property
+    def states(self) -> list:
+        """Each target's state from the last ``draw`` (device models keep per-read statistics there)."""
+        return list(self._states or [])
+
     def _generator(self, param: torch.Tensor, *keys) -> torch.Generator:
         return make_generator(derive_seed(self.seed, *keys), param.device)
 
     def draw(self, seed: int) -> None:
-        """Draw the unit-scale noise of one realization (seeded per layer from ``seed`` and its name)."""
+        """Draw one realization: each tensor's state from ``noise.program`` (for the built-in
+        distributions the unit-scale noise; for device models the programmed conductances),
+        seeded per layer from ``seed`` and its name."""
         self.seed = int(seed)
-        self._unit_noise = None
-        if not self.noise.location_scale:
-            return  # drawn afresh in apply(), per level
-        unit = []
-        for t, c in zip(self.targets, self.clean):
-            z = draw(self.noise, c.shape, 1.0, c.device, self._generator(c, t.name))
-            unit.append(z.to(c.dtype))
-        self._unit_noise = unit
+        self._states = [self.noise.program(c, u, self._generator(c, t.name), t.out_axis)
+                        for t, c, u in zip(self.targets, self.clean, self.units)]
 
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
-        """Set every targeted weight to ``W_clean + sigma * u * Z`` (exactly ``W_clean`` at 0)."""
+        """Set every targeted weight to ``noise.weights`` at ``sigma`` (``W_clean + sigma * u * Z`` for the
+        built-in distributions), always from the clean snapshot; exactly ``W_clean`` at 0."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
-        for i, (t, c, u) in enumerate(zip(self.targets, self.clean, self.units)):
+        for t, c, u, state in zip(self.targets, self.clean, self.units, self._states):
             w = t.param.data
             if sigma == 0:
                 w.copy_(c)
                 continue
-            if self._unit_noise is not None:
-                z, level = self._unit_noise[i], sigma
-            else:  # not location-scale: sample at scale sigma, afresh for this level
-                gen = self._generator(c, t.name, float(sigma))
-                z, level = draw(self.noise, c.shape, sigma, c.device, gen).to(c.dtype), 1.0
-            if isinstance(u, torch.Tensor):
-                torch.addcmul(c, z, u * level, out=w)
-            else:
-                torch.add(c, z, alpha=level * u, out=w)
+            self.noise.weights(c, state, sigma, u, self._generator(c, t.name, float(sigma)), out=w)
 
     @torch.no_grad()
     def restore(self) -> None:

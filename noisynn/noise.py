@@ -38,6 +38,34 @@ class NoiseDistribution:
     def sample(self, shape, scale, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    # The injector's extension point: ``program`` once per realization and tensor, ``weights`` at each
+    # level. The defaults are the additive model W = W_clean + level * unit * Z; physical device models
+    # (noisynn.devices) override both to program conductances once and read them at any level or time.
+
+    def program(self, clean: torch.Tensor, unit, generator: torch.Generator, out_axis: int = 0):
+        """Per-tensor state of one realization, drawn once by ``NoiseInjector.draw(seed)``.
+
+        Default: the unit-scale draw Z (reused at every level), or None for a class that is not
+        location-scale (then sampled afresh at each level by ``weights``).
+        """
+        if not self.location_scale:
+            return None
+        return draw(self, clean.shape, 1.0, clean.device, generator).to(clean.dtype)
+
+    def weights(self, clean: torch.Tensor, state, level: float, unit, generator: torch.Generator,
+                out: torch.Tensor) -> None:
+        """Write the tensor at ``level`` into ``out``, computed from the clean snapshot (never stacked).
+
+        Default: ``W_clean + level * unit * Z``; ``generator`` (seeded from the realization, the tensor
+        and the level) serves classes that draw afresh at each level.
+        """
+        if state is None:  # not location-scale: sample at this level
+            state, level = draw(self, clean.shape, level, clean.device, generator).to(clean.dtype), 1.0
+        if isinstance(unit, torch.Tensor):
+            torch.addcmul(clean, state, unit * level, out=out)
+        else:
+            torch.add(clean, state, alpha=level * unit, out=out)
+
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__qualname__, "params": self.params,
                 "location_scale": self.location_scale}
@@ -158,3 +186,8 @@ class StudentTNoise(NoiseDistribution):
             torch.manual_seed(seed)
             chi2 = torch._standard_gamma(torch.full(tuple(shape), self.df / 2, device=device)).mul_(2.0)
         return z.div_(chi2.div_(self.df).sqrt_()).mul_(scale)
+
+
+# The physical device models register themselves in the same registry (imported last: it
+# subclasses NoiseDistribution).
+from . import devices  # noqa: E402,F401

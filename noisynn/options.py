@@ -126,7 +126,8 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    targets: str = "blocks") -> None:
     g = p.add_argument_group("noise")
     g.add_argument("--noise_type", default=noise_type,
-                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, or a plugin's (default: %(default)s)")
+                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, stuck_at, quantize, "
+                        "or a plugin's (default: %(default)s)")
     g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
     g.add_argument("--scale", default=scale,
                    help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|) | "
@@ -137,6 +138,19 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--include_bias", action="store_true", help="noise biases of the targeted layers too")
     g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first (it may register noise classes); repeatable")
+    # Device-model parameters (noisynn.devices); left out of the config unless given.
+    d = p.add_argument_group("analog devices (--noise_type pcm, stuck_at, quantize; need --scale relative_channel "
+                             "or relative_max, the weight-to-conductance mapping)")
+    d.add_argument("--t_seconds", type=nonneg_float, default=argparse.SUPPRESS,
+                   help="pcm: read time after programming in seconds (default 86400, one day)")
+    d.add_argument("--drift_compensation", action="store_true", default=argparse.SUPPRESS,
+                   help="pcm: global drift compensation, one digital factor per layer")
+    d.add_argument("--stuck_fraction", type=unit_float, default=argparse.SUPPRESS,
+                   help="pcm: fraction of devices stuck (default 0); for stuck_at the fraction is sigma")
+    d.add_argument("--stuck_on_ratio", type=unit_float, default=argparse.SUPPRESS,
+                   help="pcm, stuck_at: share of stuck devices stuck at g_max rather than 0 (default 0.5)")
+    d.add_argument("--clip_std", type=positive_float, default=argparse.SUPPRESS,
+                   help="pcm, stuck_at: map min(max|W|, K std(W)) to g_max, clipping larger weights (default: no clip)")
 
 
 def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
@@ -147,6 +161,37 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
     g.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<time>); rerun to resume")
     g.add_argument("--output", default=None, help="also save the main figure to this PNG path")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_converter_args(p: argparse.ArgumentParser) -> None:
+    """DAC / output noise / ADC on the targeted layers (noisynn.devices.ConverterHooks); off unless given."""
+    g = p.add_argument_group("converters (forward hooks on the targeted layers; aihwkit IOParameters conventions)")
+    g.add_argument("--analog_io", action="store_true", default=argparse.SUPPRESS,
+                   help="turn on aihwkit's defaults: --dac_bits 7 --adc_bits 9 --out_noise 0.06 --out_bound 12")
+    g.add_argument("--dac_bits", type=_bits, default=argparse.SUPPRESS,
+                   help="input DAC bits (2^bits - 2 steps over [-r, r])")
+    g.add_argument("--adc_bits", type=_bits, default=argparse.SUPPRESS,
+                   help="output ADC bits (2^bits - 2 steps over [-out_bound, out_bound]; bound 12 unless given)")
+    g.add_argument("--out_noise", type=nonneg_float, default=argparse.SUPPRESS,
+                   help="output noise std, in units of (input range x max|W|)")
+    g.add_argument("--out_bound", type=positive_float, default=argparse.SUPPRESS,
+                   help="output clip bound, in units of (input range x max|W|)")
+    g.add_argument("--input_range", default=argparse.SUPPRESS,
+                   help="dynamic (per-token abs-max, default) | calibrated (per layer, on 512 training tokens) | a number")
+
+
+def _bits(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"'{text}' must be >= 2 bits")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must lie in [0, 1]")
+    return value
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -166,19 +211,23 @@ def load_plugins(paths: Sequence[str]) -> None:
 
 def check_noise_args(args) -> None:
     """Validate noise flags (after plugins are loaded), before any model is loaded."""
-    from .inject import SCALES, parse_targets
+    from .inject import SCALES, check_scale, parse_targets
     from .noise import get_noise
 
-    get_noise(args.noise_type, **noise_params(args))
+    noise = get_noise(args.noise_type, **noise_params(args))
     if args.scale not in SCALES:
         raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
+    check_scale(noise, args.scale)
     parse_targets(args.targets)
     if args.text_file and args.dataset:
         raise NoisyNNError("give either --text_file or --dataset, not both")
 
 
+NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std")
+
+
 def noise_params(args) -> dict:
-    return {k: getattr(args, k) for k in ("df",) if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in NOISE_PARAMS if getattr(args, k, None) is not None}
 
 
 def default_out(experiment: str) -> str:

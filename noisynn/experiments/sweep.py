@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import start
+from ..devices import converter_io_from_args, install_converters
 from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, block_list, noise_params,
-                       positive_int, nonneg_float, script_main)
+from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
+                       noise_params, positive_int, nonneg_float, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ DEFAULT_PROMPT = "The history of science shows that"
 def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
+    add_converter_args(p)
     g = p.add_argument_group("sweep")
     # SUPPRESS: without --blocks the config (and so resuming older run folders) is unchanged.
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
@@ -55,6 +57,7 @@ def parse(argv=None):
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    converter_io_from_args(args)  # check converter flags before the run folder is touched
     ctx = start(args, EXPERIMENT, METRICS, meta={
         "levels": sigmas,
         "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
@@ -65,8 +68,10 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, blocks=getattr(args, "blocks", None),
                              include_bias=args.include_bias, noise_params=noise_params(args))
+    hooks = install_converters(args, lm, injector.targets)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
-    ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding)
+    ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
+                           **({"converters": hooks.describe()} if hooks else {}))
     if rounding and rounding["levels_where_rounding_exceeds_threshold"]:
         log.warning("%s rounding of the targeted weights (std %.3g in weight units) exceeds 10%% of the noise at "
                     "sigma = %s; those levels measure rounding as much as noise", lm.info["dtype"],
@@ -77,6 +82,8 @@ def run(argv=None) -> int:
     def trial(point: Point) -> TrialResult:
         if injector.seed != point.seed(args.seed):
             injector.draw(point.seed(args.seed))
+        if hooks:
+            hooks.reseed(point.sample_seed(args.seed))
         injector.apply(point.sigma)
         metrics, samples, greedy = quality_metrics(
             lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
@@ -90,6 +97,8 @@ def run(argv=None) -> int:
         rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows, bar)
     finally:
         injector.restore()
+        if hooks:
+            hooks.remove()
     figures = plotting.plot_sweep(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)

@@ -1,0 +1,204 @@
+"""Perplexity and text at times after programming the model onto PCM, with and without drift compensation.
+
+    python drift_over_time.py            # = noisynn drift_over_time, embedded SmolLM2-135M
+
+Each trial programs the targeted weights once (programming noise and drift exponents drawn per device,
+see noisynn.devices) and reads the same programmed conductances at every time on the list; read noise is
+drawn afresh at each time. Every time is evaluated without and with global drift compensation, which
+share the read. Digital references (float, and symmetric per-channel int-b weights) are evaluated once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from .. import plotting
+from ..context import start
+from ..devices import (bits_to_step, converter_io_from_args, drift_factor, install_converters, parse_time,
+                       time_label)
+from ..errors import NoisyNNError
+from ..evaluation import quality_metrics
+from ..inject import NoiseInjector, noisy_weights
+from ..noise import get_noise
+from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
+                       nonneg_float, noise_params, positive_int, script_main)
+from ..sweep import Point, TrialResult, run_sweep
+
+EXPERIMENT = "drift_over_time"
+METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
+           "repetition", "finite")
+EXTRA = ("condition", "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean")
+KEY = ("condition", "t_seconds", "compensation", "trial")
+DEFAULT_TIMES = "1s,1min,1h,1d,1mo,1y"
+DEFAULT_PROMPT = "The history of science shows that"
+
+
+@dataclass(frozen=True)
+class DriftPoint(Point):
+    """A read at ``t_seconds`` (level = index of the time) with or without compensation, or a digital row.
+
+    The noise seed depends on the trial only, so every time and both compensation settings read the
+    same programmed conductances.
+    """
+
+    condition: str = "pcm"
+    t_seconds: float = 0.0
+    compensation: bool = False
+
+
+def add_args(p: ArgumentParser) -> None:
+    add_model_args(p)
+    add_noise_args(p, noise_type="pcm", scale="relative_channel")
+    add_converter_args(p)
+    g = p.add_argument_group("drift over time")
+    g.add_argument("--times", default=DEFAULT_TIMES,
+                   help="read times after programming, comma list of seconds or NUMBER+unit (s, min, h, d, "
+                        "mo = 30 d, y = 365 d) (default: %(default)s)")
+    g.add_argument("--noise_scale", type=nonneg_float, default=1.0,
+                   help="sigma: multiplier of the device noise and drift (1 = as measured) (default: %(default)s)")
+    g.add_argument("--compensation", choices=("both", "off", "on"), default="both",
+                   help="global drift compensation: evaluate both, or only off / on (default: %(default)s)")
+    g.add_argument("--digital_bits", default="8,4",
+                   help="digital references: symmetric per-channel weight bits, comma list, '' for none "
+                        "(default: %(default)s); the float model is always evaluated")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt for generated text (default: %(default)r)")
+    g.add_argument("--n_samples", type=positive_int, default=2, help="sampled generations per point (default: %(default)s)")
+    g.add_argument("--max_new_tokens", type=positive_int, default=40, help="tokens per generation (default: %(default)s)")
+    g.add_argument("--entropy_tokens", type=positive_int, default=10,
+                   help="greedy steps averaged for the entropy (default: %(default)s)")
+    g.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature (default: %(default)s)")
+    add_run_args(p, n_trials=5)
+
+
+def parse(argv=None):
+    p = ArgumentParser(prog="drift_over_time.py", description=__doc__.strip().splitlines()[0])
+    add_args(p)
+    return p.parse_args(argv)
+
+
+def parse_bits(text: str) -> list[int]:
+    try:
+        bits = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise NoisyNNError(f"--digital_bits takes a comma list of integers, got '{text}'") from None
+    for b in bits:
+        bits_to_step(b)
+    return bits
+
+
+def points(times: list[float], n_trials: int, compensation: str, bits: list[int]) -> list[DriftPoint]:
+    comps = {"both": (False, True), "off": (False,), "on": (True,)}[compensation]
+    out = [DriftPoint(0, 0.0, 0, condition="float")]
+    out += [DriftPoint(0, bits_to_step(b), 0, condition=f"int{b}") for b in bits]
+    out += [DriftPoint(i, 0.0, trial, condition="pcm", t_seconds=t, compensation=c)
+            for trial in range(n_trials) for i, t in enumerate(times) for c in comps]
+    return out
+
+
+def drift_reference(times: list[float], nu: float = 0.049, n: int = 60) -> dict:
+    """The drift factor of a device at gT = 1 with nu fixed at its mean, on a log grid (for the figure)."""
+    lo, hi = max(min(times), 1.0), max(max(times), 2.0)
+    grid = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    return {"nu": nu, "t_seconds": grid, "factor": [drift_factor(t, nu) for t in grid]}
+
+
+def check_args(args) -> tuple[list[float], list[int]]:
+    for flag in ("t_seconds", "drift_compensation"):
+        if hasattr(args, flag):
+            raise NoisyNNError(f"--{flag} is set by this experiment; use --times and --compensation")
+    times = [parse_time(t) for t in args.times.split(",") if t.strip()]
+    if not times or len(set(times)) != len(times):
+        raise NoisyNNError(f"--times needs distinct times, got '{args.times}'")
+    noise = get_noise(args.noise_type, **noise_params(args))
+    if not (hasattr(noise, "t_seconds") and hasattr(noise, "drift_compensation")):
+        raise NoisyNNError(f"--noise_type {args.noise_type} has no read time; use a device model such as pcm")
+    converter_io_from_args(args)
+    return sorted(times), parse_bits(args.digital_bits)
+
+
+def run(argv=None) -> int:
+    args = parse(argv)
+    times, bits = check_args(args)
+    ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
+        "times_s": times, "time_labels": [time_label(t) for t in times],
+        "sigma": "pcm rows: multiplier of the device's programming-noise std, drift exponents and read-noise std "
+                 "(1 = as measured); float row: 0 (clean); intB rows: quantization step in units of the "
+                 "per-channel max|W| (1 / (2^(B-1) - 1))",
+        "programming": "once per trial: every time and both compensation settings read the same programmed "
+                       "conductances and drift exponents; read noise is drawn afresh at each time (seeded by "
+                       "trial, layer and time) and shared by the two compensation settings",
+        "compensation": "global drift compensation: per layer alpha = sum|W_prog| / sum|W_t| (probe: one-hot "
+                        "inputs, as aihwkit), applied to the layer output (folded into the weights; biases untouched)",
+        "drift_ratio": "sum|W_t| / sum|W_prog| over all targeted tensors before compensation",
+        "digital_bits": bits,
+        "drift_reference": drift_reference(times),
+        "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
+                     "max_new_tokens": args.max_new_tokens}})
+    lm = ctx.lm
+    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
+                             noise_params=noise_params(args))
+    hooks = install_converters(args, lm, injector.targets)
+    ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
+    leading = lambda p: {  # noqa: E731
+        "experiment": EXPERIMENT, "model": args.model, "scale": args.scale, "trial": p.trial,
+        "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),
+        "sigma": args.noise_scale if p.condition == "pcm" else p.sigma, "seed": p.seed(args.seed),
+        "condition": p.condition, "t_seconds": p.t_seconds,
+        "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "digital", "compensation": p.compensation}
+
+    def evaluate(point: DriftPoint) -> tuple[dict, list[dict]]:
+        metrics, samples, greedy = quality_metrics(
+            lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
+            max_new_tokens=args.max_new_tokens, entropy_tokens=args.entropy_tokens, temperature=args.temperature,
+            sample_seed=point.sample_seed(args.seed), max_length=args.max_length)
+        records = [{"kind": "greedy", "text": greedy}] + [{"kind": "sampled", "text": t} for t in samples]
+        return metrics, [{"prompt": args.prompt, "t_label": leading(point)["t_label"], **r} for r in records]
+
+    def trial(point: DriftPoint) -> TrialResult:
+        if point.condition != "pcm":  # digital reference: clean weights, optionally quantized, no converters
+            injector.restore()
+            if hooks:
+                hooks.set_enabled(False)
+            try:
+                with noisy_weights(lm.model, point.sigma, "quantize", scale=args.scale, targets=args.targets,
+                                   include_bias=args.include_bias):
+                    metrics, samples = evaluate(point)
+            finally:
+                if hooks:
+                    hooks.set_enabled(True)
+            return TrialResult({**metrics, "drift_ratio": 1.0, "alpha_mean": 1.0}, samples)
+        if injector.seed != point.seed(args.seed):
+            injector.draw(point.seed(args.seed))
+        if hooks:
+            hooks.reseed(point.sample_seed(args.seed))
+        injector.noise.t_seconds = point.t_seconds
+        injector.noise.drift_compensation = point.compensation
+        injector.apply(args.noise_scale)
+        states = [s for s in injector.states if hasattr(s, "l1_read")]
+        ratio = sum(s.l1_read for s in states) / sum(s.l1_programmed for s in states) if states else float("nan")
+        alpha = sum(s.alpha for s in states) / len(states) if states else float("nan")
+        metrics, samples = evaluate(point)
+        return TrialResult({**metrics, "drift_ratio": ratio, "alpha_mean": alpha}, samples)
+
+    bar = None if args.quiet else (lambda items: tqdm(items, desc="drift", unit="point"))
+    try:
+        rows = run_sweep(ctx.folder, points(times, args.n_trials, args.compensation, bits), trial, leading,
+                         ctx.done_rows, bar)
+    finally:
+        injector.restore()
+        if hooks:
+            hooks.remove()
+    figures = plotting.plot_drift_over_time(ctx.folder.path)
+    if args.output:
+        shutil.copyfile(figures[0], args.output)
+    ctx.folder.finish(figures=[f.name for f in figures])
+    print(plotting.format_drift_table(rows))
+    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
+    return 0
+
+
+def main(argv=None) -> int:
+    return script_main(run, argv)
