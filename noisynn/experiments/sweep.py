@@ -90,6 +90,8 @@ def run(argv=None) -> int:
         rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows, bar)
     finally:
         injector.restore()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_sweep(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)
