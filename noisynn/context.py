@@ -44,6 +44,13 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     if noise:
         check_noise_args(args)
     resolve_dtype(args.dtype, resolve_device(args.device))  # fail before the slow load
+    if getattr(args, "max_memory", None):
+        from .errors import NoisyNNError
+        from .models import parse_max_memory
+
+        if not args.device_map:
+            raise NoisyNNError("--max_memory needs --device_map auto")
+        parse_max_memory(args.max_memory)
     args.out = args.out or default_out(experiment)
     columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
@@ -58,7 +65,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         done = folder.open(config, {"experiment": experiment, "text": text.info, **(meta or {})})
         return Context(args, experiment, None, text, None, folder, done)
     text = load_text(args.text_file, args.dataset)
-    lm = load_model(args.model, args.device, args.dtype)
+    lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory)
     if check is not None:
         check(lm, text)
     folder.check(config)

@@ -268,7 +268,9 @@ class NoiseInjector:
         return list(self._states or [])
 
     def _generator(self, param: torch.Tensor, *keys) -> torch.Generator:
-        return make_generator(derive_seed(self.seed, *keys), param.device)
+        # Always a CPU stream (``draw`` moves samples to the weight's device), so a model sharded
+        # across devices gets the same noise as the same model on one device.
+        return make_generator(derive_seed(self.seed, *keys), "cpu")
 
     def draw(self, seed: int) -> None:
         """Draw one realization: each tensor's state from ``noise.program`` (for the built-in
@@ -372,9 +374,9 @@ def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str |
             continue
         u = unit_scale(w, scale, t.out_axis)
         if noise.location_scale:
-            z = draw(noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), w.device)).mul_(level)
+            z = draw(noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), "cpu")).mul_(level)
         else:
-            z = draw(noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), w.device))
+            z = draw(noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), "cpu"))
         w.add_((z * u).to(w.dtype))
     return model
 

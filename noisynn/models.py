@@ -94,6 +94,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     if kind not in DEVICES:
         raise NoisyNNError(f"unknown device '{device}'; choose from {', '.join(DEVICES)}")
     if kind == "auto":
+        from .distributed import local_device
+
+        if local_device() is not None:  # one device per process under accelerate launch
+            return torch.device(local_device())
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -245,55 +249,84 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True):
+def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True, **placement):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only, **placement)
     return model, tokenizer
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+def parse_max_memory(text: str | None) -> dict | None:
+    """``"0=20GiB,1=20GiB,cpu=60GiB"`` -> {0: "20GiB", 1: "20GiB", "cpu": "60GiB"} (Accelerate's format)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        dev, sep, size = item.strip().partition("=")
+        if not sep or not dev or not size:
+            raise NoisyNNError(f"--max_memory takes DEVICE=SIZE pairs like 0=20GiB,cpu=60GiB; got '{item}'")
+        out[int(dev) if dev.isdigit() else dev] = size
+    return out
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None,
+               device_map: str | dict | None = None, max_memory: str | dict | None = None) -> LoadedModel:
     """Load ``name``: an embedded alias, a local folder, a ``.gguf`` file, or a hub id.
 
     Returns the model in eval mode on ``device`` with a tokenizer that pads on the left.
+    ``device_map="auto"`` (with optional ``max_memory``) lets Accelerate shard the model across
+    the GPUs and the CPU of the node instead; every weight must stay in memory (no disk offload).
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    load_dtype = torch.float32  # cast after loading, to measure the rounding error
+    placement = {}
+    if device_map:
+        memory = parse_max_memory(max_memory) if isinstance(max_memory, str) or max_memory is None else max_memory
+        placement = {"device_map": device_map, **({"max_memory": memory} if memory else {})}
+    # Without sharding, load float32 and cast afterwards, to measure the rounding error.
+    load_dtype = torch_dtype if placement else torch.float32
     info: dict = {"name": name}
     path = Path(os.path.expanduser(name))
     if name in EMBEDDED_MODELS:
         gguf = embedded_gguf_path(name)
         folder, meta = _dequantized_cache(gguf, name)
-        model, tokenizer = _from_folder(folder, load_dtype)
+        model, tokenizer = _from_folder(folder, load_dtype, **placement)
         info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
                     license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise NoisyNNError(f"model file {name} does not exist")
         folder, meta = _dequantized_cache(path, path.stem)
-        model, tokenizer = _from_folder(folder, load_dtype)
+        model, tokenizer = _from_folder(folder, load_dtype, **placement)
         info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise NoisyNNError(f"model folder {name} has no config.json")
-        model, tokenizer = _from_folder(path, load_dtype)
+        model, tokenizer = _from_folder(path, load_dtype, **placement)
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         info.update(source="folder", fingerprint=_fingerprint_files(weights))
     elif path.exists() or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
         raise NoisyNNError(f"model path {name} does not exist (or is not a folder or .gguf file)")
     else:
-        model, tokenizer = _from_hub(name, load_dtype)
+        model, tokenizer = _from_hub(name, load_dtype, **placement)
         info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
     rounding = {}
-    if torch_dtype != torch.float32:
+    if torch_dtype != torch.float32 and not placement:
         rounding = rounding_error_std(model, torch_dtype)
         model.to(torch_dtype)
-    model.to(dev).eval()
+    if placement:
+        offloaded = sorted({d for d in getattr(model, "hf_device_map", {}).values() if d in ("disk", "meta")})
+        if offloaded:
+            raise NoisyNNError(f"--device_map placed weights on {offloaded[0]}, which cannot be noised; give "
+                               "--max_memory enough GPU/CPU memory to hold the whole model")
+        model.eval()
+        info["device_map"] = {k: str(v) for k, v in getattr(model, "hf_device_map", {}).items()}
+    else:
+        model.to(dev).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -354,16 +387,16 @@ def check_model_name(name: str) -> None:
         raise NoisyNNError(_offline_hint(name))
 
 
-def _from_hub(name: str, dtype: torch.dtype):
+def _from_hub(name: str, dtype: torch.dtype, **placement):
     offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed
-        return _from_folder(name, dtype, local_only=True)
+        return _from_folder(name, dtype, local_only=True, **placement)
     except (OSError, ValueError):
         pass
     if not _hub_reachable():
         raise NoisyNNError(offline_hint)
     try:
-        return _from_folder(name, dtype, local_only=False)
+        return _from_folder(name, dtype, local_only=False, **placement)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise NoisyNNError(f"cannot load '{name}' from the hub: {first}") from None

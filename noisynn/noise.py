@@ -116,13 +116,16 @@ def draw(noise: NoiseDistribution, shape, scale, device, generator: torch.Genera
     For those, the global torch RNG is forked and seeded from ``generator``, so the draw is
     still reproducible and leaves global state untouched.
     """
+    # Sample where the generator lives (the injector's are on the CPU), then move: the same seed
+    # gives the same noise whether a weight sits on a GPU, the CPU, or is split across both.
+    where = generator.device
     if "generator" in inspect.signature(noise.sample).parameters:
-        return noise.sample(shape, scale, device, generator=generator)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    devices = [device] if torch.device(device).type == "cuda" else []
+        return noise.sample(shape, scale, where, generator=generator).to(device)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=where).item())
+    devices = [where] if where.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return noise.sample(shape, scale, device)
+        return noise.sample(shape, scale, where).to(device)
 
 
 def _uniform_open(shape, device, generator) -> torch.Tensor:

@@ -102,6 +102,10 @@ def add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                        help=f"embedded alias ({DEFAULT_MODEL}), hub id, local folder or .gguf file (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: %(default)s)")
     g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
+    g.add_argument("--device_map", default=None, choices=("auto", "balanced", "balanced_low_0", "sequential"),
+                   help="'auto' shards a big model across the node's GPUs and CPU (Accelerate); overrides --device")
+    g.add_argument("--max_memory", default=None,
+                   help="with --device_map: per-device limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     g.add_argument("--text_file", default=None, help="evaluate on this UTF-8 text file instead of the embedded text")
     g.add_argument("--dataset", default=None, help="evaluate on an HF dataset NAME[:CONFIG[:SPLIT]] (needs the hub)")
     if many:

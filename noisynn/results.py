@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import distributed
 from .errors import NoisyNNError
 
 LEADING_COLUMNS = ("experiment", "model", "noise_type", "scale", "sigma", "trial", "seed")
@@ -127,6 +128,12 @@ class RunFolder:
         self.run_json = self.path / RUN_JSON
         self.samples = self.path / SAMPLES_JSONL
         self.meta: dict = {}
+        # Under a multi-process launch each process appends to its own shard files; the main
+        # process merges them into results.csv / samples.jsonl (see sweep.run_sweep).
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self._rows_file = self.csv if self.world == 1 else self.path / f"results.rank{self.rank}.csv"
+        self._samples_file = self.samples if self.world == 1 else self.path / f"samples.rank{self.rank}.jsonl"
 
     def check(self, config: dict) -> list[dict]:
         """Without writing anything: the finished rows if ``path`` holds this run, [] if new; else raise."""
@@ -152,33 +159,62 @@ class RunFolder:
         return rows
 
     def open(self, config: dict, meta: dict) -> list[dict]:
-        """Create or resume the folder; writes run.json; returns the rows already finished."""
-        rows = self.check(config)
-        self.path.mkdir(parents=True, exist_ok=True)
-        _repair_torn_tail(self.csv)
-        _repair_torn_tail(self.samples)
-        self._drop_orphan_samples(rows)
-        if not self.csv.is_file():
-            _append_line(self.csv, self._line(self.columns))
-        previous = json.loads(self.run_json.read_text()) if self.run_json.is_file() else {}
-        self.meta = {**meta, "config": config, "status": "running",
-                     "started": previous.get("started", now()), "resumed": bool(previous),
-                     "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
-                     "argv": sys.argv}
-        write_json_atomic(self.run_json, self.meta)
-        return rows
+        """Create or resume the folder; writes run.json; returns the rows already finished.
 
-    def _drop_orphan_samples(self, rows: list[dict]) -> None:
-        """Keep only samples of finished rows (a kill between samples and row leaves orphans)."""
-        if not self.samples.is_file():
-            return
-        done = {key_of(r, self.key) for r in rows}
-        lines = self.samples.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [ln for ln in lines if key_of(json.loads(ln), self.key) in done]
-        if len(kept) != len(lines):
-            tmp = self.samples.with_name(f".{self.samples.name}.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, self.samples)
+        With several processes, only the main one writes; it first folds shard files left by
+        an interrupted multi-process run into results.csv, then every process reads it.
+        """
+        if self.is_main:
+            rows = self.check(config)
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not self.csv.is_file():
+                _append_line(self.csv, self._line(self.columns))
+            self.merge_shards()
+            previous = json.loads(self.run_json.read_text()) if self.run_json.is_file() else {}
+            self.meta = {**meta, "config": config, "status": "running",
+                         "started": previous.get("started", now()), "resumed": bool(previous),
+                         "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
+                         "argv": sys.argv, "processes": self.world}
+            write_json_atomic(self.run_json, self.meta)
+        distributed.barrier()
+        return read_rows(self.csv)
+
+    def merge_shards(self, order: Sequence[tuple] | None = None) -> list[dict]:
+        """Fold results.csv and every shard file into results.csv (and samples likewise), atomically.
+
+        Rows are deduplicated by key and written in ``order`` (a list of keys) when given,
+        else in the order found; samples of rows that never finished are dropped. Main process only.
+        """
+        for f in [self.csv, self.samples, *self.path.glob("results.rank*.csv"), *self.path.glob("samples.rank*.jsonl")]:
+            _repair_torn_tail(f)
+        shards = sorted(self.path.glob("results.rank*.csv"))
+        rows: dict = {}
+        for f in [self.csv, *shards]:
+            for r in read_rows(f):
+                rows.setdefault(key_of(r, self.key), r)
+        keys = list(rows)
+        if order is not None:
+            rank_of = {k: i for i, k in enumerate(order)}
+            keys.sort(key=lambda k: rank_of.get(k, len(rank_of)))
+        sample_files = [self.samples, *sorted(self.path.glob("samples.rank*.jsonl"))]
+        samples: dict = {}
+        for f in sample_files:
+            if f.is_file():
+                for line in f.read_text(encoding="utf-8").splitlines(keepends=True):
+                    samples.setdefault(key_of(json.loads(line), self.key), []).append(line)
+        merged_csv = self._line(self.columns) + "".join(self._line(rows[k][c] for c in self.columns) for k in keys)
+        merged_samples = "".join(line for k in keys for line in samples.get(k, []))
+        for path, text in ((self.csv, merged_csv), (self.samples, merged_samples)):
+            if path.is_file() and path.read_text(encoding="utf-8") == text:
+                continue
+            if path == self.samples and not text and not path.is_file():
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        for f in shards + sample_files[1:]:
+            f.unlink()
+        return [rows[k] for k in keys]
 
     def _line(self, values: Iterable) -> str:
         buf = io.StringIO()
@@ -189,16 +225,20 @@ class RunFolder:
         missing = [c for c in self.columns if c not in row]
         if missing:
             raise KeyError(f"row lacks columns {missing}")
-        _append_line(self.csv, self._line(row[c] for c in self.columns))
+        if self._rows_file != self.csv and not self._rows_file.is_file():
+            _append_line(self._rows_file, self._line(self.columns))
+        _append_line(self._rows_file, self._line(row[c] for c in self.columns))
 
     def append_samples(self, records: Iterable[dict]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if text:
-            _append_line(self.samples, text)
+            _append_line(self._samples_file, text)
 
     def update_meta(self, **fields) -> None:
+        """Record fields in run.json (main process only)."""
         self.meta.update(fields)
-        write_json_atomic(self.run_json, self.meta)
+        if self.is_main:
+            write_json_atomic(self.run_json, self.meta)
 
     def finish(self, **fields) -> None:
         self.update_meta(status="finished", finished=now(), **fields)

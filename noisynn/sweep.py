@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .results import RunFolder, key_of
+from . import distributed
+from .results import RunFolder, key_of, read_rows
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
     pending = [(k, p) for k, p in keyed if k not in done]
     if done:
         log.info("resuming: %d of %d points already in %s", len(points) - len(pending), len(points), folder.csv)
+    if folder.world > 1:  # a contiguous slice per process: few noise draws each, balanced work
+        bounds = np.linspace(0, len(pending), folder.world + 1).round().astype(int)
+        pending = pending[bounds[folder.rank]:bounds[folder.rank + 1]]
     iterator = progress(pending) if progress else pending
     start = time.perf_counter()
     for key, point in iterator:
@@ -87,7 +91,17 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
             folder.append_samples({**{k: row[k] for k in folder.key}, **s} for s in result.samples)
         folder.append(row)
         done[key] = row
-    folder.update_meta(last_session={"points_run": len(pending), "seconds": round(time.perf_counter() - start, 3)})
+    seconds = round(time.perf_counter() - start, 3)
+    if folder.world > 1:
+        distributed.barrier()
+        if folder.is_main:
+            folder.merge_shards(order=[k for k, _ in keyed])
+            folder.update_meta(last_session={"points_run": len(keyed) - len(done_rows), "seconds": seconds,
+                                             "processes": folder.world})
+        distributed.barrier()
+        done = {key_of(r, folder.key): r for r in read_rows(folder.csv)}
+    else:
+        folder.update_meta(last_session={"points_run": len(pending), "seconds": seconds})
     return [done[k] for k, _ in keyed if k in done]
 
 

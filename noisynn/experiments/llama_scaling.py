@@ -116,7 +116,7 @@ def eval_ids_for(tokenizer, text: str) -> torch.Tensor:
 def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> None:
     """Load one model, run its pending points, restore and drop it (its memory goes with the frame)."""
     args = ctx.args
-    lm = load_model(name, args.device, args.dtype)
+    lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
                              noise_params=noise_params(args))
     ids = eval_ids_for(lm.tokenizer, ctx.text.text)

@@ -1,0 +1,109 @@
+"""Several processes (accelerate launch --multi_gpu on a CPU-only node: gloo on loopback) and sharded models give the same
+numbers as one process; a multi-process run killed mid-way resumes without repeating points."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from noisynn.experiments import sweep
+from noisynn.results import read_rows
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # port 0: a free one
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def args(tiny_model_dir, text_file, out, extra=()):
+    return ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "64", "--max_length", "32",
+            "--n_levels", "4", "--n_trials", "3", "--max_new_tokens", "4", "--n_samples", "2", "--max_noise", "0.5",
+            "--quiet", "--out", str(out), *extra]
+
+
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, str(ROOT / "thermal_noise_simulation.py"),
+                             *args(tiny_model_dir, text_file, one)], env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([*LAUNCH, str(ROOT / "thermal_noise_simulation.py"), *args(tiny_model_dir, text_file, two)],
+                           env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert (one / "results.csv").read_text() == (two / "results.csv").read_text()
+    assert (one / "samples.jsonl").read_text() == (two / "samples.jsonl").read_text()
+    assert not list(two.glob("*.rank*"))  # shards merged and removed
+    assert (two / "sweep.png").is_file()
+    import json
+    meta = json.loads((two / "run.json").read_text())
+    assert meta["processes"] == 2 and meta["last_session"]["processes"] == 2
+
+
+SLOW_PLUGIN = """
+import time, torch
+from noisynn import NoiseDistribution, register_noise
+
+@register_noise("slow_gaussian")
+class SlowGaussian(NoiseDistribution):
+    location_scale = False
+    def sample(self, shape, scale, device=None, generator=None):
+        time.sleep(0.2)
+        return torch.randn(shape, generator=generator) * scale
+"""
+
+
+def test_killed_multiprocess_run_resumes(tmp_path, tiny_model_dir, text_file):
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW_PLUGIN)
+    extra = ("--plugin", str(plugin), "--noise_type", "slow_gaussian", "--n_trials", "6")  # 24 points, slow draws
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*LAUNCH, str(ROOT / "thermal_noise_simulation.py"), *args(tiny_model_dir, text_file, out, extra)],
+                            env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        shards = list(out.glob("results.rank*.csv"))
+        if sum(max(len(read_rows(s)), 0) for s in shards) >= 3:
+            break
+        time.sleep(0.05)
+    import psutil
+
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:  # the launcher's workers may sit in their own process groups
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    time.sleep(0.5)
+    partial = sum(len(read_rows(s)) for s in out.glob("results.rank*.csv"))
+    assert 3 <= partial < 24, "the run must be killed mid-way for this test to mean anything"
+    resumed = subprocess.run([*LAUNCH, str(ROOT / "thermal_noise_simulation.py"), *args(tiny_model_dir, text_file, out, extra)],
+                             env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    import json
+    assert json.loads((out / "run.json").read_text())["last_session"]["points_run"] == 24 - partial
+    ref = tmp_path / "ref"
+    full = subprocess.run([sys.executable, str(ROOT / "thermal_noise_simulation.py"),
+                           *args(tiny_model_dir, text_file, ref, extra)], env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    assert (out / "results.csv").read_text() == (ref / "results.csv").read_text()
+
+
+def test_device_map_auto_equals_unsharded(tmp_path, tiny_model_dir, text_file):
+    a, b = tmp_path / "plain", tmp_path / "mapped"
+    assert sweep.main(args(tiny_model_dir, text_file, a)) == 0
+    assert sweep.main(args(tiny_model_dir, text_file, b, ("--device_map", "auto", "--max_memory", "cpu=4GiB"))) == 0
+    assert read_rows(a / "results.csv") == read_rows(b / "results.csv")
+
+
+def test_max_memory_without_device_map_is_an_error(tmp_path, tiny_model_dir, text_file, capsys):
+    assert sweep.main(args(tiny_model_dir, text_file, tmp_path / "x", ("--max_memory", "cpu=4GiB"))) == 2
+    assert "--max_memory needs --device_map" in capsys.readouterr().err
+    assert sweep.main(args(tiny_model_dir, text_file, tmp_path / "x", ("--device_map", "auto", "--max_memory", "lots"))) == 2
+    assert "DEVICE=SIZE" in capsys.readouterr().err
