@@ -8,6 +8,8 @@ import sys
 # name -> module under noisynn.experiments; each has main(argv) -> exit code.
 EXPERIMENTS = {
     "sweep": "sweep",
+    "noise_aware_training": "noise_aware_training",
+    "temporal_drift": "temporal_drift",
 }
 
 

@@ -266,6 +266,29 @@ class NoiseInjector:
                 torch.add(c, z, alpha=level * u, out=w)
 
     @torch.no_grad()
+    def accumulate(self, sigma: float) -> None:
+        """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step.
+
+        Unlike ``apply``, successive calls stack: after draws Z_1..Z_k with steps s_1..s_k the
+        weights are ``W_clean + u * sum_i s_i Z_i``. ``u`` is still taken from the clean snapshot,
+        and ``restore()`` still returns to it bit-exactly. Used by temporal_drift ``--accumulate``.
+        """
+        if self.seed is None:
+            raise RuntimeError("call draw(seed) before accumulate(sigma)")
+        if sigma == 0:
+            return
+        for i, (t, c, u) in enumerate(zip(self.targets, self.clean, self.units)):
+            if self._unit_noise is not None:
+                z, level = self._unit_noise[i], sigma
+            else:  # not location-scale: sample at scale sigma
+                gen = self._generator(c, t.name, float(sigma))
+                z, level = draw(self.noise, c.shape, sigma, c.device, gen).to(c.dtype), 1.0
+            if isinstance(u, torch.Tensor):
+                t.param.data.addcmul_(z, u, value=level)
+            else:
+                t.param.data.add_(z, alpha=level * u)
+
+    @torch.no_grad()
     def restore(self) -> None:
         """Copy the clean snapshot back: bit-exact."""
         for t, c in zip(self.targets, self.clean):
