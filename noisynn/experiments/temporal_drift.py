@@ -66,10 +66,11 @@ def exponential(step: int, total: int, start: float, end: float) -> float:
 
 
 def step_schedule(step: int, total: int, start: float, end: float) -> float:
-    """Three plateaus: ``start`` for the first third of the steps, the midpoint, then ``end``."""
-    if step < total // 3:
+    """Three plateaus: ``start`` for the first third of the steps, then the midpoint, then ``end``."""
+    p = _progress(step, total)
+    if p < 1 / 3:
         return start
-    if step < 2 * total // 3:
+    if p < 2 / 3:
         return (start + end) / 2
     return end
 
