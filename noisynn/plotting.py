@@ -334,6 +334,14 @@ DRIFT_VERDICT_RULE = (
     "are each half the range, so a metric that merely follows a step schedule reads 'cliff') and per seed.")
 
 
+def load_samples(run_dir: str | Path) -> list[dict]:
+    """The records of a run folder's samples.jsonl ([] if there is none)."""
+    path = Path(run_dir) / "samples.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def drift_verdicts(run_dir: str | Path) -> dict:
     """Gradual / cliff / flat per schedule, from a temporal-drift run folder alone (rule: DRIFT_VERDICT_RULE)."""
     from .stats import jump_share, rolling_median

@@ -271,6 +271,9 @@ def run(argv=None) -> int:
     folder.finish(figures=[f.name for f in figures], verdicts=verdicts, generation_seconds=gen_seconds,
                   wall_seconds=round(time.perf_counter() - t_start, 1))
     print(plotting.format_drift_verdicts(verdicts))
+    for record in plotting.load_samples(folder.path):
+        if record.get("trial") == 0:
+            print(f"\n[{record['schedule']}, trial 0] {record['prompt']}{record['text'][:400]!r}")
     print(f"\nrun folder: {folder.path} (results.csv: one row per trial x step; samples.jsonl; {figures[0].name})")
     return 0
 
