@@ -282,6 +282,8 @@ def plot_noise_aware_training(run_dir: str | Path, name: str = "noise_aware_trai
             band(ax, [s["sigma"] for s in ratios], ratios, f"{num} / noise-aware", color=color)
     ax.axhline(1.0, color="gray", ls="--", lw=1)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     _sigma_axis(ax, sorted({r["sigma"] for r in rows}), meta)
     ax.set_ylabel("perplexity ratio, same noise draw")
