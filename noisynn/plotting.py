@@ -349,7 +349,7 @@ def drift_verdicts(run_dir: str | Path) -> dict:
     from .stats import jump_share, rolling_median
 
     meta, rows = load_run(run_dir)
-    window = int(meta.get("config", {}).get("window", 9))
+    window = int(meta.get("config", {}).get("window", 15))
     out = {}
     for name in dict.fromkeys(r["schedule"] for r in rows):
         part = [r for r in rows if r["schedule"] == name]
@@ -420,7 +420,7 @@ def plot_temporal_drift(run_dir: str | Path, name: str = "temporal_drift.png") -
               ("repetition", "rolling repetition (share)"))
     fig, axes = plt.subplots(len(panels), len(names), figsize=(4.6 * len(names) + 1.5, 9.5), squeeze=False,
                              sharex="col")
-    window = int(meta.get("config", {}).get("window", 9))
+    window = int(meta.get("config", {}).get("window", 15))
     accumulate = meta.get("semantics") == "accumulate"
     for col, sched in enumerate(names):
         part = [r for r in rows if r["schedule"] == sched]

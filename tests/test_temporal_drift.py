@@ -124,7 +124,8 @@ def test_run_folder_traces_and_resume(tmp_path, small, capsys):
     meta = json.loads((out / "run.json").read_text())
     assert meta["semantics"] == "redraw" and set(meta["verdicts"]) == {"linear", "step"}
     assert meta["verdicts"]["linear"]["verdict"] in ("flat", "gradual", "cliff")
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and [s["prompt"] for s in samples[:2]] == list(td.PROMPTS[:2])
     assert (out / "temporal_drift.png").stat().st_size > 10_000
     assert "rule:" in capsys.readouterr().out
     # resume after a kill in the middle of a trace: the missing rows come back identical
@@ -133,6 +134,12 @@ def test_run_folder_traces_and_resume(tmp_path, small, capsys):
     assert td.main(small + ["--schedule", "linear,step", "--out", str(out)]) == 0
     assert read_rows(out / "results.csv") == rows
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_one_prompt_for_all_trials(tmp_path, small):
+    assert td.main(small + ["--prompt", "hello", "--total_tokens", "3", "--out", str(tmp_path / "run")]) == 0
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == ["hello", "hello"]
 
 
 def test_accumulate_flag_differs_from_redraw(tmp_path, small):
@@ -215,10 +222,9 @@ def test_temporal_drift_on_embedded_model(tmp_path, embedded):
                     "--out", str(out)]) == 0
     rows = read_rows(out / "results.csv")
     assert len(rows) == 12 and {r["schedule"] for r in rows} == {"linear"}
-    clean = decode(embedded.model, embedded.tokenizer, [td.DEFAULT_PROMPT], 1)
-    first = [r for r in rows if r["step"] == 0]
-    assert all(r["sigma"] == 0 and r["entropy_bits"] == pytest.approx(float(clean.entropy_bits[0, 0]), abs=1e-4)
-               for r in first)  # sigma_0 = 0: the clean model
+    for r in (r for r in rows if r["step"] == 0):  # sigma_0 = 0: the clean model, on trial k's prompt
+        clean = decode(embedded.model, embedded.tokenizer, [td.PROMPTS[r["trial"]]], 1)
+        assert r["sigma"] == 0 and r["entropy_bits"] == pytest.approx(float(clean.entropy_bits[0, 0]), abs=1e-4)
     last = [r for r in rows if r["step"] == 5]
     assert last[0]["sigma"] == 0.05 and last[0]["entropy_bits"] != last[1]["entropy_bits"]  # independent draws
     assert json.loads((out / "run.json").read_text())["injection"]["params_by_kind"] == {"mlp": 30 * 3 * 576 * 1536}

@@ -43,6 +43,11 @@ EXPERIMENT = "temporal_drift"
 METRICS = ("entropy_bits", "logprob", "repetition", "finite")
 EXTRA = ("schedule", "semantics", "step", "effective_sigma", "token_id", "token")
 DEFAULT_PROMPT = "The history of science shows that"
+# Trial k starts from PROMPTS[k % 5] unless --prompt is given: with one shared prompt the greedy
+# texts of all trials coincide while sigma is small, so their per-token entropies rise and fall
+# together with the content and the median over trials cannot average that out.
+PROMPTS = (DEFAULT_PROMPT, "The river flows through the old town, and", "A good recipe for bread begins with",
+           "The first thing the engineers noticed was", "In the winter of that year, the village")
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -192,14 +197,19 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--accumulate", action="store_true",
                    help="random-walk semantics: each step adds an increment to the previous weights (default: redraw "
                         "around the clean weights at every step)")
-    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt (default: %(default)r)")
+    g.add_argument("--prompt", default=None,
+                   help="prompt of every trial (default: trial k uses the k-th of 5 built-in prompts, cycled)")
     g.add_argument("--temperature", type=nonneg_float, default=0.0,
                    help="0 = greedy (default); > 0 samples with top-k 50 (seeded per trial)")
-    g.add_argument("--window", type=positive_int, default=9,
+    g.add_argument("--window", type=positive_int, default=15,
                    help="tokens of the rolling median and of the jump in the verdict (default: %(default)s)")
     g.add_argument("--rep_window", type=positive_int, default=16,
                    help="tokens of the rolling repetition measure (default: %(default)s)")
     add_run_args(p)
+
+
+def prompt_of(args, trial: int) -> str:
+    return args.prompt if args.prompt is not None else PROMPTS[trial % len(PROMPTS)]
 
 
 def parse(argv=None):
@@ -226,6 +236,7 @@ def run(argv=None) -> int:
         "kv_cache": "keys/values of earlier tokens stay as computed under the earlier weights",
         "eos": "generation does not stop at EOS (fixed-length traces)",
         "decoding": "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}, top-k 50",
+        "prompts": [prompt_of(args, t) for t in range(args.n_trials)],
         "verdict_rule": plotting.DRIFT_VERDICT_RULE})
     lm, folder = ctx.lm, ctx.folder
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
@@ -245,11 +256,11 @@ def run(argv=None) -> int:
         sigmas = sigma_schedule(name, args.total_tokens, args.start_sigma, args.end_sigma)
         trial_seed = derive_seed(args.seed, "drift", trial)
         trace = run_trace(lm.model, lm.tokenizer, injector, sigmas, trial_seed, accumulate=args.accumulate,
-                          prompt=args.prompt, temperature=args.temperature,
+                          prompt=prompt_of(args, trial), temperature=args.temperature,
                           sample_seed=derive_seed(args.seed, "sampling", trial), rep_window=args.rep_window)
         last = args.total_tokens - 1
         folder.append_samples([{"schedule": name, "trial": trial, "step": last, "semantics": semantics,
-                                "prompt": args.prompt, "text": trace["text"]}])
+                                "prompt": prompt_of(args, trial), "text": trace["text"]}])
         for t in range(args.total_tokens):
             key = key_of({"schedule": name, "trial": trial, "step": t}, folder.key)
             if key in done:
@@ -273,7 +284,7 @@ def run(argv=None) -> int:
     print(plotting.format_drift_verdicts(verdicts))
     for record in plotting.load_samples(folder.path):
         if record.get("trial") == 0:
-            print(f"\n[{record['schedule']}, trial 0] {record['prompt']}{record['text'][:400]!r}")
+            print(f"\n[{record['schedule']}, trial 0] {(record['prompt'] + record['text'])[:400]!r}")
     print(f"\nrun folder: {folder.path} (results.csv: one row per trial x step; samples.jsonl; {figures[0].name})")
     return 0
 
