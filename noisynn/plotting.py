@@ -328,7 +328,9 @@ DRIFT_CLIFF_SHARE = 0.5
 DRIFT_VERDICT_RULE = (
     "Per seed, smooth each trace (entropy in bits, log-prob of the chosen token in nats) with a centred rolling "
     "median of --window tokens; take the median of the smoothed traces across seeds at each step. Let R be its "
-    "total range (max - min) and J its largest change between two points --window tokens apart. If R is below "
+    "total range (max - min) and J its largest change between two points --window tokens apart, counted only in "
+    "the direction of its net change from the first to the last token (a cliff is a sudden move towards where "
+    "the trace ends up, not a bump the other way). If R is below "
     "the floor (0.5 bits / 0.5 nats) the metric is 'flat'; else it is a 'cliff' when J/R >= 0.5 (half or more "
     "of the whole change happens within one window) and 'gradual' otherwise. The schedule's verdict is 'cliff' "
     "if either metric is a cliff, 'gradual' if either is gradual, else 'flat'. For reference the same J/R is "
@@ -342,6 +344,13 @@ def load_samples(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _direction(curve) -> int:
+    """+1 if the curve ends above where it starts, -1 if below (finite points only), 0 if level."""
+    arr = np.asarray(curve, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return int(np.sign(arr[-1] - arr[0])) if arr.size >= 2 else 0
 
 
 def drift_verdicts(run_dir: str | Path) -> dict:
@@ -368,14 +377,14 @@ def drift_verdicts(run_dir: str | Path) -> dict:
                 traces[trials.index(r["trial"]), index[r["step"]]] = float(r[metric])
             smooth = np.array([rolling_median(tr, window) for tr in traces])
             med = np.nanmedian(smooth, axis=0) if np.isfinite(smooth).any() else np.full(len(steps), np.nan)
-            jump, total, at = jump_share(med, window)
+            jump, total, at = jump_share(med, window, _direction(med))
 
             def classify(j, t):
                 if not np.isfinite(t) or t < floor:
                     return "flat"
                 return "cliff" if j / t >= DRIFT_CLIFF_SHARE else "gradual"
 
-            per_seed = [classify(*jump_share(s, window)[:2]) for s in smooth]
+            per_seed = [classify(*jump_share(s, window, _direction(s))[:2]) for s in smooth]
             end = min(at + window, len(steps) - 1) if at >= 0 else -1
             entry["metrics"][metric] = {
                 "verdict": classify(jump, total), "jump": jump, "range": total,
@@ -418,8 +427,8 @@ def plot_temporal_drift(run_dir: str | Path, name: str = "temporal_drift.png") -
     names = list(verdicts)
     panels = (("entropy_bits", "next-token entropy (bits)"), ("logprob", "log-prob of chosen token (nats)"),
               ("repetition", "rolling repetition (share)"))
-    fig, axes = plt.subplots(len(panels), len(names), figsize=(4.6 * len(names) + 1.5, 9.5), squeeze=False,
-                             sharex="col")
+    fig, axes = plt.subplots(len(panels), len(names), figsize=(max(4.6 * len(names) + 1.5, 9.0), 9.5),
+                             squeeze=False, sharex="col")
     window = int(meta.get("config", {}).get("window", 15))
     accumulate = meta.get("semantics") == "accumulate"
     for col, sched in enumerate(names):
@@ -464,7 +473,7 @@ def plot_temporal_drift(run_dir: str | Path, name: str = "temporal_drift.png") -
     cfg = meta.get("config", {})
     seeds = verdicts[names[0]]["n_seeds"] if names else 0
     fig.suptitle(f"{cfg.get('model', '?')}: {meta.get('semantics', '?')} drift of {cfg.get('noise_type')} noise "
-                 f"({cfg.get('scale')}) on {cfg.get('targets')}, sigma {cfg.get('start_sigma')} -> "
+                 f"({cfg.get('scale')}) on {cfg.get('targets')},\nsigma {cfg.get('start_sigma')} -> "
                  f"{cfg.get('end_sigma')} over {cfg.get('total_tokens')} tokens, {seeds} seeds (median, band = "
                  f"order-statistic CI); red: the largest jump", fontsize=10)
     fig.tight_layout()

@@ -110,12 +110,13 @@ def rolling_median(values: Sequence[float], window: int) -> np.ndarray:
     return out
 
 
-def jump_share(curve: Sequence[float], window: int) -> tuple[float, float, int]:
+def jump_share(curve: Sequence[float], window: int, direction: int = 0) -> tuple[float, float, int]:
     """How abrupt a change is: (largest change within ``window`` steps, total range, where it starts).
 
     ``J = max_t |c[t + window] - c[t]|`` and ``R = max(c) - min(c)`` over the finite points;
-    ``J / R`` is near ``window / len(c)`` for a steady ramp and near 1 for a step. Returns
-    (J, R, t of the largest jump); (nan, nan, -1) for fewer than two finite points.
+    ``J / R`` is near ``window / len(c)`` for a steady ramp and near 1 for a step. With
+    ``direction`` +1 (or -1) only rises (or falls) count: ``J = max_t direction (c[t + w] - c[t])``.
+    Returns (J, R, t of the largest jump); (nan, nan, -1) for fewer than two finite points.
     """
     arr = np.asarray(curve, dtype=float)
     finite = np.isfinite(arr)
@@ -123,7 +124,8 @@ def jump_share(curve: Sequence[float], window: int) -> tuple[float, float, int]:
         return float("nan"), float("nan"), -1
     total = float(np.nanmax(arr) - np.nanmin(arr))
     w = max(1, min(int(window), arr.size - 1))
-    diffs = np.abs(arr[w:] - arr[:-w])
+    diffs = arr[w:] - arr[:-w]
+    diffs = np.abs(diffs) if direction == 0 else np.sign(direction) * diffs
     if not np.isfinite(diffs).any():
         return float("nan"), total, -1
     at = int(np.nanargmax(diffs))

@@ -179,6 +179,8 @@ def test_jump_share_and_rolling_median():
     assert jump_share(step, 10)[0] == 1.0 and jump_share(step, 10)[2] in range(40, 50)
     assert list(rolling_median([0, 0, 9, 0, 0], 3)) == [0, 0, 0, 0, 0]
     assert math.isnan(jump_share([1.0], 3)[0])
+    bump = np.r_[np.zeros(20), np.ones(10), np.linspace(1, -0.5, 70)]  # a sudden rise, then a slow fall
+    assert jump_share(bump, 5)[0] == 1.0 and jump_share(bump, 5, -1)[0] == pytest.approx(5 * 1.5 / 69)
 
 
 def _fake_run(folder, traces, window=5):
@@ -210,6 +212,13 @@ def test_verdict_rule(tmp_path):
     g = _fake_run(tmp_path / "ramp", ramp)
     assert g["verdict"] == "gradual" and g["metrics"]["entropy_bits"]["jump_share"] < 0.2
     assert _fake_run(tmp_path / "flat", flat)["verdict"] == "flat"
+    # a sudden move *against* the net change is not a cliff: slow rise 2 -> 7 with a sudden drop of 5 at step 20
+    # that recovers over 20 steps (by |change| alone its drop would be 55% of the range)
+    t = np.arange(n)
+    dip_shape = np.where((t >= 20) & (t < 40), -5.0 * (1 - (t - 20) / 20), 0.0)
+    dip = [np.linspace(2, 7, n) + dip_shape + rng.normal(0, 0.05, n) for _ in range(3)]
+    d = _fake_run(tmp_path / "dip", dip)["metrics"]["entropy_bits"]
+    assert d["verdict"] == "gradual" and d["jump_share"] < 0.35
     assert plotting.plot_temporal_drift(tmp_path / "cliff")[0].stat().st_size > 10_000
 
 
