@@ -177,7 +177,7 @@ def noise_aware_report(run_dir: str | Path) -> dict:
     control / fine-tuned (> 1: the noise-trained model is better), computed trial by trial
     on the same noise realization.
     """
-    from .stats import log_crossing
+    from .stats import log_crossing, median_ci
 
     run_dir = Path(run_dir)
     meta, rows = load_run(run_dir)
@@ -217,7 +217,7 @@ def noise_aware_report(run_dir: str | Path) -> dict:
     tokens = sorted({r["eval_tokens"] for r in rows})
     report = {"eval_tokens": tokens[0] if len(tokens) == 1 else tokens,
               "n_trials": len({r["trial"] for r in rows}),
-              "coverage": _ci_dict([0.0] * len({r["trial"] for r in rows}))["coverage"],
+              "coverage": round(median_ci([0.0] * len({r["trial"] for r in rows})).coverage, 4),  # of n trials
               "noise": {k: cfg.get(k) for k in ("noise_type", "scale", "targets", "noise_level")},
               "train_tokens": meta.get("train_tokens"), "training": meta.get("training", {}),
               "clean_cost": {v: clean[v] / clean["original"] for v in variants if v != "original" and clean},
