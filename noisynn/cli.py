@@ -11,6 +11,8 @@ EXPERIMENTS = {
     "drift_over_time": "drift_over_time",
     "layer_sensitivity": "layer_sensitivity",
     "optimal_jitter": "optimal_jitter",
+    "noise_aware_training": "noise_aware_training",
+    "temporal_drift": "temporal_drift",
     "llama_scaling": "llama_scaling",
     "generate_graphs": "generate_graphs",
 }

@@ -154,14 +154,16 @@ def _choose(logits: torch.Tensor, greedy: torch.Tensor, temperature: float, top_
 def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, greedy: bool | Sequence[bool] = True,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, before_step: Callable[[int], None] | None = None,
-           after_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> Generation:
+           after_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           stop_at_eos: bool = True) -> Generation:
     """Batched, KV-cached decoding; each row is greedy or sampled.
 
     ``before_step(t)`` runs before the forward pass that produces token ``t`` (t = 0 is the
     prompt pass): the temporal-drift experiment changes the weights there. ``after_step(t,
     tokens, logits)`` sees each step's chosen ids (batch,) and logits (batch, vocab): the UI
-    streams text with it. Rows of different
-    prompt lengths are left-padded with matching position ids.
+    streams text with it. Rows of different prompt lengths are left-padded with matching
+    position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
+    steps (fixed-length traces).
     """
     device = _device_of(model)
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
@@ -170,7 +172,7 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
     greedy_rows = torch.tensor([greedy] * batch if isinstance(greedy, bool) else list(greedy), device=device)
     cache_kw, cache_out = _cache_names(model)
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-    eos = tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id if stop_at_eos else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     tokens, entropies, logprobs = [], [], []

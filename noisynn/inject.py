@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import NoisyNNError
-from .noise import NoiseDistribution, draw, get_noise
+from .noise import NoiseDistribution, draw, get_noise, is_additive
 from .seeding import derive_seed, make_generator
 
 try:  # GPT-2 style layers store weights as (in, out)
@@ -292,6 +292,32 @@ class NoiseInjector:
                 w.copy_(c)
                 continue
             self.noise.weights(c, state, sigma, u, self._generator(c, t.name, float(sigma)), out=w)
+
+    @torch.no_grad()
+    def accumulate(self, sigma: float) -> None:
+        """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step.
+
+        Unlike ``apply``, successive calls stack: after draws Z_1..Z_k with steps s_1..s_k the
+        weights are ``W_clean + u * sum_i s_i Z_i``. ``u`` is still taken from the clean snapshot,
+        and ``restore()`` still returns to it bit-exactly. Used by temporal_drift ``--accumulate``.
+        """
+        if self.seed is None:
+            raise RuntimeError("call draw(seed) before accumulate(sigma)")
+        if not is_additive(self.noise):
+            raise NoisyNNError(f"accumulating drift needs an additive noise; '{self.noise.name}' is a device model "
+                               "(it programs conductances once)")
+        if sigma == 0:
+            return
+        for t, c, u, state in zip(self.targets, self.clean, self.units, self._states):
+            if state is not None:
+                z, level = state, sigma
+            else:  # not location-scale: sample at scale sigma
+                gen = self._generator(c, t.name, float(sigma))
+                z, level = draw(self.noise, c.shape, sigma, c.device, gen).to(c.dtype), 1.0
+            if isinstance(u, torch.Tensor):
+                t.param.data.addcmul_(z, u, value=level)
+            else:
+                t.param.data.add_(z, alpha=level * u)
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -71,6 +71,11 @@ class NoiseDistribution:
                 "location_scale": self.location_scale}
 
 
+def is_additive(noise: NoiseDistribution) -> bool:
+    """True for W = W_clean + level * unit * Z (the built-ins and user classes); False for device models."""
+    return type(noise).weights is NoiseDistribution.weights
+
+
 NOISE_REGISTRY: dict[str, type[NoiseDistribution]] = {}
 
 

@@ -136,7 +136,13 @@ class RunFolder:
         self._samples_file = self.samples if self.world == 1 else self.path / f"samples.rank{self.rank}.jsonl"
 
     def check(self, config: dict) -> list[dict]:
-        """Without writing anything: the finished rows if ``path`` holds this run, [] if new; else raise."""
+        """Without writing anything: the finished rows if ``path`` holds this run, [] if new; else raise.
+
+        Only the main process checks (the others would race with it creating the folder); they
+        get the finished rows from ``open`` after the barrier.
+        """
+        if not self.is_main:
+            return []
         if self.path.exists() and not self.path.is_dir():
             raise NoisyNNError(f"--out {self.path} exists and is not a folder")
         if not self.run_json.is_file():

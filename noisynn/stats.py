@@ -115,3 +115,38 @@ def threshold_crossings(rows: Sequence[dict], factor: float = 2.0, metric: str =
     return {"baseline": baseline, "factor": factor, "threshold": threshold, "per_trial": per, "median": s.median,
             "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4), "n_trials": s.n,
             "n_not_reached": s.n_nonfinite}
+
+
+def rolling_median(values: Sequence[float], window: int) -> np.ndarray:
+    """Centred rolling median over ``window`` points (shrinking at the ends); nan values are ignored."""
+    arr = np.asarray(values, dtype=float)
+    half = max(int(window), 1) // 2
+    out = np.full(arr.shape, np.nan)
+    for i in range(arr.size):
+        part = arr[max(0, i - half): i + half + 1]
+        part = part[np.isfinite(part)]
+        if part.size:
+            out[i] = float(np.median(part))
+    return out
+
+
+def jump_share(curve: Sequence[float], window: int, direction: int = 0) -> tuple[float, float, int]:
+    """How abrupt a change is: (largest change within ``window`` steps, total range, where it starts).
+
+    ``J = max_t |c[t + window] - c[t]|`` and ``R = max(c) - min(c)`` over the finite points;
+    ``J / R`` is near ``window / len(c)`` for a steady ramp and near 1 for a step. With
+    ``direction`` +1 (or -1) only rises (or falls) count: ``J = max_t direction (c[t + w] - c[t])``.
+    Returns (J, R, t of the largest jump); (nan, nan, -1) for fewer than two finite points.
+    """
+    arr = np.asarray(curve, dtype=float)
+    finite = np.isfinite(arr)
+    if finite.sum() < 2:
+        return float("nan"), float("nan"), -1
+    total = float(np.nanmax(arr) - np.nanmin(arr))
+    w = max(1, min(int(window), arr.size - 1))
+    diffs = arr[w:] - arr[:-w]
+    diffs = np.abs(diffs) if direction == 0 else np.sign(direction) * diffs
+    if not np.isfinite(diffs).any():
+        return float("nan"), total, -1
+    at = int(np.nanargmax(diffs))
+    return float(diffs[at]), total, at
