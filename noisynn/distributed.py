@@ -28,6 +28,15 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+@lru_cache(maxsize=1)
+def accelerator():
+    """The run's ``accelerate.Accelerator`` (for training: DDP across processes, a no-op wrapper in one)."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def rank() -> int:
     return _state().process_index if world_size() > 1 else 0
 

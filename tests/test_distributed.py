@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT
 from noisynn.experiments import sweep
@@ -107,3 +108,79 @@ def test_max_memory_without_device_map_is_an_error(tmp_path, tiny_model_dir, tex
     assert "--max_memory needs --device_map" in capsys.readouterr().err
     assert sweep.main(args(tiny_model_dir, text_file, tmp_path / "x", ("--device_map", "auto", "--max_memory", "lots"))) == 2
     assert "DEVICE=SIZE" in capsys.readouterr().err
+
+
+def nat_args(tiny_model_dir, text_file, train_file, out):
+    return ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--train_file", str(train_file),
+            "--eval_tokens", "64", "--max_length", "32", "--seq_len", "24", "--max_samples", "8", "--batch_size", "4",
+            "--steps", "3", "--lr", "1e-3", "--noise_level", "0.3", "--max_noise", "0.6", "--n_levels", "3",
+            "--n_trials", "2", "--quiet", "--out", str(out)]
+
+
+def test_noise_aware_training_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
+    """DDP through Accelerate: each process runs half of every batch under the same noise draw; the
+    averaged gradients equal the whole batch's, so the trained weights and the scores match one process
+    up to float summation order."""
+    from safetensors.torch import load_file
+
+    train = tmp_path / "train.txt"
+    train.write_text(("Pack my box with five dozen liquor jugs, said the sphinx of black quartz. " * 60).strip())
+    one, two = tmp_path / "one", tmp_path / "two"
+    script = str(ROOT / "noise_aware_training.py")
+    single = subprocess.run([sys.executable, script, *nat_args(tiny_model_dir, text_file, train, one)],
+                            env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([*LAUNCH, script, *nat_args(tiny_model_dir, text_file, train, two)],
+                           env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    for variant in ("finetuned", "control"):
+        a, b = load_file(one / f"{variant}.safetensors"), load_file(two / f"{variant}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), (variant, k, (a[k] - b[k]).abs().max())
+    base = {r["model_variant"]: r for r in read_rows(one / "results.csv")}
+    rows_one, rows_two = read_rows(one / "results.csv"), read_rows(two / "results.csv")
+    assert [(r["model_variant"], r["sigma"], r["trial"]) for r in rows_one] == \
+           [(r["model_variant"], r["sigma"], r["trial"]) for r in rows_two]
+    for r1, r2 in zip(rows_one, rows_two):
+        assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-4)
+    assert base["finetuned"]["perplexity"] != base["original"]["perplexity"]  # training changed something
+    loss_one, loss_two = read_rows(one / "training.csv"), read_rows(two / "training.csv")
+    assert [r["loss"] for r in loss_two] == pytest.approx([r["loss"] for r in loss_one], rel=1e-4)
+    assert [r["tokens"] for r in loss_two] == [r["tokens"] for r in loss_one]  # the whole batch, counted once
+    assert not list(two.glob("*.rank*"))
+
+
+def test_uneven_batch_split_is_refused(tmp_path, tiny_model_dir, text_file):
+    train = tmp_path / "train.txt"
+    train.write_text(("Pack my box with five dozen liquor jugs, said the sphinx of black quartz. " * 60).strip())
+    out = tmp_path / "odd"
+    proc = subprocess.run([*LAUNCH, str(ROOT / "noise_aware_training.py"),
+                           *nat_args(tiny_model_dir, text_file, train, out), "--batch_size", "3"],
+                          env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "does not split evenly across 2 processes" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_embedded_model_two_processes_equal_one(tmp_path):
+    """The issue's check on the embedded SmolLM2-135M: a small sweep and a few noise-aware training steps
+    under a 2-process launch (gloo on loopback) equal the single-process runs."""
+    from safetensors.torch import load_file
+
+    sweep_args = ["--eval_tokens", "128", "--n_levels", "2", "--n_trials", "2", "--max_noise", "0.02",
+                  "--max_new_tokens", "4", "--n_samples", "1", "--quiet"]
+    nat_args_ = ["--steps", "2", "--batch_size", "2", "--seq_len", "32", "--max_samples", "4", "--targets", "down",
+                 "--n_levels", "2", "--n_trials", "1", "--eval_tokens", "64", "--no_control", "--quiet"]
+    for script, extra in (("thermal_noise_simulation.py", sweep_args), ("noise_aware_training.py", nat_args_)):
+        for launcher, out in (([sys.executable], tmp_path / f"{script}-1"), (LAUNCH, tmp_path / f"{script}-2")):
+            proc = subprocess.run([*launcher, str(ROOT / script), *extra, "--out", str(out)], env=env(), cwd=ROOT,
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = tmp_path / "thermal_noise_simulation.py-1", tmp_path / "thermal_noise_simulation.py-2"
+    assert (one / "results.csv").read_text() == (two / "results.csv").read_text()
+    one, two = tmp_path / "noise_aware_training.py-1", tmp_path / "noise_aware_training.py-2"
+    a, b = load_file(one / "finetuned.safetensors"), load_file(two / "finetuned.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    for r1, r2 in zip(read_rows(one / "results.csv"), read_rows(two / "results.csv"), strict=True):
+        assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-4)

@@ -191,6 +191,8 @@ def run(argv=None) -> int:
         injector.restore()
         if hooks:
             hooks.remove()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_drift_over_time(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)

@@ -250,6 +250,8 @@ def run(argv=None) -> int:
         run_sweep(ctx.folder, points, trials, leading, ctx.done_rows, bar)
     finally:
         trials.release()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_layer_sensitivity(ctx.folder.path)
     if args.output and figures:
         shutil.copyfile(figures[0], args.output)

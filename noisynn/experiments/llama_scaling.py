@@ -170,6 +170,8 @@ def run(argv=None) -> int:
         gc.collect()  # one model in memory at a time: run_model's references are gone
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_llama_scaling(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .. import plotting
+from .. import distributed, plotting
 from ..context import start
 from ..corpus import SEPARATOR, embedded_split, load_text
 from ..errors import NoisyNNError
@@ -131,26 +131,45 @@ def clip_weights(targets, clip_sigma: float) -> None:
         torch.maximum(torch.minimum(w, bound), -bound, out=w)
 
 
-def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: int) -> tuple[float, float]:
+def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: int, accelerator=None,
+               module=None) -> tuple[float, float]:
     """One optimizer step whose gradient is taken at freshly noised weights; returns (loss, grad norm).
 
     The noise (``noisy_weights``: the library's injector, seeded from (seed, step)) is added
     to the targeted weights for the forward *and* backward pass and removed, bit-exactly,
     before the optimizer updates the clean weights; it never persists. With
     ``cfg.noise_level == 0`` this is an ordinary step (the control).
+
+    Across processes (``accelerate launch``), ``module`` is the DDP-wrapped ``model``: every
+    process draws the *same* noise (same seed, drawn on the CPU), runs its equal share of the
+    batch, and DDP averages the gradients, so the step equals the single-process one on the
+    whole batch up to float summation order. The returned loss is the mean over processes.
     """
+    accelerator = accelerator or distributed.accelerator()
     optimizer.zero_grad(set_to_none=True)
     noise = (noisy_weights(model, cfg.noise_level, cfg.noise_type, scale=cfg.scale, targets=cfg.targets,
                            include_bias=cfg.include_bias, seed=derive_seed(cfg.seed, "train-noise", step),
                            noise_params=cfg.noise_params)
              if cfg.noise_level > 0 else contextlib.nullcontext())
     with noise:
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        loss.backward()
+        loss = (module or model)(input_ids=batch, labels=batch, use_cache=False).loss
+        accelerator.backward(loss)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
+    norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
     optimizer.step()
-    return float(loss.detach()), norm
+    return float(accelerator.reduce(loss.detach(), "mean")), norm
+
+
+def check_batch_split(batch_size: int, world: int) -> None:
+    if batch_size % world:
+        raise NoisyNNError(f"--batch_size {batch_size} does not split evenly across {world} processes; "
+                           "make it a multiple of the number of processes")
+
+
+def share_of_batch(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's equal, contiguous share of a batch of windows (all of it in one process)."""
+    check_batch_split(batch.shape[0], world)
+    return batch.chunk(world)[rank] if world > 1 else batch
 
 
 def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tuple[dict, list[dict]]:
@@ -171,6 +190,11 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
     optimizer = torch.optim.AdamW([t.param for t in targets], lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    accelerator = distributed.accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    # Across processes: DDP around the model (only the trained tensors need gradients). The
+    # optimizer stays a plain one on every process: the gradients it sees are already averaged.
+    module = accelerator.prepare_model(model) if world > 1 else None
     history = []
     model.train()
     t0 = time.perf_counter()
@@ -179,12 +203,12 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
         iterator = progress(range(len(steps))) if progress else range(len(steps))
         for step in iterator:
             lr = optimizer.param_groups[0]["lr"]
-            batch = chunks[steps[step]].to(next(model.parameters()).device)
-            loss, norm = noisy_step(model, batch, optimizer, cfg, step)
+            batch = share_of_batch(chunks[steps[step]], rank, world).to(next(model.parameters()).device)
+            loss, norm = noisy_step(model, batch, optimizer, cfg, step, accelerator, module)
             schedule.step()
             if cfg.clip_sigma > 0:
                 clip_weights(targets, cfg.clip_sigma)
-            history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": batch.numel(),
+            history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": batch.numel() * world,
                             "seconds": round(time.perf_counter() - t0, 3)})
             if hasattr(iterator, "set_postfix"):
                 iterator.set_postfix(loss=f"{loss:.3f}")
@@ -201,6 +225,8 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
         optimizer.zero_grad(set_to_none=True)
         for t in targets:
             t.param.grad = None
+        if module is not None:
+            accelerator.free_memory()  # drops Accelerate's reference to the DDP wrapper (and its hooks)
     return {n: trained[n] for n in names}, history
 
 
@@ -357,6 +383,7 @@ def run(argv=None) -> int:
     variants = [v for v in VARIANTS if not (v == "control" and args.no_control)]
     # The training text is read and checked against the evaluation text before the run folder is touched.
     train_text, train_info = load_training_text(args, load_text(args.text_file, args.dataset))
+    check_batch_split(args.batch_size, distributed.world_size())
     ctx = start(args, EXPERIMENT, METRICS, key=("model_variant", "sigma", "trial"), extra_columns=("model_variant",),
                 meta={"levels": sigmas, "variants": variants,
                       "noise_realizations": "evaluation: one unit-scale draw per trial, seeded from (seed, trial) and "
@@ -382,21 +409,25 @@ def run(argv=None) -> int:
     for variant in variants[1:]:
         vcfg = TrainConfig(**{**asdict(cfg), "noise_level": cfg.noise_level if variant == "finetuned" else 0.0})
         path = folder.path / WEIGHTS.format(variant=variant)
+        distributed.barrier()  # every process sees the same saved files (the main one saves)
         if path.is_file():  # resumed run: this variant was trained and saved before
             weights[variant], meta = read_weights(path)
             training[variant] = {k: meta[k] for k in ("seconds", "final_loss", "steps") if k in meta}
             log.info("loaded %s from %s", variant, path)
             continue
-        bar = None if args.quiet else _progress(f"train {variant}", "step")
+        bar = None if args.quiet or not folder.is_main else _progress(f"train {variant}", "step")
         t0 = time.perf_counter()
         tensors, history = finetune(lm.model, chunks, vcfg, bar)
         seconds = round(time.perf_counter() - t0, 1)
-        _write_training_csv(folder.path, variant, history)
         final = sum(h["loss"] for h in history[-8:]) / len(history[-8:])
-        training[variant] = {"seconds": seconds, "final_loss": round(final, 4), "steps": vcfg.steps}
-        save_weights(path, tensors, {"variant": variant, "base_model": args.model,
-                                     "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
-                                     "noise_level": vcfg.noise_level, "scale": vcfg.scale, "targets": vcfg.targets})
+        training[variant] = {"seconds": seconds, "final_loss": round(final, 4), "steps": vcfg.steps,
+                             "processes": folder.world}
+        if folder.is_main:  # the trained tensors are the same on every process
+            _write_training_csv(folder.path, variant, history)
+            save_weights(path, tensors, {"variant": variant, "base_model": args.model,
+                                         "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
+                                         "noise_level": vcfg.noise_level, "scale": vcfg.scale,
+                                         "targets": vcfg.targets})
         weights[variant] = tensors
     folder.update_meta(training=training)
 
@@ -430,6 +461,8 @@ def run(argv=None) -> int:
             state["injector"].restore()
         set_weights(lm.model, weights["original"])
     eval_seconds = round(time.perf_counter() - t0, 1)
+    if not folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_noise_aware_training(folder.path)
     report = plotting.noise_aware_report(folder.path)
     if args.output:

@@ -149,6 +149,8 @@ def run(argv=None) -> int:
         run_sweep(ctx.folder, grid(sigmas, args.n_trials), trials, leading, ctx.done_rows, bar)
     finally:
         trials.injector.restore()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
     figures = plotting.plot_optimal_jitter(ctx.folder.path)
     if args.output:
         shutil.copyfile(figures[0], args.output)
