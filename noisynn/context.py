@@ -6,7 +6,9 @@ touched, so a bad invocation never damages an existing run.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -76,3 +78,12 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
                            f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
     done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **(meta or {})})
     return Context(args, experiment, lm, text, eval_ids, folder, done)
+
+
+def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:
+    """End of a run: copy the first figure to ``--output`` (if given) and mark run.json finished."""
+    output = getattr(ctx.args, "output", None)
+    if output and figures:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figures[0], output)
+    ctx.folder.finish(figures=[f.name for f in figures], **fields)

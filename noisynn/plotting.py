@@ -64,21 +64,36 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
     return meta, read_rows(run_dir / RESULTS_CSV)
 
 
+def write_table(path: str | Path, table: Sequence[dict]) -> Path:
+    """A list of dicts as a tidy CSV (floats in the results' number format)."""
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()) if table else ["empty"], lineterminator="\n")
+        writer.writeheader()
+        for r in table:
+            writer.writerow({k: format_value(v) for k, v in r.items()})
+    return path
+
+
 def write_summary(run_dir: Path, rows: Sequence[dict], metrics: Sequence[str], by: str = "sigma",
                   name: str = "summary.csv", group: str | None = None) -> Path:
     """Per-level medians and CIs of ``metrics`` as a tidy CSV next to results.csv.
 
     ``group`` (e.g. ``"model"``): summarize each value of that column separately, as a first column.
     """
-    path = Path(run_dir) / name
     groups = group_by(rows, group) if group else {None: rows}
     table = [({group: g} if group else {}) | s for g, part in groups.items() for m in metrics
              for s in summarize_levels(part, m, by)]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()) if table else ["empty"], lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: format_value(v) for k, v in r.items()})
+    return write_table(Path(run_dir) / name, table)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
     return path
 
 
@@ -140,11 +155,7 @@ def plot_sweep(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({cfg.get('scale')}) on {cfg.get('targets')}, "
                  f"{cfg.get('n_trials')} realizations per level, perplexity on {tokens[0] if tokens else '?'} tokens",
                  fontsize=11)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name)]
 
 
 def format_sweep_table(rows: Sequence[dict], ppl_summary: Sequence[dict] | None = None) -> str:
@@ -210,15 +221,6 @@ def _level_ticks(ax, sigmas: Sequence[float]) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _write_table(path: Path, table: Sequence[dict]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()) if table else ["empty"], lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: format_value(v) for k, v in r.items()})
-    return path
-
-
 def _fmt_sigma_ci(c: dict) -> str:
     def f(v):
         return "beyond" if not math.isfinite(v) else f"{v:.3g}"
@@ -235,7 +237,7 @@ def plot_llama_scaling(run_dir: str | Path, name: str = "llama_scaling.png") -> 
     factor = float(cfg.get("ppl_threshold", 2.0))
     write_summary(run_dir, rows, ("perplexity", "bits_per_byte"), group="model")
     crossings = scaling_crossings(rows, factor)
-    _write_table(run_dir / "crossings.csv", crossings)
+    write_table(run_dir / "crossings.csv", crossings)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.15, 1.15, 0.9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     by_model = group_by(rows, "model")
@@ -292,11 +294,7 @@ def plot_llama_scaling(run_dir: str | Path, name: str = "llama_scaling.png") -> 
     fig.suptitle(f"{cfg.get('noise_type')} noise ({cfg.get('scale')}) on {cfg.get('targets')}, {cfg.get('n_trials')} "
                  f"realizations per level; every model scores the same {cfg.get('eval_chars', '?')} characters of text "
                  f"(tokens scored: {tokens})", fontsize=10)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name)]
 
 
 def format_scaling_table(rows: Sequence[dict], factor: float = 2.0) -> str:
@@ -363,12 +361,7 @@ def plot_noise_types(run_dirs: Sequence[str | Path], path: str | Path, metric: s
                  f"{cfg.get('n_trials')} realizations per level, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
                  "tokens\nsigma is each distribution's scale parameter (gaussian: std; uniform: half-width; "
                  "laplacian: b; cauchy: HWHM; student_t: scale)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --- layer_sensitivity ----------------------------------------------------------------------
@@ -487,15 +480,15 @@ def plot_layer_sensitivity(run_dir: str | Path) -> list[Path]:
         for s in summarize_levels(group, "perplexity") + summarize_levels(group, "delta_nll"):
             table.append({"mode": group[0]["mode"], "target": target, **s})
     if table:
-        _write_table(run_dir / "summary.csv", table)
+        write_table(run_dir / "summary.csv", table)
     report = layer_sensitivity_report(run_dir)
     crossings = report.get("crossings", [])
     if crossings:
-        _write_table(run_dir / "crossings.csv", [{k: v for k, v in c.items() if k != "per_trial"} for c in crossings])
+        write_table(run_dir / "crossings.csv", [{k: v for k, v in c.items() if k != "per_trial"} for c in crossings])
         figures.append(_plot_groups(run_dir, rows, crossings, cfg, meta))
     cells = layer_sensitivity_cells(rows)
     if cells:
-        _write_table(run_dir / "heatmap.csv", cells)
+        write_table(run_dir / "heatmap.csv", cells)
         figures.append(_plot_heatmap(run_dir, cells, report["heatmap"], cfg))
     return figures
 
@@ -545,11 +538,7 @@ def _plot_groups(run_dir: Path, rows, crossings, cfg, meta) -> Path:
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({scale}) on one group at a time, "
                  f"{c0['n_trials']} realizations per level, perplexity on {c0['eval_tokens']} tokens; "
                  f"threshold {cfg.get('ppl_threshold')} x clean", fontsize=10.5)
-    fig.tight_layout()
-    path = run_dir / "layer_sensitivity_groups.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "layer_sensitivity_groups.png")
 
 
 def _plot_heatmap(run_dir: Path, cells, hm: dict, cfg) -> Path:
@@ -586,11 +575,7 @@ def _plot_heatmap(run_dir: Path, cells, hm: dict, cfg) -> Path:
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({cfg.get('scale')}) sigma "
                  f"{hm['noise_level']:g} on one tensor at a time; median of {n} realizations; "
                  f"{hm['eval_tokens']} tokens, clean perplexity {hm['clean_perplexity']:.4g}", fontsize=10)
-    fig.tight_layout()
-    path = run_dir / "layer_sensitivity_heatmap.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "layer_sensitivity_heatmap.png")
 
 
 # --- optimal_jitter -------------------------------------------------------------------------
@@ -702,11 +687,7 @@ def plot_optimal_jitter(run_dir: str | Path, name: str = "optimal_jitter.png") -
                  f"{zone['n_trials']} realizations per sigma; distinct-n over {n_prompts} prompts x "
                  f"{cfg.get('n_samples')} samples x {cfg.get('max_new_tokens')} tokens; perplexity on "
                  f"{zone['eval_tokens']} tokens\n{title}", fontsize=9.5)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name)]
 
 
 # ---------------------------------------------------------------- drift over time (noisynn.experiments.drift_over_time)
@@ -728,13 +709,7 @@ def write_drift_summary(run_dir: Path, rows: Sequence[dict], metrics: Sequence[s
             group = [r for r in rows if r["condition"] == cond and r["compensation"] == comp]
             for m in metrics if group else ():
                 table += [{"condition": cond, "compensation": comp, **s} for s in summarize_levels(group, m, "t_seconds")]
-    path = Path(run_dir) / name
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()), lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: format_value(v) for k, v in r.items()})
-    return path
+    return write_table(Path(run_dir) / name, table)
 
 
 def plot_drift_over_time(run_dir: str | Path, name: str = "drift_over_time.png") -> list[Path]:
@@ -781,11 +756,7 @@ def plot_drift_over_time(run_dir: str | Path, name: str = "drift_over_time.png")
     fig.suptitle(f"{cfg.get('model', '?')} on {cfg.get('noise_type')} ({cfg.get('scale')} mapping, sigma = "
                  f"{cfg.get('noise_scale')}), targets {cfg.get('targets')}: {n} programmings, perplexity on "
                  f"{tokens[0] if len(tokens) == 1 else tokens} tokens", fontsize=10)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name)]
 
 
 def format_drift_table(rows: Sequence[dict]) -> str:
@@ -995,11 +966,7 @@ def plot_noise_aware_training(run_dir: str | Path, name: str = "noise_aware_trai
                  f"{tc.get('batch_size')} x {tc.get('seq_len')} tokens, lr {tc.get('lr')}); "
                  f"{report['n_trials']} shared noise draws per level, perplexity on {report['eval_tokens']} tokens",
                  fontsize=10)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name)]
 
 
 # ------------------------------------------------------------------------------- temporal drift
@@ -1158,8 +1125,4 @@ def plot_temporal_drift(run_dir: str | Path, name: str = "temporal_drift.png") -
                  f"({cfg.get('scale')}) on {cfg.get('targets')},\nsigma {cfg.get('start_sigma')} -> "
                  f"{cfg.get('end_sigma')} over {cfg.get('total_tokens')} tokens, {seeds} seeds (median, band = "
                  f"order-statistic CI); red: the largest jump", fontsize=10)
-    fig.tight_layout()
-    path = run_dir / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / name, dpi=110)]

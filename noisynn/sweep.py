@@ -94,6 +94,7 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
     seconds = round(time.perf_counter() - start, 3)
     if folder.world > 1:
         distributed.barrier()
+        seconds = round(time.perf_counter() - start, 3)  # until the slowest process is done
         if folder.is_main:
             folder.merge_shards(order=[k for k, _ in keyed])
             folder.update_meta(last_session={"points_run": len(keyed) - len(done_rows), "seconds": seconds,

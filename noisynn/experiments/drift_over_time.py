@@ -10,13 +10,12 @@ share the read. Digital references (float, and symmetric per-channel int-b weigh
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..devices import (bits_to_step, converter_io_from_args, drift_factor, install_converters, parse_time,
                        time_label)
 from ..errors import NoisyNNError
@@ -194,9 +193,7 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = plotting.plot_drift_over_time(ctx.folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
-    ctx.folder.finish(figures=[f.name for f in figures])
+    finish(ctx, figures)
     print(plotting.format_drift_table(rows))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0

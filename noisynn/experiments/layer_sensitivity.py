@@ -19,12 +19,11 @@ Two parts (``--mode``), both in one run folder:
 from __future__ import annotations
 
 import argparse
-import shutil
 
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..errors import NoisyNNError
 from ..evaluation import compute_perplexity, tokenize
 from ..inject import PROJECTIONS, NoiseInjector, parse_targets, select_targets
@@ -253,10 +252,8 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = plotting.plot_layer_sensitivity(ctx.folder.path)
-    if args.output and figures:
-        shutil.copyfile(figures[0], args.output)
     report = plotting.layer_sensitivity_report(ctx.folder.path)
-    ctx.folder.finish(figures=[f.name for f in figures], **report)
+    finish(ctx, figures, **report)
     print(plotting.format_layer_sensitivity(report))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, {', '.join(f.name for f in figures)})")
     return 0

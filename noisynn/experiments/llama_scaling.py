@@ -16,14 +16,13 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..evaluation import compute_perplexity, tokenize
 from ..inject import NoiseInjector
 from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model
@@ -173,9 +172,7 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = plotting.plot_llama_scaling(ctx.folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
-    ctx.folder.finish(figures=[f.name for f in figures])
+    finish(ctx, figures)
     meta, rows = plotting.load_run(ctx.folder.path)
     print(plotting.format_scaling_table(rows, args.ppl_threshold))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, crossings.csv, {figures[0].name})")

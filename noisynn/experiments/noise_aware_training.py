@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed, plotting
-from ..context import start
+from ..context import finish, start
 from ..corpus import SEPARATOR, embedded_split, load_text
 from ..errors import NoisyNNError
 from ..evaluation import compute_perplexity, tokenize
@@ -465,10 +464,8 @@ def run(argv=None) -> int:
         return 0
     figures = plotting.plot_noise_aware_training(folder.path)
     report = plotting.noise_aware_report(folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
-    folder.finish(figures=[f.name for f in figures], report=report, eval_seconds=eval_seconds,
-                  wall_seconds=round(time.perf_counter() - t_start, 1))
+    finish(ctx, figures, report=report, eval_seconds=eval_seconds,
+           wall_seconds=round(time.perf_counter() - t_start, 1))
     write_json_atomic(folder.path / "report.json", report)
     print(plotting.format_noise_aware_report(report))
     print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, report.json, "

@@ -12,14 +12,13 @@ perplexity stays <= ``--max_ppl_ratio`` x the clean perplexity.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..errors import NoisyNNError
 from ..evaluation import compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
 from ..inject import NoiseInjector
@@ -152,10 +151,8 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = plotting.plot_optimal_jitter(ctx.folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
     zone = plotting.jitter_zone(plotting.load_run(ctx.folder.path)[1], args.max_ppl_ratio)
-    ctx.folder.finish(figures=[f.name for f in figures], zone=zone)
+    finish(ctx, figures, zone=zone)
     print(plotting.format_jitter(zone))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..devices import converter_io_from_args, install_converters
 from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
@@ -102,9 +101,7 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = plotting.plot_sweep(ctx.folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
-    ctx.folder.finish(figures=[f.name for f in figures])
+    finish(ctx, figures)
     print(plotting.format_sweep_table(rows))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0

@@ -23,7 +23,6 @@ does not stop at EOS, so every trace has ``--total_tokens`` steps.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from typing import Callable
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import plotting
-from ..context import start
+from ..context import finish, start
 from ..evaluation import decode
 from ..errors import NoisyNNError
 from ..inject import NoiseInjector
@@ -283,10 +282,8 @@ def run(argv=None) -> int:
     gen_seconds = round(time.perf_counter() - t0, 1)
     verdicts = plotting.drift_verdicts(folder.path)
     figures = plotting.plot_temporal_drift(folder.path)
-    if args.output:
-        shutil.copyfile(figures[0], args.output)
-    folder.finish(figures=[f.name for f in figures], verdicts=verdicts, generation_seconds=gen_seconds,
-                  wall_seconds=round(time.perf_counter() - t_start, 1))
+    finish(ctx, figures, verdicts=verdicts, generation_seconds=gen_seconds,
+           wall_seconds=round(time.perf_counter() - t_start, 1))
     print(plotting.format_drift_verdicts(verdicts))
     for record in plotting.load_samples(folder.path):
         if record.get("trial") == 0:
