@@ -223,3 +223,12 @@ def test_noise_aware_training_on_embedded_model(tmp_path, embedded):
     assert by[("finetuned", 0.0)] != clean and by[("control", 0.0)] != by[("finetuned", 0.0)]
     assert all(by[(v, 0.05)] > by[(v, 0.0)] for v in nat.VARIANTS)
     assert json.loads((out / "report.json").read_text())["train_tokens"] == 64
+
+
+def test_sharding_launches_are_refused():
+    class FakeAccelerator:
+        distributed_type = "DistributedType.FSDP"
+
+    with pytest.raises(NoisyNNError, match="DDP only; this launch uses FSDP"):
+        nat.check_launch(FakeAccelerator())
+    nat.check_launch(type("A", (), {"distributed_type": "DistributedType.MULTI_CPU"})())  # DDP on CPUs: fine

@@ -159,6 +159,14 @@ def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: in
     return float(accelerator.reduce(loss.detach(), "mean")), norm
 
 
+def check_launch(accelerator) -> None:
+    """DDP or one process only: FSDP/DeepSpeed shard the weights that the noise must address whole."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise NoisyNNError(f"noise-aware training runs under DDP only; this launch uses {kind}, which shards the "
+                           "weights the noise must address whole (use an accelerate config without FSDP/DeepSpeed)")
+
+
 def check_batch_split(batch_size: int, world: int) -> None:
     if batch_size % world:
         raise NoisyNNError(f"--batch_size {batch_size} does not split evenly across {world} processes; "
@@ -191,6 +199,7 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     accelerator = distributed.accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
+    check_launch(accelerator)
     # Across processes: DDP around the model (only the trained tensors need gradients). The
     # optimizer stays a plain one on every process: the gradients it sees are already averaged.
     module = accelerator.prepare_model(model) if world > 1 else None
@@ -383,6 +392,8 @@ def run(argv=None) -> int:
     # The training text is read and checked against the evaluation text before the run folder is touched.
     train_text, train_info = load_training_text(args, load_text(args.text_file, args.dataset))
     check_batch_split(args.batch_size, distributed.world_size())
+    if distributed.world_size() > 1:
+        check_launch(distributed.accelerator())
     ctx = start(args, EXPERIMENT, METRICS, key=("model_variant", "sigma", "trial"), extra_columns=("model_variant",),
                 meta={"levels": sigmas, "variants": variants,
                       "noise_realizations": "evaluation: one unit-scale draw per trial, seeded from (seed, trial) and "
