@@ -14,8 +14,10 @@ from typing import Callable, Sequence
 import torch
 
 from .corpus import Text, load_text
+from .errors import NoisyNNError
 from .evaluation import tokenize
-from .models import LoadedModel, load_model, resolve_device, resolve_dtype
+from .inject import select_targets
+from .models import LoadedModel, load_model, parse_max_memory, resolve_device, resolve_dtype
 from .options import check_noise_args, config_of, default_out, load_plugins
 from .results import LEADING_COLUMNS, RunFolder
 
@@ -29,6 +31,15 @@ class Context:
     eval_ids: torch.Tensor | None
     folder: RunFolder
     done_rows: list = field(default_factory=list)
+
+
+def check_model_flags(args) -> None:
+    """Device, dtype and --max_memory flags, checked before the slow model load."""
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    if getattr(args, "max_memory", None):
+        if not args.device_map:
+            raise NoisyNNError("--max_memory needs --device_map auto")
+        parse_max_memory(args.max_memory)
 
 
 def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[str] = ("sigma", "trial"),
@@ -45,14 +56,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         load_plugins(args.plugin)
     if noise:
         check_noise_args(args)
-    resolve_dtype(args.dtype, resolve_device(args.device))  # fail before the slow load
-    if getattr(args, "max_memory", None):
-        from .errors import NoisyNNError
-        from .models import parse_max_memory
-
-        if not args.device_map:
-            raise NoisyNNError("--max_memory needs --device_map auto")
-        parse_max_memory(args.max_memory)
+    check_model_flags(args)
     args.out = args.out or default_out(experiment)
     columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
@@ -60,7 +64,6 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     if not load:
         text = load_text(args.text_file, args.dataset, max_chars=args.eval_chars)
         if text.info["n_chars"] < args.eval_chars:
-            from .errors import NoisyNNError
             raise NoisyNNError(f"the text has only {text.info['n_chars']} characters, fewer than --eval_chars "
                                f"{args.eval_chars}; lower it or give a longer text")
         folder.check(config)
@@ -70,10 +73,11 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory)
     if check is not None:
         check(lm, text)
+    if noise:  # targets (and --blocks) that select no weight of this model fail here, not mid-run
+        select_targets(lm.model, args.targets, getattr(args, "blocks", None), args.include_bias)
     folder.check(config)
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
     if eval_ids.numel() - 1 < args.eval_tokens:
-        from .errors import NoisyNNError
         raise NoisyNNError(f"the text has only {eval_ids.numel() - 1} scorable tokens, fewer than "
                            f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
     done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **(meta or {})})

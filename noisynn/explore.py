@@ -29,7 +29,7 @@ import torch
 from .corpus import load_text
 from .errors import NoisyNNError
 from .evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
-from .inject import SCALES, NoiseInjector, parse_blocks, parse_targets, select_targets
+from .inject import SCALES, NoiseInjector, check_scale, parse_blocks, parse_targets, select_targets
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .noise import NOISE_REGISTRY, get_noise
 from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows
@@ -113,7 +113,7 @@ def check_setting(s: Setting, n_blocks: int | None = None) -> Setting:
     df = None if s.df in (None, "") or s.noise_type != "student_t" else float(s.df)
     if df is not None and not (math.isfinite(df) and df > 0):
         raise NoisyNNError(f"df must be > 0, got {s.df}")
-    get_noise(s.noise_type, **({"df": df} if df is not None else {}))
+    check_scale(get_noise(s.noise_type, **({"df": df} if df is not None else {})), s.scale)
     blocks = parse_blocks(s.blocks)
     if blocks is not None:
         if not ({"attention", "mlp"} & set(s.targets)):

@@ -186,6 +186,7 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
     if kinds & {"head", "embedding"}:
         untie_head(model)
     found: list[Target] = []
+    present: set[int] = set()  # blocks the model has (attention/mlp weights with a block index)
     for mod_name, module in model.named_modules():
         if isinstance(module, nn.Embedding):
             axis = 0
@@ -198,6 +199,8 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
         cls = classify_weight(mod_name, module, model)
         if isinstance(module, nn.Embedding) and cls.kind != "embedding":
             continue
+        if cls.kind in ("attention", "mlp") and cls.block is not None:
+            present.add(cls.block)
         if not (cls.kind in kinds or (cls.proj is not None and cls.proj in projs)):
             continue
         if block_set is not None and cls.kind in ("attention", "mlp") and cls.block not in block_set:
@@ -205,6 +208,10 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
         found.append(Target(f"{mod_name}.weight", module.weight, cls, axis))
         if include_bias and getattr(module, "bias", None) is not None:
             found.append(Target(f"{mod_name}.bias", module.bias, cls, 0))
+    missing = sorted(block_set - present) if block_set is not None and present else []
+    if missing:
+        raise NoisyNNError(f"block {','.join(map(str, missing))} does not exist: this model has blocks "
+                           f"{min(present)}-{max(present)}")
     if not found:
         raise NoisyNNError(f"targets '{targets}' match no weights in {type(model).__name__}")
     return found

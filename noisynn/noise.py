@@ -63,8 +63,10 @@ class NoiseDistribution:
             state, level = draw(self, clean.shape, level, clean.device, generator).to(clean.dtype), 1.0
         if isinstance(unit, torch.Tensor):
             torch.addcmul(clean, state, unit * level, out=out)
-        else:
+        elif abs(level * unit) <= torch.finfo(clean.dtype).max:
             torch.add(clean, state, alpha=level * unit, out=out)
+        else:  # beyond the dtype's range torch refuses the scalar; the weights overflow to inf instead
+            torch.add(clean, state * (level * unit), out=out)
 
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__qualname__, "params": self.params,

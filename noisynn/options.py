@@ -73,6 +73,24 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def prompt_text(text: str) -> str:
+    """argparse type of ``--prompt``: any text but a blank one (nothing to continue)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt is empty; give a few words for the model to continue")
+    return text
+
+
+def output_file(text: str) -> str:
+    """argparse type of ``--output``: a file path in an existing folder, checked before any run starts."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; give a file path such as {path / 'figure.png'}")
+    if not path.parent.is_dir():
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"'{path.parent}', the folder of '{text}', {problem}")
+    return text
+
+
 def block_list(text: str) -> list[int] | None:
     """argparse type of ``--blocks``: ``"0-3,7"`` -> [0, 1, 2, 3, 7]; ``"all"`` -> None."""
     from .inject import parse_blocks
@@ -163,7 +181,7 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
                    help="seeded noise realizations per point (default: %(default)s)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="base seed (default: %(default)s)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<time>); rerun to resume")
-    g.add_argument("--output", default=None, help="also save the main figure to this PNG path")
+    g.add_argument("--output", type=output_file, default=None, help="also save the main figure to this PNG path")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -205,6 +223,8 @@ def load_plugins(paths: Sequence[str]) -> None:
         if not p.is_file():
             raise NoisyNNError(f"plugin file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"noisynn_plugin_{i}_{p.stem}", p)
+        if spec is None:  # no loader for this suffix
+            raise NoisyNNError(f"plugin {path} is not a Python file (give a .py file)")
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)

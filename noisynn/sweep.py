@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import distributed
+from .errors import NoisyNNError
 from .results import RunFolder, key_of, read_rows
 from .seeding import derive_seed
 
@@ -56,6 +57,8 @@ def levels(max_noise: float, n_levels: int, spacing: str = "log", min_fraction: 
     """
     if n_levels == 1:
         return [float(max_noise)]
+    if not max_noise > 0:  # every level would be 0 (and a geometric sequence cannot start at 0)
+        raise NoisyNNError(f"--max_noise must be > 0 for a sweep of {n_levels} levels, got {max_noise}")
     if spacing == "linear":
         return [float(x) for x in np.linspace(0.0, max_noise, n_levels)]
     if spacing == "log":

@@ -8,6 +8,7 @@ This module is layout only: every number, text and figure comes from ``noisynn.e
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import functools
@@ -18,11 +19,14 @@ import math
 import os
 import sys
 
+from .context import check_model_flags
+from .corpus import load_text
 from .errors import NoisyNNError
 from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, RUN_ROOTS, TARGET_CHOICES, Explorer, Setting,
                       check_setting, cli_command, drift_figure, entropy_figure, list_runs, load_saved_run,
                       metrics_table, noise_choices, probability_figure, result_rows, sigma_from_slider, write_csv)
 from .inject import parse_targets
+from .models import check_model_name
 from .options import (ArgumentParser, add_model_args, add_noise_args, load_plugins, nonneg_float, nonneg_int,
                       positive_int, script_main)
 
@@ -39,9 +43,13 @@ CSS = """
 """
 
 
-def _import_gradio():
+def _offline() -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def _import_gradio():
+    _offline()
     os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), HOST, "localhost"]))
     try:
         import gradio as gr
@@ -270,7 +278,7 @@ def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
     g = p.add_argument_group("ui")
-    g.add_argument("--port", type=nonneg_int, default=7860, help="port on 127.0.0.1 (default: %(default)s)")
+    g.add_argument("--port", type=port_number, default=7860, help="port on 127.0.0.1 (default: %(default)s)")
     g.add_argument("--blocks", default="all", help="initial blocks, e.g. 0-9,20 (default: %(default)s)")
     g.add_argument("--sigma", type=nonneg_float, default=0.02, help="initial sigma (default: %(default)s)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="initial seed (default: %(default)s)")
@@ -280,6 +288,13 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--runs", action="append", default=None, metavar="DIR",
                    help=f"folder whose run folders the Saved runs tab lists; repeatable "
                         f"(default: {', '.join(RUN_ROOTS)})")
+
+
+def port_number(text: str) -> int:
+    value = nonneg_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (0-65535)")
+    return value
 
 
 def defaults_from(args) -> Setting:
@@ -302,9 +317,14 @@ def run(argv=None) -> int:
     args = p.parse_args(argv)
     load_plugins(args.plugin)
     defaults = defaults_from(args)
+    check_model_flags(args)  # everything that can be checked without the model, before the slow imports
+    _offline()  # before the model name is checked: a hub id is looked up in the local cache only
+    check_model_name(args.model)
+    if args.text_file:
+        load_text(args.text_file, args.dataset)
     _import_gradio()
     explorer = Explorer(device=args.device, dtype=args.dtype, text_file=args.text_file, dataset=args.dataset)
-    print(f"loading {args.model} ...", file=sys.stderr)
+    print(f"loading {args.model} ...", flush=True)  # stdout: stderr holds only an error's one line
     explorer.model(args.model)  # loaded once, before the page is served
     explorer.eval_ids(defaults)
     app = build_app(explorer, defaults, tuple(args.runs or RUN_ROOTS))

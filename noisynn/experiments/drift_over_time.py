@@ -23,7 +23,7 @@ from ..evaluation import quality_metrics
 from ..inject import NoiseInjector, noisy_weights
 from ..noise import get_noise
 from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
-                       nonneg_float, noise_params, positive_int, script_main)
+                       nonneg_float, noise_params, positive_int, prompt_text, script_main)
 from ..sweep import Point, TrialResult, run_sweep
 
 EXPERIMENT = "drift_over_time"
@@ -63,7 +63,8 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--digital_bits", default="8,4",
                    help="digital references: symmetric per-channel weight bits, comma list, '' for none "
                         "(default: %(default)s); the float model is always evaluated")
-    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt for generated text (default: %(default)r)")
+    g.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT,
+                   help="prompt for generated text (default: %(default)r)")
     g.add_argument("--n_samples", type=positive_int, default=2, help="sampled generations per point (default: %(default)s)")
     g.add_argument("--max_new_tokens", type=positive_int, default=40, help="tokens per generation (default: %(default)s)")
     g.add_argument("--entropy_tokens", type=positive_int, default=10,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import plotting
 from ..errors import NoisyNNError
-from ..options import ArgumentParser, script_main
+from ..options import ArgumentParser, output_file, script_main
 from ..results import RUN_JSON
 
 EXPERIMENT = "generate_graphs"
@@ -34,7 +34,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--output_dir", default="images", help="where the figures go (default: %(default)s)")
     g.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
                    help="only draw these run folders (e.g. sweeps with different --noise_type) on one figure")
-    g.add_argument("--output", default=None,
+    g.add_argument("--output", type=output_file, default=None,
                    help="PNG path of the --compare figure (default: OUTPUT_DIR/noise_types.png)")
 
 
@@ -97,11 +97,13 @@ def redraw(run_dir: Path, out_dir: Path, taken: set[str]) -> list[Path]:
 def run(argv=None) -> int:
     args = parse(argv)
     out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NoisyNNError(f"--output_dir {out_dir} is not a folder")
     if args.compare:
         dirs = [Path(d) for d in args.compare]
-        missing = [str(d) for d in dirs if not (d / RUN_JSON).is_file()]
+        missing = [str(d) for d in dirs if experiment_of(d) is None]
         if missing:
-            raise NoisyNNError(f"not a run folder (no {RUN_JSON}): {', '.join(missing)}")
+            raise NoisyNNError(f"not a run folder (no readable {RUN_JSON}): {', '.join(missing)}")
         path = plotting.plot_noise_types(dirs, args.output or out_dir / "noise_types.png")
         print(f"{len(dirs)} runs -> {path}")
         return 0

@@ -206,6 +206,8 @@ def run(argv=None) -> int:
     found: dict = {}
 
     def check(lm, text):
+        for group in groups:  # each group is noised on its own, so each must select weights
+            select_targets(lm.model, group, include_bias=args.include_bias)
         if args.mode != "groups":
             found["cells"] = heatmap_cells(lm.model, args.blocks, args.projections)
             found["heatmap_ids"] = tokenize(lm.tokenizer, text.text, args.heatmap_tokens)

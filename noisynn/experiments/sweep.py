@@ -16,7 +16,7 @@ from ..devices import converter_io_from_args, install_converters
 from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
 from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
-                       noise_params, positive_int, nonneg_float, script_main)
+                       noise_params, positive_int, nonneg_float, prompt_text, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="log",
                    help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) as the original (default: %(default)s)")
-    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt for generated samples (default: %(default)r)")
+    g.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT,
+                   help="prompt for generated samples (default: %(default)r)")
     g.add_argument("--n_samples", type=positive_int, default=3, help="sampled generations per point (default: %(default)s)")
     g.add_argument("--max_new_tokens", type=positive_int, default=40, help="tokens per generation (default: %(default)s)")
     g.add_argument("--entropy_tokens", type=positive_int, default=10,

@@ -36,7 +36,7 @@ from ..errors import NoisyNNError
 from ..inject import NoiseInjector
 from ..noise import get_noise, is_additive
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
-                       positive_int, script_main)
+                       positive_int, prompt_text, script_main)
 from ..results import key_of
 from ..seeding import derive_seed
 
@@ -196,7 +196,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--accumulate", action="store_true",
                    help="random-walk semantics: each step adds an increment to the previous weights (default: redraw "
                         "around the clean weights at every step)")
-    g.add_argument("--prompt", default=None,
+    g.add_argument("--prompt", type=prompt_text, default=None,
                    help="prompt of every trial (default: trial k uses the k-th of 5 built-in prompts, cycled)")
     g.add_argument("--temperature", type=nonneg_float, default=0.0,
                    help="0 = greedy (default); > 0 samples with top-k 50 (seeded per trial)")
