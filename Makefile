@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 CHROMIUM ?= /usr/bin/chromium
 SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test test-fast figures runs gemma ui clean
+.PHONY: install demo test test-fast figures runs gemma ui bench clean
 
 $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ gemma: $(STAMP)
 ## The interactive explorer on http://127.0.0.1:7860 (UI_ARGS="--port 8000 ..."; noisynn ui --help).
 ui: $(STAMP)
 	$(BIN)/noisynn ui $(UI_ARGS)
+
+## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
+## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
+	$(BIN)/python benchmarks/bench_processes.py
 
 clean:
 	rm -rf $(VENV) runs

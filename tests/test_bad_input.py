@@ -98,9 +98,7 @@ CASES = [
     case("noise_aware_training", ["--lr", "-1"], "'-1' must be > 0"),
     case("noise_aware_training", ["--max_noise", "0"], "--max_noise must be > 0"),
     case("noise_aware_training", ["--targets", "qkv"], "targets 'qkv' match no weights"),
-    case("noise_aware_training", ["--seq_len", "100000"], "fewer than --seq_len 100000", marks=pytest.mark.xfail(
-        reason="noise_aware_training checks the training text's length only after the run folder is opened "
-               "(a fresh --out is created; here the resume check speaks first, about seq_len)", strict=False)),
+    case("noise_aware_training", ["--seq_len", "100000"], "fewer than --seq_len 100000"),
     # temporal_drift.py
     case("temporal_drift", ["--schedule", "cubic"], "unknown schedule 'cubic'"),
     case("temporal_drift", ["--accumulate", "--noise_type", "pcm", "--scale", "relative_channel"],

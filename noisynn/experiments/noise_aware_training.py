@@ -392,6 +392,7 @@ def run(argv=None) -> int:
     # The training text is read and checked against the evaluation text before the run folder is touched.
     train_text, train_info = load_training_text(args, load_text(args.text_file, args.dataset))
     check_batch_split(args.batch_size, distributed.world_size())
+    data = {}  # the training windows, cut (and checked) before the run folder is touched
     if distributed.world_size() > 1:
         check_launch(distributed.accelerator())
     ctx = start(args, EXPERIMENT, METRICS, key=("model_variant", "sigma", "trial"), extra_columns=("model_variant",),
@@ -403,9 +404,11 @@ def run(argv=None) -> int:
                                   "bit-exactly before each optimizer step)",
                       "head": "not noised or trained unless --targets names head/all (then untied first)",
                       "reference": "Analog Foundation Models (Buechel et al., NeurIPS 2025): per-channel noise "
-                                   "std 0.03 x max|W|, clipping 2.5 std per channel"})
+                                   "std 0.03 x max|W|, clipping 2.5 std per channel"},
+                check=lambda lm, text: data.update(chunks=training_chunks(lm.tokenizer, train_text, args.max_samples,
+                                                                          args.seq_len)))
     lm, folder = ctx.lm, ctx.folder
-    chunks = training_chunks(lm.tokenizer, train_text, args.max_samples, args.seq_len)
+    chunks = data["chunks"]
     cfg = train_config(args, chunks.shape[0])
     targets = select_targets(lm.model, args.targets, include_bias=args.include_bias)
     n_trained = sum(t.numel for t in targets)
