@@ -102,7 +102,8 @@ def mode_floor(dtype: str) -> dict:
     for level in range(len(LEVELS)):
         quality_metrics(lm.model, lm.tokenizer, ids, PROMPT, n_samples=N_SAMPLES, max_new_tokens=NEW_TOKENS,
                         entropy_tokens=ENTROPY_TOKENS, sample_seed=level)
-    return {"seconds": time.perf_counter() - start, "base_mb": base, "peak_mb": peak_mb(), "eval_tokens": ids.numel() - 1}
+    return {"seconds": time.perf_counter() - start, "base_mb": base, "peak_mb": peak_mb(), "end_mb": rss_mb(),
+            "eval_tokens": ids.numel() - 1}
 
 
 def mode_naive(dtype: str) -> dict:
@@ -193,6 +194,14 @@ def report(r: dict) -> str:
                      f"{v['peak_mb']:>13.0f}{v['peak_mb'] - v['base_mb']:>12.0f}")
     lines.append(f"memory budget, model + 2 copies of the targeted weights (fp32): {model_mb + 2 * targeted_mb:.0f} MB "
                  f"above base (model {model_mb:.0f} MB with its head untied, targeted weights {targeted_mb:.0f} MB)")
+    fl = r["floor/float32"]
+    working = fl["end_mb"] - fl["base_mb"]  # the plain sweep's model + activations + allocator, at the end of its loop
+    head_mb = tk["head_params"] * 4 / 2**20 if tk["head_untied"] else 0.0
+    machinery = tk["peak_mb"] - tk["base_mb"] - working - head_mb
+    lines.append(f"toolkit fp32 peak above base {tk['peak_mb'] - tk['base_mb']:.0f} MB = the plain sweep's working set "
+                 f"{working:.0f} MB (floor RSS at the end of its loop: model, activations, allocator) + untied head "
+                 f"{head_mb:.0f} MB + noise machinery {machinery:.0f} MB (= {machinery / targeted_mb:.2f} copies of the "
+                 f"targeted weights; budget 2)")
     lines.append(f"toolkit fp32 CLI wall time incl. model load, files and plot: {tk['cli_seconds']:.1f} s")
     return "\n".join(lines)
 
