@@ -59,17 +59,19 @@ def main(argv=None) -> int:
         same_points = [(r["sigma"], r["trial"]) for r in a] == [(r["sigma"], r["trial"]) for r in b]
         equal = (one / "results.csv").read_text() == (many / "results.csv").read_text()
         rel = max(abs(x["perplexity"] / y["perplexity"] - 1) for x, y in zip(a, b))
+        differing = sorted({k for x, y in zip(a, b) for k in x if x[k] != y[k]})
     result = {"processes": args.processes, "cores": os.cpu_count(), "sweep_flags": sweep_flags, "points": rows,
               "wall_seconds": {"one": round(wall_one, 1), "many": round(wall_many, 1)},
               "sweep_loop_seconds": loop, "speedup_wall": round(wall_one / wall_many, 3),
               "speedup_sweep_loop": round(loop["one"] / loop["many"], 3), "same_points": same_points,
-              "results_bit_identical": equal, "max_rel_perplexity_difference": rel}
+              "results_bit_identical": equal, "max_rel_perplexity_difference": rel,
+              "differing_columns": differing}
     print(f"{rows} sweep points on the embedded model, {os.cpu_count()} cores; flags: {' '.join(sweep_flags)}")
     print(f"{'':24}{'1 process':>12}{f'{args.processes} processes':>14}{'speed-up':>10}")
     print(f"{'wall time (s)':24}{wall_one:>12.1f}{wall_many:>14.1f}{wall_one / wall_many:>9.2f}x")
     print(f"{'sweep loop (s)':24}{loop['one']:>12.1f}{loop['many']:>14.1f}{loop['one'] / loop['many']:>9.2f}x")
-    print(f"same points: {same_points}; results.csv bit-identical: {equal}; largest relative perplexity "
-          f"difference {rel:.1e} (one process uses {os.cpu_count()} threads, each of the others 1: BLAS sums "
+    print(f"same points: {same_points}; results.csv bit-identical: {equal} (columns that differ: "
+          f"{', '.join(differing) or 'none'}); largest relative perplexity difference {rel:.1e} (one process uses {os.cpu_count()} threads, each of the others 1: BLAS sums "
           "in another order; with equal thread counts the files are identical, see tests/test_distributed.py)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

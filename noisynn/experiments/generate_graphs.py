@@ -25,7 +25,7 @@ from ..results import RUN_JSON
 EXPERIMENT = "generate_graphs"
 # The run folders the README's figures come from (results/<name>/); a missing one is noted.
 KNOWN = ("sweep", "noise_types", "layer_sensitivity", "optimal_jitter", "noise_aware_training", "temporal_drift",
-         "llama_scaling", "devices")
+         "temporal_drift_accumulate", "llama_scaling", "drift_over_time")
 
 
 def add_args(p: ArgumentParser) -> None:
@@ -84,7 +84,10 @@ def redraw(run_dir: Path, out_dir: Path, taken: set[str]) -> list[Path]:
     copies = []
     for fig in plot(run_dir):
         fig = Path(fig)
-        name = fig.name if fig.name not in taken else f"{run_dir.name}_{fig.name}"
+        if fig.name not in taken:
+            name = fig.name
+        else:  # a second run of the same experiment: results/temporal_drift_accumulate -> temporal_drift_accumulate.png
+            name = f"{run_dir.name}{fig.suffix}" if fig.stem == experiment else f"{run_dir.name}_{fig.name}"
         taken.add(name)
         dest = out_dir / name
         shutil.copyfile(fig, dest)
