@@ -227,3 +227,31 @@ def test_restore_bit_exact_property(targets, dtype, sigma, seed, noise):
         pass
     for k, v in model.state_dict().items():
         assert v.dtype == dtype and torch.equal(v, before[k]), k
+
+
+@settings(max_examples=15, deadline=None)
+@given(heads=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([2, 4, 8]), ffn=st.integers(3, 48),
+       layers=st.integers(1, 3), vocab=st.integers(8, 64), tie=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       scale=st.sampled_from(["absolute", "relative", "relative_max", "relative_channel"]),
+       targets=st.sampled_from(["blocks", "all", "head", "v,gate", "embedding"]),
+       sigma=st.floats(0, 5, allow_nan=False), seed=st.integers(0, 2**31), fail=st.booleans())
+def test_restore_bit_exact_for_random_shapes(heads, head_dim, ffn, layers, vocab, tie, dtype, scale, targets, sigma,
+                                             seed, fail):
+    """Any model shape, dtype, scale and target set: the weights come back bit for bit, also after an exception."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed % 1000)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=heads * head_dim, intermediate_size=ffn, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=32,
+                      tie_word_embeddings=tie, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).eval().to(dtype)
+    before = state(model)
+    try:
+        with noisy_weights(model, sigma, "gaussian", scale=scale, targets=targets, seed=seed):
+            if fail:
+                raise RuntimeError("inside the context")
+    except RuntimeError:
+        assert fail
+    for k, v in model.state_dict().items():
+        assert v.dtype == dtype and torch.equal(v, before[k]), k
