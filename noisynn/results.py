@@ -65,7 +65,8 @@ def read_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    raw = path.read_text(encoding="utf-8")
+    with open(path, encoding="utf-8", newline="") as fh:  # newline="": a \r inside a quoted field stays a \r
+        raw = fh.read()
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
     return [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(raw))]
@@ -223,8 +224,11 @@ class RunFolder:
         return [rows[k] for k in keys]
 
     def _line(self, values: Iterable) -> str:
+        cells = [format_value(v) for v in values]
+        if any("\r" in c for c in cells):  # csv quotes only around its own terminator ("\n"): quote all by hand
+            return ",".join('"' + c.replace('"', '""') + '"' for c in cells) + "\n"
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([format_value(v) for v in values])
+        csv.writer(buf, lineterminator="\n").writerow(cells)
         return buf.getvalue()
 
     def append(self, row: dict) -> None:

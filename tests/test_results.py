@@ -109,8 +109,9 @@ def test_levels():
     assert lg[0] == 0 and lg[1] == pytest.approx(0.003) and lg[-1] == pytest.approx(0.09)
 
 
+# Text cells as the experiments write them (names, labels): never a bare number, which reads back typed.
 _cell = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12), st.booleans(),
-                  st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12))
+                  st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12).map(lambda t: "x" + t))
 
 
 @settings(max_examples=30, deadline=None)
@@ -128,9 +129,7 @@ def test_results_writer_roundtrip(tmp_path_factory, rows):
     def same(x, y):
         if isinstance(x, float) and math.isnan(x):
             return isinstance(y, float) and math.isnan(y)
-        if isinstance(x, str):  # text that looks like a number reads back as that number
-            return y == x or format_value(y) == x.strip() or str(y) == x
-        return y == x
+        return y == x and type(y) is type(x)
 
     for (a, b), r in zip(rows, back):
         assert same(a, r["a"]) and same(b, r["b"]), (a, b, r)
