@@ -89,3 +89,17 @@ def embedded():
     from noisynn.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+def exits_2_with_one_line(main, argv, capsys) -> str:
+    """Call a script's ``main(argv)``: it must end with code 2 (returned, or raised by argparse) and
+    exactly one line on stderr, which is returned."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err and len(err.splitlines()) == 1, err
+    return err

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, exits_2_with_one_line
 from noisynn import cli, ui
 from noisynn.experiments import (drift_over_time, generate_graphs, layer_sensitivity, llama_scaling,
                                  noise_aware_training, optimal_jitter, sweep, temporal_drift)
@@ -190,11 +190,17 @@ def substitute(args, paths: dict) -> list[str]:
     return out
 
 
-def call(main, argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_info:  # argparse errors
-        return exit_info.code
+def with_run(script, files, prepared, tmp_path):
+    """The script's base arguments and path substitutions, with a copy of its prepared run folder
+    as ``--out`` (or as @RUN for generate_graphs); returns (argv, paths, run folder or None)."""
+    paths, argv, run = dict(files), list(base_args(script, files)), None
+    if script in FOLDER_OF:
+        run = tmp_path / "run"
+        shutil.copytree(prepared(FOLDER_OF[script]), run)
+        paths["@RUN"] = str(run)
+        if script != "generate_graphs":
+            argv += ["--out", str(run)]
+    return argv, paths, run
 
 
 def no_server(*args, **kwargs):
@@ -208,24 +214,10 @@ def test_bad_invocation_exits_2_with_one_line_and_keeps_the_run(script, extra, m
     monkeypatch.setattr(ui, "_import_gradio", no_server)
     for key, value in ui.OFFLINE_ENV.items():  # the ui sets these; keep them from outliving the test
         monkeypatch.setenv(key, os.environ.get(key, value))
-    paths = dict(files)
-    argv = list(base_args(script, files))
-    run = None
-    if script in FOLDER_OF:
-        run = tmp_path / "run"
-        shutil.copytree(prepared(FOLDER_OF[script]), run)
-        paths["@RUN"] = str(run)
-        if script != "generate_graphs":
-            argv += ["--out", str(run)]
+    argv, paths, run = with_run(script, files, prepared, tmp_path)
     before = snapshot(run) if run else None
-    argv += substitute(extra, paths)
-    capsys.readouterr()
-    code = call(MAIN[script], argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].strip() and message in lines[0], err
-    assert "Traceback" not in err
+    err = exits_2_with_one_line(MAIN[script], argv + substitute(extra, paths), capsys)
+    assert message in err and "Traceback" not in err, err
     if run:
         assert snapshot(run) == before, "the bad invocation changed the run folder"
     assert not Path(files["@MISSING_DIR"]).parent.exists()  # nothing created for a path that did not exist
@@ -248,15 +240,7 @@ SUBPROCESS = [
 
 @pytest.mark.parametrize("entry,script,extra,message", SUBPROCESS, ids=[s[1] for s in SUBPROCESS])
 def test_real_entry_points_exit_2_with_one_line(entry, script, extra, message, files, prepared, tmp_path):
-    paths = dict(files)
-    argv = list(base_args(script, files))
-    run = None
-    if script in FOLDER_OF:
-        run = tmp_path / "run"
-        shutil.copytree(prepared(FOLDER_OF[script]), run)
-        paths["@RUN"] = str(run)
-        if script != "generate_graphs":
-            argv += ["--out", str(run)]
+    argv, paths, run = with_run(script, files, prepared, tmp_path)
     before = snapshot(run) if run else None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, *entry, *argv, *substitute(extra, paths)], capture_output=True, text=True,

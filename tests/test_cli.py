@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, exits_2_with_one_line
 from noisynn.experiments import sweep
 from noisynn.results import read_rows
 
@@ -87,13 +87,8 @@ def test_bad_input_exits_2_with_one_line_and_keeps_run(tmp_path, small, capsys, 
     subs = {"EMPTY": str(tmp_path / "empty.txt"), "LATIN1": str(tmp_path / "latin1.txt"),
             "RAISES": str(tmp_path / "raises.py")}
     extra = [subs.get(x, x) for x in extra]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        code = sweep.main(small + ["--out", str(out), "--n_levels", "1", "--n_trials", "1"] + extra)
-        raise SystemExit(code)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
+    assert message in exits_2_with_one_line(sweep.main, small + ["--out", str(out), "--n_levels", "1", "--n_trials", "1"]
+                                            + extra, capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

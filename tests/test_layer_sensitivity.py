@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, byte_tokenizer, tiny_gpt2, tiny_llama
+from conftest import ROOT, byte_tokenizer, tiny_gpt2, tiny_llama, exits_2_with_one_line
 from noisynn import cli
 from noisynn.evaluation import tokenize
 from noisynn.experiments import layer_sensitivity as ls
@@ -129,11 +129,7 @@ BAD = [
 @pytest.mark.parametrize("extra,message", BAD)
 def test_bad_flags_exit_2_with_one_line(tmp_path, small, capsys, extra, message):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as info:
-        raise SystemExit(ls.main(small + ["--out", str(out)] + extra))
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
+    assert message in exits_2_with_one_line(ls.main, small + ["--out", str(out)] + extra, capsys)
     assert not out.exists()
 
 

@@ -11,7 +11,7 @@ import weakref
 import pytest
 import torch
 
-from conftest import ROOT, byte_tokenizer, tiny_llama
+from conftest import ROOT, byte_tokenizer, tiny_llama, exits_2_with_one_line
 from noisynn import models
 from noisynn.errors import NoisyNNError
 from noisynn.experiments import llama_scaling
@@ -148,11 +148,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, two_models, monkeypatch, capsy
     monkeypatch.setattr(models, "embedded_available", lambda alias: alias == "smollm2-135m")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        raise SystemExit(llama_scaling.main(small_args(two_models, out) + extra))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
+    assert message in exits_2_with_one_line(llama_scaling.main, small_args(two_models, out) + extra, capsys)
     assert not out.exists()
 
 

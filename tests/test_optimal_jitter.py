@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, exits_2_with_one_line
 from noisynn import cli
 from noisynn.evaluation import decode
 from noisynn.experiments import optimal_jitter as oj
@@ -94,11 +94,7 @@ BAD = [
 @pytest.mark.parametrize("extra,message", BAD)
 def test_bad_flags_exit_2_with_one_line(tmp_path, small, capsys, extra, message):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as info:
-        raise SystemExit(oj.main(small + ["--out", str(out)] + extra))
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
+    assert message in exits_2_with_one_line(oj.main, small + ["--out", str(out)] + extra, capsys)
     assert not out.exists()
 
 
