@@ -268,8 +268,11 @@ class Explorer:
     """
 
     def __init__(self, device: str = "auto", dtype: str | None = None, text_file: str | None = None,
-                 dataset: str | None = None, loader: Callable[..., LoadedModel] = load_model, max_models: int = 2):
+                 dataset: str | None = None, loader: Callable[..., LoadedModel] = load_model, max_models: int = 2,
+                 device_map: str | None = None, max_memory: str | None = None):
         self.device, self.dtype, self.loader, self.max_models = device, dtype, loader, max_models
+        # a big model sharded across the node's devices (as --device_map/--max_memory of the scripts)
+        self.placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {}
         self.text_file, self.dataset = text_file, dataset
         self.lock = threading.RLock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -285,7 +288,7 @@ class Explorer:
         with self.lock:
             if name not in self._models:
                 log.info("loading model %s", name)
-                self._models[name] = self.loader(name, device=self.device, dtype=self.dtype)
+                self._models[name] = self.loader(name, device=self.device, dtype=self.dtype, **self.placement)
                 while len(self._models) > self.max_models:
                     old, _ = self._models.popitem(last=False)
                     self._injectors.pop(old, None)

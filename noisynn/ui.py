@@ -323,7 +323,8 @@ def run(argv=None) -> int:
     if args.text_file:
         load_text(args.text_file, args.dataset)
     _import_gradio()
-    explorer = Explorer(device=args.device, dtype=args.dtype, text_file=args.text_file, dataset=args.dataset)
+    explorer = Explorer(device=args.device, dtype=args.dtype, text_file=args.text_file, dataset=args.dataset,
+                        device_map=args.device_map, max_memory=args.max_memory)
     print(f"loading {args.model} ...", flush=True)  # stdout: stderr holds only an error's one line
     explorer.model(args.model)  # loaded once, before the page is served
     explorer.eval_ids(defaults)

@@ -298,3 +298,19 @@ def test_cli_ui_bad_input_is_one_line(capsys):
     assert cli.main(["ui", "--blocks", "2-1"]) == 2
     assert "runs backwards" in capsys.readouterr().err
     assert cli.main(["--help"]) == 0 and "  ui" in capsys.readouterr().out
+
+
+def test_device_map_reaches_the_loader(text_file, tiny_model_dir):
+    """noisynn ui --device_map auto --max_memory ... loads the model sharded, like the scripts."""
+    seen = {}
+
+    def loader(name, device="cpu", dtype=None, **placement):
+        seen.update(placement)
+        return tiny_loader(name, device, dtype)
+
+    Explorer(device="cpu", text_file=str(text_file), loader=loader, device_map="auto",
+             max_memory="cpu=4GiB").model("tiny")
+    assert seen == {"device_map": "auto", "max_memory": "cpu=4GiB"}
+    seen.clear()
+    Explorer(device="cpu", text_file=str(text_file), loader=loader).model("tiny")
+    assert seen == {}  # unsharded by default
