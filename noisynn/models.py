@@ -327,7 +327,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
         info["device_map"] = {k: str(v) for k, v in getattr(model, "hf_device_map", {}).items()}
     else:
         model.to(dev).eval()
-        if dev.type == "cpu":
+        if dev.type == "cpu" and torch_dtype == torch.float32:  # a cast to another dtype has copied already
             materialize(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
