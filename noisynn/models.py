@@ -404,6 +404,26 @@ def check_model_name(name: str) -> None:
         raise NoisyNNError(_offline_hint(name))
 
 
+def model_skeleton(name: str) -> torch.nn.Module | None:
+    """The model's architecture without weights (on the meta device), to check target names
+    before the slow load; None where its config cannot be read without loading (then the load
+    itself reports the problem)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(os.path.expanduser(name))
+    try:
+        if name in EMBEDDED_MODELS or path.suffix == ".gguf":
+            gguf = embedded_gguf_path(name) if name in EMBEDDED_MODELS else path
+            folder = str(_dequantized_cache(gguf, name if name in EMBEDDED_MODELS else path.stem)[0])
+        else:
+            folder = str(path) if path.is_dir() else name
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _from_hub(name: str, dtype: torch.dtype, **placement):
     offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed

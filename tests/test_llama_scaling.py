@@ -140,6 +140,7 @@ BAD = [
     (["--ppl_threshold", "0"], "must be > 0"),
     (["--models", "nobody/no-such-model-xyz"], "cannot reach the Hugging Face hub"),
     (["--n_levels", "x"], "not an integer"),
+    (["--targets", "qkv"], "match no weights"),  # GPT-2 has a fused c_attn, the LLaMA does not
 ]
 
 

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from .. import plotting
 from ..context import finish, start
 from ..evaluation import compute_perplexity, tokenize
-from ..inject import NoiseInjector
-from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model
+from ..inject import NoiseInjector, select_targets
+from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model,
+                      model_skeleton)
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
 from ..results import RUN_JSON
@@ -146,6 +147,10 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    for name in args.models:  # targets that select nothing in a model fail now, before the run folder exists
+        skeleton = model_skeleton(name)
+        if skeleton is not None:
+            select_targets(skeleton, args.targets, getattr(args, "blocks", None), args.include_bias)
     models_meta = previous_models(args.out)
     ctx = start(args, EXPERIMENT, METRICS, key=("model", "sigma", "trial"), extra_columns=EXTRA, load=False, meta={
         "levels": sigmas, "models": models_meta,
