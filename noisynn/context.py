@@ -86,8 +86,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
 
 def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:
     """End of a run: copy the first figure to ``--output`` (if given) and mark run.json finished."""
-    output = getattr(ctx.args, "output", None)
+    output = getattr(ctx.args, "output", None)  # its folder exists: checked by options.output_file
     if output and figures:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figures[0], output)
     ctx.folder.finish(figures=[f.name for f in figures], **fields)

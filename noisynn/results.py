@@ -172,7 +172,7 @@ class RunFolder:
         an interrupted multi-process run into results.csv, then every process reads it.
         """
         if self.is_main:
-            rows = self.check(config)
+            self.check(config)
             self.path.mkdir(parents=True, exist_ok=True)
             if not self.csv.is_file():
                 _append_line(self.csv, self._line(self.columns))

@@ -234,6 +234,8 @@ SUBPROCESS = [
     ([str(ROOT / "temporal_drift.py")], "temporal_drift", ["--accumulate", "--noise_type", "pcm", "--scale",
                                                            "relative_channel"], "--accumulate needs an additive noise"),
     ([str(ROOT / "generate_graphs.py")], "generate_graphs", ["--compare", "@RUN", "@CORRUPT"], "not a run folder"),
+    ([str(ROOT / "layer_sensitivity.py")], "layer_sensitivity", ["--ppl_threshold", "1"], "must be > 1"),
+    ([str(ROOT / "optimal_jitter.py")], "optimal_jitter", ["--max_ppl_ratio", "1"], "must be > 1"),
     (["-m", "noisynn.cli"], "noisynn", ["nosuch"], "unknown experiment 'nosuch'"),
 ]
 

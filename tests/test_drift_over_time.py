@@ -137,16 +137,3 @@ def test_drift_over_time_on_embedded_model(tmp_path):
         assert 0.4 < year_off["drift_ratio"] < pcm[("1 h", False, trial)]["drift_ratio"] < 0.85
     meta = json.loads((out / "run.json").read_text())
     assert meta["injection"]["n_tensors"] == 30 and meta["model"]["fingerprint"]
-
-
-def test_root_script_and_cli_entry():
-    import ast
-
-    from conftest import ROOT
-    from noisynn.cli import EXPERIMENTS
-
-    source = (ROOT / "drift_over_time.py").read_text()
-    tree = ast.parse(source)
-    assert len(source.splitlines()) <= 10
-    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
-    assert EXPERIMENTS["drift_over_time"] == "drift_over_time"

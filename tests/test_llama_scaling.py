@@ -196,13 +196,7 @@ def test_split_gguf_is_assembled_once_and_checked(tmp_path, monkeypatch):
     assert "no-such-part-pkg" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_root_scripts_are_thin_and_cli_knows_them():
-    import ast
-
-    for name in ("llama_scaling.py", "generate_graphs.py"):
-        source = (ROOT / name).read_text()
-        assert len(source.splitlines()) <= 10
-        assert not [n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+def test_noisynn_cli_knows_it():
     proc = subprocess.run([sys.executable, "-m", "noisynn.cli", "llama_scaling", "--help"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0 and "--models" in proc.stdout and "--include_modern" in proc.stdout

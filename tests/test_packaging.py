@@ -8,7 +8,7 @@ from packaging.requirements import Requirement
 
 from conftest import ROOT
 
-ENTRY_POINTS = ["thermal_noise_simulation.py", "noise_distributions.py", "evaluation.py"]
+ENTRY_POINTS = sorted(p.name for p in ROOT.glob("*.py"))
 
 
 def pins(path):
@@ -44,11 +44,20 @@ def test_makefile_torch_pin_satisfies_pyproject():
 
 
 def test_root_scripts_are_thin_and_define_nothing():
+    assert len(ENTRY_POINTS) == 10, ENTRY_POINTS
     for name in ENTRY_POINTS:
         source = (ROOT / name).read_text()
         assert len(source.splitlines()) <= 10, name
         tree = ast.parse(source)
         assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))], name
+
+
+def test_every_experiment_has_its_root_script_and_noisynn_subcommand():
+    from noisynn.cli import EXPERIMENTS
+
+    for name, module in EXPERIMENTS.items():
+        script = "thermal_noise_simulation.py" if name == "sweep" else f"{name}.py"
+        assert f"from noisynn.experiments.{module} import main" in (ROOT / script).read_text(), script
 
 
 def test_ci_runs_the_readme_test_command():

@@ -7,7 +7,6 @@ import sys
 import time
 
 import matplotlib
-import pytest
 
 from conftest import ROOT
 from noisynn.experiments import sweep
