@@ -16,8 +16,10 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 
@@ -28,6 +30,15 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_MAX_LENGTH = 512  # perplexity window when the model's context allows it
+# Config fields that hold the number of positions a model was built for, by architecture family.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
+                 "max_seq_len")
+# Files one of which a folder needs for AutoTokenizer to build a tokenizer without converting
+# a slow one (which asks for sentencepiece or tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
 
 @dataclass(frozen=True)
@@ -249,15 +260,126 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True, **placement):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True, tokenizer: str | None = None,
+                 **placement):
+    """Model from ``folder`` (a local folder or a hub id); tokenizer from ``tokenizer`` if given, else the folder."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
+    # The model first: a tokenizer load reads config.json too, and would take its errors for its own.
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only, **placement)
-    return model, tokenizer
+    tok = load_tokenizer(tokenizer or folder, local_only, of=None if tokenizer else str(folder))
+    return model, tok
+
+
+def load_tokenizer(source: str | Path, local_only: bool = True, of: str | None = None):
+    """A tokenizer from a folder, a ``tokenizer.json`` file or a hub id. ``of`` names the model
+    whose own tokenizer this is (None: one the user gave), for the messages."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    what = f"the tokenizer of model {of}" if of else f"tokenizer {source}"
+    hint = "; give --tokenizer PATH (a folder or tokenizer.json of this model's tokenizer)" if of else ""
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_file() and path.suffix == ".json":
+        with _load_failures(what, hint, anything=True):
+            return PreTrainedTokenizerFast(tokenizer_file=str(path))
+    if path.is_dir():
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            whose = f"model folder {of}" if of else f"tokenizer folder {source}"
+            raise NoisyNNError(f"{whose} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...){hint}")
+    elif not of and (path.exists() or str(source).startswith(("/", "./", "../", "~"))):
+        problem = "is not a folder or a .json file" if path.exists() else "does not exist"
+        raise NoisyNNError(f"tokenizer {source} {problem}")
+    with _load_failures(what, hint, anything=True):
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=local_only)
+
+
+# Packages whose own exception types (derived from Exception only) mean a broken model file.
+_LOADER_PACKAGES = ("safetensors", "gguf", "tokenizers", "transformers", "huggingface_hub", "accelerate")
+
+
+@contextmanager
+def _load_failures(what: str, hint: str = "", anything: bool = False) -> Iterator[None]:
+    """The one boundary of loading: the errors transformers, safetensors and gguf raise for a
+    broken model (unreadable or invalid files, unknown architecture, wrong shapes, missing
+    packages) become one NoisyNNError naming ``what`` and the cause. ``anything=True`` (a
+    tokenizer's construction, where the Rust library raises a bare Exception) takes every error."""
+    try:
+        yield
+    except NoisyNNError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, EOFError) as err:
+        raise NoisyNNError(f"cannot load {what}: {_cause(err)}{hint}") from None
+    except Exception as err:
+        if not anything and type(err).__module__.split(".")[0] not in _LOADER_PACKAGES:
+            raise
+        raise NoisyNNError(f"cannot load {what}: {_cause(err)}{hint}") from None
+
+
+def _cause(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    first = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(err).__name__}: {first[:300]}" if first else type(err).__name__
+
+
+def check_model_folder(path: Path) -> None:
+    """What can be wrong with a local model folder, found without loading it: config.json missing,
+    not JSON, without a known model_type; no weights file; a safetensors file cut short."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise NoisyNNError(f"model folder {path} has no config.json")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NoisyNNError(f"model folder {path}: config.json is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise NoisyNNError(f"model folder {path}: config.json holds a {type(config).__name__}, not an object")
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        import transformers
+
+        named = f"model_type '{model_type}'" if model_type is not None else "no model_type"
+        raise NoisyNNError(f"model folder {path}: config.json names {named}, which transformers "
+                           f"{transformers.__version__} does not know")
+    weights = [f for pattern in WEIGHT_PATTERNS for f in sorted(path.glob(pattern))]
+    if not weights:
+        raise NoisyNNError(f"model folder {path} has no weights file (model.safetensors or pytorch_model.bin)")
+    for f in weights:
+        if f.name.endswith(".safetensors"):
+            check_safetensors(f)
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is an 8-byte little-endian header length N, N bytes of JSON header with
+    each tensor's ``data_offsets``, then the data: the file must hold all of it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = fh.read(n) if 0 < n <= min(size - 8, 100 << 20) else b""
+    try:
+        tensors = json.loads(header.decode("utf-8")) if header else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        raise NoisyNNError(f"weights file {path} is damaged or not safetensors ({size:,} bytes, no readable header)")
+    ends = [t["data_offsets"][1] for k, t in tensors.items()
+            if k != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets", ())) == 2]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise NoisyNNError(f"weights file {path} is truncated: {size:,} bytes, its header describes {need:,}")
+
+
+def check_gguf(path: Path) -> None:
+    """A GGUF file starts with the four bytes ``GGUF``."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise NoisyNNError(f"model file {path} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def parse_max_memory(text: str | None) -> dict | None:
@@ -274,12 +396,16 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None,
-               device_map: str | dict | None = None, max_memory: str | dict | None = None) -> LoadedModel:
+               device_map: str | dict | None = None, max_memory: str | dict | None = None,
+               tokenizer: str | None = None) -> LoadedModel:
     """Load ``name``: an embedded alias, a local folder, a ``.gguf`` file, or a hub id.
 
-    Returns the model in eval mode on ``device`` with a tokenizer that pads on the left.
+    Returns the model in eval mode on ``device`` with a tokenizer that pads on the left (from
+    ``tokenizer``, a folder, tokenizer.json or hub id, if given; else the model's own).
     ``device_map="auto"`` (with optional ``max_memory``) lets Accelerate shard the model across
     the GPUs and the CPU of the node instead; every weight must stay in memory (no disk offload).
+    A broken model (damaged files, unknown architecture, no tokenizer) or one that is not a
+    causal language model raises NoisyNNError with one line naming it and the cause.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -290,30 +416,35 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
     # Without sharding, load float32 and cast afterwards, to measure the rounding error.
     load_dtype = torch_dtype if placement else torch.float32
     info: dict = {"name": name}
+    if tokenizer:
+        info["tokenizer"] = str(tokenizer)
     path = Path(os.path.expanduser(name))
-    if name in EMBEDDED_MODELS:
-        gguf = embedded_gguf_path(name)
-        folder, meta = _dequantized_cache(gguf, name)
-        model, tokenizer = _from_folder(folder, load_dtype, **placement)
-        info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
-                    license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
-    elif path.suffix == ".gguf":
-        if not path.is_file():
-            raise NoisyNNError(f"model file {name} does not exist")
-        folder, meta = _dequantized_cache(path, path.stem)
-        model, tokenizer = _from_folder(folder, load_dtype, **placement)
-        info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
-    elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise NoisyNNError(f"model folder {name} has no config.json")
-        model, tokenizer = _from_folder(path, load_dtype, **placement)
-        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        info.update(source="folder", fingerprint=_fingerprint_files(weights))
-    elif path.exists() or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
-        raise NoisyNNError(f"model path {name} does not exist (or is not a folder or .gguf file)")
-    else:
-        model, tokenizer = _from_hub(name, load_dtype, **placement)
-        info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
+    with _load_failures(f"model {name}"):
+        if name in EMBEDDED_MODELS:
+            gguf = embedded_gguf_path(name)
+            folder, meta = _dequantized_cache(gguf, name)
+            model, tok = _from_folder(folder, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
+                        license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
+        elif path.suffix == ".gguf":
+            if not path.is_file():
+                raise NoisyNNError(f"model file {name} does not exist")
+            check_gguf(path)
+            folder, meta = _dequantized_cache(path, path.stem)
+            model, tok = _from_folder(folder, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
+        elif path.is_dir():
+            check_model_folder(path)
+            model, tok = _from_folder(path, load_dtype, tokenizer=tokenizer, **placement)
+            weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+            info.update(source="folder", fingerprint=_fingerprint_files(weights))
+        elif path.exists():
+            raise NoisyNNError(_not_a_model(name))
+        elif name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
+            raise NoisyNNError(f"model path {name} does not exist")
+        else:
+            model, tok = _from_hub(name, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
     rounding = {}
     if torch_dtype != torch.float32 and not placement:
         rounding = rounding_error_std(model, torch_dtype)
@@ -329,14 +460,102 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
         model.to(dev).eval()
         if dev.type == "cpu" and torch_dtype == torch.float32:  # a cast to another dtype has copied already
             materialize(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    check_vocabulary(model, tok, name)
+    check_causal(model, name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
     info.update(architecture=type(model).__name__, model_type=model.config.model_type,
                 n_params=sum(p.numel() for p in model.parameters()),
                 tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)),
+                context_length=context_limit(model.config),
                 device=str(dev), dtype=str(torch_dtype).replace("torch.", ""))
-    return LoadedModel(model, tokenizer, info, rounding)
+    return LoadedModel(model, tok, info, rounding)
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer, name: str) -> None:
+    """Every token id the tokenizer can produce must have a row in the model's input embedding."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise NoisyNNError(f"the tokenizer of model {name} has {len(tokenizer):,} tokens but the model's embedding "
+                           f"has {rows:,} rows: it is another model's tokenizer (check --tokenizer)")
+
+
+@torch.no_grad()
+def is_causal(model: torch.nn.Module, n: int = 8) -> bool:
+    """True if the logits at each position ignore later tokens: two inputs that differ only in
+    their last token must give the same logits at the ``n - 1`` positions before it.
+
+    A causal LM class is not enough: an encoder loaded as a causal LM (BertLMHeadModel with
+    is_decoder=False) runs bidirectional attention and would score text it has already seen.
+    """
+    emb = model.get_input_embeddings()
+    limit = context_limit(model.config)
+    n = max(2, min(n, limit or n))
+    ids = (torch.arange(n) * 7 + 3) % emb.num_embeddings
+    other = ids.clone()
+    other[-1] = (ids[-1] + 1) % emb.num_embeddings
+    logits = model(input_ids=torch.stack([ids, other]).to(emb.weight.device), use_cache=False).logits.float()
+    a, b = logits[0, :-1], logits[1, :-1]
+    return bool(((a - b).abs().max() <= 1e-3 * a.abs().max() + 1e-5).item())
+
+
+def check_causal(model: torch.nn.Module, name: str) -> None:
+    if not is_causal(model):
+        raise NoisyNNError(f"model {name} ({type(model).__name__}, model_type {model.config.model_type}) is not a "
+                           "causal language model: its prediction at a position changes with later tokens (its "
+                           "attention sees the future); noisynn scores next-token prediction, which needs a "
+                           "decoder-only model")
+
+
+def context_limit(config) -> int | None:
+    """The number of positions the model was built for, read from its config (``POSITION_KEYS``,
+    also under ``text_config`` for multimodal configs); None where the config states none."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key in POSITION_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def context_window(max_length: int | None, limit: int | None, name: str) -> int:
+    """``max_length`` if the model's ``limit`` holds it (else NoisyNNError); None -> min(512, limit)."""
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit) if limit else DEFAULT_MAX_LENGTH
+    if limit is not None and max_length > limit:
+        raise NoisyNNError(f"--max_length {max_length:,} is longer than the {limit:,} positions of model {name}; "
+                           f"give --max_length {limit} or less")
+    return max_length
+
+
+def fit_context(lm: LoadedModel, max_length: int | None = None, prompts: Sequence[str] = (), new_tokens: int = 0,
+                windows: dict | None = None) -> int:
+    """The perplexity window for ``lm``: ``max_length``, or min(512, the model's positions) if None.
+
+    Refuses, before anything runs, a window, any of ``windows`` ({flag: tokens}), or a prompt
+    plus ``new_tokens`` generated after it, longer than the model's positions (beyond them
+    position embeddings run out, IndexError, or rotary models silently degrade).
+    """
+    limit = context_limit(lm.model.config)
+    name = lm.info.get("name", "")
+    window = context_window(max_length, limit, name)
+    if limit is None:
+        return window
+    where = f"the {limit:,} positions of model {name}"
+    for flag, n in (windows or {}).items():
+        if n > limit:
+            raise NoisyNNError(f"{flag} {n:,} is longer than {where}; give {flag} {limit} or less")
+    if new_tokens >= limit:
+        raise NoisyNNError(f"{new_tokens:,} generated tokens do not fit in {where} (with the prompt); "
+                           "generate fewer")
+    for prompt in prompts:
+        n = len(lm.tokenizer(prompt)["input_ids"])
+        if n + new_tokens > limit:
+            raise NoisyNNError(f"the prompt {prompt[:24]!r}... is {n:,} tokens and {new_tokens:,} more are generated, "
+                               f"{n + new_tokens:,} in all, beyond {where}; shorten the prompt or generate fewer "
+                               "tokens")
+    return window
 
 
 @torch.no_grad()
@@ -378,12 +597,17 @@ def _fingerprint_files(files) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _offline_hint(name: str) -> str:
+def _not_a_model(name: str) -> str:
+    kind = "a file" if Path(os.path.expanduser(name)).is_file() else "not a regular file"
+    return f"model path {name} is {kind}, not a model folder or a .gguf file"
+
+
+def _offline_hint(name: str, flag: str = "--model") -> str:
     return (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
-            f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+            f"{flag} {DEFAULT_MODEL}, or {flag} PATH to a local model folder or .gguf file")
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, flag: str = "--model") -> None:
     """Cheap checks of a model name without loading it, so a bad one fails before a run folder is
     written: an embedded alias must be installed, a path must exist, and a hub id must be in the
     local hub cache or the hub reachable."""
@@ -392,16 +616,20 @@ def check_model_name(name: str) -> None:
             raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
         return
     path = Path(os.path.expanduser(name))
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise NoisyNNError(f"model folder {name} has no config.json")
-    if path.exists():
+    if path.is_dir():
+        check_model_folder(path)
         return
+    if path.is_file() and path.suffix == ".gguf":
+        check_gguf(path)
+        return
+    if path.exists():
+        raise NoisyNNError(_not_a_model(name))
     if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
         raise NoisyNNError(f"model path {name} does not exist")
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
-        raise NoisyNNError(_offline_hint(name))
+        raise NoisyNNError(_offline_hint(name, flag))
 
 
 def model_skeleton(name: str) -> torch.nn.Module | None:
@@ -424,16 +652,16 @@ def model_skeleton(name: str) -> torch.nn.Module | None:
         return None
 
 
-def _from_hub(name: str, dtype: torch.dtype, **placement):
+def _from_hub(name: str, dtype: torch.dtype, tokenizer: str | None = None, **placement):
     offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed
-        return _from_folder(name, dtype, local_only=True, **placement)
-    except (OSError, ValueError):
+        return _from_folder(name, dtype, local_only=True, tokenizer=tokenizer, **placement)
+    except (OSError, ValueError, NoisyNNError):
         pass
     if not _hub_reachable():
         raise NoisyNNError(offline_hint)
     try:
-        return _from_folder(name, dtype, local_only=False, **placement)
+        return _from_folder(name, dtype, local_only=False, tokenizer=tokenizer, **placement)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise NoisyNNError(f"cannot load '{name}' from the hub: {first}") from None
