@@ -500,12 +500,24 @@ def is_causal(model: torch.nn.Module, n: int = 8) -> bool:
     return bool(((a - b).abs().max() <= 1e-3 * a.abs().max() + 1e-5).item())
 
 
+_NOT_CAUSAL = ("is not a causal language model: {why}; noisynn scores next-token prediction, which needs a "
+               "decoder-only model")
+
+
+def check_causal_config(config, name: str) -> None:
+    """Without weights: a config that can be an encoder or a decoder (BERT, RoBERTa...) and says
+    ``is_decoder=False`` builds bidirectional attention, even in a causal-LM class."""
+    if getattr(config, "is_decoder", None) is False:
+        raise NoisyNNError(f"model {name} (model_type {config.model_type}) "
+                           + _NOT_CAUSAL.format(why="its config has is_decoder=False, so attention sees later tokens"))
+
+
 def check_causal(model: torch.nn.Module, name: str) -> None:
+    """The config check, then the measured one (``is_causal``) for every other kind of model."""
+    check_causal_config(model.config, name)
     if not is_causal(model):
-        raise NoisyNNError(f"model {name} ({type(model).__name__}, model_type {model.config.model_type}) is not a "
-                           "causal language model: its prediction at a position changes with later tokens (its "
-                           "attention sees the future); noisynn scores next-token prediction, which needs a "
-                           "decoder-only model")
+        raise NoisyNNError(f"model {name} ({type(model).__name__}, model_type {model.config.model_type}) "
+                           + _NOT_CAUSAL.format(why="its prediction at a position changes with later tokens"))
 
 
 def context_limit(config) -> int | None:

@@ -28,8 +28,8 @@ EXIT_USAGE = 2
 # after the run folder existed. Checked after parsing, so every script that has the flag gets it.
 _GRID = "each point is a full evaluation: a larger grid would run for months and its list alone fills memory"
 _TOKENS = "more tokens than any model's context or any text here"
-_SIGMA = ("at sigma 1e6 every model is already pure noise, and larger values overflow float weights, "
-          "the plots and the summaries to inf")
+_SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38): weights, figure axes and "
+          "summaries overflow to inf, where every model was pure noise long before")
 FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "n_trials": (10_000, _GRID), "n_levels": (10_000, _GRID), "n_points": (10_000, _GRID),
     "n_samples": (1_000, "the samples are decoded in one batch"),
@@ -44,9 +44,9 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "batch_size": (65_536, "a batch that large does not fit in memory"),
     "max_samples": (100_000_000, "more training windows than any text here"),
     "seed": (2**63 - 1, "seeds are 63-bit integers"),
-    "max_noise": (1e6, _SIGMA), "noise_level": (1e6, _SIGMA), "start_sigma": (1e6, _SIGMA),
-    "end_sigma": (1e6, _SIGMA), "sigma": (1e6, _SIGMA), "search_range": (1e6, _SIGMA), "noise_scale": (1e6, _SIGMA),
-    "out_noise": (1e6, _SIGMA), "clip_sigma": (1e6, _SIGMA),
+    "max_noise": (1e30, _SIGMA), "noise_level": (1e30, _SIGMA), "start_sigma": (1e30, _SIGMA),
+    "end_sigma": (1e30, _SIGMA), "sigma": (1e30, _SIGMA), "search_range": (1e30, _SIGMA),
+    "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
     "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
@@ -294,6 +294,8 @@ def load_plugins(paths: Sequence[str]) -> None:
     """Import each plugin file so its ``@register_noise`` classes exist before names are looked up."""
     for i, path in enumerate(paths):
         p = readable_file(path, "plugin file")
+        if not p.read_bytes().strip():
+            raise NoisyNNError(f"plugin file {path} is empty (it would register nothing)")
         spec = importlib.util.spec_from_file_location(f"noisynn_plugin_{i}_{p.stem}", p)
         if spec is None:  # no loader for this suffix
             raise NoisyNNError(f"plugin {path} is not a Python file (give a .py file)")

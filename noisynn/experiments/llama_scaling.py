@@ -25,8 +25,8 @@ from .. import plotting
 from ..context import finish, start
 from ..evaluation import compute_perplexity, tokenize
 from ..inject import NoiseInjector, select_targets
-from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, context_limit, context_window,
-                      embedded_available, fit_context, load_model, model_skeleton)
+from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_causal_config, check_model_name, context_limit,
+                      context_window, embedded_available, fit_context, load_model, model_skeleton)
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
 from ..results import RUN_JSON
@@ -153,6 +153,7 @@ def run(argv=None) -> int:
         skeleton = model_skeleton(name)
         if skeleton is not None:
             select_targets(skeleton, args.targets, getattr(args, "blocks", None), args.include_bias)
+            check_causal_config(skeleton.config, name)
         # one perplexity window for every model: min(512, the shortest context) unless given
         windows.append(context_window(args.max_length, context_limit(skeleton.config) if skeleton else None, name))
     args.max_length = args.max_length or min(windows)
