@@ -156,8 +156,9 @@ class RunFolder:
             raise NoisyNNError(f"{self.run_json} is unreadable ({err}); choose another --out") from None
         old_cfg = {k: v for k, v in old.get("config", {}).items() if k not in VOLATILE_KEYS}
         new_cfg = {k: v for k, v in json.loads(json.dumps(config, default=str)).items() if k not in VOLATILE_KEYS}
-        if old_cfg != new_cfg:
-            diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        # A flag added after the folder was written, left at its None default, changes nothing.
+        diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        if diff:
             raise NoisyNNError(f"{self.path} holds a different run (differs in: {', '.join(diff)}); "
                                "use another --out, or the same options to resume it")
         rows = read_rows(self.csv)

@@ -350,3 +350,28 @@ def test_every_bounded_flag_exists_in_some_script():
         module.add_args(p)
         dests |= {a.dest for a in p._actions}
     assert set(FLAG_BOUNDS) <= dests, set(FLAG_BOUNDS) - dests
+
+
+def test_a_folder_from_before_a_flag_existed_resumes(files, tiny_model_dir, tmp_path, capsys):
+    """A run.json written before --tokenizer (or --device_map ...) existed lacks those keys; left at their
+    None default they change nothing, so the folder resumes (the committed results/ folders are such)."""
+    out = tmp_path / "run"
+    argv = sweep_argv(str(tiny_model_dir), files["@TEXT"], out)
+    assert MAIN["sweep"](argv) == 0
+    meta = json.loads((out / "run.json").read_text())
+    for key in ("tokenizer", "device_map", "max_memory"):
+        meta["config"].pop(key)
+    (out / "run.json").write_text(json.dumps(meta))
+    assert MAIN["sweep"](argv) == 0
+    assert json.loads((out / "run.json").read_text())["sessions"] == 2
+
+
+@pytest.mark.integration
+def test_the_committed_sweep_resumes_unchanged(tmp_path, capsys):
+    """results/sweep (recorded with max_length 512, before --tokenizer existed) resumes: nothing to run."""
+    run = tmp_path / "sweep"
+    shutil.copytree(ROOT / "results" / "sweep", run)
+    rows = (run / "results.csv").read_bytes()
+    assert MAIN["sweep"](["--out", str(run), "--quiet"]) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["resumed"] and meta["config"]["max_length"] == 512 and (run / "results.csv").read_bytes() == rows
