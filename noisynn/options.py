@@ -202,7 +202,8 @@ def context_needs(args) -> dict:
     """What the flags ask of the model's context (``models.fit_context``): the prompts, the tokens
     generated after them, and other windows in tokens. Read by flag name, so every script with a
     prompt or a generation length is checked the same way."""
-    prompts = list(getattr(args, "prompts", None) or [])
+    # ``_prompts``: the prompts an experiment uses when none is given (not recorded in the config)
+    prompts = list(getattr(args, "prompts", None) or []) + list(getattr(args, "_prompts", None) or [])
     if isinstance(getattr(args, "prompt", None), str):
         prompts.append(args.prompt)
     new = max([getattr(args, k, None) or 0 for k in ("max_new_tokens", "entropy_tokens", "total_tokens")])

@@ -130,6 +130,7 @@ CASES = [
     case("sweep", ["--prompt", PROMPT_100K, "--out", "@NEW"], "is 100,000 tokens"),
     case("optimal_jitter", ["--prompts", "The fox", PROMPT_100K], "beyond the 256 positions"),
     case("temporal_drift", ["--total_tokens", "300", "--out", "@NEW"], "300 generated tokens do not fit"),
+    case("temporal_drift", ["--total_tokens", "250", "--out", "@NEW"], "in all, beyond the 256 positions"),
     case("drift_over_time", ["--max_new_tokens", "250", "--prompt", "x" * 10], "260 in all, beyond the 256"),
     case("layer_sensitivity", ["--max_length", "1000"], "longer than the 256 positions"),
     case("noise_aware_training", ["--max_length", "257"], "longer than the 256 positions"),
