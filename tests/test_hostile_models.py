@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, byte_tokenizer, exits_2_with_one_line, tiny_llama
+from conftest import ROOT, byte_tokenizer, exits_2_with_one_line
 from noisynn import ui
 from noisynn.errors import NoisyNNError
 from test_bad_input import MAIN, files, no_server, prepared, snapshot, substitute, with_run  # noqa: F401 - fixtures
@@ -376,3 +376,23 @@ def test_the_committed_sweep_resumes_unchanged(tmp_path, capsys):
     assert MAIN["sweep"](["--out", str(run), "--quiet"]) == 0
     meta = json.loads((run / "run.json").read_text())
     assert meta["resumed"] and meta["config"]["max_length"] == 512 and (run / "results.csv").read_bytes() == rows
+
+
+def test_an_encoder_without_is_decoder_in_its_config_is_measured_non_causal(tmp_path, monkeypatch):
+    """The measured check (not the config flag) refuses a bidirectional model whose config has no is_decoder."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from noisynn.models import load_model
+
+    folder = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=258, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("is_decoder", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    import noisynn.models as models
+
+    monkeypatch.setattr(models, "check_causal_config", lambda config, name: None)  # a config that states nothing
+    with pytest.raises(NoisyNNError, match="its prediction at a position changes with later tokens"):
+        load_model(str(folder), device="cpu")
