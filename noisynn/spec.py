@@ -131,6 +131,8 @@ def noise_params(args) -> dict:
 
 def spec_from_args(args) -> NoiseSpec:
     """NoiseSpec from the noise flags (options.add_noise_args; ``--blocks`` where the experiment has it)."""
+    if args.scale not in SCALES:  # the same check as make_noise_spec's, worded with the flag's name
+        raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
     return make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
                            getattr(args, "blocks", None), args.include_bias)
 

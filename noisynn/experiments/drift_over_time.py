@@ -3,7 +3,7 @@
     python drift_over_time.py            # = noisynn drift_over_time, embedded SmolLM2-135M
 
 Each trial programs the targeted weights once (programming noise and drift exponents drawn per device,
-see noisynn.devices) and reads the same programmed conductances at every time on the list; read noise is
+see noisynn.noise.pcm) and reads the same programmed conductances at every time on the list; read noise is
 drawn afresh at each time. Every time is evaluated without and with global drift compensation, which
 share the read. Digital references (float, and symmetric per-channel int-b weights) are evaluated once.
 """
