@@ -195,9 +195,9 @@ def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tens
 class NoiseInjector:
     """Applies noise to a model's targeted weights from a snapshot, and restores them exactly.
 
-    Usage: ``draw(seed)`` once per noise realization, then ``apply(sigma)`` for any number of
-    levels (common random numbers: one realization is reused across levels, scaled), then
-    ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
+    Usage: ``NoiseInjector(model, spec)`` with a ``noisynn.spec.NoiseSpec``; ``realize(seed, sigma)``
+    at each point (it draws once per noise realization, ``draw(seed)``, and reuses it across levels:
+    common random numbers; then ``apply(sigma)``), then ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
     distributions one unit-noise buffer of the targeted weights). Device models (``pcm``,
     ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
     """

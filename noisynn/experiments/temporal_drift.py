@@ -158,8 +158,7 @@ class Drift:
             if sigma == 0:
                 inj.restore()
             else:
-                inj.draw(self.step_seed(t))
-                inj.apply(sigma)
+                inj.realize(self.step_seed(t), sigma)
             self.effective.append(sigma)
 
 
