@@ -381,30 +381,53 @@ def check_level(noise_level: float) -> float:
     return level
 
 
+def original_targets(model: nn.Module, blocks: Iterable[int] | None = None) -> list[Target]:
+    """What the original toolkit's ``inject_thermal_noise`` noised: every ``nn.Linear`` and GPT-2
+    ``Conv1D`` weight and bias, the output head included (untied first, so the embeddings stay clean).
+
+    ``"all,embedding"`` reaches every Linear/Conv1D whatever its name suggests; the
+    ``nn.Embedding`` tables that brings in are dropped again.
+    """
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    found = select_targets(model, "all,embedding", blocks, include_bias=True)
+    return [t for t in found if id(t.param) not in tables]
+
+
 @torch.no_grad()
 def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str | NoiseDistribution = "gaussian",
-                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] = "blocks",
-                         blocks: Iterable[int] | None = None, include_bias: bool = False,
+                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] | None = None,
+                         blocks: Iterable[int] | None = None, include_bias: bool | None = None,
                          generator: torch.Generator | None = None, seed: int | None = None,
                          noise_params: dict | None = None) -> nn.Module:
     """Add noise of ``noise_type`` with scale ``noise_level`` to the targeted weights; return the model.
 
     The original toolkit's call: ``inject_thermal_noise(model, 0.01)`` adds N(0, 0.01^2) in
-    weight units to the transformer blocks' projections, in place. ``in_place=False`` works
-    on a deep copy and leaves ``model`` untouched. Calling it twice adds noise twice; for
-    noise that is undone afterwards use ``noisy_weights``.
+    weight units, in place, to what the original noised (``original_targets``): every Linear
+    and Conv1D weight and bias, the output head included. One difference: a head tied to the
+    input embeddings is untied first, so the embeddings stay clean (the original's noise landed
+    in both). ``targets="blocks"`` (with ``include_bias=False``, the default once ``targets`` is
+    given) selects what the sweep noises by default: the transformer blocks' projections only.
+    ``in_place=False`` works on a deep copy and leaves ``model`` untouched. Calling it twice
+    adds noise twice; for noise that is undone afterwards use ``noisy_weights``.
     """
     level = check_level(noise_level)
     if scale not in SCALES:
         raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
     noise = get_noise(noise_type, **(noise_params or {}))
+    if targets is not None:
+        parse_targets(targets)  # a bad spec is an error at every level
     if not in_place:
         model = copy.deepcopy(model)
+    if level == 0:  # as the original: nothing touched (not even untied)
+        return model
     base = _resolve_seed(seed, generator)
-    for t in select_targets(model, targets, blocks, include_bias):
+    if targets is None:
+        chosen = original_targets(model, blocks) if include_bias in (None, True) else \
+            [t for t in original_targets(model, blocks) if not t.name.endswith(".bias")]
+    else:
+        chosen = select_targets(model, targets, blocks, bool(include_bias))
+    for t in chosen:
         w = t.param.data
-        if level == 0:
-            continue
         u = unit_scale(w, scale, t.out_axis)
         if noise.location_scale:
             z = draw(noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), "cpu")).mul_(level)
