@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import NoisyNNError
+from .errors import UnknownNameError
 from .inject import Conv1D
 from .noise import NOISE_REGISTRY, NoiseDistribution, get_noise
 
@@ -22,18 +22,20 @@ BUILTIN_NOISE_TYPES = tuple(name for name, cls in NOISE_REGISTRY.items()
 NoiseType = Literal[BUILTIN_NOISE_TYPES]
 
 
-class UnknownNoiseError(NoisyNNError, ValueError):
-    """An unknown noise name: a ``ValueError`` as in the original, and a one-line error for scripts."""
-
-
 def get_noise_distribution(noise_type: NoiseType | str) -> NoiseDistribution:
     """An instance of the registered noise ``noise_type`` (default parameters).
 
     Raises ``ValueError`` (also a ``NoisyNNError``) naming the known types when it is unknown.
     """
-    if isinstance(noise_type, str) and noise_type not in NOISE_REGISTRY:
-        raise UnknownNoiseError(f"unknown noise type '{noise_type}'; known: {', '.join(sorted(NOISE_REGISTRY))}")
+    check_noise_name(noise_type)
     return get_noise(noise_type)
+
+
+def check_noise_name(noise_type) -> None:
+    """Raise ``UnknownNameError`` (a ValueError, as the original) for a name not in ``NOISE_REGISTRY``."""
+    if isinstance(noise_type, str) and noise_type not in NOISE_REGISTRY:
+        raise UnknownNameError(f"unknown noise type '{noise_type}'; known: {', '.join(sorted(NOISE_REGISTRY))} "
+                               "(register your own in NOISE_REGISTRY, or with --plugin FILE)")
 
 
 @torch.no_grad()

@@ -413,6 +413,8 @@ def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str |
     level = check_level(noise_level)
     if scale not in SCALES:
         raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+    from .compat import check_noise_name  # (compat imports this module)
+    check_noise_name(noise_type)  # a ValueError, as the original raised
     noise = get_noise(noise_type, **(noise_params or {}))
     if targets is not None:
         parse_targets(targets)  # a bad spec is an error at every level
