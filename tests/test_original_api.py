@@ -256,8 +256,9 @@ def test_output_entropy_takes_n_next_tokens(llama, tokenizer):
 
     for steps in (1, 7):
         expected = greedy_entropy_reference(llama, tokenizer, PROMPT, steps)
-        assert compute_output_entropy(llama, tokenizer, PROMPT, "cpu", n_next_tokens=steps) == pytest.approx(expected, rel=1e-4)
-        assert compute_output_entropy(llama, tokenizer, PROMPT, "cpu", steps) == pytest.approx(expected, rel=1e-4)
+        by_keyword = compute_output_entropy(llama, tokenizer, PROMPT, "cpu", n_next_tokens=steps)
+        assert by_keyword == pytest.approx(expected, rel=1e-4)
+        assert compute_output_entropy(llama, tokenizer, PROMPT, "cpu", steps) == by_keyword
     assert compute_output_entropy(llama, tokenizer, PROMPT, "cpu") == pytest.approx(
         greedy_entropy_reference(llama, tokenizer, PROMPT, 10), rel=1e-4)
 
@@ -286,8 +287,8 @@ def test_inject_thermal_noise_noises_every_conv1d_weight_and_bias_on_gpt2(gpt2):
     before = weights(gpt2)
     inject_thermal_noise(gpt2, 0.01)
     hit = changed(before, gpt2)
-    expected = {f"{n}.{p}" for n, m in gpt2.named_modules()
-                if type(m).__name__ in ("Conv1D", "Linear") for p in ("weight", "bias") if getattr(m, p, None) is not None}
+    layers = [(n, m) for n, m in gpt2.named_modules() if type(m).__name__ in ("Conv1D", "Linear")]
+    expected = {f"{n}.{p}" for n, m in layers for p in ("weight", "bias") if getattr(m, p, None) is not None}
     assert hit == expected and "lm_head.weight" in hit and any(k.endswith(".bias") for k in hit)
     assert "transformer.wte.weight" not in hit and "transformer.wpe.weight" not in hit  # embeddings stay clean
 
