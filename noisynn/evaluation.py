@@ -174,6 +174,20 @@ def _kept_ids(token_ids: torch.Tensor, finished: torch.Tensor, eos: int | None) 
     return [int(tok) for tok, fin in zip(token_ids, finished) if not fin and int(tok) != eos]
 
 
+def left_padded(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of ``prompts``, each (batch, longest), padded on the left.
+
+    Padded here rather than by the tokenizer, so a tokenizer without a pad token or with
+    right padding (GPT-2's from the hub has both) works; the pad id only fills masked slots.
+    """
+    rows = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    width = max(len(r) for r in rows)
+    fill = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    ids = torch.tensor([[fill] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
 def _cache_names(model) -> tuple[str, str]:
     """(forward kwarg, output field) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
     params = inspect.signature(model.forward).parameters
@@ -214,13 +228,13 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
     ``before_step(t)`` runs before the forward pass that produces token ``t`` (t = 0 is the
     prompt pass): the temporal-drift experiment changes the weights there. ``after_step(t,
     tokens, logits)`` sees each step's chosen ids (batch,) and logits (batch, vocab): the UI
-    streams text with it. Rows of different prompt lengths are left-padded with matching
-    position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
+    streams text with it. Rows of different prompt lengths are left-padded (``left_padded``)
+    with matching position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
     steps (fixed-length traces).
     """
     device = _device_of(model)
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    ids, mask = left_padded(tokenizer, prompts)
+    ids, mask = ids.to(device), mask.to(device)
     batch = ids.shape[0]
     greedy_rows = torch.tensor([greedy] * batch if isinstance(greedy, bool) else list(greedy), device=device)
     cache_kw, cache_out = _cache_names(model)

@@ -236,6 +236,34 @@ def test_generate_text_samples_samples_n_samples_texts(llama, tokenizer):
     assert len(generate_text_samples(llama, tokenizer, PROMPT, num_samples=2, max_new_tokens=3, seed=1)) == 2
 
 
+def hub_like_gpt2_tokenizer():
+    """A byte-level tokenizer as ``AutoTokenizer.from_pretrained("gpt2")`` comes: no pad token, right padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    assert fast.pad_token is None and fast.padding_side == "right"
+    return fast
+
+
+def test_generation_works_with_a_tokenizer_that_has_no_pad_token(gpt2, tokenizer):
+    from evaluation import compute_output_entropy, generate_text_samples
+    from noisynn.evaluation import decode
+
+    plain = hub_like_gpt2_tokenizer()
+    texts = generate_text_samples(gpt2, plain, PROMPT, "cpu", 2, 8, 0.8, 0.95, False)
+    assert texts == generate_text_samples(gpt2, tokenizer, PROMPT, "cpu", 2, 8, 0.8, 0.95, False)
+    assert compute_output_entropy(gpt2, plain, PROMPT, "cpu", 4) == compute_output_entropy(gpt2, tokenizer, PROMPT,
+                                                                                            "cpu", 4)
+    prompts = ["a", "a longer prompt"]  # rows of different lengths: left-padded whatever the tokenizer says
+    assert torch.equal(decode(gpt2, plain, prompts, 6).token_ids, decode(gpt2, tokenizer, prompts, 6).token_ids)
+
+
 # --- compute_output_entropy -----------------------------------------------------------------
 
 def greedy_entropy_reference(model, tokenizer, prompt: str, steps: int) -> float:
