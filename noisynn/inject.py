@@ -381,7 +381,7 @@ def check_level(noise_level: float) -> float:
     return level
 
 
-def original_targets(model: nn.Module, blocks: Iterable[int] | None = None) -> list[Target]:
+def original_targets(model: nn.Module, blocks: Iterable[int] | None = None, include_bias: bool = True) -> list[Target]:
     """What the original toolkit's ``inject_thermal_noise`` noised: every ``nn.Linear`` and GPT-2
     ``Conv1D`` weight and bias, the output head included (untied first, so the embeddings stay clean).
 
@@ -389,7 +389,7 @@ def original_targets(model: nn.Module, blocks: Iterable[int] | None = None) -> l
     ``nn.Embedding`` tables that brings in are dropped again.
     """
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    found = select_targets(model, "all,embedding", blocks, include_bias=True)
+    found = select_targets(model, "all,embedding", blocks, include_bias)
     return [t for t in found if id(t.param) not in tables]
 
 
@@ -423,11 +423,8 @@ def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str |
     if level == 0:  # as the original: nothing touched (not even untied)
         return model
     base = _resolve_seed(seed, generator)
-    if targets is None:
-        chosen = original_targets(model, blocks) if include_bias in (None, True) else \
-            [t for t in original_targets(model, blocks) if not t.name.endswith(".bias")]
-    else:
-        chosen = select_targets(model, targets, blocks, bool(include_bias))
+    chosen = (original_targets(model, blocks, include_bias is not False) if targets is None
+              else select_targets(model, targets, blocks, bool(include_bias)))
     for t in chosen:
         w = t.param.data
         u = unit_scale(w, scale, t.out_axis)

@@ -321,6 +321,10 @@ def test_inject_thermal_noise_noises_every_conv1d_weight_and_bias_on_gpt2(gpt2):
     expected = {f"{n}.{p}" for n, m in layers for p in ("weight", "bias") if getattr(m, p, None) is not None}
     assert hit == expected and "lm_head.weight" in hit and any(k.endswith(".bias") for k in hit)
     assert "transformer.wte.weight" not in hit and "transformer.wpe.weight" not in hit  # embeddings stay clean
+    again = tiny_gpt2()
+    before = weights(again)
+    inject_thermal_noise(again, 0.01, include_bias=False)
+    assert changed(before, again) == {k for k in expected if k.endswith(".weight")}
 
 
 def test_inject_thermal_noise_differs_from_the_sweep_default_only_by_choice(llama):
