@@ -48,11 +48,6 @@ class PerplexityResult(float):
         return {"perplexity": float(self), "nll": self.nll, "bits_per_byte": self.bits_per_byte,
                 "n_tokens": self.n_tokens, "n_bytes": self.n_bytes, "finite": self.finite}
 
-    def metrics(self) -> dict:
-        """The run folder's columns for this result: perplexity, nll, bits_per_byte, eval_tokens, finite."""
-        return {"perplexity": float(self), "nll": self.nll, "bits_per_byte": self.bits_per_byte,
-                "eval_tokens": self.n_tokens, "finite": self.finite}
-
     # Pickle and copy rebuild from all fields (the float value alone would lose them).
     def __reduce__(self):
         return (type(self), (float(self), self.nll, self.bits_per_byte, self.n_tokens, self.n_bytes, self.finite))
