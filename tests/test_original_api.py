@@ -4,8 +4,8 @@ The README's snippets run verbatim (copied below as text and exec'd). They use t
 ``model``, ``tokenizer``, ``device``, ``prompt`` and ``validation_text`` without defining them:
 the namespace supplies a tiny random LLaMA and the byte-level tokenizer from conftest.py (no
 snippet loads a model by hub id, so no loader needs patching; hub downloads fail here). The
-custom-noise recipe (``NOISE_REGISTRY["laplacian"] = LaplacianNoise``) is tested with the
-noise registry, in the noise tests.
+custom-noise recipe (``NOISE_REGISTRY["laplacian"] = LaplacianNoise``) runs verbatim in the
+plugin tests (tests/test_plugins.py, from Python and with ``--plugin``).
 """
 
 from __future__ import annotations
