@@ -269,7 +269,22 @@ def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True
     hf_logging.disable_progress_bar()
 
     # The model first: a tokenizer load reads config.json too, and would take its errors for its own.
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only, **placement)
+    # Mismatched shapes are loaded (as random) so that they can be reported here, with the missing ones:
+    # either way transformers would run a partly random model, a different model, silently.
+    model, loading = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only,
+                                                          output_loading_info=True, ignore_mismatched_sizes=True,
+                                                          **placement)
+    mismatched = list(loading.get("mismatched_keys") or ())
+    if mismatched:
+        first = mismatched[0]
+        shown = f"{first[0]}: {list(first[1])} in the file, {list(first[2])} by the config" \
+            if isinstance(first, (tuple, list)) and len(first) == 3 else str(first)
+        raise NoisyNNError(f"the weights of model {folder} do not fit its config.json: {len(mismatched)} parameters "
+                           f"have other shapes ({shown})")
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise NoisyNNError(f"the weights of model {folder} do not fit its config.json: {len(missing)} parameters are "
+                           f"missing from them (e.g. {missing[0]}), and would be random")
     tok = load_tokenizer(tokenizer or folder, local_only, of=None if tokenizer else str(folder))
     return model, tok
 

@@ -56,6 +56,8 @@ def models(tmp_path_factory, tiny_model_dir):
         "@TRUNCATED": damaged("truncated", lambda f: (f / "model.safetensors").write_bytes(weights[:-1000])),
         "@GARBAGE": damaged("garbage", lambda f: (f / "model.safetensors").write_bytes(b"\0" * 5000)),
         "@NOTOK": damaged("notok", drop_tokenizer),
+        "@MISMATCH": damaged("mismatch", lambda f: (f / "config.json").write_text(
+            json.dumps({**config, "intermediate_size": 128}))),
         "@BADTOK": damaged("badtok", lambda f: (f / "tokenizer.json").write_text("{garbage")),
     }
     (d / "fake.gguf").write_text("this is not a GGUF file\n")
@@ -75,6 +77,13 @@ def models(tmp_path_factory, tiny_model_dir):
                                  eos_token_id=99, pad_token_id=98, bos_token_id=None)).save_pretrained(small)
     byte_tokenizer().save_pretrained(small)
     out["@SMALL_VOCAB"] = str(small)
+    other = d / "other-arch"  # a LLaMA config over a GPT-2's weights: nothing of the LLaMA would be loaded
+    shutil.copytree(good, other)
+    from conftest import tiny_gpt2
+
+    tiny_gpt2().save_pretrained(d / "gpt2")
+    shutil.copy(d / "gpt2" / "model.safetensors", other / "model.safetensors")
+    out["@OTHER_ARCH"] = str(other)
     (d / "empty.txt").write_text("")
     (d / "empty.py").write_text("\n")
     out["@EMPTY"], out["@EMPTY_PY"] = str(d / "empty.txt"), str(d / "empty.py")
@@ -110,6 +119,8 @@ CASES = [
     case("sweep", ["--model", "@BADTOK"], "cannot load the tokenizer of model"),
     case("sweep", ["--model", "@FAKE_GGUF"], "is not a GGUF file"),
     case("sweep", ["--model", "@CONFIG_FILE"], "is a file, not a model folder or a .gguf file"),
+    case("sweep", ["--model", "@MISMATCH"], "6 parameters have other shapes (model.layers."),
+    case("sweep", ["--model", "@OTHER_ARCH"], "parameters are missing from them"),
     case("sweep", ["--model", "@SMALL_VOCAB"], "has 258 tokens but the model's embedding has 100 rows"),
     case("layer_sensitivity", ["--model", "@TRUNCATED"], "is truncated"),
     case("temporal_drift", ["--model", "@FAKE_GGUF"], "is not a GGUF file"),
