@@ -4,14 +4,13 @@ No UI library here: ``ui.py`` only lays out widgets and calls these functions, s
 is testable without a browser. Nothing is reimplemented: models come from ``load_model``,
 noise from ``NoiseInjector`` (the sweep's seeds, so the exported command reproduces a setting),
 text and metrics from ``decode``, ``compute_perplexity`` and ``entropy_bits``, saved-run
-figures from ``plotting``.
+figures from each experiment's report (``registry.report_module``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import queue
@@ -28,16 +27,15 @@ import torch
 
 from .corpus import load_text
 from .errors import NoisyNNError
-from .evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
+from .evaluation import DEFAULT_PROMPT, PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
 from .inject import SCALES, NoiseInjector, check_scale, parse_blocks, parse_targets, select_targets
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .noise import NOISE_REGISTRY, get_noise
-from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows
-from .sweep import Point
+from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows, read_run
+from .runner import Point
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "The history of science shows that"  # the sweep's default prompt
 TARGET_CHOICES = ("attention", "mlp", "head")
 MAX_NEW_TOKENS = 256
 MAX_EVAL_TOKENS = 4096
@@ -581,7 +579,7 @@ def _read_table(path: Path) -> tuple[list[str], list[list]]:
 def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
     """A run folder's config, table (summary.csv, else results.csv) and figures (its PNGs).
 
-    A folder without PNGs gets its figure redrawn by ``plotting.plot_<experiment>`` from a
+    A folder without PNGs gets its figure redrawn by its experiment's ``report.plot`` from a
     temporary copy of run.json and results.csv (the folder itself is never written).
     """
     text = str(folder or "").strip()
@@ -594,10 +592,7 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
         raise NoisyNNError(f"{text} is not a folder")
     if not (path / RESULTS_CSV).is_file():
         raise NoisyNNError(f"{text} holds no {RESULTS_CSV}: not a run folder")
-    try:
-        meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8")) if (path / RUN_JSON).is_file() else {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise NoisyNNError(f"{path / RUN_JSON} is unreadable ({err})") from None
+    meta = read_run(path).meta
     figures = sorted(path.glob("*.png"))
     note = ""
     table_path = path / "summary.csv"
@@ -616,12 +611,12 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
 
 
 def _redraw(path: Path, meta: dict) -> tuple[list[Path], str, Path | None]:
-    from . import plotting
+    from . import registry
 
     experiment = meta.get("experiment") or meta.get("config", {}).get("experiment")
-    plot = getattr(plotting, f"plot_{experiment}", None) if experiment else None
-    if plot is None:
-        return [], f"No PNG in the folder and no plotting.plot_{experiment or '?'} to redraw one.", None
+    if experiment not in registry.EXPERIMENTS:
+        return [], f"No PNG in the folder and no report of experiment '{experiment or '?'}' to redraw one.", None
+    plot = registry.report_module(experiment).plot
     tmp = Path(tempfile.mkdtemp(prefix="noisynn-ui-run-"))
     for name in (RUN_JSON, RESULTS_CSV, "samples.jsonl"):
         if (path / name).is_file():
@@ -630,9 +625,9 @@ def _redraw(path: Path, meta: dict) -> tuple[list[Path], str, Path | None]:
         figures = [Path(f) for f in plot(tmp)]
     except Exception as err:  # a partial or foreign folder: show the table anyway
         log.warning("redrawing %s failed: %s", path, err)
-        return [], f"No PNG in the folder; redrawing with plotting.plot_{experiment} failed ({err}).", None
+        return [], f"No PNG in the folder; redrawing with the {experiment} report failed ({err}).", None
     summary = tmp / "summary.csv"
-    note = f"Figure redrawn from results.csv by plotting.plot_{experiment}."
+    note = f"Figure redrawn from results.csv by the {experiment} report."
     return figures, note, summary if summary.is_file() else None
 
 

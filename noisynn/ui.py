@@ -311,10 +311,14 @@ def defaults_from(args) -> Setting:
     return check_setting(s)
 
 
-def run(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="noisynn ui", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     load_plugins(args.plugin)
     defaults = defaults_from(args)
     check_model_flags(args)  # everything that can be checked without the model, before the slow imports
