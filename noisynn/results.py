@@ -90,6 +90,9 @@ class Run:
         """The experiment named in run.json (top level, else in its config)."""
         return self.meta.get("experiment") or self.config.get("experiment")
 
+    def samples(self) -> list[dict]:
+        return read_samples(self.path / SAMPLES_JSONL)
+
 
 def read_run(path: str | Path) -> Run:
     """The one reader of a run folder (run.json and results.csv); NoisyNNError if run.json is damaged."""
@@ -106,8 +109,8 @@ def read_run(path: str | Path) -> Run:
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    """The records of a run folder's samples.jsonl ([] if there is none)."""
-    path = Path(path) / SAMPLES_JSONL
+    """The records of a samples.jsonl ([] if there is none)."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -36,7 +36,7 @@ from ...inject import NoiseInjector
 from ...noise import get_noise, is_additive
 from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_int, prompt_text, script_main)
-from ...results import read_samples
+from ...results import read_run
 from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from . import report
@@ -286,7 +286,7 @@ def run(argv=None) -> int:
     finish(ctx, figures, verdicts=verdicts, generation_seconds=gen_seconds,
            wall_seconds=round(time.perf_counter() - t_start, 1))
     print(report.format_drift_verdicts(verdicts))
-    for record in read_samples(folder.path):
+    for record in read_run(folder.path).samples():
         if record.get("trial") == 0:
             print(f"\n[{record['schedule']}, trial 0] {(record['prompt'] + record['text'])[:400]!r}")
     print(f"\nrun folder: {folder.path} (results.csv: one row per trial x step; samples.jsonl; {figures[0].name})")
