@@ -23,13 +23,29 @@ def module_name(path):
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def is_type_checking(node):
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(test, "attr", None) == "TYPE_CHECKING")
+
+
+def runtime_nodes(tree):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not is_type_checking(child))
+
+
 def imports_of(name):
     """The noisynn modules ``name`` imports, anywhere in its body (a function-level import is still a
-    dependency), relative imports resolved against the package; ``from pkg import sub`` names ``pkg.sub``."""
+    dependency; one under ``if TYPE_CHECKING:`` is not), relative imports resolved against the package;
+    ``from pkg import sub`` names ``pkg.sub``."""
     path = MODULES[name]
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name in MODULES)
         elif isinstance(node, ast.ImportFrom):
@@ -77,6 +93,8 @@ def test_cycle_finder_finds_a_cycle():
 def test_import_resolution_sees_relative_imports():
     deps = imports_of("noisynn.experiments.sweep.run")
     assert {"noisynn.runner", "noisynn.context", "noisynn.experiments.sweep.report"} <= deps
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nimport y\n")
+    assert [n.names[0].name for n in runtime_nodes(tree) if isinstance(n, ast.Import)] == ["y"]
 
 
 def test_no_import_cycle_inside_the_package():
