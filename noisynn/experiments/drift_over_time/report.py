@@ -12,6 +12,7 @@ from ...plotting import band, plt, save_figure, write_table
 from ...results import read_run
 from ...stats import summarize_levels
 
+
 def _drift_series(rows: Sequence[dict]) -> dict:
     """{compensation: pcm rows} and the digital rows by condition."""
     pcm = [r for r in rows if r["condition"] == "pcm"]

@@ -14,6 +14,7 @@ from ...plotting import band, plt, save_figure, sigma_axis, write_table
 from ...results import read_run
 from ...stats import group_by, log_crossing, median_ci, summarize_levels
 
+
 def layer_sensitivity_crossings(rows: Sequence[dict], threshold_ratio: float) -> list[dict]:
     """Per group: sigma where perplexity reaches ``threshold_ratio`` x clean, per trial, then median and CI.
 

@@ -13,6 +13,7 @@ from ...plotting import band, level_ticks, plt, save_figure, sigma_axis, write_s
 from ...results import format_value, read_run
 from ...stats import group_by, summarize_levels, threshold_crossings
 
+
 def scaling_crossings(rows: Sequence[dict], factor: float = 2.0) -> list[dict]:
     """Per model (smallest first): clean perplexity and bits/byte, and the sigma at which
     perplexity reaches ``factor`` x clean, per trial then median and CI (``threshold_crossings``)."""

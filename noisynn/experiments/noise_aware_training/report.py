@@ -14,6 +14,7 @@ from ...plotting import band, plt, save_figure, sigma_axis, write_table
 from ...results import read_rows, read_run
 from ...stats import log_crossing, median_ci, summarize_levels
 
+
 NAT_COLORS = {"original": "tab:blue", "finetuned": "tab:green", "control": "tab:orange"}
 NAT_LABELS = {"original": "original", "finetuned": "noise-aware fine-tuned", "control": "control (fine-tuned, no noise)"}
 

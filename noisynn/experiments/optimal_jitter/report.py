@@ -13,6 +13,7 @@ from ...plotting import band, plt, save_figure, sigma_axis, write_summary
 from ...results import read_run
 from ...stats import median_ci, summarize_levels
 
+
 def jitter_zone(rows: Sequence[dict], max_ppl_ratio: float) -> dict:
     """The Goldilocks zone of an optimal_jitter run, by the rule stated in its README section.
 

@@ -11,6 +11,7 @@ from ...plotting import band, level_ticks, plt, quality_label, save_figure, sigm
 from ...results import read_run
 from ...stats import summarize_levels
 
+
 def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     """Perplexity (log axis), entropy and distinct-2 against sigma; writes summary.csv too."""
     run_dir = Path(run_dir)

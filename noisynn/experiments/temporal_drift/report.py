@@ -11,6 +11,7 @@ from ...plotting import band, plt, save_figure
 from ...results import read_run
 from ...stats import jump_share, rolling_median, summarize_levels
 
+
 DRIFT_FLOORS = {"entropy_bits": 0.5, "logprob": 0.5}  # smaller total changes (bits, nats) count as flat
 DRIFT_CLIFF_SHARE = 0.5
 DRIFT_VERDICT_RULE = (
