@@ -33,12 +33,13 @@ from ...context import finish, start
 from ...evaluation import DEFAULT_PROMPT, decode
 from ...errors import NoisyNNError
 from ...inject import NoiseInjector
-from ...noise import get_noise, is_additive
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ...noise import is_additive
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_int, prompt_text, script_main)
 from ...results import read_run
 from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
+from ...spec import spec_from_args
 from . import report
 
 EXPERIMENT = "temporal_drift"
@@ -157,8 +158,7 @@ class Drift:
             if sigma == 0:
                 inj.restore()
             else:
-                inj.draw(self.step_seed(t))
-                inj.apply(sigma)
+                inj.realize(self.step_seed(t), sigma)
             self.effective.append(sigma)
 
 
@@ -223,7 +223,7 @@ def parse(argv=None):
 
 def check_accumulate(args) -> None:
     """``--accumulate`` needs an additive noise (a device model programs its conductances once)."""
-    if args.accumulate and not is_additive(get_noise(args.noise_type, **noise_params(args))):
+    if args.accumulate and not is_additive(spec_from_args(args).noise):
         raise NoisyNNError(f"--accumulate needs an additive noise; '{args.noise_type}' is a device model")
 
 
@@ -247,8 +247,7 @@ def run(argv=None) -> int:
         "prompts": [prompt_of(args, t) for t in range(args.n_trials)],
         "verdict_rule": report.DRIFT_VERDICT_RULE}, check=lambda lm, text: check_accumulate(args))
     lm, folder = ctx.lm, ctx.folder
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                             noise_params=noise_params(args))
+    injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     folder.update_meta(injection=injector.describe())
     trial_seed = lambda trial: derive_seed(args.seed, "drift", trial)  # noqa: E731
 
