@@ -22,9 +22,11 @@ _EXPORTS = {
     "NoisyNNError": "errors",
     **{name: "evaluation" for name in (
         "PerplexityResult", "compute_distinct_n", "compute_output_entropy", "compute_perplexity",
-        "compute_repetition_ratio", "decode", "generate_text_samples")},
+        "compute_repetition_ratio", "compute_vocabulary_richness", "decode", "generate_text_samples", "get_ngrams")},
+    **{name: "compat" for name in ("NoiseType", "get_model_weight_stats", "get_noise_distribution")},
     **{name: "inject" for name in (
-        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "select_targets", "untie_head")},
+        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "original_targets",
+        "select_targets", "untie_head")},
     "load_model": "models",
     **{name: "noise" for name in (
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",

@@ -338,28 +338,47 @@ def check_level(noise_level: float) -> float:
     return level
 
 
+def original_targets(model: nn.Module, blocks: Iterable[int] | None = None, include_bias: bool = True) -> list[Target]:
+    """What the original toolkit's ``inject_thermal_noise`` noised: every ``nn.Linear`` and GPT-2
+    ``Conv1D`` weight and bias, the output head included (untied first, so the embeddings stay clean).
+
+    ``"all,embedding"`` reaches every Linear/Conv1D whatever its name suggests; the
+    ``nn.Embedding`` tables that brings in are dropped again.
+    """
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    found = select_targets(model, "all,embedding", blocks, include_bias)
+    return [t for t in found if id(t.param) not in tables]
+
+
 @torch.no_grad()
 def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str | NoiseDistribution = "gaussian",
-                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] = "blocks",
-                         blocks: Iterable[int] | None = None, include_bias: bool = False,
+                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] | None = None,
+                         blocks: Iterable[int] | None = None, include_bias: bool | None = None,
                          generator: torch.Generator | None = None, seed: int | None = None,
                          noise_params: dict | None = None) -> nn.Module:
     """Add noise of ``noise_type`` with scale ``noise_level`` to the targeted weights; return the model.
 
     The original toolkit's call: ``inject_thermal_noise(model, 0.01)`` adds N(0, 0.01^2) in
-    weight units to the transformer blocks' projections, in place. ``in_place=False`` works
-    on a deep copy and leaves ``model`` untouched. Calling it twice adds noise twice; for
-    noise that is undone afterwards use ``noisy_weights``.
+    weight units, in place, to what the original noised (``original_targets``): every Linear
+    and Conv1D weight and bias, the output head included. One difference: a head tied to the
+    input embeddings is untied first, so the embeddings stay clean (the original's noise landed
+    in both). ``targets="blocks"`` (with ``include_bias=False``, the default once ``targets`` is
+    given) selects what the sweep noises by default: the transformer blocks' projections only.
+    ``in_place=False`` works on a deep copy and leaves ``model`` untouched. Calling it twice
+    adds noise twice; for noise that is undone afterwards use ``noisy_weights``.
     """
     level = check_level(noise_level)
-    spec = make_noise_spec(noise_type, noise_params, scale, targets, blocks, include_bias)
+    original = targets is None
+    spec = make_noise_spec(noise_type, noise_params, scale, "all" if original else targets, blocks,
+                           include_bias is not False if original else bool(include_bias))
     if not in_place:
         model = copy.deepcopy(model)
+    if level == 0:  # as the original: nothing touched (not even untied)
+        return model
     base = _resolve_seed(seed, generator)
-    for t in select(model, spec):
+    chosen = original_targets(model, spec.blocks, spec.include_bias) if original else select(model, spec)
+    for t in chosen:
         w = t.param.data
-        if level == 0:
-            continue
         u = unit_scale(w, spec.scale, t.out_axis)
         if spec.noise.location_scale:  # the same unit draw noisy_weights makes for this seed, scaled
             z, factor = draw(spec.noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), "cpu")), level

@@ -70,7 +70,7 @@ def test_recipe_verbatim_from_python_replaces_the_builtin():
         assert inj.describe()["noise"] == {**inj.describe()["noise"], "name": "Laplacian", "class": "LaplacianNoise"}
         noisy = {k: v.clone() for k, v in model.state_dict().items()}
     assert not changed(model, before)
-    inject_thermal_noise(model, 0.05, "laplacian", seed=3)  # the same draw as noisy_weights for the same seed
+    inject_thermal_noise(model, 0.05, "laplacian", targets="blocks", seed=3)  # noisy_weights' targets, same seed: same draw
     assert all(torch.allclose(noisy[k], v, atol=1e-7) for k, v in model.state_dict().items())
     # a new name works the same way, without touching the built-in
     NOISE_REGISTRY["laplace_inverse_cdf"] = cls

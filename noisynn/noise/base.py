@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import NoisyNNError
+from ..errors import NoisyNNError, UnknownNameError
 
 
 class NoiseDistribution:
@@ -134,7 +134,9 @@ def get_noise(name: str | NoiseDistribution, **params) -> NoiseDistribution:
         return name
     if name not in NOISE_REGISTRY:
         known = ", ".join(sorted(NOISE_REGISTRY))
-        raise NoisyNNError(f"unknown noise type '{name}'; known: {known} (add your own with --plugin FILE)")
+        # a ValueError too, as the original toolkit's get_noise_distribution raised
+        raise UnknownNameError(f"unknown noise type '{name}'; known: {known} "
+                               "(register your own in NOISE_REGISTRY, or with --plugin FILE)")
     cls = NOISE_REGISTRY[name]
     if not (isinstance(cls, type) and issubclass(cls, NoiseDistribution)):
         raise NoisyNNError(f"NOISE_REGISTRY['{name}'] is {cls!r}, not a NoiseDistribution subclass")
