@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +71,49 @@ def read_rows(path: str | Path) -> list[dict]:
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
     return [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(raw))]
+
+
+@dataclass
+class Run:
+    """A run folder as read back: ``meta`` is run.json ({} if absent), ``rows`` is results.csv."""
+
+    path: Path
+    meta: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config", {})
+
+    @property
+    def experiment(self) -> str | None:
+        """The experiment named in run.json (top level, else in its config)."""
+        return self.meta.get("experiment") or self.config.get("experiment")
+
+    def samples(self) -> list[dict]:
+        return read_samples(self.path / SAMPLES_JSONL)
+
+
+def read_run(path: str | Path) -> Run:
+    """The one reader of a run folder (run.json and results.csv); NoisyNNError if run.json is damaged."""
+    path = Path(path)
+    meta: dict = {}
+    if (path / RUN_JSON).is_file():
+        try:
+            meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise NoisyNNError(f"{path / RUN_JSON} is unreadable ({err})") from None
+        if not isinstance(meta, dict):
+            raise NoisyNNError(f"{path / RUN_JSON} does not hold a JSON object")
+    return Run(path, meta, read_rows(path / RESULTS_CSV))
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    """The records of a samples.jsonl ([] if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from noisynn.errors import NoisyNNError
 from noisynn.results import RunFolder, format_value, parse_value, read_rows
 from noisynn.stats import log_crossing, median_ci, summarize_levels
-from noisynn.sweep import Point, TrialResult, grid, levels, run_sweep
+from noisynn.runner import Point, TrialResult, grid, levels, run_sweep
 
 COLS = ["experiment", "sigma", "trial", "value"]
 
