@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     if name not in EXPERIMENTS and name not in TOOLS:
         sys.stderr.write(f"noisynn: error: unknown experiment '{name}'; known: {', '.join([*EXPERIMENTS, *TOOLS])}\n")
         return 2
-    module = importlib.import_module(TOOLS.get(name) or f"noisynn.experiments.{EXPERIMENTS[name]}")
+    try:  # Ctrl-C while torch and the experiment load: one line, not a traceback
+        module = importlib.import_module(TOOLS.get(name) or f"noisynn.experiments.{EXPERIMENTS[name]}")
+    except KeyboardInterrupt:
+        sys.stderr.write(f"noisynn {name}: interrupted while starting; nothing was run\n")
+        return 130
     sys.argv[0] = f"noisynn {name}"
     return module.main(rest)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import queue
@@ -32,7 +31,7 @@ from .evaluation import PerplexityResult, compute_perplexity, decode, entropy_bi
 from .inject import SCALES, NoiseInjector, check_scale, parse_blocks, parse_targets, select_targets
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .noise import NOISE_REGISTRY, get_noise
-from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows
+from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows, read_run
 from .sweep import Point
 
 log = logging.getLogger(__name__)
@@ -594,10 +593,7 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
         raise NoisyNNError(f"{text} is not a folder")
     if not (path / RESULTS_CSV).is_file():
         raise NoisyNNError(f"{text} holds no {RESULTS_CSV}: not a run folder")
-    try:
-        meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8")) if (path / RUN_JSON).is_file() else {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise NoisyNNError(f"{path / RUN_JSON} is unreadable ({err})") from None
+    meta = read_run(path).meta  # damaged files: one NoisyNNError line naming file and line
     figures = sorted(path.glob("*.png"))
     note = ""
     table_path = path / "summary.csv"

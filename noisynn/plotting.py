@@ -8,6 +8,7 @@ Points where some trials produced inf/nan are marked with a red 'x' and a count,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import textwrap
@@ -21,7 +22,8 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows  # noqa: E402
+from .errors import NoisyNNError  # noqa: E402
+from .results import RESULTS_CSV, format_value, read_rows, read_run, read_samples, replace_atomic  # noqa: E402
 from .stats import group_by, log_crossing, median_ci, summarize_levels, threshold_crossings  # noqa: E402
 
 # Quality labels of the original toolkit, assigned from median perplexity / clean perplexity.
@@ -59,20 +61,53 @@ def quality_label(ratio: float) -> str:
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / RUN_JSON).read_text()) if (run_dir / RUN_JSON).is_file() else {}
-    return meta, read_rows(run_dir / RESULTS_CSV)
+    """(run.json, results.csv rows) of a run folder, by the one defensive reader ``results.read_run``."""
+    run = read_run(run_dir)
+    return run.meta, run.rows
+
+
+def _rows_behind(path: Path) -> int:
+    """How many results rows an existing table rests on: the sum of its ``n_trials`` column
+    (0 if it has none or cannot be read)."""
+    try:
+        return sum(int(r["n_trials"]) for r in read_rows(path) if isinstance(r.get("n_trials"), int))
+    except Exception:  # an unreadable old table is no reason to keep it
+        return 0
 
 
 def write_table(path: str | Path, table: Sequence[dict]) -> Path:
-    """A list of dicts as a tidy CSV (floats in the results' number format)."""
+    """A list of dicts as a tidy CSV (floats in the results' number format), replaced atomically.
+
+    Never replaces a good table with a worse one: an empty table is not written, and a table
+    whose ``n_trials`` add up to fewer rows than the existing file's keeps the existing file.
+    """
     path = Path(path)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()) if table else ["empty"], lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: format_value(v) for k, v in r.items()})
+    if not table:
+        return path
+    if path.is_file() and "n_trials" in table[0]:
+        new = sum(int(r["n_trials"]) for r in table if isinstance(r.get("n_trials"), int))
+        if _rows_behind(path) > new:
+            return path
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: format_value(v) for k, v in r.items()})
+    text = buf.getvalue()
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        replace_atomic(path, text)
     return path
+
+
+def realizations_note(meta: dict, rows: Sequence[dict], by: str = "sigma") -> str:
+    """'N realizations per level' counted from the rows (not the config), plus
+    'incomplete: k of n points' for a half-written run."""
+    counts = sorted({len(g) for g in group_by(rows, by).values()}) if rows else [0]
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    from .results import Run
+
+    progress = Run(Path("."), meta, list(rows)).progress_note()
+    return f"{n} realizations per level" + (f" ({progress})" if progress else "")
 
 
 def write_summary(run_dir: Path, rows: Sequence[dict], metrics: Sequence[str], by: str = "sigma",
@@ -134,6 +169,8 @@ def plot_sweep(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     """Perplexity (log axis), entropy and distinct-2 against sigma; writes summary.csv too."""
     run_dir = Path(run_dir)
     meta, rows = load_run(run_dir)
+    if not rows:
+        raise NoisyNNError(f"{run_dir / RESULTS_CSV} holds no finished rows yet")
     write_summary(run_dir, rows, ("perplexity", "bits_per_byte", "entropy_bits", "distinct_2", "repetition"))
     clean = [r for r in rows if r["sigma"] == 0]
     noisy = [r for r in rows if r["sigma"] > 0]
@@ -153,7 +190,7 @@ def plot_sweep(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     cfg = meta.get("config", {})
     tokens = sorted({r["eval_tokens"] for r in rows})
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({cfg.get('scale')}) on {cfg.get('targets')}, "
-                 f"{cfg.get('n_trials')} realizations per level, perplexity on {tokens[0] if tokens else '?'} tokens",
+                 f"{realizations_note(meta, rows)}, perplexity on {tokens[0] if tokens else '?'} tokens",
                  fontsize=11)
     return [save_figure(fig, run_dir / name)]
 
@@ -325,6 +362,18 @@ def _varying_key(metas: Sequence[dict]) -> str | None:
     return keys[0] if keys else None
 
 
+def _runs_note(runs) -> str:
+    """Realizations per level over several runs, and which of them are incomplete."""
+    rows = [{**r, "_level": (i, r["sigma"])} for i, (_, part) in enumerate(runs) for r in part]
+    counts = sorted({len(g) for g in group_by(rows, "_level").values()}) or [0]
+    note = f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} realizations per level"
+    from .results import Run
+
+    partial = [f"{m.get('config', {}).get('noise_type')} {Run(Path('.'), m, list(r)).progress_note()}"
+               for m, r in runs if not Run(Path("."), m, list(r)).complete]
+    return note + (f" ({'; '.join(partial)})" if partial else "")
+
+
 def plot_noise_types(run_dirs: Sequence[str | Path], path: str | Path, metric: str = "perplexity") -> Path:
     """Median ``metric`` (band: CI over realizations) against sigma for several sweep folders on
     one axis, labelled by the config key that differs between them (the noise type). Trials
@@ -358,7 +407,7 @@ def plot_noise_types(run_dirs: Sequence[str | Path], path: str | Path, metric: s
     cfg = meta0.get("config", {})
     tokens = sorted({r.get("eval_tokens") for _, rows in runs for r in rows})
     ax.set_title(f"{cfg.get('model', '?')}: {len(runs)} runs by {key}, {cfg.get('scale')} scale on {cfg.get('targets')}, "
-                 f"{cfg.get('n_trials')} realizations per level, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
+                 f"{_runs_note(runs)}, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
                  "tokens\nsigma is each distribution's scale parameter (gaussian: std; uniform: half-width; "
                  "laplacian: b; cauchy: HWHM; student_t: scale)", fontsize=9)
     return save_figure(fig, path)
@@ -837,10 +886,7 @@ def noise_aware_report(run_dir: str | Path) -> dict:
     for v in variants:
         for metric in ("perplexity", "bits_per_byte"):
             table += [{"model_variant": v, **s} for s in summarize_levels([r for r in rows if r["model_variant"] == v], metric)]
-    with open(run_dir / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: format_value(x) for k, x in r.items()} for r in table)
+    write_table(run_dir / "summary.csv", table)
     sigmas = sorted({r["sigma"] for r in rows})
     clean = {v: float(np.median([r["perplexity"] for r in rows if r["model_variant"] == v and r["sigma"] == 0]))
              for v in variants} if 0.0 in sigmas else {}
@@ -988,10 +1034,7 @@ DRIFT_VERDICT_RULE = (
 
 def load_samples(run_dir: str | Path) -> list[dict]:
     """The records of a run folder's samples.jsonl ([] if there is none)."""
-    path = Path(run_dir) / "samples.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_samples(Path(run_dir) / "samples.jsonl")
 
 
 def _direction(curve) -> int:

@@ -53,7 +53,8 @@ def levels(max_noise: float, n_levels: int, spacing: str = "log", min_fraction: 
 
     ``linear``: evenly spaced from 0 (the original toolkit's ``linspace(0, max, n)``);
     ``log``: 0, then geometric from ``max_noise * min_fraction`` to ``max_noise``, which
-    resolves the onset of damage and the collapse with the same number of levels.
+    resolves the onset of damage and the collapse with the same number of levels (with
+    ``n_levels = 2``: 0 and ``max_noise``). The last level is ``max_noise`` for every spacing.
     """
     if n_levels == 1:
         return [float(max_noise)]
@@ -62,6 +63,8 @@ def levels(max_noise: float, n_levels: int, spacing: str = "log", min_fraction: 
     if spacing == "linear":
         return [float(x) for x in np.linspace(0.0, max_noise, n_levels)]
     if spacing == "log":
+        if n_levels == 2:  # a one-point geometric sequence would be its start, max_noise * min_fraction
+            return [0.0, float(max_noise)]
         return [0.0] + [float(x) for x in np.geomspace(max_noise * min_fraction, max_noise, n_levels - 1)]
     raise ValueError(f"unknown spacing '{spacing}'")
 
@@ -78,6 +81,8 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
     ``progress``, if given, wraps the list of pending points (e.g. ``tqdm``).
     """
     done = {key_of(r, folder.key): r for r in done_rows}
+    if folder.is_main and folder.meta.get("n_points") != len(points):
+        folder.update_meta(n_points=len(points))  # so a reader can tell a half-written run
     keyed = [(key_of({**leading(p), "level": p.level, "target": p.target}, folder.key), p) for p in points]
     pending = [(k, p) for k, p in keyed if k not in done]
     if done:

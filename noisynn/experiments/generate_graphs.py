@@ -13,14 +13,14 @@ unless they were there before), apart from their summary tables, which are rewri
 
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 from pathlib import Path
 
 from .. import plotting
 from ..errors import NoisyNNError
 from ..options import ArgumentParser, output_file, script_main
-from ..results import RUN_JSON
+from ..results import RUN_JSON, read_run
 
 EXPERIMENT = "generate_graphs"
 # The run folders the README's figures come from (results/<name>/); a missing one is noted.
@@ -52,11 +52,12 @@ COMPARABLE = {"sweep"}
 
 
 def experiment_of(run_dir: Path) -> str | None:
-    try:
-        meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not (run_dir / RUN_JSON).is_file():
         return None
-    return meta.get("experiment") or meta.get("config", {}).get("experiment")
+    try:
+        return read_run(run_dir).experiment
+    except NoisyNNError:
+        return None
 
 
 def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
@@ -76,10 +77,13 @@ def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
 
 def redraw(run_dir: Path, out_dir: Path, taken: set[str]) -> list[Path]:
     """Redraw one run folder's figures and copy them to ``out_dir``; returns the copies."""
-    experiment = experiment_of(run_dir)
+    run = read_run(run_dir)  # a damaged folder: one NoisyNNError line naming the file
+    experiment = run.experiment
     plot = plotting.plotter_for(experiment) if experiment else None
     if plot is None:
         raise LookupError(f"no plot function for experiment '{experiment}'")
+    if not run.rows:  # nothing to draw; the folder's figures and tables stay as they are
+        raise LookupError("no finished rows yet")
     before = {p.name for p in run_dir.glob("*.png")}
     copies = []
     for fig in plot(run_dir):
@@ -129,17 +133,22 @@ def run(argv=None) -> int:
         except LookupError as err:
             print(f"note: {run_dir}: {err}, skipped")
             continue
-        except Exception as err:  # a broken folder must not stop the others
-            print(f"error: {run_dir}: {type(err).__name__}: {err}")
+        except NoisyNNError as err:  # a damaged folder must not stop the others
+            print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{run_dir} ({experiment_of(run_dir)}) -> {', '.join(str(c) for c in copies)}")
+        except Exception as err:
+            print(f"error: {run_dir}: {type(err).__name__}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        note = read_run(run_dir).progress_note()
+        print(f"{run_dir} ({experiment_of(run_dir)}{', ' + note if note else ''}) -> {', '.join(str(c) for c in copies)}")
     for group, members in groups.items():
         name = f"{group.relative_to(root).as_posix().replace('/', '_')}.png"
         try:
             path = plotting.plot_noise_types(members, out_dir / name)
         except Exception as err:
-            print(f"error: {group}: {type(err).__name__}: {err}")
+            print(f"error: {group}: {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1
             continue
         print(f"{group} ({len(members)} runs: {', '.join(m.name for m in members)}) -> {path}")

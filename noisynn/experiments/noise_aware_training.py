@@ -285,12 +285,11 @@ def load_finetuned(run_dir: str | Path, variant: str = "finetuned", device: str 
     ``control.safetensors`` for the no-noise control); the base is loaded with ``load_model``
     and its fingerprint checked against the one recorded in run.json.
     """
-    import json
-
     from ..models import load_model
+    from ..results import read_run
 
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "run.json").read_text())
+    meta = read_run(run_dir).meta
     path = run_dir / WEIGHTS.format(variant=variant)
     if not path.is_file():
         raise NoisyNNError(f"{path} does not exist (the weights are not committed; rerun the experiment)")
