@@ -343,6 +343,9 @@ def script_main(run: Callable[[Sequence[str] | None], int | None], argv: Sequenc
         results.mark_open_folders("interrupted", name)
         sys.stderr.write(f"{prog}: interrupted ({name}); finished rows are saved, rerun the same command to resume\n")
         return 128 + int(signum)
+    except Exception as err:  # a bug: its traceback is wanted, but run.json must not stay "running"
+        results.mark_open_folders("failed", f"{type(err).__name__}: {err}")
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

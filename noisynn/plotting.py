@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import sys
 import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
@@ -126,10 +127,35 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Lay out, write (creating the folder) and close a figure; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        try:
+            fig.tight_layout()
+            fig.savefig(path, dpi=dpi)
+        except (OverflowError, ValueError):  # values near the float limit (sigma 1e308): ticks overflow
+            _clamp_limits(fig)
+            fig.tight_layout()
+            fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
+
+
+HUGE = 1e300  # beyond this a log axis' next decade overflows the float range
+
+
+def _clamp_limits(fig) -> None:
+    """Make axes near the float limit drawable: a log axis reaching beyond HUGE becomes linear,
+    and non-finite limits are pulled inside +-float max. The data are unchanged."""
+    for ax in fig.axes:
+        for get, set_, scale, set_scale in ((ax.get_xlim, ax.set_xlim, ax.get_xscale, ax.set_xscale),
+                                            (ax.get_ylim, ax.set_ylim, ax.get_yscale, ax.set_yscale)):
+            lo, hi = get()
+            if scale() == "log" and not (math.isfinite(hi) and hi < HUGE):
+                set_scale("linear")
+            big = sys.float_info.max
+            lo = lo if math.isfinite(lo) else -big
+            hi = hi if math.isfinite(hi) else big
+            set_(max(lo, -big), min(hi, big) if min(hi, big) > max(lo, -big) else max(lo, -big) + 1)
 
 
 def band(ax, xs: Sequence[float], summary: Sequence[dict], label: str, color=None, log_y: bool = False):

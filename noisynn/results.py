@@ -466,7 +466,8 @@ class RunFolder:
                                "use another --out, or the same options to resume it")
         for what, key, name in (("model", "fingerprint", "the model weights"), ("text", "sha256", "the text")):
             old, new = run.meta.get(what, {}).get(key), ((meta or {}).get(what) or {}).get(key)
-            if old and new and old != new:
+            # fingerprints of another kind (an older version's, another length) cannot be compared
+            if old and new and old != new and len(str(old)) == len(str(new)):
                 flag = "--model" if what == "model" else "--text_file"
                 raise NoisyNNError(f"{self.path} was run on other content: {name} ({flag}) changed since "
                                    f"(fingerprint {str(old)[:12]}... recorded, {str(new)[:12]}... now); "
@@ -490,15 +491,16 @@ class RunFolder:
             self.lock.acquire()
             try:
                 self.check(config, meta)  # again under the lock: a writer may have finished in between
-                if not self.csv.is_file():
-                    _append_line(self.csv, self._line(self.columns))
-                self.merge_shards()
                 previous = read_meta(self.run_json)
                 self.meta = {**meta, "config": config, "status": "running",
                              "started": previous.get("started", now()), "resumed": bool(previous),
                              "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
                              "argv": sys.argv, "processes": self.world}
+                # run.json before results.csv: a folder never shows results.csv without run.json
                 write_json_atomic(self.run_json, self.meta)
+                if not self.csv.is_file():
+                    _append_line(self.csv, self._line(self.columns))
+                self.merge_shards()
             except BaseException:
                 self.release()
                 raise

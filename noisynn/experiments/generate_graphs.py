@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import plotting
 from ..errors import NoisyNNError
 from ..options import ArgumentParser, output_file, script_main
-from ..results import RUN_JSON, read_run
+from ..results import RUN_JSON, read_meta, read_run
 
 EXPERIMENT = "generate_graphs"
 # The run folders the README's figures come from (results/<name>/); a missing one is noted.
@@ -55,9 +55,10 @@ def experiment_of(run_dir: Path) -> str | None:
     if not (run_dir / RUN_JSON).is_file():
         return None
     try:
-        return read_run(run_dir).experiment
+        meta = read_meta(run_dir / RUN_JSON)
     except NoisyNNError:
         return None
+    return meta.get("experiment") or meta.get("config", {}).get("experiment")
 
 
 def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
