@@ -421,6 +421,17 @@ class FolderLock:
         self.fd = None
 
 
+def check_fingerprint(folder: Path, recorded: dict | None, now: dict | None, key: str, what: str) -> None:
+    """Refuse to resume ``folder`` when the content it ran on (weights, text) has changed since.
+
+    Fingerprints of another kind (an older version's, of another length) cannot be compared and pass.
+    """
+    old, new = (recorded or {}).get(key), (now or {}).get(key)
+    if old and new and old != new and len(str(old)) == len(str(new)):
+        raise NoisyNNError(f"{folder} was run on other content: {what} changed since (fingerprint "
+                           f"{str(old)[:12]}... recorded, {str(new)[:12]}... now); restore it, or use another --out")
+
+
 class RunFolder:
     """One experiment's output folder; ``open`` creates it or checks that it holds the same run."""
 
@@ -464,14 +475,9 @@ class RunFolder:
             diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
             raise NoisyNNError(f"{self.path} holds a different run (differs in: {', '.join(diff)}); "
                                "use another --out, or the same options to resume it")
-        for what, key, name in (("model", "fingerprint", "the model weights"), ("text", "sha256", "the text")):
-            old, new = run.meta.get(what, {}).get(key), ((meta or {}).get(what) or {}).get(key)
-            # fingerprints of another kind (an older version's, another length) cannot be compared
-            if old and new and old != new and len(str(old)) == len(str(new)):
-                flag = "--model" if what == "model" else "--text_file"
-                raise NoisyNNError(f"{self.path} was run on other content: {name} ({flag}) changed since "
-                                   f"(fingerprint {str(old)[:12]}... recorded, {str(new)[:12]}... now); "
-                                   "restore them, or use another --out")
+        check_fingerprint(self.path, run.meta.get("model"), (meta or {}).get("model"), "fingerprint",
+                          "the model weights (--model)")
+        check_fingerprint(self.path, run.meta.get("text"), (meta or {}).get("text"), "sha256", "the text (--text_file)")
         rows = run.rows
         if rows and list(rows[0].keys()) != self.columns:
             raise NoisyNNError(f"{self.csv} has other columns than this version writes; choose another --out")

@@ -147,6 +147,24 @@ def test_resume_refuses_replaced_model_weights_and_changed_text(files, tmp_path,
     assert snapshot(run) == before
 
 
+def test_llama_scaling_refuses_to_resume_a_model_whose_weights_changed(files, tmp_path, tiny_model_dir, capsys):
+    from noisynn.experiments import llama_scaling
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    run = tmp_path / "run"
+    argv = [a.replace(files["@MODEL"], str(model)) for a in base_args("llama_scaling", files)] + ["--out", str(run)]
+    assert llama_scaling.main(argv) == 0
+    rows = (run / "results.csv").read_bytes()
+    lines = rows.splitlines(keepends=True)
+    (run / "results.csv").write_bytes(b"".join(lines[:-1]))  # one point left to run
+    tiny_llama(seed=2).save_pretrained(model)
+    err = exits_2_with_one_line(llama_scaling.main, argv, capsys)
+    assert f"the weights of {model} changed" in err, err
+    assert (run / "results.csv").read_bytes() == b"".join(lines[:-1])  # no point of the other weights was added
+    assert read_run(run).meta["status"] == "failed"
+
+
 # --- 3. filesystem: full disk, read-only, --out below a file, unwritable --output -----------------------
 
 def _fsync_fails_after(monkeypatch, n: int, err=errno.ENOSPC):

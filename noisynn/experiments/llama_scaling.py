@@ -14,7 +14,6 @@ Models are loaded one at a time and freed before the next.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from pathlib import Path
 
@@ -29,7 +28,8 @@ from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded
                       model_skeleton)
 from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
-from ..results import RUN_JSON
+from ..errors import NoisyNNError
+from ..results import RUN_JSON, check_fingerprint, read_meta
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def previous_models(out: str | None) -> dict:
     """Model records of an earlier session of the same run folder (kept when its models are skipped)."""
     path = Path(out) / RUN_JSON if out else None
     try:
-        return dict(json.loads(path.read_text()).get("models") or {}) if path and path.is_file() else {}
-    except (OSError, ValueError):
+        return dict(read_meta(path).get("models") or {}) if path else {}
+    except (NoisyNNError, TypeError, ValueError):  # a damaged run.json is reported by the folder check
         return {}
 
 
@@ -119,6 +119,8 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
     lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
     injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
                              noise_params=noise_params(args))
+    if done:  # resuming this model: it must be the same weights the finished points ran on
+        check_fingerprint(ctx.folder.path, models_meta.get(name), lm.info, "fingerprint", f"the weights of {name}")
     ids = eval_ids_for(lm.tokenizer, ctx.text.text)
     models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
     ctx.folder.update_meta(models=models_meta)
