@@ -20,7 +20,11 @@ def main(argv=None) -> int:
         sys.stderr.write(f"noisynn: error: unknown experiment '{name}'; "
                          f"known: {', '.join([*registry.EXPERIMENTS, *registry.TOOLS])}\n")
         return 2
-    module = registry.command_module(name)
+    try:  # Ctrl-C while torch and the experiment load: one line, not a traceback
+        module = registry.command_module(name)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"noisynn {name}: interrupted while starting; nothing was run\n")
+        return 130
     sys.argv[0] = f"noisynn {name}"
     return module.main(rest)
 

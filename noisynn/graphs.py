@@ -14,12 +14,13 @@ unless they were there before), apart from their summary tables, which are rewri
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from . import registry
 from .errors import NoisyNNError
 from .options import ArgumentParser, output_file, script_main
-from .results import RUN_JSON, read_run
+from .results import RUN_JSON, read_meta, read_run
 
 
 def add_args(p: ArgumentParser) -> None:
@@ -56,9 +57,10 @@ def experiment_of(run_dir: Path) -> str | None:
     if not (Path(run_dir) / RUN_JSON).is_file():
         return None
     try:
-        return read_run(run_dir).experiment
+        meta = read_meta(Path(run_dir) / RUN_JSON)
     except NoisyNNError:
         return None
+    return meta.get("experiment") or meta.get("config", {}).get("experiment")
 
 
 def plot_compare(run_dirs, path: Path) -> Path:
@@ -82,9 +84,12 @@ def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
 
 def redraw(run_dir: Path, out_dir: Path, taken: set[str]) -> list[Path]:
     """Redraw one run folder's figures and copy them to ``out_dir``; returns the copies."""
-    experiment = experiment_of(run_dir)
+    run = read_run(run_dir)  # a damaged folder: one NoisyNNError line naming the file
+    experiment = run.experiment
     if experiment not in registry.EXPERIMENTS:
         raise LookupError(f"no plot function for experiment '{experiment}'")
+    if not run.rows:  # nothing to draw; the folder's figures and tables stay as they are
+        raise LookupError("no finished rows yet")
     plot = registry.report_module(experiment).plot
     before = {p.name for p in run_dir.glob("*.png")}
     copies = []
@@ -135,17 +140,22 @@ def run(argv=None) -> int:
         except LookupError as err:
             print(f"note: {run_dir}: {err}, skipped")
             continue
-        except Exception as err:  # a broken folder must not stop the others
-            print(f"error: {run_dir}: {type(err).__name__}: {err}")
+        except NoisyNNError as err:  # a damaged folder must not stop the others
+            print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{run_dir} ({experiment_of(run_dir)}) -> {', '.join(str(c) for c in copies)}")
+        except Exception as err:
+            print(f"error: {run_dir}: {type(err).__name__}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        note = read_run(run_dir).progress_note()
+        print(f"{run_dir} ({experiment_of(run_dir)}{', ' + note if note else ''}) -> {', '.join(str(c) for c in copies)}")
     for group, members in groups.items():
         name = f"{group.relative_to(root).as_posix().replace('/', '_')}.png"
         try:
             path = plot_compare(members, out_dir / name)
         except Exception as err:
-            print(f"error: {group}: {type(err).__name__}: {err}")
+            print(f"error: {group}: {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1
             continue
         print(f"{group} ({len(members)} runs: {', '.join(m.name for m in members)}) -> {path}")

@@ -13,7 +13,9 @@ Points where some trials produced inf/nan are marked with a red 'x' and a count,
 from __future__ import annotations
 
 import csv
+import io
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +26,7 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import format_value  # noqa: E402
+from .results import Run, format_value, read_rows, replace_atomic  # noqa: E402
 from .stats import group_by, summarize_levels  # noqa: E402
 
 # Quality labels of the original toolkit, assigned from median perplexity / clean perplexity.
@@ -38,15 +40,46 @@ def quality_label(ratio: float) -> str:
     return next(label for bound, label in QUALITY_LABELS if ratio < bound)
 
 
+def _rows_behind(path: Path) -> int:
+    """How many results rows an existing table rests on: the sum of its ``n_trials`` column
+    (0 if it has none or cannot be read)."""
+    try:
+        return sum(int(r["n_trials"]) for r in read_rows(path) if isinstance(r.get("n_trials"), int))
+    except Exception:  # an unreadable old table is no reason to keep it
+        return 0
+
+
 def write_table(path: str | Path, table: Sequence[dict]) -> Path:
-    """A list of dicts as a tidy CSV (floats in the results' number format)."""
+    """A list of dicts as a tidy CSV (floats in the results' number format), replaced atomically.
+
+    Never replaces a good table with a worse one: an empty table is not written, and a table
+    whose ``n_trials`` add up to fewer rows than the existing file's keeps the existing file.
+    """
     path = Path(path)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0].keys()) if table else ["empty"], lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: format_value(v) for k, v in r.items()})
+    if not table:
+        return path
+    if path.is_file() and "n_trials" in table[0]:
+        new = sum(int(r["n_trials"]) for r in table if isinstance(r.get("n_trials"), int))
+        if _rows_behind(path) > new:
+            return path
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: format_value(v) for k, v in r.items()})
+    text = buf.getvalue()
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        replace_atomic(path, text)
     return path
+
+
+def realizations_note(meta: dict, rows: Sequence[dict], by: str = "sigma") -> str:
+    """'N realizations per level' counted from the rows (not the config), plus
+    'incomplete: k of n points' for a half-written run."""
+    counts = sorted({len(g) for g in group_by(rows, by).values()}) if rows else [0]
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    progress = Run(Path("."), meta, list(rows)).progress_note()
+    return f"{n} realizations per level" + (f" ({progress})" if progress else "")
 
 
 def write_summary(run_dir: Path, rows: Sequence[dict], metrics: Sequence[str], by: str = "sigma",
@@ -65,10 +98,35 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Lay out, write (creating the folder) and close a figure; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        try:
+            fig.tight_layout()
+            fig.savefig(path, dpi=dpi)
+        except (OverflowError, ValueError):  # values near the float limit (sigma 1e308): ticks overflow
+            _clamp_limits(fig)
+            fig.tight_layout()
+            fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
+
+
+HUGE = 1e300  # beyond this a log axis' next decade overflows the float range
+
+
+def _clamp_limits(fig) -> None:
+    """Make axes near the float limit drawable: a log axis reaching beyond HUGE becomes linear,
+    and non-finite limits are pulled inside +-float max. The data are unchanged."""
+    for ax in fig.axes:
+        for get, set_, scale, set_scale in ((ax.get_xlim, ax.set_xlim, ax.get_xscale, ax.set_xscale),
+                                            (ax.get_ylim, ax.set_ylim, ax.get_yscale, ax.set_yscale)):
+            lo, hi = get()
+            if scale() == "log" and not (math.isfinite(hi) and hi < HUGE):
+                set_scale("linear")
+            big = sys.float_info.max
+            lo = lo if math.isfinite(lo) else -big
+            hi = hi if math.isfinite(hi) else big
+            set_(max(lo, -big), min(hi, big) if min(hi, big) > max(lo, -big) else max(lo, -big) + 1)
 
 
 def band(ax, xs: Sequence[float], summary: Sequence[dict], label: str, color=None, log_y: bool = False):

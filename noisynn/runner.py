@@ -64,7 +64,8 @@ def levels(max_noise: float, n_levels: int, spacing: str = "log", min_fraction: 
 
     ``linear``: evenly spaced from 0 (the original toolkit's ``linspace(0, max, n)``);
     ``log``: 0, then geometric from ``max_noise * min_fraction`` to ``max_noise``, which
-    resolves the onset of damage and the collapse with the same number of levels.
+    resolves the onset of damage and the collapse with the same number of levels (with
+    ``n_levels = 2``: 0 and ``max_noise``). The last level is ``max_noise`` for every spacing.
     """
     if n_levels == 1:
         return [float(max_noise)]
@@ -73,6 +74,8 @@ def levels(max_noise: float, n_levels: int, spacing: str = "log", min_fraction: 
     if spacing == "linear":
         return [float(x) for x in np.linspace(0.0, max_noise, n_levels)]
     if spacing == "log":
+        if n_levels == 2:  # a one-point geometric sequence would be its start, max_noise * min_fraction
+            return [0.0, float(max_noise)]
         return [0.0] + [float(x) for x in np.geomspace(max_noise * min_fraction, max_noise, n_levels - 1)]
     raise ValueError(f"unknown spacing '{spacing}'")
 
@@ -119,6 +122,8 @@ def run_sweep(folder: RunFolder, points: Sequence[Point], trial: Callable[[Point
 
     keyed = [(keys_of(p), p) for p in points]
     order = [k for keys, _ in keyed for k in keys]
+    if folder.is_main and folder.meta.get("n_points") != len(order):
+        folder.update_meta(n_points=len(order))  # rows of the complete run, so a reader can tell a half-written run
     pending = [(keys, p) for keys, p in keyed if any(k not in done for k in keys)]
     if done:
         log.info("resuming: %d of %d points already in %s", len(points) - len(pending), len(points), folder.csv)

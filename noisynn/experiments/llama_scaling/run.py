@@ -27,7 +27,7 @@ from ...models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedde
 from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
 from ...errors import NoisyNNError
-from ...results import RUN_JSON, read_run
+from ...results import RUN_JSON, check_fingerprint, read_meta, read_run
 from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from . import report
 
@@ -97,8 +97,8 @@ def previous_models(out: str | None) -> dict:
     if not out or not (Path(out) / RUN_JSON).is_file():
         return {}
     try:
-        return dict(read_run(out).meta.get("models") or {})
-    except (NoisyNNError, TypeError, ValueError):
+        return dict(read_meta(Path(out) / RUN_JSON).get("models") or {})
+    except (NoisyNNError, TypeError, ValueError):  # a damaged run.json is reported by the folder check
         return {}
 
 
@@ -122,6 +122,8 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
     args = ctx.args
     lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
     injector = NoiseInjector(lm.model, ctx.spec)
+    if done:  # resuming this model: it must be the same weights the finished points ran on
+        check_fingerprint(ctx.folder.path, models_meta.get(name), lm.info, "fingerprint", f"the weights of {name}")
     ids = eval_ids_for(lm.tokenizer, ctx.text.text)
     models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
     ctx.folder.update_meta(models=models_meta)

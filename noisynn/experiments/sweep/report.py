@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ...plotting import band, level_ticks, plt, quality_label, save_figure, sigma_axis, write_summary
-from ...results import read_run
-from ...stats import summarize_levels
+from ...errors import NoisyNNError
+from ...plotting import (band, level_ticks, plt, quality_label, realizations_note, save_figure, sigma_axis,
+                         write_summary)
+from ...results import RESULTS_CSV, Run, read_run
+from ...stats import group_by, summarize_levels
 
 
 def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
@@ -17,6 +19,8 @@ def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     meta, rows = run.meta, run.rows
+    if not rows:
+        raise NoisyNNError(f"{run_dir / RESULTS_CSV} holds no finished rows yet")
     write_summary(run_dir, rows, ("perplexity", "bits_per_byte", "entropy_bits", "distinct_2", "repetition"))
     clean = [r for r in rows if r["sigma"] == 0]
     noisy = [r for r in rows if r["sigma"] > 0]
@@ -36,7 +40,7 @@ def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     cfg = meta.get("config", {})
     tokens = sorted({r["eval_tokens"] for r in rows})
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} noise ({cfg.get('scale')}) on {cfg.get('targets')}, "
-                 f"{cfg.get('n_trials')} realizations per level, perplexity on {tokens[0] if tokens else '?'} tokens",
+                 f"{realizations_note(meta, rows)}, perplexity on {tokens[0] if tokens else '?'} tokens",
                  fontsize=11)
     return [save_figure(fig, run_dir / name)]
 
@@ -72,6 +76,16 @@ def _varying_key(metas: Sequence[dict]) -> str | None:
     return keys[0] if keys else None
 
 
+def _runs_note(runs) -> str:
+    """Realizations per level over several runs, and which of them are incomplete."""
+    rows = [{**r, "_level": (i, r["sigma"])} for i, (_, part) in enumerate(runs) for r in part]
+    counts = sorted({len(g) for g in group_by(rows, "_level").values()}) or [0]
+    note = f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} realizations per level"
+    partial = [f"{m.get('config', {}).get('noise_type')} {Run(Path('.'), m, list(r)).progress_note()}"
+               for m, r in runs if not Run(Path("."), m, list(r)).complete]
+    return note + (f" ({'; '.join(partial)})" if partial else "")
+
+
 def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str = "perplexity") -> Path:
     """Median ``metric`` (band: CI over realizations) against sigma for several sweep folders on
     one axis, labelled by the config key that differs between them (the noise type). Trials
@@ -105,7 +119,7 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str =
     cfg = meta0.get("config", {})
     tokens = sorted({r.get("eval_tokens") for _, rows in runs for r in rows})
     ax.set_title(f"{cfg.get('model', '?')}: {len(runs)} runs by {key}, {cfg.get('scale')} scale on {cfg.get('targets')}, "
-                 f"{cfg.get('n_trials')} realizations per level, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
+                 f"{_runs_note(runs)}, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
                  "tokens\nsigma is each distribution's scale parameter (gaussian: std; uniform: half-width; "
                  "laplacian: b; cauchy: HWHM; student_t: scale)", fontsize=9)
     return save_figure(fig, path)
