@@ -276,7 +276,16 @@ def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "thermal_noise_simulation.py"), "--help"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # python is importing torch and transformers now
+    # Wait until torch's library is mapped: the script is inside its imports (past the interpreter's
+    # own start-up, where a signal would hit Python itself, not our code); a fixed sleep was flaky under load.
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:  # the machine was so fast that --help had finished: nothing to test
