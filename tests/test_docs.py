@@ -75,3 +75,11 @@ def test_mkdocs_builds_strictly(tmp_path):
     for page in ("cli", "original_toolkit", "extending", "layer_sensitivity"):
         assert (site / page / "index.html").exists(), page
     assert 'src="../images/sweep.png"' in (site / "sweep" / "index.html").read_text(encoding="utf-8")
+
+
+def test_every_experiment_and_tool_has_its_docs_page_linked_from_the_readme():
+    readme = README.read_text(encoding="utf-8")
+    for name, kind in _generator()._commands():
+        assert (ROOT / "docs" / f"{name}.md").exists(), f"{kind} {name} has no docs/{name}.md"
+        if kind == "experiment":
+            assert f"(docs/{name}.md)" in readme, f"README.md does not link docs/{name}.md"
