@@ -349,18 +349,11 @@ def test_context_limit_reads_each_config_family(gpt2, llama):
 
 def test_every_bounded_flag_exists_in_some_script():
     """FLAG_BOUNDS names real destinations (a typo would bound nothing)."""
-    import argparse
-
-    from noisynn.experiments import (drift_over_time, layer_sensitivity, llama_scaling, noise_aware_training,
-                                     optimal_jitter, sweep, temporal_drift)
+    from noisynn import registry
     from noisynn.options import FLAG_BOUNDS
 
-    dests = set()
-    for module in (drift_over_time, layer_sensitivity, llama_scaling, noise_aware_training, optimal_jitter, sweep,
-                   temporal_drift, ui):
-        p = argparse.ArgumentParser()
-        module.add_args(p)
-        dests |= {a.dest for a in p._actions}
+    parsers = [registry.parser(name) for name in [*registry.names(), *registry.TOOLS]]
+    dests = {a.dest for p in parsers for a in p._actions}
     assert set(FLAG_BOUNDS) <= dests, set(FLAG_BOUNDS) - dests
 
 
