@@ -324,7 +324,7 @@ def test_ui_a_second_instance_on_the_same_port_is_refused(files, tiny_model_dir,
 def test_causality_is_measured(gpt2, llama):
     from transformers import BertConfig, BertLMHeadModel
 
-    from noisynn.models import is_causal
+    from noisynn.model_checks import is_causal
 
     encoder = BertLMHeadModel(BertConfig(vocab_size=258, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                          intermediate_size=64, max_position_embeddings=64)).eval()
@@ -337,7 +337,7 @@ def test_causality_is_measured(gpt2, llama):
 def test_context_limit_reads_each_config_family(gpt2, llama):
     from transformers import GPT2Config
 
-    from noisynn.models import context_limit, context_window
+    from noisynn.model_checks import context_limit, context_window
 
     assert context_limit(llama.config) == 256 and context_limit(gpt2.config) == 256
     assert context_limit(GPT2Config(n_positions=64)) == 64
@@ -395,8 +395,8 @@ def test_an_encoder_without_is_decoder_in_its_config_is_measured_non_causal(tmp_
     config = json.loads((folder / "config.json").read_text())
     config.pop("is_decoder", None)
     (folder / "config.json").write_text(json.dumps(config))
-    import noisynn.models as models
+    from noisynn import model_checks
 
-    monkeypatch.setattr(models, "check_causal_config", lambda config, name: None)  # a config that states nothing
+    monkeypatch.setattr(model_checks, "check_causal_config", lambda config, name: None)  # a config that states nothing
     with pytest.raises(NoisyNNError, match="its prediction at a position changes with later tokens"):
         load_model(str(folder), device="cpu")
