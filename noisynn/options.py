@@ -62,7 +62,8 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
 
 # String flags for which an empty value has a documented meaning ('' = none). Every other string flag
 # refuses an empty value: "--text_file $TEXT" with TEXT unset must not fall back to the embedded text.
-MAY_BE_EMPTY = {"digital_bits"}
+# Prompts say it in their own words ("the prompt is empty"), checked by each experiment.
+MAY_BE_EMPTY = {"digital_bits", "prompt", "prompts"}
 
 
 def empty_error(action: argparse.Action, value) -> str | None:
