@@ -1,0 +1,148 @@
+"""lm-evaluation-harness with noise: the ``noisynn`` model class and checked task loading.
+
+``NoisyLM`` is lm-eval's own HF model (``HFLM``) around a model loaded the way ``--model``
+loads one (embedded alias, folder, ``.gguf``, hub id), with a ``NoiseInjector`` on it. lm-eval
+does the prompting, batching, scoring and metrics; this class only sets the weights:
+
+    lm = NoisyLM(pretrained="smollm2-135m", noise_type="gaussian", scale="relative", sigma=0.05, seed=1)
+    lm_eval.simple_evaluate(model=lm, tasks=["noisynn_cloze"], task_manager=task_manager(), limit=100)
+    lm.set_noise(0.1, seed=2)   # the next point: noise re-applied in place from the clean snapshot
+
+From the shell, ``python -m noisynn.harness`` is lm-eval's own CLI with this class registered and
+the offline tasks on the include path (lm-eval 0.4.13 has no plugin hook through which its plain
+``lm_eval`` command could import an external model class):
+
+    python -m noisynn.harness run --model noisynn --model_args pretrained=smollm2-135m,sigma=0.05,seed=1 \
+        --tasks noisynn_cloze,noisynn_next_sentence --limit 100
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Iterable, Sequence
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from .errors import NoisyNNError
+from .models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+def make_injector(model, noise_type: str = "gaussian", scale: str = "absolute", targets: str | Sequence[str] = "blocks",
+                  blocks: Iterable[int] | str | None = None, include_bias: bool = False, noise_params: dict | None = None):
+    """The one place a ``NoiseInjector`` is built from the noise settings (checks included)."""
+    from .inject import NoiseInjector, parse_blocks
+
+    return NoiseInjector(model, noise_type, scale=scale, targets=_listed(targets), blocks=parse_blocks(_listed(blocks)),
+                         include_bias=include_bias, noise_params=noise_params)
+
+
+def _listed(value):
+    """lm-eval's ``--model_args`` split on commas, so lists there use ``+`` (``targets=attention+head``,
+    ``blocks=0-3+7``); it also turns a lone ``blocks=2`` into an int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.replace("+", ",") if isinstance(value, str) else value
+
+
+def _noise_params(kwargs: dict) -> dict:
+    """Pop the noise models' own parameters (``t_seconds``, ``df`` ...) out of lm-eval's model_args."""
+    from .options import NOISE_PARAMS
+
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in NOISE_PARAMS}
+
+
+@register_model("noisynn")
+class NoisyLM(HFLM):
+    """lm-eval's HF causal LM with noise in the weights; ``sigma=0`` is the clean model, bit for bit.
+
+    ``pretrained``: a name ``load_model`` accepts, or an already ``LoadedModel`` (reused as it is).
+    ``noise_type``, ``scale``, ``targets``, ``blocks`` (e.g. ``"0-3+7"``; ``+`` separates list items
+    because lm-eval's ``--model_args`` splits on commas), ``include_bias`` and the noise's own
+    parameters (``t_seconds``, ``df`` ...) mean what the CLI flags of the same name mean. Other keyword
+    arguments (``batch_size``, ``max_length`` ...) go to ``HFLM``.
+    """
+
+    def __init__(self, pretrained: str | LoadedModel = "smollm2-135m", noise_type: str = "gaussian",
+                 scale: str = "absolute", targets: str = "blocks", blocks: str | None = None,
+                 include_bias: bool = False, sigma: float = 0.0, seed: int = 0, device: str = "auto",
+                 dtype: str | None = None, **kwargs):
+        params = _noise_params(kwargs)
+        loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model(str(pretrained), device=device,
+                                                                                  dtype=dtype)
+        kwargs.setdefault("batch_size", 1)
+        hf_log = logging.getLogger("lm_eval.models.huggingface")
+        level = hf_log.level
+        hf_log.setLevel(logging.ERROR)  # it warns that a model object (not a name) was passed: that is the point
+        try:
+            super().__init__(pretrained=loaded.model, tokenizer=loaded.tokenizer, **kwargs)
+        finally:
+            hf_log.setLevel(level)
+        self.loaded = loaded
+        # after HFLM's own set-up (it calls tie_weights), so an untied head stays untied
+        self.injector = make_injector(loaded.model, noise_type, scale, targets, blocks, include_bias, params)
+        self.sigma: float | None = None
+        self.set_noise(float(sigma), int(seed))
+
+    def set_noise(self, sigma: float, seed: int) -> None:
+        """Weights at noise level ``sigma`` of realization ``seed`` (drawn only when the seed changes)."""
+        if self.injector.seed != seed:
+            self.injector.draw(seed)
+        self.injector.apply(sigma)
+        self.sigma = sigma
+
+    def restore(self) -> None:
+        """The clean weights, bit-exact."""
+        self.injector.restore()
+        self.sigma = 0.0
+
+
+def task_manager(include: Sequence[str] = ()):
+    """lm-eval's TaskManager with the offline tasks (built on first use) and ``include`` folders."""
+    from lm_eval.tasks import TaskManager
+
+    from .tasks import build
+
+    return TaskManager(include_path=[str(build()), *map(str, include)])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:300]
+
+
+def load_tasks(names: Sequence[str], manager=None) -> dict:
+    """``TaskManager.load(names)`` (``{"tasks": {name: Task}, "groups": ..., "group_map": ...}``) with the
+    datasets loaded; any failure is one NoisyNNError line (an unknown name, or a hub dataset that
+    cannot be fetched offline)."""
+    manager = manager or task_manager()
+    known = set(manager.all_tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NoisyNNError(f"unknown lm-eval task '{unknown[0]}' (see `python -m noisynn.harness ls tasks`; "
+                           "offline tasks: noisynn_cloze, noisynn_next_sentence)")
+    try:
+        return manager.load(list(names))
+    except Exception as err:  # datasets / huggingface_hub raise many types offline
+        raise NoisyNNError(f"the dataset of task {','.join(names)} could not be fetched ({_first_line(err)}); "
+                           "offline, use the tasks noisynn_cloze and noisynn_next_sentence") from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """lm-eval's CLI with ``--model noisynn`` registered and the offline tasks on the include path."""
+    from lm_eval.__main__ import cli_evaluate
+
+    from .tasks import build
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--include_path" not in argv and any(a in ("run", "ls", "validate") or a.startswith("--") for a in argv):
+        argv += ["--include_path", str(build())]
+    sys.argv = ["lm-eval", *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
