@@ -87,6 +87,25 @@ class NoisyLM(HFLM):
         self.sigma: float | None = None
         self.set_noise(float(sigma), int(seed))
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "NoisyLM":
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "NoisyLM":
+        """``--model_args`` win over lm-eval's own ``--batch_size`` / ``--device``; that ``--device`` (which
+        defaults to cuda:0) falls back to ``auto`` where it is absent, as lm-eval's HF model does."""
+        import torch
+
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        device = extra.pop("device", None)
+        if device and "device" not in arg_dict:
+            absent = str(device).startswith("cuda") and not torch.cuda.is_available()
+            extra["device"] = "auto" if absent else device
+        return cls(**{**extra, **arg_dict})
+
     def set_noise(self, sigma: float, seed: int) -> None:
         """Weights at noise level ``sigma`` of realization ``seed`` (drawn only when the seed changes)."""
         if self.injector.seed != seed:

@@ -134,3 +134,12 @@ def test_hub_task_offline_is_one_clear_line(manager, monkeypatch):
     assert len(str(err.value).splitlines()) == 1
     with pytest.raises(NoisyNNError, match="unknown lm-eval task 'no_such_task'"):
         load_tasks(["no_such_task"], manager)
+
+
+def test_lm_eval_cli_through_python_m_noisynn_harness(tiny_model_dir, capsys):
+    from noisynn.harness import main
+
+    main(["run", "--model", "noisynn", "--model_args", f"pretrained={tiny_model_dir},device=cpu,sigma=0.1,seed=2",
+          "--tasks", CLOZE, "--limit", "2"])
+    out = capsys.readouterr().out
+    assert CLOZE in out and "perplexity" in out and "noisynn" in out
