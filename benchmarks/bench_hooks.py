@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from noisynn.corpus import load_text  # noqa: E402
-from noisynn.devices import AnalogIO, ConverterHooks  # noqa: E402
+from noisynn.converters import AnalogIO, ConverterHooks  # noqa: E402
 from noisynn.evaluation import tokenize  # noqa: E402
 from noisynn.inject import select_targets  # noqa: E402
 from noisynn.models import load_model  # noqa: E402

@@ -5,7 +5,8 @@ Public API (re-exported; see each module for details)::
     from noisynn import load_model, load_text, inject_thermal_noise, noisy_weights
     from noisynn import NoiseDistribution, NOISE_REGISTRY, register_noise
     from noisynn import compute_perplexity, compute_output_entropy, generate_text_samples
-    from noisynn import PCMNoise, StuckAtFaults, WeightQuantization, AnalogIO, ConverterHooks   # devices
+    from noisynn import PCMNoise, StuckAtFaults, WeightQuantization          # device models (noisynn.noise)
+    from noisynn import AnalogIO, ConverterHooks, NoiseSpec, make_noise_spec  # converters, the checked spec
 
 Names are imported on first use (PEP 562), so ``import noisynn.plotting`` (figures from saved
 results, used by ``generate_graphs``) does not import torch.
@@ -21,15 +22,18 @@ _EXPORTS = {
     "NoisyNNError": "errors",
     **{name: "evaluation" for name in (
         "PerplexityResult", "compute_distinct_n", "compute_output_entropy", "compute_perplexity",
-        "compute_repetition_ratio", "decode", "generate_text_samples")},
+        "compute_repetition_ratio", "compute_vocabulary_richness", "decode", "generate_text_samples", "get_ngrams")},
+    **{name: "compat" for name in ("NoiseType", "get_model_weight_stats", "get_noise_distribution")},
     **{name: "inject" for name in (
-        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "select_targets", "untie_head")},
+        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "original_targets",
+        "select_targets", "untie_head")},
     "load_model": "models",
     **{name: "noise" for name in (
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",
-        "UniformNoise", "get_noise", "register_noise")},
+        "UniformNoise", "get_noise", "register_noise", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
+    **{name: "spec" for name in ("NoiseSpec", "ConverterSpec", "make_noise_spec")},
     "set_seed": "seeding",
-    **{name: "devices" for name in ("AnalogIO", "ConverterHooks", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
+    **{name: "converters" for name in ("AnalogIO", "ConverterHooks")},
 }
 
 __all__ = sorted(_EXPORTS)

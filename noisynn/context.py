@@ -16,10 +16,11 @@ import torch
 from .corpus import Text, load_text
 from .errors import NoisyNNError
 from .evaluation import tokenize
-from .inject import select_targets
+from .inject import Target, select
 from .models import LoadedModel, load_model, parse_max_memory, resolve_device, resolve_dtype
-from .options import check_noise_args, config_of, default_out, load_plugins
+from .options import config_of, default_out, load_plugins
 from .results import LEADING_COLUMNS, RunFolder
+from .spec import ConverterSpec, NoiseSpec, converter_spec_from_args, spec_from_args
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Context:
     eval_ids: torch.Tensor | None
     folder: RunFolder
     done_rows: list = field(default_factory=list)
+    spec: NoiseSpec | None = None  # the checked noise flags (None when the experiment takes no noise)
+    converters: ConverterSpec | None = None  # the checked converter flags (None when none is given)
+    targets: list[Target] | None = None  # spec's targets on the loaded model (``NoiseInjector(..., selected=)``)
 
 
 def check_model_flags(args) -> None:
@@ -47,41 +51,53 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
           load: bool = True, check: Callable[[LoadedModel, Text], None] | None = None) -> Context:
     """Check flags, load plugins, model and text, then open (or resume) the run folder.
 
+    The noise and converter flags are checked once, here, into ``ctx.spec`` (a ``NoiseSpec``) and
+    ``ctx.converters`` (a ``ConverterSpec`` or None); ``ctx.targets`` are the spec's weights of the
+    loaded model. Plugin files are recorded with their sha256 (``run.json``: meta ``plugins`` and config
+    ``plugin_sha256``, only when plugins are given, so runs without plugins resume as before).
+
     ``load=False`` (experiments that compare several models, one at a time) skips the model:
     ``lm`` and ``eval_ids`` are None, and the text is cut to ``args.eval_chars`` characters.
     ``check(lm, text)``, if given, validates flags that depend on the loaded model or text
     (e.g. block indices); it runs before the run folder is touched and raises ``NoisyNNError``.
     """
-    if getattr(args, "plugin", None):
-        load_plugins(args.plugin)
-    if noise:
-        check_noise_args(args)
+    plugins = load_plugins(args.plugin) if getattr(args, "plugin", None) else []
+    spec = converters = None
+    if noise:  # the one check of the noise and converter flags, built once and kept on the context
+        spec = spec_from_args(args)
+        converters = converter_spec_from_args(args)
+    if getattr(args, "text_file", None) and getattr(args, "dataset", None):
+        raise NoisyNNError("give either --text_file or --dataset, not both")
     check_model_flags(args)
     args.out = args.out or default_out(experiment)
     columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
     config = {"experiment": experiment, **config_of(args)}
+    meta = dict(meta or {})
+    if plugins:  # the content, not only the path: a changed plugin file is a different run
+        config["plugin_sha256"] = [p["sha256"] for p in plugins]
+        meta["plugins"] = plugins
     if not load:
         text = load_text(args.text_file, args.dataset, max_chars=args.eval_chars)
         if text.info["n_chars"] < args.eval_chars:
             raise NoisyNNError(f"the text has only {text.info['n_chars']} characters, fewer than --eval_chars "
                                f"{args.eval_chars}; lower it or give a longer text")
         folder.check(config)
-        done = folder.open(config, {"experiment": experiment, "text": text.info, **(meta or {})})
-        return Context(args, experiment, None, text, None, folder, done)
+        done = folder.open(config, {"experiment": experiment, "text": text.info, **meta})
+        return Context(args, experiment, None, text, None, folder, done, spec, converters)
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory)
     if check is not None:
         check(lm, text)
-    if noise:  # targets (and --blocks) that select no weight of this model fail here, not mid-run
-        select_targets(lm.model, args.targets, getattr(args, "blocks", None), args.include_bias)
+    # targets (and --blocks) that select no weight of this model fail here, not mid-run
+    targets = select(lm.model, spec) if spec is not None else None
     folder.check(config)
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
     if eval_ids.numel() - 1 < args.eval_tokens:
         raise NoisyNNError(f"the text has only {eval_ids.numel() - 1} scorable tokens, fewer than "
                            f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
-    done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **(meta or {})})
-    return Context(args, experiment, lm, text, eval_ids, folder, done)
+    done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **meta})
+    return Context(args, experiment, lm, text, eval_ids, folder, done, spec, converters, targets)
 
 
 def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:

@@ -20,19 +20,43 @@ import torch.nn.functional as F
 LN2 = math.log(2.0)
 
 
-@dataclass
-class PerplexityResult:
-    """Perplexity over ``n_tokens`` scored tokens (``float(result)`` is the perplexity)."""
+class PerplexityResult(float):
+    """The perplexity itself, as a ``float``, carrying the details of its computation.
 
-    perplexity: float
-    nll: float  # mean NLL per token, nats
-    bits_per_byte: float
-    n_tokens: int
-    n_bytes: int
-    finite: bool
+    It behaves as the number the original toolkit returned: ``f"{ppl:.2f}"``, ``ppl < 100``,
+    ``round(ppl)``, ``ppl * 2`` (arithmetic gives plain floats), ``json.dumps(ppl)`` and
+    ``str(ppl)`` all see the perplexity. Attributes: ``perplexity`` (the same number),
+    ``nll`` (mean next-token NLL, nats), ``bits_per_byte``, ``n_tokens`` (scored tokens),
+    ``n_bytes`` (UTF-8 bytes of the scored text), ``finite``. ``repr`` shows them all.
+    """
 
-    def __float__(self) -> float:
-        return self.perplexity
+    def __new__(cls, perplexity: float, nll: float = float("nan"), bits_per_byte: float = float("nan"),
+                n_tokens: int = 0, n_bytes: int = 0, finite: bool | None = None):
+        self = super().__new__(cls, perplexity)
+        self.nll = float(nll)
+        self.bits_per_byte = float(bits_per_byte)
+        self.n_tokens = int(n_tokens)
+        self.n_bytes = int(n_bytes)
+        self.finite = math.isfinite(self.nll) if finite is None else bool(finite)
+        return self
+
+    @property
+    def perplexity(self) -> float:
+        return float(self)
+
+    def as_dict(self) -> dict:
+        return {"perplexity": float(self), "nll": self.nll, "bits_per_byte": self.bits_per_byte,
+                "n_tokens": self.n_tokens, "n_bytes": self.n_bytes, "finite": self.finite}
+
+    # Pickle and copy rebuild from all fields (the float value alone would lose them).
+    def __reduce__(self):
+        return (type(self), (float(self), self.nll, self.bits_per_byte, self.n_tokens, self.n_bytes, self.finite))
+
+    __str__ = float.__repr__  # print(ppl) and f"{ppl}" show the number, as before
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"PerplexityResult({fields})"
 
 
 def _device_of(model) -> torch.device:
@@ -49,20 +73,44 @@ def tokenize(tokenizer, text: str | torch.Tensor, max_tokens: int | None = None)
     return ids
 
 
+def default_window(model) -> int:
+    """The window ``compute_perplexity`` uses when ``max_length`` is None (the original toolkit's rule).
+
+    ``config.n_positions`` where the config has it (GPT-2 family), else 1024, cut to the model's
+    ``max_position_embeddings`` (or ``n_ctx``) when that is smaller.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    n_positions = getattr(cfg, "n_positions", None)
+    if n_positions:
+        return int(n_positions)
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_ctx", None)
+    return min(1024, int(limit)) if limit else 1024
+
+
 @torch.inference_mode()
-def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, *, max_length: int = 512,
-                       stride: int | None = None, batch_size: int = 4, max_tokens: int | None = None,
+def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, stride: int | None = 512,
+                       max_length: int | None = None, *, batch_size: int = 4, max_tokens: int | None = None,
                        progress: Callable[[int, int], None] | None = None) -> PerplexityResult:
     """Perplexity of ``text`` with sliding windows of ``max_length`` tokens moved by ``stride``.
 
+    The original toolkit's call and order: ``compute_perplexity(model, tokenizer, text, device,
+    stride=512, max_length=None)``; ``max_length=None`` takes ``default_window(model)``.
     Every token after the first is scored exactly once; with ``stride < max_length`` each
-    window re-reads ``max_length - stride`` tokens of context. ``max_tokens`` caps the number
-    of scored tokens. Windows of equal length run as one batch of up to ``batch_size``.
+    window re-reads ``max_length - stride`` tokens of context. A ``stride`` longer than the
+    window (or None) is cut to the window, so no token is skipped. ``max_tokens`` caps the
+    number of scored tokens. Windows of equal length run as one batch of up to ``batch_size``.
     ``progress(scored, total)``, if given, is called after each batch (the UI's progress bar).
+    ``device`` is where the inputs go (default: the model's device). Returns a
+    ``PerplexityResult``, a float equal to exp(mean NLL).
     """
     device = device or _device_of(model)
-    stride = stride or max_length
-    if not 0 < stride <= max_length:
+    max_length = default_window(model) if max_length is None else int(max_length)
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    stride = max_length if stride is None else min(int(stride), max_length)
+    if stride <= 0:
         raise ValueError(f"stride must be in (0, max_length], got {stride}")
     ids = tokenize(tokenizer, text, max_tokens)
     n = ids.numel()
@@ -121,6 +169,25 @@ class Generation:
     extras: dict = field(default_factory=dict)
 
 
+def _kept_ids(token_ids: torch.Tensor, finished: torch.Tensor, eos: int | None) -> list[int]:
+    """One row's continuation: the chosen ids before EOS (EOS itself and the padding after it dropped)."""
+    return [int(tok) for tok, fin in zip(token_ids, finished) if not fin and int(tok) != eos]
+
+
+def left_padded(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of ``prompts``, each (batch, longest), padded on the left.
+
+    Padded here rather than by the tokenizer, so a tokenizer without a pad token or with
+    right padding (GPT-2's from the hub has both) works; the pad id only fills masked slots.
+    """
+    rows = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    width = max(len(r) for r in rows)
+    fill = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    ids = torch.tensor([[fill] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
 def _cache_names(model) -> tuple[str, str]:
     """(forward kwarg, output field) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
     params = inspect.signature(model.forward).parameters
@@ -161,13 +228,13 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
     ``before_step(t)`` runs before the forward pass that produces token ``t`` (t = 0 is the
     prompt pass): the temporal-drift experiment changes the weights there. ``after_step(t,
     tokens, logits)`` sees each step's chosen ids (batch,) and logits (batch, vocab): the UI
-    streams text with it. Rows of different prompt lengths are left-padded with matching
-    position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
+    streams text with it. Rows of different prompt lengths are left-padded (``left_padded``)
+    with matching position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
     steps (fixed-length traces).
     """
     device = _device_of(model)
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    ids, mask = left_padded(tokenizer, prompts)
+    ids, mask = ids.to(device), mask.to(device)
     batch = ids.shape[0]
     greedy_rows = torch.tensor([greedy] * batch if isinstance(greedy, bool) else list(greedy), device=device)
     cache_kw, cache_out = _cache_names(model)
@@ -209,23 +276,41 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
             break
     token_ids = torch.stack(tokens, 1).cpu()
     done = torch.stack(finished_trace, 1).cpu()
-    texts = []
-    for row in range(batch):
-        keep = [int(tok) for tok, fin in zip(token_ids[row], done[row]) if not fin and int(tok) != eos]
-        texts.append(tokenizer.decode(keep, skip_special_tokens=True))
+    texts = [tokenizer.decode(_kept_ids(token_ids[row], done[row], eos), skip_special_tokens=True)
+             for row in range(batch)]
     return Generation(texts, token_ids, torch.stack(entropies, 1).cpu(), torch.stack(logprobs, 1).cpu(), done, finite)
 
 
-def generate_text_samples(model, tokenizer, prompt: str, device=None, num_samples: int = 3, max_new_tokens: int = 50,
-                          *, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-                          greedy: bool = False, seed: int | None = None,
-                          generator: torch.Generator | None = None) -> list[str]:
-    """``num_samples`` continuations of ``prompt`` (without the prompt), in one batched pass."""
+def generate_text_samples(model, tokenizer, prompt: str, device=None, n_samples: int = 3, max_new_tokens: int = 50,
+                          temperature: float = 0.8, top_p: float | None = 0.95, do_sample: bool = True, *,
+                          top_k: int | None = 50, include_prompt: bool = True, seed: int | None = None,
+                          generator: torch.Generator | None = None, num_samples: int | None = None) -> list[str]:
+    """``n_samples`` texts from ``prompt``, in one batched, KV-cached pass; each stops at EOS.
+
+    The original toolkit's call and order. As there, each text *includes the prompt* (prompt
+    and continuation tokens decoded together, special tokens skipped); ``include_prompt=False``
+    gives the continuation alone. Sampling: temperature, then top-k (50, the transformers
+    default the original got from ``generate``), then nucleus ``top_p``; ``do_sample=False`` is
+    greedy. Randomness: ``generator``, else a fresh one from ``seed``, else torch's global RNG
+    (so ``torch.manual_seed`` before the call reproduces it, as before). ``num_samples`` is
+    the older spelling of ``n_samples``. ``device`` is accepted for the original order; the
+    inputs go to the model's device.
+    """
+    if num_samples is not None:
+        n_samples = num_samples
+    n_samples = int(n_samples)
+    if n_samples <= 0:
+        return []
     if generator is None and seed is not None:
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    gen = decode(model, tokenizer, [prompt] * num_samples, max_new_tokens, greedy=greedy,
+    gen = decode(model, tokenizer, [prompt] * n_samples, max_new_tokens, greedy=not do_sample,
                  temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    return gen.texts
+    if not include_prompt:
+        return gen.texts
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode(prompt_ids + _kept_ids(gen.token_ids[row], gen.finished[row], eos),
+                             skip_special_tokens=True) for row in range(n_samples)]
 
 
 def mean_entropy(gen: Generation, row: int = 0, steps: int | None = None) -> float:
@@ -235,23 +320,32 @@ def mean_entropy(gen: Generation, row: int = 0, steps: int | None = None) -> flo
     return float(h.mean()) if h.numel() else float("nan")
 
 
-def compute_output_entropy(model, tokenizer, prompt: str, device=None, num_tokens: int = 10) -> float:
-    """Mean entropy (bits) of the next-token distribution along ``num_tokens`` greedy steps.
+def compute_output_entropy(model, tokenizer, prompt: str, device=None, n_next_tokens: int = 10, *,
+                           num_tokens: int | None = None) -> float:
+    """Mean entropy (bits) of the next-token distribution along ``n_next_tokens`` greedy steps.
 
-    For uniform logits over a vocabulary of V tokens this is log2(V).
+    The original toolkit's call: the prompt is extended by the argmax token each step, through
+    EOS, and H = -sum_i p_i log2 p_i is averaged over the steps. For uniform logits over a
+    vocabulary of V tokens this is log2(V). Non-finite logits give nan (the original returned
+    inf). ``num_tokens`` is the older spelling of ``n_next_tokens``.
     """
-    gen = decode(model, tokenizer, [prompt], num_tokens, greedy=True)
+    steps = int(num_tokens if num_tokens is not None else n_next_tokens)
+    if steps <= 0:
+        return 0.0
+    gen = decode(model, tokenizer, [prompt], steps, greedy=True, stop_at_eos=False)
     return mean_entropy(gen)
 
 
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+def get_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """Word n-grams of ``text``, lower-cased and split on whitespace, in order (with repeats)."""
+    words = text.lower().split()
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
 def compute_distinct_n(texts: str | Sequence[str], n: int = 2) -> float:
     """distinct-n (Li et al., 2016): unique word n-grams / all word n-grams over ``texts``; 0 if none."""
     texts = [texts] if isinstance(texts, str) else texts
-    grams = [g for t in texts for g in _ngrams(t.lower().split(), n)]
+    grams = [g for t in texts for g in get_ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -260,10 +354,24 @@ def compute_repetition_ratio(texts: str | Sequence[str], n: int = 3) -> float:
     texts = [texts] if isinstance(texts, str) else texts
     repeats = total = 0
     for t in texts:
-        grams = _ngrams(t.lower().split(), n)
+        grams = get_ngrams(t, n)
         total += len(grams)
         repeats += len(grams) - len(set(grams))
     return repeats / total if total else 0.0
+
+
+def compute_vocabulary_richness(texts: str | Sequence[str]) -> dict:
+    """Word statistics over ``texts`` (lower-cased, split on whitespace).
+
+    Keys as in the original toolkit: ``type_token_ratio`` (unique words / words),
+    ``unique_words``, ``total_words``, ``distinct_1``, ``distinct_2``, ``distinct_3``; with no
+    words every value is 0 (the original then left out the distinct-n keys).
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    words = [w for t in texts for w in t.lower().split()]
+    unique = len(set(words))
+    return {"type_token_ratio": unique / len(words) if words else 0.0, "unique_words": unique,
+            "total_words": len(words), **{f"distinct_{n}": compute_distinct_n(texts, n) for n in (1, 2, 3)}}
 
 
 def quality_metrics(model, tokenizer, eval_ids: torch.Tensor, prompt: str, *, n_samples: int = 3,

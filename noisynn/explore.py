@@ -29,10 +29,11 @@ import torch
 from .corpus import load_text
 from .errors import NoisyNNError
 from .evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
-from .inject import SCALES, NoiseInjector, check_scale, parse_blocks, parse_targets, select_targets
+from .inject import NoiseInjector, select_targets
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .noise import NOISE_REGISTRY, get_noise
+from .noise import NOISE_REGISTRY
 from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows
+from .spec import NoiseSpec, make_noise_spec, parse_blocks
 from .sweep import Point
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ class Setting:
     def noise_params(self) -> dict:
         return {"df": self.df} if self.df is not None else {}
 
+    @property
+    def spec(self) -> NoiseSpec:
+        """The checked noise spec, by the same function as the command line's (``noisynn.spec``)."""
+        return make_noise_spec(self.noise_type, self.noise_params, self.scale, self.target_spec, self.blocks,
+                               self.include_bias)
+
 
 def sigma_from_slider(log10_sigma: float) -> float:
     """The log-scale slider's value (log10 sigma) as sigma, rounded to SIGMA_DIGITS significant digits."""
@@ -105,23 +112,16 @@ def check_setting(s: Setting, n_blocks: int | None = None) -> Setting:
     sigma = float(s.sigma) if s.sigma is not None else float("nan")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise NoisyNNError(f"sigma must be a finite number >= 0, got {s.sigma}")
-    if s.scale not in SCALES:
-        raise NoisyNNError(f"unknown scale '{s.scale}'; known: {', '.join(SCALES)}")
     if not s.targets:
         raise NoisyNNError("choose at least one target (attention, mlp or head)")
-    parse_targets(s.target_spec)
     df = None if s.df in (None, "") or s.noise_type != "student_t" else float(s.df)
     if df is not None and not (math.isfinite(df) and df > 0):
         raise NoisyNNError(f"df must be > 0, got {s.df}")
-    check_scale(get_noise(s.noise_type, **({"df": df} if df is not None else {})), s.scale)
-    blocks = parse_blocks(s.blocks)
-    if blocks is not None:
-        if not ({"attention", "mlp"} & set(s.targets)):
-            raise NoisyNNError("a block selection applies to attention/mlp targets; choose one of them or 'all' blocks")
-        if n_blocks is not None and blocks[-1] >= n_blocks:
-            raise NoisyNNError(f"block {blocks[-1]} does not exist: this model has blocks 0-{n_blocks - 1}")
+    blocks = replace(s, df=df).spec.blocks  # noise, scale, targets, blocks: the command line's checks
+    if blocks is not None and n_blocks is not None and blocks[-1] >= n_blocks:
+        raise NoisyNNError(f"block {blocks[-1]} does not exist: this model has blocks 0-{n_blocks - 1}")
     return replace(
-        s, sigma=sigma, df=df, prompt=s.prompt, blocks=_format_blocks(blocks),
+        s, sigma=sigma, df=df, prompt=s.prompt, blocks=_format_blocks(None if blocks is None else list(blocks)),
         seed=_int_in("seed", s.seed, 0, 2**31 - 1),
         max_new_tokens=_int_in("max new tokens", s.max_new_tokens, 1, MAX_NEW_TOKENS),
         top_k=_int_in("top-k", s.top_k, 1, MAX_TOP_K),
@@ -313,19 +313,14 @@ class Explorer:
         return self._eval_ids[key]
 
     def _injector(self, s: Setting) -> NoiseInjector:
-        """The injector for this setting's noise and targets, drawn for its seed (reused while they stay)."""
+        """The injector for this setting's noise and targets (reused while they stay); ``realize`` draws."""
         key = (s.noise_type, s.scale, s.target_spec, s.blocks, s.include_bias, s.df)
         cached = self._injectors.get(s.model)
         if cached is None or cached[0] != key:
             self._injectors.pop(s.model, None)
-            inj = NoiseInjector(self.model(s.model).model, s.noise_type, s.scale, s.target_spec, s.block_list,
-                                s.include_bias, s.noise_params)
-            cached = (key, inj)
+            cached = (key, NoiseInjector(self.model(s.model).model, s.spec))
             self._injectors[s.model] = cached
-        inj = cached[1]
-        if inj.seed != noise_seed(s.seed):
-            inj.draw(noise_seed(s.seed))
-        return inj
+        return cached[1]
 
     def checked(self, s: Setting) -> Setting:
         """``check_setting`` including the model's block count (loads the model if needed)."""
@@ -344,7 +339,7 @@ class Explorer:
             clean = self._clean_text[key]
             inj = self._injector(s)
             try:
-                inj.apply(s.sigma)
+                inj.realize(noise_seed(s.seed), s.sigma)
                 noisy = _continuation(lm, s.prompt, s.max_new_tokens)
             finally:
                 inj.restore()
@@ -371,7 +366,7 @@ class Explorer:
                                                           batch_size=1, progress=report(0))
             inj = self._injector(s)
             try:
-                inj.apply(s.sigma)
+                inj.realize(noise_seed(s.seed), s.sigma)
                 noisy = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=s.max_length, batch_size=1,
                                            progress=report(parts - 1))
             finally:
@@ -403,7 +398,7 @@ class Explorer:
                     def before_step(t):
                         if stop.is_set():
                             raise _Cancelled
-                        inj.apply(sigmas[t])
+                        inj.realize(noise_seed(s.seed), sigmas[t])
 
                     def on_token(t, token_id, entropy, logprob):
                         out.put((t, token_id, entropy, logprob))

@@ -24,18 +24,15 @@ import torch
 from torch import nn
 
 from .errors import NoisyNNError
-from .noise import NoiseDistribution, draw, get_noise, is_additive
+from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
 from .seeding import derive_seed, make_generator
+from .spec import (KINDS, PROJECTIONS, SCALES, TARGET_GROUPS, NoiseSpec, check_scale, make_noise_spec,  # noqa: F401
+                   parse_blocks, parse_targets)
 
 try:  # GPT-2 style layers store weights as (in, out)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
     Conv1D = ()
-
-SCALES = ("absolute", "relative", "relative_max", "relative_channel")
-KINDS = ("attention", "mlp", "head", "embedding", "other")
-PROJECTIONS = ("q", "k", "v", "o", "qkv", "gate", "up", "down")
-TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "head", "other")}
 
 _ATTENTION_PARTS = {"attn", "attention", "self_attn", "self_attention", "crossattention", "cross_attn"}
 _MLP_PARTS = {"mlp", "feed_forward", "ffn", "ff", "feedforward", "block_sparse_moe", "experts"}
@@ -130,48 +127,6 @@ def untie_head(model: nn.Module) -> bool:
     return True
 
 
-def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
-    """Split a target spec into (kinds, projections); ``"blocks"`` = attention + mlp."""
-    items = targets.split(",") if isinstance(targets, str) else list(targets)
-    kinds, projs = set(), set()
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        if item in TARGET_GROUPS:
-            kinds.update(TARGET_GROUPS[item])
-        elif item in KINDS:
-            kinds.add(item)
-        elif item in PROJECTIONS:
-            projs.add(item)
-        else:
-            known = ", ".join(list(TARGET_GROUPS) + list(KINDS) + list(PROJECTIONS))
-            raise NoisyNNError(f"unknown target '{item}'; known: {known}")
-    if not kinds and not projs:
-        raise NoisyNNError("no targets given")
-    return kinds, projs
-
-
-def parse_blocks(spec: str | Iterable[int] | None) -> list[int] | None:
-    """Block indices from ``"0-3,7"`` (ranges inclusive), sorted; None, ``""`` or ``"all"`` = every block."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        return sorted({int(b) for b in spec})
-    text = spec.strip().lower()
-    if text in ("", "all"):
-        return None
-    found: set[int] = set()
-    for item in (i.strip() for i in text.split(",")):
-        lo, _, hi = item.partition("-")
-        if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
-            raise NoisyNNError(f"blocks take indices and ranges like 0-3,7; got '{spec}'")
-        lo_i, hi_i = int(lo), int(hi) if hi else int(lo)
-        if hi_i < lo_i:
-            raise NoisyNNError(f"block range '{item}' runs backwards")
-        found.update(range(lo_i, hi_i + 1))
-    return sorted(found)
-
-
 def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
                    include_bias: bool = False) -> list[Target]:
     """The weights (and optionally biases) to noise, in module order.
@@ -217,12 +172,9 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
     return found
 
 
-def check_scale(noise: NoiseDistribution, scale: str) -> None:
-    """A device model names the scales it accepts (its weight-to-conductance mapping); others take any."""
-    allowed = getattr(noise, "scales", None)
-    if allowed and scale not in allowed:
-        raise NoisyNNError(f"noise '{noise.name}' maps weights to conductances by max|W| and needs --scale "
-                           f"{' or '.join(allowed)} (per output channel or per tensor), got '{scale}'")
+def select(model: nn.Module, spec: NoiseSpec) -> list[Target]:
+    """``select_targets`` for a spec's targets, blocks and biases."""
+    return select_targets(model, spec.targets, spec.blocks, spec.include_bias)
 
 
 def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tensor | float:
@@ -243,25 +195,31 @@ def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tens
 class NoiseInjector:
     """Applies noise to a model's targeted weights from a snapshot, and restores them exactly.
 
-    Usage: ``draw(seed)`` once per noise realization, then ``apply(sigma)`` for any number of
-    levels (common random numbers: one realization is reused across levels, scaled), then
-    ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
+    Usage: ``NoiseInjector(model, spec)`` with a ``noisynn.spec.NoiseSpec``; ``realize(seed, sigma)``
+    at each point (it draws once per noise realization, ``draw(seed)``, and reuses it across levels:
+    common random numbers; then ``apply(sigma)``), then ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
     distributions one unit-noise buffer of the targeted weights). Device models (``pcm``,
     ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
     """
 
-    def __init__(self, model: nn.Module, noise: str | NoiseDistribution = "gaussian", scale: str = "absolute",
-                 targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
-                 include_bias: bool = False, noise_params: dict | None = None):
-        if scale not in SCALES:
-            raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
-        self.model = model
-        self.noise = get_noise(noise, **(noise_params or {}))
-        check_scale(self.noise, scale)
-        self.scale = scale
-        self.targets = select_targets(model, targets, blocks, include_bias)
+    def __init__(self, model: nn.Module, spec: NoiseSpec | str | NoiseDistribution = "gaussian",
+                 scale: str = "absolute", targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
+                 include_bias: bool = False, noise_params: dict | None = None, *,
+                 selected: Sequence[Target] | None = None):
+        """``NoiseInjector(model, spec)`` with a checked ``noisynn.spec.NoiseSpec``; ``selected``: its targets
+        already selected on this model (``select(model, spec)``), to skip selecting them again.
+
+        The original keyword form ``NoiseInjector(model, "gaussian", "absolute", "blocks", ...)`` builds the
+        spec with ``make_noise_spec`` (the same checks).
+        """
+        if not isinstance(spec, NoiseSpec):
+            spec = make_noise_spec(spec, noise_params, scale, targets, blocks, include_bias)
+        self.model, self.spec = model, spec
+        self.noise = spec.noise
+        self.scale = spec.scale
+        self.targets = list(selected) if selected is not None else select(model, spec)
         self.clean = [t.param.detach().clone() for t in self.targets]
-        self.units = [unit_scale(c, scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
+        self.units = [unit_scale(c, spec.scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
         self._states: list | None = None
         self.seed: int | None = None
 
@@ -286,6 +244,13 @@ class NoiseInjector:
         self.seed = int(seed)
         self._states = [self.noise.program(c, u, self._generator(c, t.name), t.out_axis)
                         for t, c, u in zip(self.targets, self.clean, self.units)]
+
+    def realize(self, seed: int, sigma: float) -> None:
+        """Realization ``seed`` at level ``sigma``: draw only if the seed changed (the common random numbers
+        of a sweep: one draw per trial, every level), then ``apply(sigma)``."""
+        if self.seed != int(seed):
+            self.draw(seed)
+        self.apply(sigma)
 
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
@@ -316,15 +281,8 @@ class NoiseInjector:
         if sigma == 0:
             return
         for t, c, u, state in zip(self.targets, self.clean, self.units, self._states):
-            if state is not None:
-                z, level = state, sigma
-            else:  # not location-scale: sample at scale sigma
-                gen = self._generator(c, t.name, float(sigma))
-                z, level = draw(self.noise, c.shape, sigma, c.device, gen).to(c.dtype), 1.0
-            if isinstance(u, torch.Tensor):
-                t.param.data.addcmul_(z, u, value=level)
-            else:
-                t.param.data.add_(z, alpha=level * u)
+            z, level = unit_draw(self.noise, state, c, sigma, self._generator(c, t.name, float(sigma)))
+            add_scaled(t.param.data, z, level, u, out=t.param.data)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -361,8 +319,7 @@ def noisy_weights(model: nn.Module, noise_level: float, noise_type: str | NoiseD
     """
     injector = NoiseInjector(model, noise_type, scale, targets, blocks, include_bias, noise_params)
     try:
-        injector.draw(_resolve_seed(seed, generator))
-        injector.apply(float(noise_level))
+        injector.realize(_resolve_seed(seed, generator), float(noise_level))
         yield injector
     finally:
         injector.restore()
@@ -381,36 +338,53 @@ def check_level(noise_level: float) -> float:
     return level
 
 
+def original_targets(model: nn.Module, blocks: Iterable[int] | None = None, include_bias: bool = True) -> list[Target]:
+    """What the original toolkit's ``inject_thermal_noise`` noised: every ``nn.Linear`` and GPT-2
+    ``Conv1D`` weight and bias, the output head included (untied first, so the embeddings stay clean).
+
+    ``"all,embedding"`` reaches every Linear/Conv1D whatever its name suggests; the
+    ``nn.Embedding`` tables that brings in are dropped again.
+    """
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    found = select_targets(model, "all,embedding", blocks, include_bias)
+    return [t for t in found if id(t.param) not in tables]
+
+
 @torch.no_grad()
 def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str | NoiseDistribution = "gaussian",
-                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] = "blocks",
-                         blocks: Iterable[int] | None = None, include_bias: bool = False,
+                         in_place: bool = True, *, scale: str = "absolute", targets: str | Sequence[str] | None = None,
+                         blocks: Iterable[int] | None = None, include_bias: bool | None = None,
                          generator: torch.Generator | None = None, seed: int | None = None,
                          noise_params: dict | None = None) -> nn.Module:
     """Add noise of ``noise_type`` with scale ``noise_level`` to the targeted weights; return the model.
 
     The original toolkit's call: ``inject_thermal_noise(model, 0.01)`` adds N(0, 0.01^2) in
-    weight units to the transformer blocks' projections, in place. ``in_place=False`` works
-    on a deep copy and leaves ``model`` untouched. Calling it twice adds noise twice; for
-    noise that is undone afterwards use ``noisy_weights``.
+    weight units, in place, to what the original noised (``original_targets``): every Linear
+    and Conv1D weight and bias, the output head included. One difference: a head tied to the
+    input embeddings is untied first, so the embeddings stay clean (the original's noise landed
+    in both). ``targets="blocks"`` (with ``include_bias=False``, the default once ``targets`` is
+    given) selects what the sweep noises by default: the transformer blocks' projections only.
+    ``in_place=False`` works on a deep copy and leaves ``model`` untouched. Calling it twice
+    adds noise twice; for noise that is undone afterwards use ``noisy_weights``.
     """
     level = check_level(noise_level)
-    if scale not in SCALES:
-        raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
-    noise = get_noise(noise_type, **(noise_params or {}))
+    original = targets is None
+    spec = make_noise_spec(noise_type, noise_params, scale, "all" if original else targets, blocks,
+                           include_bias is not False if original else bool(include_bias))
     if not in_place:
         model = copy.deepcopy(model)
+    if level == 0:  # as the original: nothing touched (not even untied)
+        return model
     base = _resolve_seed(seed, generator)
-    for t in select_targets(model, targets, blocks, include_bias):
+    chosen = original_targets(model, spec.blocks, spec.include_bias) if original else select(model, spec)
+    for t in chosen:
         w = t.param.data
-        if level == 0:
-            continue
-        u = unit_scale(w, scale, t.out_axis)
-        if noise.location_scale:
-            z = draw(noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), "cpu")).mul_(level)
+        u = unit_scale(w, spec.scale, t.out_axis)
+        if spec.noise.location_scale:  # the same unit draw noisy_weights makes for this seed, scaled
+            z, factor = draw(spec.noise, w.shape, 1.0, w.device, make_generator(derive_seed(base, t.name), "cpu")), level
         else:
-            z = draw(noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), "cpu"))
-        w.add_((z * u).to(w.dtype))
+            z, factor = draw(spec.noise, w.shape, level, w.device, make_generator(derive_seed(base, t.name, level), "cpu")), 1.0
+        add_scaled(w, z.to(w.dtype), factor, u, out=w)
     return model
 
 

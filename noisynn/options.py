@@ -8,7 +8,6 @@ folder is touched.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import math
 import os
@@ -93,7 +92,7 @@ def output_file(text: str) -> str:
 
 def block_list(text: str) -> list[int] | None:
     """argparse type of ``--blocks``: ``"0-3,7"`` -> [0, 1, 2, 3, 7]; ``"all"`` -> None."""
-    from .inject import parse_blocks
+    from .spec import parse_blocks
 
     try:
         return parse_blocks(text)
@@ -160,7 +159,7 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--include_bias", action="store_true", help="noise biases of the targeted layers too")
     g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first (it may register noise classes); repeatable")
-    # Device-model parameters (noisynn.devices); left out of the config unless given.
+    # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
     d = p.add_argument_group("analog devices (--noise_type pcm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
     d.add_argument("--t_seconds", type=nonneg_float, default=argparse.SUPPRESS,
@@ -186,7 +185,7 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
 
 
 def add_converter_args(p: argparse.ArgumentParser) -> None:
-    """DAC / output noise / ADC on the targeted layers (noisynn.devices.ConverterHooks); off unless given."""
+    """DAC / output noise / ADC on the targeted layers (noisynn.converters.ConverterHooks); off unless given."""
     g = p.add_argument_group("converters (forward hooks on the targeted layers; aihwkit IOParameters conventions)")
     g.add_argument("--analog_io", action="store_true", default=argparse.SUPPRESS,
                    help="turn on aihwkit's defaults: --dac_bits 7 --adc_bits 9 --out_noise 0.06 --out_bound 12")
@@ -216,42 +215,62 @@ def unit_float(text: str) -> float:
     return value
 
 
-def load_plugins(paths: Sequence[str]) -> None:
-    """Import each plugin file so its ``@register_noise`` classes exist before names are looked up."""
-    for i, path in enumerate(paths):
+_PLUGINS: dict[tuple[str, str], object] = {}  # (resolved path, sha256) -> module: each file content runs once
+
+
+def load_plugins(paths: Sequence[str]) -> list[dict]:
+    """Import each plugin file so its noise classes are registered before names are looked up.
+
+    Returns ``[{"path", "sha256"}]`` (recorded in run.json). The same file with the same content is
+    imported once, however often it is given (twice on the command line, or again by the UI). A plugin
+    gets ``torch`` in its namespace, as the original toolkit's module had it for its custom-noise recipe.
+    Whatever the plugin does wrong at import (raises, ``sys.exit``) becomes one NoisyNNError line.
+    """
+    import hashlib
+    import types
+
+    loaded = []
+    for path in paths:
         p = Path(path)
-        if not p.is_file():
+        if p.is_dir():
+            raise NoisyNNError(f"plugin {path} is a folder; give a Python file (.py)")
+        if not p.exists():
             raise NoisyNNError(f"plugin file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"noisynn_plugin_{i}_{p.stem}", p)
-        if spec is None:  # no loader for this suffix
+        if not p.is_file() or p.suffix != ".py":
             raise NoisyNNError(f"plugin {path} is not a Python file (give a .py file)")
-        module = importlib.util.module_from_spec(spec)
         try:
-            spec.loader.exec_module(module)
+            data = p.read_bytes()
+        except OSError as err:
+            raise NoisyNNError(f"plugin {path} cannot be read: {err.strerror or err}") from None
+        sha = hashlib.sha256(data).hexdigest()
+        key = (str(p.resolve()), sha)
+        loaded.append({"path": str(path), "sha256": sha})
+        if key in _PLUGINS:
+            continue
+        name = f"noisynn_plugin_{''.join(c if c.isalnum() else '_' for c in p.stem)}_{sha[:12]}"
+        module = types.ModuleType(name)
+        module.__file__ = str(p.resolve())
+        import torch
+
+        module.torch = torch
+        sys.modules[name] = module  # before exec: classes defined there name this module
+        try:
+            exec(compile(data, str(p), "exec"), module.__dict__)
+        except SystemExit as err:  # a plugin must not end the run (with exit status 0)
+            del sys.modules[name]
+            raise NoisyNNError(f"plugin {path} called sys.exit({err.code!r}) while being imported") from None
         except Exception as err:  # a plugin can raise anything; report it in one line
+            del sys.modules[name]
             raise NoisyNNError(f"plugin {path} failed to import: {type(err).__name__}: {err}") from None
-        sys.modules[spec.name] = module
-
-
-def check_noise_args(args) -> None:
-    """Validate noise flags (after plugins are loaded), before any model is loaded."""
-    from .inject import SCALES, check_scale, parse_targets
-    from .noise import get_noise
-
-    noise = get_noise(args.noise_type, **noise_params(args))
-    if args.scale not in SCALES:
-        raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
-    check_scale(noise, args.scale)
-    parse_targets(args.targets)
-    if args.text_file and args.dataset:
-        raise NoisyNNError("give either --text_file or --dataset, not both")
-
-
-NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std")
+        _PLUGINS[key] = module
+    return loaded
 
 
 def noise_params(args) -> dict:
-    return {k: getattr(args, k) for k in NOISE_PARAMS if getattr(args, k, None) is not None}
+    """The noise class's constructor parameters among the parsed flags (noisynn.spec.noise_params)."""
+    from .spec import noise_params as params
+
+    return params(args)
 
 
 def default_out(experiment: str) -> str:

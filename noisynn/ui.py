@@ -25,7 +25,7 @@ from .errors import NoisyNNError
 from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, RUN_ROOTS, TARGET_CHOICES, Explorer, Setting,
                       check_setting, cli_command, drift_figure, entropy_figure, list_runs, load_saved_run,
                       metrics_table, noise_choices, probability_figure, result_rows, sigma_from_slider, write_csv)
-from .inject import parse_targets
+from .spec import parse_targets
 from .models import check_model_name
 from .options import (ArgumentParser, add_model_args, add_noise_args, load_plugins, nonneg_float, nonneg_int,
                       positive_int, script_main)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
-from noisynn.devices import (AnalogIO, ConverterHooks, PCMNoise, StuckAtFaults, bits_to_step, drift_factor,
-                             drift_nu_params, parse_time, programming_noise_std, read_noise_q, read_noise_std,
-                             time_label)
+from noisynn.converters import AnalogIO, ConverterHooks
+from noisynn.noise import (PCMNoise, StuckAtFaults, bits_to_step, drift_factor, drift_nu_params, parse_time,
+                           programming_noise_std, read_noise_q, read_noise_std, time_label)
 from noisynn.errors import NoisyNNError
 from noisynn.inject import NoiseInjector, select_targets
 from noisynn.noise import NOISE_REGISTRY, get_noise

@@ -3,7 +3,7 @@
     python drift_over_time.py            # = noisynn drift_over_time, embedded SmolLM2-135M
 
 Each trial programs the targeted weights once (programming noise and drift exponents drawn per device,
-see noisynn.devices) and reads the same programmed conductances at every time on the list; read noise is
+see noisynn.noise.pcm) and reads the same programmed conductances at every time on the list; read noise is
 drawn afresh at each time. Every time is evaluated without and with global drift compensation, which
 share the read. Digital references (float, and symmetric per-channel int-b weights) are evaluated once.
 """
@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import finish, start
-from ..devices import (bits_to_step, converter_io_from_args, drift_factor, install_converters, parse_time,
-                       time_label)
+from ..converters import install_converters
 from ..errors import NoisyNNError
 from ..evaluation import quality_metrics
 from ..inject import NoiseInjector, noisy_weights
-from ..noise import get_noise
+from ..noise import bits_to_step, drift_factor, parse_time, time_label
 from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
-                       nonneg_float, noise_params, positive_int, prompt_text, script_main)
+                       nonneg_float, positive_int, prompt_text, script_main)
+from ..spec import converter_spec_from_args, spec_from_args
 from ..sweep import Point, TrialResult, run_sweep
 
 EXPERIMENT = "drift_over_time"
@@ -112,10 +112,10 @@ def check_args(args) -> tuple[list[float], list[int]]:
     times = [parse_time(t) for t in args.times.split(",") if t.strip()]
     if not times or len(set(times)) != len(times):
         raise NoisyNNError(f"--times needs distinct times, got '{args.times}'")
-    noise = get_noise(args.noise_type, **noise_params(args))
+    noise = spec_from_args(args).noise
     if not (hasattr(noise, "t_seconds") and hasattr(noise, "drift_compensation")):
         raise NoisyNNError(f"--noise_type {args.noise_type} has no read time; use a device model such as pcm")
-    converter_io_from_args(args)
+    converter_spec_from_args(args)
     return sorted(times), parse_bits(args.digital_bits)
 
 
@@ -138,9 +138,8 @@ def run(argv=None) -> int:
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                             noise_params=noise_params(args))
-    hooks = install_converters(args, lm, injector.targets)
+    injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
+    hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
     ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
     leading = lambda p: {  # noqa: E731
         "experiment": EXPERIMENT, "model": args.model, "scale": args.scale, "trial": p.trial,
@@ -170,13 +169,11 @@ def run(argv=None) -> int:
                 if hooks:
                     hooks.set_enabled(True)
             return TrialResult({**metrics, "drift_ratio": 1.0, "alpha_mean": 1.0}, samples)
-        if injector.seed != point.seed(args.seed):
-            injector.draw(point.seed(args.seed))
         if hooks:
             hooks.reseed(point.sample_seed(args.seed))
         injector.noise.t_seconds = point.t_seconds
         injector.noise.drift_compensation = point.compensation
-        injector.apply(args.noise_scale)
+        injector.realize(point.seed(args.seed), args.noise_scale)
         states = [s for s in injector.states if hasattr(s, "l1_read")]
         ratio = sum(s.l1_read for s in states) / sum(s.l1_programmed for s in states) if states else float("nan")
         alpha = sum(s.alpha for s in states) / len(states) if states else float("nan")

@@ -27,8 +27,9 @@ from ..context import finish, start
 from ..errors import NoisyNNError
 from ..evaluation import compute_perplexity, tokenize
 from ..inject import PROJECTIONS, NoiseInjector, parse_targets, select_targets
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
+from ..spec import spec_from_args
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 EXPERIMENT = "layer_sensitivity"
@@ -143,8 +144,9 @@ class SensitivityTrials:
     """The trial function. One NoiseInjector is live at a time, over its own target's weights only;
     switching targets restores the previous target's weights first, so every other weight is clean."""
 
-    def __init__(self, model, tokenizer, args, specs: dict[str, tuple], ids: dict[str, object]):
+    def __init__(self, model, tokenizer, args, specs: dict[str, tuple], ids: dict[str, object], noise_spec=None):
         self.model, self.tokenizer, self.args = model, tokenizer, args
+        self.noise_spec = noise_spec or spec_from_args(args)  # each target's injector: this noise on its weights
         self.specs = specs  # label -> (mode, targets spec or None, blocks or None)
         self.ids = ids  # mode -> token ids
         self.injector: NoiseInjector | None = None
@@ -176,8 +178,7 @@ class SensitivityTrials:
         if label != self.label:
             self.release()
             _, targets, blocks = self.specs[label]
-            self.injector = NoiseInjector(self.model, self.args.noise_type, self.args.scale, targets, blocks,
-                                          self.args.include_bias, noise_params(self.args))
+            self.injector = NoiseInjector(self.model, self.noise_spec.with_targets(targets, blocks))
             self.label = label
         return self.injector
 
@@ -190,9 +191,7 @@ class SensitivityTrials:
         else:
             injector = self._injector(point.target)
             seed = point.seed(self.args.seed)
-            if injector.seed != seed:
-                injector.draw(seed)
-            injector.apply(point.sigma)
+            injector.realize(seed, point.sigma)
             result = compute_perplexity(self.model, self.tokenizer, self.ids[mode], max_length=self.args.max_length)
         return TrialResult({"perplexity": result.perplexity, "nll": result.nll, "delta_nll": result.nll - clean.nll,
                             "bits_per_byte": result.bits_per_byte, "eval_tokens": result.n_tokens,
@@ -234,7 +233,7 @@ def run(argv=None) -> int:
     if cells:
         points += [Point(0, 0.0, 0, CLEAN)] + grid([args.noise_level], args.n_trials, [cell_label(b, p) for b, p in cells])
     ids = {"groups": ctx.eval_ids, "heatmap": found.get("heatmap_ids")}
-    trials = SensitivityTrials(lm.model, lm.tokenizer, args, specs, ids)
+    trials = SensitivityTrials(lm.model, lm.tokenizer, args, specs, ids, ctx.spec)
     where = {cell_label(b, p): (b, p) for b, p in cells}
 
     def leading(p: Point) -> dict:

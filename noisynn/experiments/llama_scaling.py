@@ -27,7 +27,7 @@ from ..evaluation import compute_perplexity, tokenize
 from ..inject import NoiseInjector, select_targets
 from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model,
                       model_skeleton)
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
 from ..results import RUN_JSON
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
@@ -117,8 +117,7 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
     """Load one model, run its pending points, restore and drop it (its memory goes with the frame)."""
     args = ctx.args
     lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                             noise_params=noise_params(args))
+    injector = NoiseInjector(lm.model, ctx.spec)
     ids = eval_ids_for(lm.tokenizer, ctx.text.text)
     models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
     ctx.folder.update_meta(models=models_meta)
@@ -130,9 +129,7 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
                 "noised_params": noised}
 
     def trial(point: Point) -> TrialResult:
-        if injector.seed != point.seed(args.seed):
-            injector.draw(point.seed(args.seed))
-        injector.apply(point.sigma)
+        injector.realize(point.seed(args.seed), point.sigma)
         r = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=args.max_length)
         return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
                             "eval_tokens": r.n_tokens, "eval_bytes": r.n_bytes, "finite": r.finite})

@@ -451,13 +451,10 @@ def run(argv=None) -> int:
     def trial(point: Point) -> TrialResult:
         if state["variant"] != point.target:
             set_weights(lm.model, weights[point.target])
-            state["injector"] = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets,
-                                              include_bias=args.include_bias, noise_params=noise_params(args))
+            state["injector"] = NoiseInjector(lm.model, ctx.spec)
             state["variant"] = point.target
         injector = state["injector"]
-        if injector.seed != noise_seed(point.trial):
-            injector.draw(noise_seed(point.trial))
-        injector.apply(point.sigma)
+        injector.realize(noise_seed(point.trial), point.sigma)
         r = compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length)
         return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
                             "eval_tokens": r.n_tokens, "finite": r.finite})

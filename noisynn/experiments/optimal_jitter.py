@@ -22,8 +22,9 @@ from ..context import finish, start
 from ..errors import NoisyNNError
 from ..evaluation import compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
 from ..inject import NoiseInjector
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
+from ..spec import spec_from_args
 from ..sweep import Point, TrialResult, grid, run_sweep
 
 EXPERIMENT = "optimal_jitter"
@@ -92,10 +93,9 @@ def diversity(texts: list[str]) -> dict:
 class JitterTrials:
     """The trial function: noise the targets at the point's sigma, score the text, sample from every prompt."""
 
-    def __init__(self, model, tokenizer, args, eval_ids):
+    def __init__(self, model, tokenizer, args, eval_ids, spec=None):
         self.model, self.tokenizer, self.args, self.eval_ids = model, tokenizer, args, eval_ids
-        self.injector = NoiseInjector(model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                                      noise_params=noise_params(args))
+        self.injector = NoiseInjector(model, spec or spec_from_args(args))
         self.prompts = [q for q in args.prompts if q.strip()]
         self._clean = None
 
@@ -109,9 +109,7 @@ class JitterTrials:
     def __call__(self, point: Point) -> TrialResult:
         a = self.args
         seed = point.seed(a.seed)
-        if self.injector.seed != seed:
-            self.injector.draw(seed)
-        self.injector.apply(point.sigma)
+        self.injector.realize(seed, point.sigma)
         ppl = self.perplexity(point.sigma)
         rows = [q for q in self.prompts for _ in range(a.n_samples)]
         gen_rng = torch.Generator(device="cpu").manual_seed(point.sample_seed(a.seed))
@@ -139,7 +137,7 @@ def run(argv=None) -> int:
         "noise_realizations": "common random numbers: one unit-scale draw per trial, scaled to every level",
         "head": "not noised unless --targets names head/all; a tied head is untied before it is noised"})
     lm = ctx.lm
-    trials = JitterTrials(lm.model, lm.tokenizer, args, ctx.eval_ids)
+    trials = JitterTrials(lm.model, lm.tokenizer, args, ctx.eval_ids, ctx.spec)
     ctx.folder.update_meta(injection=trials.injector.describe())
     leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
                          "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}

@@ -12,11 +12,11 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..context import finish, start
-from ..devices import converter_io_from_args, install_converters
+from ..converters import install_converters
 from ..inject import NoiseInjector, rounding_report
 from ..evaluation import quality_metrics
 from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
-                       noise_params, positive_int, nonneg_float, prompt_text, script_main)
+                       positive_int, nonneg_float, prompt_text, script_main)
 from ..sweep import Point, TrialResult, grid, levels, run_sweep
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ def parse(argv=None):
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
-    converter_io_from_args(args)  # check converter flags before the run folder is touched
     ctx = start(args, EXPERIMENT, METRICS, meta={
         "levels": sigmas,
         "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
@@ -66,9 +65,8 @@ def run(argv=None) -> int:
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, blocks=getattr(args, "blocks", None),
-                             include_bias=args.include_bias, noise_params=noise_params(args))
-    hooks = install_converters(args, lm, injector.targets)
+    injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
+    hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
                            **({"converters": hooks.describe()} if hooks else {}))
@@ -80,11 +78,9 @@ def run(argv=None) -> int:
                          "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
 
     def trial(point: Point) -> TrialResult:
-        if injector.seed != point.seed(args.seed):
-            injector.draw(point.seed(args.seed))
+        injector.realize(point.seed(args.seed), point.sigma)
         if hooks:
             hooks.reseed(point.sample_seed(args.seed))
-        injector.apply(point.sigma)
         metrics, samples, greedy = quality_metrics(
             lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
             max_new_tokens=args.max_new_tokens, entropy_tokens=args.entropy_tokens, temperature=args.temperature,

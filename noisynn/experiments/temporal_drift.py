@@ -34,9 +34,10 @@ from ..context import finish, start
 from ..evaluation import decode
 from ..errors import NoisyNNError
 from ..inject import NoiseInjector
-from ..noise import get_noise, is_additive
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ..noise import is_additive
+from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_int, prompt_text, script_main)
+from ..spec import spec_from_args
 from ..results import key_of
 from ..seeding import derive_seed
 
@@ -157,8 +158,7 @@ class Drift:
             if sigma == 0:
                 inj.restore()
             else:
-                inj.draw(self.step_seed(t))
-                inj.apply(sigma)
+                inj.realize(self.step_seed(t), sigma)
             self.effective.append(sigma)
 
 
@@ -220,7 +220,7 @@ def parse(argv=None):
 
 def check_accumulate(args) -> None:
     """``--accumulate`` needs an additive noise (a device model programs its conductances once)."""
-    if args.accumulate and not is_additive(get_noise(args.noise_type, **noise_params(args))):
+    if args.accumulate and not is_additive(spec_from_args(args).noise):
         raise NoisyNNError(f"--accumulate needs an additive noise; '{args.noise_type}' is a device model")
 
 
@@ -244,8 +244,7 @@ def run(argv=None) -> int:
         "prompts": [prompt_of(args, t) for t in range(args.n_trials)],
         "verdict_rule": plotting.DRIFT_VERDICT_RULE}, check=lambda lm, text: check_accumulate(args))
     lm, folder = ctx.lm, ctx.folder
-    injector = NoiseInjector(lm.model, args.noise_type, args.scale, args.targets, include_bias=args.include_bias,
-                             noise_params=noise_params(args))
+    injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     folder.update_meta(injection=injector.describe())
     done = {key_of(r, folder.key) for r in ctx.done_rows}
     jobs = [(name, trial) for name in schedules for trial in range(args.n_trials)]

@@ -1,0 +1,37 @@
+"""Time parsing and labels for device read times: '1h', '1d', '1y' <-> seconds (no torch)."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import NoisyNNError
+
+TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400.0, "y": 365 * 86400.0}
+
+
+def parse_time(text: str) -> float:
+    """Seconds from '3600', '1s', '1min', '1h', '1d', '1mo' (30 d) or '1y' (365 d)."""
+    text = str(text).strip()
+    for unit in sorted(TIME_UNITS, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].strip():
+            number = text[: -len(unit)]
+            break
+    else:
+        number, unit = text, "s"
+    try:
+        value = float(number) * TIME_UNITS[unit]
+    except ValueError:
+        raise NoisyNNError(f"'{text}' is not a time (a number of seconds, or with a unit: "
+                           f"{', '.join(TIME_UNITS)})") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise NoisyNNError(f"time '{text}' must be finite and >= 0")
+    return value
+
+
+def time_label(seconds: float) -> str:
+    """Short label: 1 s, 1 min, 1 h, 1 d, 1 mo, 1 y (largest unit that divides evenly), else seconds."""
+    for unit in ("y", "mo", "d", "h", "min", "s"):
+        n = seconds / TIME_UNITS[unit]
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)} {unit}"
+    return f"{seconds:g} s"

@@ -1,0 +1,180 @@
+"""What noise goes on which weights, and which converters on which layers: built and checked once.
+
+``make_noise_spec`` is the one place where a noise setting is checked (the registered name and its
+parameters, the scale, the targets and blocks); ``spec_from_args`` and ``converter_spec_from_args``
+make the specs from an experiment's parsed flags, and the explorer (``noisynn ui``) calls
+``make_noise_spec`` with its widgets' values. Library code then takes the typed specs, never the
+argparse Namespace: ``NoiseInjector(model, spec)``, ``install_converters(converter_spec, lm, targets)``.
+Checks that need the loaded model (do the blocks exist? do the targets match a weight?) happen
+in ``inject.select_targets``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Sequence
+
+from .converters import AnalogIO
+from .errors import NoisyNNError
+from .noise import NoiseDistribution, get_noise
+
+SCALES = ("absolute", "relative", "relative_max", "relative_channel")
+KINDS = ("attention", "mlp", "head", "embedding", "other")
+PROJECTIONS = ("q", "k", "v", "o", "qkv", "gate", "up", "down")
+TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "head", "other")}
+# Flags passed to the noise class's constructor (when given); the rest of a noise flag set is the spec's.
+NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std")
+CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range")
+
+
+def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
+    """Split a target spec into (kinds, projections); ``"blocks"`` = attention + mlp."""
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    kinds, projs = set(), set()
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item in TARGET_GROUPS:
+            kinds.update(TARGET_GROUPS[item])
+        elif item in KINDS:
+            kinds.add(item)
+        elif item in PROJECTIONS:
+            projs.add(item)
+        else:
+            known = ", ".join(list(TARGET_GROUPS) + list(KINDS) + list(PROJECTIONS))
+            raise NoisyNNError(f"unknown target '{item}'; known: {known}")
+    if not kinds and not projs:
+        raise NoisyNNError("no targets given")
+    return kinds, projs
+
+
+def parse_blocks(spec: str | Iterable[int] | None) -> list[int] | None:
+    """Block indices from ``"0-3,7"`` (ranges inclusive), sorted; None, ``""`` or ``"all"`` = every block."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        return sorted({int(b) for b in spec})
+    text = spec.strip().lower()
+    if text in ("", "all"):
+        return None
+    found: set[int] = set()
+    for item in (i.strip() for i in text.split(",")):
+        lo, _, hi = item.partition("-")
+        if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
+            raise NoisyNNError(f"blocks take indices and ranges like 0-3,7; got '{spec}'")
+        lo_i, hi_i = int(lo), int(hi) if hi else int(lo)
+        if hi_i < lo_i:
+            raise NoisyNNError(f"block range '{item}' runs backwards")
+        found.update(range(lo_i, hi_i + 1))
+    return sorted(found)
+
+
+def check_scale(noise: NoiseDistribution, scale: str) -> None:
+    """A device model names the scales it accepts (its weight-to-conductance mapping); others take any."""
+    if scale not in SCALES:
+        raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+    allowed = getattr(noise, "scales", None)
+    if allowed and scale not in allowed:
+        raise NoisyNNError(f"noise '{noise.name}' maps weights to conductances by max|W| and needs --scale "
+                           f"{' or '.join(allowed)} (per output channel or per tensor), got '{scale}'")
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """A checked noise setting: the noise instance, its scale, and which weights it goes on.
+
+    ``noise_type``: the registered name; ``noise``: its instance, built once with ``params``;
+    ``scale``: one of SCALES (the unit u of sigma); ``targets``: comma list of kinds, groups or
+    projections; ``blocks``: block indices for attention/mlp weights (None: every block);
+    ``include_bias``: noise the targeted layers' biases too.
+    """
+
+    noise_type: str
+    noise: NoiseDistribution = field(compare=False, repr=False)
+    params: dict = field(default_factory=dict)
+    scale: str = "absolute"
+    targets: str = "blocks"
+    blocks: tuple[int, ...] | None = None
+    include_bias: bool = False
+
+    def with_targets(self, targets: str | Sequence[str], blocks: Iterable[int] | str | None = None) -> "NoiseSpec":
+        """The same noise (the same instance) on other weights, checked like the original."""
+        targets, blocks = _checked_targets(targets, blocks)
+        return replace(self, targets=targets, blocks=blocks)
+
+
+def _checked_targets(targets, blocks) -> tuple[str, tuple[int, ...] | None]:
+    spec = targets if isinstance(targets, str) else ",".join(targets)
+    kinds, projs = parse_targets(spec)
+    block_list = parse_blocks(blocks)
+    if block_list is not None and not projs and not ({"attention", "mlp"} & kinds):
+        raise NoisyNNError("a block selection applies to attention/mlp targets; choose one of them or 'all' blocks")
+    return spec, None if block_list is None else tuple(block_list)
+
+
+def make_noise_spec(noise_type: str | NoiseDistribution = "gaussian", params: dict | None = None,
+                    scale: str = "absolute", targets: str | Sequence[str] = "blocks",
+                    blocks: Iterable[int] | str | None = None, include_bias: bool = False) -> NoiseSpec:
+    """The one check of a noise setting (call after plugins are loaded); raises NoisyNNError in one line."""
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    noise = get_noise(noise_type, **params)
+    check_scale(noise, scale)  # also an unknown scale name
+    spec, block_tuple = _checked_targets(targets, blocks)
+    name = noise_type if isinstance(noise_type, str) else noise.name
+    return NoiseSpec(name, noise, params, scale, spec, block_tuple, bool(include_bias))
+
+
+def noise_params(args) -> dict:
+    """The noise class's constructor parameters among the parsed flags (those given)."""
+    return {k: getattr(args, k) for k in NOISE_PARAMS if getattr(args, k, None) is not None}
+
+
+def spec_from_args(args) -> NoiseSpec:
+    """NoiseSpec from the noise flags (options.add_noise_args; ``--blocks`` where the experiment has it)."""
+    if args.scale not in SCALES:  # the same check as make_noise_spec's, worded with the flag's name
+        raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
+    return make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
+                           getattr(args, "blocks", None), args.include_bias)
+
+
+@dataclass(frozen=True)
+class ConverterSpec:
+    """Checked converter settings: the tile's ``io`` and where a calibrated input range is measured.
+
+    ``text_file`` / ``dataset``: the evaluation text's source (its training split, or its head, calibrates);
+    ``calibration_tokens``: tokens of it; ``max_length``: the window of the calibration passes.
+    """
+
+    io: AnalogIO
+    text_file: str | None = None
+    dataset: str | None = None
+    calibration_tokens: int = 512
+    max_length: int = 512
+
+
+def make_converter_spec(flags: dict, analog_io: bool = False, per_channel: bool = False,
+                        text_file: str | None = None, dataset: str | None = None,
+                        max_length: int = 512) -> ConverterSpec | None:
+    """ConverterSpec from converter settings (``flags``: CONVERTER_FLAGS given), or None when none is given.
+
+    ``analog_io`` starts from aihwkit's defaults (DAC 7, ADC 9, out_noise 0.06, out_bound 12); without it
+    each setting turns on only its own effect. An ADC without a bound gets the default bound 12.
+    """
+    given = {k: v for k, v in flags.items() if k in CONVERTER_FLAGS and v is not None}
+    if not given and not analog_io:
+        return None
+    base = AnalogIO() if analog_io else AnalogIO(None, None, 0.0, None)
+    values = {**asdict(base), **given}
+    if values.get("adc_bits") and not values.get("out_bound"):
+        values["out_bound"] = AnalogIO.out_bound
+    values["per_channel"] = bool(per_channel)
+    return ConverterSpec(AnalogIO(**values), text_file, dataset, max_length=max_length)
+
+
+def converter_spec_from_args(args) -> ConverterSpec | None:
+    """ConverterSpec from the converter flags (options.add_converter_args), or None when none is given."""
+    return make_converter_spec({k: getattr(args, k, None) for k in CONVERTER_FLAGS},
+                               analog_io=bool(getattr(args, "analog_io", False)),
+                               per_channel=getattr(args, "scale", None) == "relative_channel",
+                               text_file=getattr(args, "text_file", None), dataset=getattr(args, "dataset", None),
+                               max_length=getattr(args, "max_length", 512))
