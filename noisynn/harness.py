@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -31,13 +31,12 @@ from .models import LoadedModel, load_model
 log = logging.getLogger(__name__)
 
 
-def make_injector(model, noise_type: str = "gaussian", scale: str = "absolute", targets: str | Sequence[str] = "blocks",
-                  blocks: Iterable[int] | str | None = None, include_bias: bool = False, noise_params: dict | None = None):
-    """The one place a ``NoiseInjector`` is built from the noise settings (checks included)."""
-    from .inject import NoiseInjector, parse_blocks
+def noise_spec(noise_type: str = "gaussian", scale: str = "absolute", targets: str = "blocks",
+               blocks: str | int | None = None, include_bias: bool = False, params: dict | None = None):
+    """A checked ``NoiseSpec`` from NoisyLM's keyword arguments (lists joined by ``+``, see ``_listed``)."""
+    from .spec import make_noise_spec
 
-    return NoiseInjector(model, noise_type, scale=scale, targets=_listed(targets), blocks=parse_blocks(_listed(blocks)),
-                         include_bias=include_bias, noise_params=noise_params)
+    return make_noise_spec(noise_type, params, scale, _listed(targets), _listed(blocks), include_bias)
 
 
 def _listed(value):
@@ -48,11 +47,8 @@ def _listed(value):
     return value.replace("+", ",") if isinstance(value, str) else value
 
 
-def _noise_params(kwargs: dict) -> dict:
-    """Pop the noise models' own parameters (``t_seconds``, ``df`` ...) out of lm-eval's model_args."""
-    from .options import NOISE_PARAMS
-
-    return {k: kwargs.pop(k) for k in list(kwargs) if k in NOISE_PARAMS}
+def _pop(kwargs: dict, names) -> dict:
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
 
 @register_model("noisynn")
@@ -60,6 +56,9 @@ class NoisyLM(HFLM):
     """lm-eval's HF causal LM with noise in the weights; ``sigma=0`` is the clean model, bit for bit.
 
     ``pretrained``: a name ``load_model`` accepts, or an already ``LoadedModel`` (reused as it is).
+    ``spec``: a checked ``noisynn.spec.NoiseSpec`` (else built from the keywords below);
+    ``converters``: a ``ConverterSpec`` (else built from ``dac_bits``, ``adc_bits``, ``out_noise``,
+    ``out_bound``, ``input_range``, ``analog_io`` when given).
     ``noise_type``, ``scale``, ``targets``, ``blocks`` (e.g. ``"0-3+7"``; ``+`` separates list items
     because lm-eval's ``--model_args`` splits on commas), ``include_bias`` and the noise's own
     parameters (``t_seconds``, ``df`` ...) mean what the CLI flags of the same name mean. Other keyword
@@ -69,8 +68,16 @@ class NoisyLM(HFLM):
     def __init__(self, pretrained: str | LoadedModel = "smollm2-135m", noise_type: str = "gaussian",
                  scale: str = "absolute", targets: str = "blocks", blocks: str | None = None,
                  include_bias: bool = False, sigma: float = 0.0, seed: int = 0, device: str = "auto",
-                 dtype: str | None = None, **kwargs):
-        params = _noise_params(kwargs)
+                 dtype: str | None = None, spec=None, converters=None, analog_io: bool = False, **kwargs):
+        from .converters import install_converters
+        from .inject import NoiseInjector
+        from .spec import CONVERTER_FLAGS, NOISE_PARAMS, make_converter_spec
+
+        params, flags = _pop(kwargs, NOISE_PARAMS), _pop(kwargs, CONVERTER_FLAGS)
+        # checked before the model is loaded: a wrong setting costs no load
+        spec = spec or noise_spec(noise_type, scale, targets, blocks, include_bias, params)
+        if converters is None:
+            converters = make_converter_spec(flags, analog_io, per_channel=spec.scale == "relative_channel")
         loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model(str(pretrained), device=device,
                                                                                   dtype=dtype)
         kwargs.setdefault("batch_size", 1)
@@ -83,7 +90,8 @@ class NoisyLM(HFLM):
             hf_log.setLevel(level)
         self.loaded = loaded
         # after HFLM's own set-up (it calls tie_weights), so an untied head stays untied
-        self.injector = make_injector(loaded.model, noise_type, scale, targets, blocks, include_bias, params)
+        self.injector = NoiseInjector(loaded.model, spec)
+        self.hooks = install_converters(converters, loaded, self.injector.targets, seed=int(seed))
         self.sigma: float | None = None
         self.set_noise(float(sigma), int(seed))
 
@@ -106,17 +114,25 @@ class NoisyLM(HFLM):
             extra["device"] = "auto" if absent else device
         return cls(**{**extra, **arg_dict})
 
-    def set_noise(self, sigma: float, seed: int) -> None:
-        """Weights at noise level ``sigma`` of realization ``seed`` (drawn only when the seed changes)."""
-        if self.injector.seed != seed:
-            self.injector.draw(seed)
-        self.injector.apply(sigma)
+    def set_noise(self, sigma: float, seed: int, converter_seed: int | None = None) -> None:
+        """Weights at noise level ``sigma`` of realization ``seed`` (drawn only when the seed changes);
+        converter output noise (if any) restarts from ``converter_seed`` (default ``seed``)."""
+        self.injector.realize(seed, sigma)
+        if self.hooks:
+            self.hooks.reseed(seed if converter_seed is None else converter_seed)
         self.sigma = sigma
 
     def restore(self) -> None:
-        """The clean weights, bit-exact."""
+        """The clean weights, bit-exact, and no converter hooks."""
         self.injector.restore()
+        if self.hooks:
+            self.hooks.remove()
+            self.hooks = None
         self.sigma = 0.0
+
+    def describe(self) -> dict:
+        """What run.json records about the noise on this model."""
+        return {"injection": self.injector.describe(), **({"converters": self.hooks.describe()} if self.hooks else {})}
 
 
 def task_manager(include: Sequence[str] = ()):

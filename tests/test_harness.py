@@ -124,6 +124,30 @@ def test_registered_under_noisynn_and_built_from_model_args(tiny_model_dir, mana
     assert {t.cls.block for t in lm.injector.targets} == {1} and {t.cls.kind for t in lm.injector.targets} == {"mlp", "attention"}
 
 
+def test_converters_and_spec_from_python(tiny_model_dir, manager):
+    from noisynn.harness import NoisyLM
+    from noisynn.spec import make_noise_spec
+
+    spec = make_noise_spec("gaussian", scale="relative", targets="mlp")
+    clean = NoisyLM(pretrained=str(tiny_model_dir), device="cpu", spec=spec)
+    assert {t.cls.kind for t in clean.injector.targets} == {"mlp"} and clean.hooks is None
+    before = _evaluate(clean, manager, limit=3)
+    analog = NoisyLM(pretrained=clean.loaded, spec=spec, adc_bits=3, out_bound=2)  # the same loaded model, reused
+    assert analog.describe()["converters"]
+    assert _evaluate(analog, manager, limit=3) != before
+    analog.restore()  # hooks removed from the shared model
+    assert analog.hooks is None and _evaluate(clean, manager, limit=3) == before
+
+
+def test_bad_noise_settings_fail_before_the_model_is_loaded():
+    from noisynn.harness import NoisyLM
+
+    with pytest.raises(NoisyNNError, match="unknown target"):
+        NoisyLM(pretrained="/no/such/model", targets="nothing")
+    with pytest.raises(NoisyNNError, match="unknown noise type"):
+        NoisyLM(pretrained="/no/such/model", noise_type="nope")
+
+
 def test_hub_task_offline_is_one_clear_line(manager, monkeypatch):
     from noisynn.harness import load_tasks
 
