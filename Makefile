@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 CHROMIUM ?= /usr/bin/chromium
 SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test test-fast figures runs gemma ui bench clean
+.PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean
 
 $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
 
 install: $(STAMP)
 
-## The main sweep on the embedded SmolLM2-135M (about 3 minutes on 2 CPU cores); rerun resumes.
+## The main sweep on the embedded SmolLM2-135M (2-6 minutes on a 2-core CPU; longer when shared); rerun resumes.
 demo: $(STAMP)
 	$(BIN)/python thermal_noise_simulation.py --out runs/demo
 
@@ -68,5 +68,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
 	$(BIN)/python benchmarks/bench_processes.py
 
+## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+## Regenerate docs/cli.md from every parser's --help (tests/test_docs.py fails when it is stale).
+cli-docs: $(STAMP)
+	$(BIN)/python scripts/gen_cli_docs.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

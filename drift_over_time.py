@@ -1,7 +1,10 @@
 """PCM drift over time on the embedded SmolLM2-135M (see `--help`); same as `noisynn drift_over_time`."""
 import sys
-
-from noisynn.experiments.drift_over_time import main
+try:  # Ctrl-C while the imports load: one line, like Ctrl-C during a run
+    from noisynn.experiments.drift_over_time.run import main
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted while starting; nothing was run\n")
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,10 @@
 """The main noise sweep on the embedded SmolLM2-135M (see `--help`); same as `noisynn sweep`."""
 import sys
-
-from noisynn.experiments.sweep import main
+try:  # Ctrl-C while the imports load: one line, like Ctrl-C during a run
+    from noisynn.experiments.sweep.run import main
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted while starting; nothing was run\n")
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,7 +63,7 @@ def mode_toolkit(dtype: str) -> dict:
     from transformers import AutoTokenizer
 
     from noisynn.evaluation import tokenize
-    from noisynn.experiments import sweep
+    from noisynn.experiments.sweep import run as sweep
     from noisynn.models import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
 
     base = rss_mb()

@@ -82,8 +82,9 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         if text.info["n_chars"] < args.eval_chars:
             raise NoisyNNError(f"the text has only {text.info['n_chars']} characters, fewer than --eval_chars "
                                f"{args.eval_chars}; lower it or give a longer text")
-        folder.check(config)
-        done = folder.open(config, {"experiment": experiment, "text": text.info, **meta})
+        run_meta = {"experiment": experiment, "text": text.info, **meta}
+        folder.check(config, run_meta)
+        done = folder.open(config, run_meta)
         return Context(args, experiment, None, text, None, folder, done, spec, converters)
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory)
@@ -91,12 +92,13 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run
     targets = select(lm.model, spec) if spec is not None else None
-    folder.check(config)
+    run_meta = {"experiment": experiment, "model": lm.info, "text": text.info, **meta}
+    folder.check(config, run_meta)  # flags, fingerprints of the weights and text, damaged files
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)
     if eval_ids.numel() - 1 < args.eval_tokens:
         raise NoisyNNError(f"the text has only {eval_ids.numel() - 1} scorable tokens, fewer than "
                            f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
-    done = folder.open(config, {"experiment": experiment, "model": lm.info, "text": text.info, **meta})
+    done = folder.open(config, run_meta)
     return Context(args, experiment, lm, text, eval_ids, folder, done, spec, converters, targets)
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 LN2 = math.log(2.0)
+# The prompt generations start from unless one is given (the sweep, the drift experiments, the explorer).
+DEFAULT_PROMPT = "The history of science shows that"
 
 
 class PerplexityResult(float):
@@ -57,6 +59,11 @@ class PerplexityResult(float):
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
         return f"PerplexityResult({fields})"
+
+    def metrics(self) -> dict:
+        """The run folder's columns for this result: perplexity, nll, bits_per_byte, eval_tokens, finite."""
+        return {"perplexity": self.perplexity, "nll": self.nll, "bits_per_byte": self.bits_per_byte,
+                "eval_tokens": self.n_tokens, "finite": self.finite}
 
 
 def _device_of(model) -> torch.device:
@@ -390,8 +397,7 @@ def quality_metrics(model, tokenizer, eval_ids: torch.Tensor, prompt: str, *, n_
                  temperature=temperature, top_k=top_k, generator=gen_rng)
     samples = gen.texts[1:]
     entropy = mean_entropy(gen, 0, entropy_tokens)
-    metrics = {"perplexity": ppl.perplexity, "nll": ppl.nll, "bits_per_byte": ppl.bits_per_byte,
-               "eval_tokens": ppl.n_tokens, "entropy_bits": entropy,
+    metrics = {**ppl.metrics(), "entropy_bits": entropy,
                "distinct_1": compute_distinct_n(samples, 1), "distinct_2": compute_distinct_n(samples, 2),
                "repetition": compute_repetition_ratio(samples),
                "finite": bool(ppl.finite and gen.finite and math.isfinite(entropy))}

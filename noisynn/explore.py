@@ -3,20 +3,22 @@
 No UI library here: ``ui.py`` only lays out widgets and calls these functions, so everything
 is testable without a browser. Nothing is reimplemented: models come from ``load_model``,
 noise from ``NoiseInjector`` (the sweep's seeds, so the exported command reproduces a setting),
-text and metrics from ``decode``, ``compute_perplexity`` and ``entropy_bits``, saved-run
-figures from ``plotting``.
+text and metrics from ``decode``, ``compute_perplexity`` and ``entropy_bits``. The Saved runs
+tab reads ``saved_runs``.
+
+Why this module is long: it is one idea, the explorer's state and every action of its tabs
+(settings and their checks, the model cache, clean-vs-noisy comparison, drift, export, the
+figures); the page layout lives in ``ui.py`` and the Saved runs tab in ``saved_runs.py``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import queue
 import shlex
-import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -28,23 +30,21 @@ import torch
 
 from .corpus import load_text
 from .errors import NoisyNNError
-from .evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
+from .evaluation import DEFAULT_PROMPT, PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
 from .inject import NoiseInjector, select_targets
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .noise import NOISE_REGISTRY
-from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows
+from .results import format_value
+from .runner import Point
 from .spec import NoiseSpec, make_noise_spec, parse_blocks
-from .sweep import Point
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "The history of science shows that"  # the sweep's default prompt
 TARGET_CHOICES = ("attention", "mlp", "head")
 MAX_NEW_TOKENS = 256
 MAX_EVAL_TOKENS = 4096
 MAX_TOP_K = 50
 SIGMA_DIGITS = 4  # the UI's sigma is rounded to this many significant digits, so the CLI command is exact
-RUN_ROOTS = ("runs", "results")
 CSV_COLUMNS = ("experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "targets", "blocks",
                "prompt", "max_new_tokens", "perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits",
                "continuation")
@@ -537,98 +537,6 @@ def metrics_table(rows: Sequence[dict]) -> list[list]:
 
 
 METRICS_HEADERS = ["", "sigma", "perplexity", "bits/byte", "mean entropy (bits)", "eval tokens"]
-
-
-# -- saved runs -------------------------------------------------------------------------------------
-@dataclass
-class SavedRun:
-    path: Path
-    meta: dict
-    table_name: str
-    columns: list[str]
-    rows: list[list]
-    figures: list[Path]
-    note: str = ""
-
-
-def list_runs(roots: Sequence[str | Path] = RUN_ROOTS, depth: int = 2) -> list[str]:
-    """Run folders (holding results.csv) under ``roots``, up to ``depth`` levels down, sorted by path."""
-    found = set()
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        candidates = [root] + [p for p in root.glob("*") if p.is_dir()]
-        if depth > 1:
-            candidates += [p for p in root.glob("*/*") if p.is_dir()]
-        found.update(str(p) for p in candidates if (p / RESULTS_CSV).is_file())
-    return sorted(found)
-
-
-def _read_table(path: Path) -> tuple[list[str], list[list]]:
-    rows = read_rows(path)
-    if not rows:
-        return [], []
-    columns = list(rows[0].keys())
-    return columns, [[format_value(r[c]) if isinstance(r[c], float) else r[c] for c in columns] for r in rows]
-
-
-def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
-    """A run folder's config, table (summary.csv, else results.csv) and figures (its PNGs).
-
-    A folder without PNGs gets its figure redrawn by ``plotting.plot_<experiment>`` from a
-    temporary copy of run.json and results.csv (the folder itself is never written).
-    """
-    text = str(folder or "").strip()
-    if not text:
-        raise NoisyNNError("no run folder given: pick one from the list or type a path")
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise NoisyNNError(f"run folder {text} does not exist")
-    if not path.is_dir():
-        raise NoisyNNError(f"{text} is not a folder")
-    if not (path / RESULTS_CSV).is_file():
-        raise NoisyNNError(f"{text} holds no {RESULTS_CSV}: not a run folder")
-    try:
-        meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8")) if (path / RUN_JSON).is_file() else {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise NoisyNNError(f"{path / RUN_JSON} is unreadable ({err})") from None
-    figures = sorted(path.glob("*.png"))
-    note = ""
-    table_path = path / "summary.csv"
-    if not figures:
-        figures, note, redrawn_summary = _redraw(path, meta)
-        if not table_path.is_file() and redrawn_summary is not None:
-            table_path = redrawn_summary
-    if not table_path.is_file():
-        table_path = path / RESULTS_CSV
-    columns, rows = _read_table(table_path)
-    if not rows:
-        raise NoisyNNError(f"{path / RESULTS_CSV} holds no rows yet")
-    if len(rows) > max_rows:
-        note += f" Showing the first {max_rows} of {len(rows)} rows."
-    return SavedRun(path, meta, table_path.name, columns, rows[:max_rows], figures, note.strip())
-
-
-def _redraw(path: Path, meta: dict) -> tuple[list[Path], str, Path | None]:
-    from . import plotting
-
-    experiment = meta.get("experiment") or meta.get("config", {}).get("experiment")
-    plot = getattr(plotting, f"plot_{experiment}", None) if experiment else None
-    if plot is None:
-        return [], f"No PNG in the folder and no plotting.plot_{experiment or '?'} to redraw one.", None
-    tmp = Path(tempfile.mkdtemp(prefix="noisynn-ui-run-"))
-    for name in (RUN_JSON, RESULTS_CSV, "samples.jsonl"):
-        if (path / name).is_file():
-            shutil.copyfile(path / name, tmp / name)
-    try:
-        figures = [Path(f) for f in plot(tmp)]
-    except Exception as err:  # a partial or foreign folder: show the table anyway
-        log.warning("redrawing %s failed: %s", path, err)
-        return [], f"No PNG in the folder; redrawing with plotting.plot_{experiment} failed ({err}).", None
-    summary = tmp / "summary.csv"
-    note = f"Figure redrawn from results.csv by plotting.plot_{experiment}."
-    return figures, note, summary if summary.is_file() else None
 
 
 def noise_choices() -> list[str]:

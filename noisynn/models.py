@@ -369,13 +369,33 @@ def _looks_like_repo_id(name: str) -> bool:
 
 
 def _fingerprint_files(files) -> str | None:
+    """sha256 over the weight files' names and contents (a resume compares it: other weights
+    under the same path are refused). Each file's digest is cached by (path, size, mtime, inode),
+    so a big model is read once, not at every start."""
     if not files:
         return None
-    digest = hashlib.sha256()
+    cache_file = cache_root() / "fingerprints.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    digest, changed = hashlib.sha256(), False
     for f in files:
         st = f.stat()
-        digest.update(f"{f.name}:{st.st_size}".encode())
-    return digest.hexdigest()[:16]
+        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        if key not in cache:
+            cache[key], changed = file_sha256(f), True
+        digest.update(f"{f.name}:{cache[key]}".encode())
+    if changed:
+        try:  # best effort: without the cache the next start hashes again
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return digest.hexdigest()
 
 
 def _offline_hint(name: str) -> str:

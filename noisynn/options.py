@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import errno
 import math
 import os
+import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,6 +90,12 @@ def output_file(text: str) -> str:
     if not path.parent.is_dir():
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise argparse.ArgumentTypeError(f"'{path.parent}', the folder of '{text}', {problem}")
+    from .results import check_writable
+
+    try:  # found now, not after the whole run
+        check_writable(path.parent)
+    except NoisyNNError as err:
+        raise argparse.ArgumentTypeError(f"--output '{text}': {err}") from None
     return text
 
 
@@ -274,7 +283,9 @@ def noise_params(args) -> dict:
 
 
 def default_out(experiment: str) -> str:
-    return os.path.join("runs", f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """``runs/<experiment>-<time>-<pid><random>``: two jobs started in the same second (on one
+    node or on several sharing a disk) never get the same folder."""
+    return os.path.join("runs", f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{secrets.token_hex(2)}")
 
 
 def config_of(args) -> dict:
@@ -282,17 +293,78 @@ def config_of(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received: unwinds like Ctrl-C (``finally`` blocks restore the model)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+# errno -> what the user can do about it.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EROFS: "the filesystem is read-only; use another --out",
+    errno.EACCES: "no permission; use another --out",
+    errno.EPERM: "no permission; use another --out",
+    errno.ENOTDIR: "a path component is a file; use another --out",
+    errno.EISDIR: "a folder stands where a file is expected",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: what failed, on which file, and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    hint = OS_ERROR_HINTS.get(err.errno, "check the disk and the paths")
+    what = (err.strerror or str(err) or type(err).__name__).strip().splitlines()[0]
+    return f"{what}{where}: {hint}"
+
+
 def script_main(run: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run an experiment's body; user errors become one line and exit code 2."""
+    """Run an experiment's body at the script boundary: every known failure becomes one line.
+
+    User errors: one line, exit 2. Filesystem errors (disk full, read-only, no permission):
+    one line, exit 2, finished rows kept. Ctrl-C, SIGTERM and SIGHUP: one line saying how to
+    resume, run.json marked ``interrupted``, exit 128 + signal number (130 for Ctrl-C).
+    """
+    from . import results
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "huggingface_hub", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     prog = Path(sys.argv[0]).name
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+    except ValueError:  # not the main thread: leave the handlers alone
+        pass
     try:
         return int(run(argv) or 0)
     except NoisyNNError as err:
+        results.mark_open_folders("failed", str(err))
         sys.stderr.write(f"{prog}: error: {err}\n")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted; finished rows are saved, rerun the same command to resume\n")
-        return 130
+    except OSError as err:
+        message = describe_os_error(err)
+        kept = results.mark_open_folders("failed", message)
+        sys.stderr.write(f"{prog}: error: {message}" + ("; finished rows are saved, rerun the same command to resume"
+                                                        if kept else "") + "\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        results.mark_open_folders("interrupted", name)
+        sys.stderr.write(f"{prog}: interrupted ({name}); finished rows are saved, rerun the same command to resume\n")
+        return 128 + int(signum)
+    except Exception as err:  # a bug: its traceback is wanted, but run.json must not stay "running"
+        results.mark_open_folders("failed", f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -22,13 +22,14 @@ import sys
 from .context import check_model_flags
 from .corpus import load_text
 from .errors import NoisyNNError
-from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, RUN_ROOTS, TARGET_CHOICES, Explorer, Setting,
-                      check_setting, cli_command, drift_figure, entropy_figure, list_runs, load_saved_run,
-                      metrics_table, noise_choices, probability_figure, result_rows, sigma_from_slider, write_csv)
+from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, TARGET_CHOICES, Explorer, Setting,
+                      check_setting, cli_command, drift_figure, entropy_figure, metrics_table, noise_choices,
+                      probability_figure, result_rows, sigma_from_slider, write_csv)
 from .spec import parse_targets
 from .models import check_model_name
 from .options import (ArgumentParser, add_model_args, add_noise_args, load_plugins, nonneg_float, nonneg_int,
                       positive_int, script_main)
+from .saved_runs import RUN_ROOTS, list_runs, load_saved_run
 
 log = logging.getLogger(__name__)
 
@@ -311,10 +312,14 @@ def defaults_from(args) -> Setting:
     return check_setting(s)
 
 
-def run(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="noisynn ui", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     load_plugins(args.plugin)
     defaults = defaults_from(args)
     check_model_flags(args)  # everything that can be checked without the model, before the slow imports

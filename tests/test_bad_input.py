@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, exits_2_with_one_line
-from noisynn import cli, ui
-from noisynn.experiments import (drift_over_time, generate_graphs, layer_sensitivity, llama_scaling,
-                                 noise_aware_training, optimal_jitter, sweep, temporal_drift)
+from noisynn import cli, registry, ui
+from noisynn import graphs as generate_graphs
+
+(drift_over_time, layer_sensitivity, llama_scaling, noise_aware_training, optimal_jitter, sweep, temporal_drift) = (
+    registry.run_module(name) for name in ("drift_over_time", "layer_sensitivity", "llama_scaling",
+                                           "noise_aware_training", "optimal_jitter", "sweep", "temporal_drift"))
 
 MAIN = {
     "sweep": sweep.main, "layer_sensitivity": layer_sensitivity.main, "optimal_jitter": optimal_jitter.main,

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, exits_2_with_one_line
-from noisynn.experiments import sweep
+from noisynn.experiments.sweep import run as sweep
 from noisynn.results import read_rows
 
 SCHEMA = ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "perplexity", "nll",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from noisynn.experiments import sweep
+from noisynn.experiments.sweep import run as sweep
 from noisynn.results import read_rows
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -43,6 +43,29 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
     import json
     meta = json.loads((two / "run.json").read_text())
     assert meta["processes"] == 2 and meta["last_session"]["processes"] == 2
+
+
+def test_temporal_drift_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
+    """temporal_drift runs on the runner: its traces (schedule x trial) split across two processes
+    and the shards merge into the single-process folder, rows and samples in the same order."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    flags = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32", "--total_tokens", "8",
+             "--n_trials", "2", "--schedule", "linear,step", "--end_sigma", "0.5", "--quiet"]
+    script = str(ROOT / "temporal_drift.py")
+    single = subprocess.run([sys.executable, script, *flags, "--out", str(one)], env=env(), cwd=ROOT,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([*LAUNCH, script, *flags, "--out", str(two)], env=env(), cwd=ROOT, capture_output=True,
+                           text=True)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    rows = read_rows(two / "results.csv")
+    assert len(rows) == 2 * 2 * 8 and (one / "results.csv").read_text() == (two / "results.csv").read_text()
+    assert (one / "samples.jsonl").read_text() == (two / "samples.jsonl").read_text()
+    assert not list(two.glob("*.rank*")) and (two / "temporal_drift.png").is_file()
+    import json
+    meta = json.loads((two / "run.json").read_text())
+    assert meta["processes"] == 2 and meta["last_session"]["processes"] == 2 and meta["status"] == "finished"
+    assert set(meta["verdicts"]) == {"linear", "step"}
 
 
 SLOW_PLUGIN = """

@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from noisynn.experiments import drift_over_time, sweep
+from noisynn.experiments.drift_over_time import report as drift_report
+from noisynn.experiments.drift_over_time import run as drift_over_time
+from noisynn.experiments.sweep import run as sweep
 from noisynn.results import read_rows
 
 SWEEP_SCHEMA = ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "perplexity", "nll",
@@ -54,13 +56,12 @@ def test_drift_over_time_run_folder(tmp_path, tiny, capsys):
 
 
 def test_drift_plot_redraws_from_the_folder_alone(tmp_path, tiny):
-    from noisynn import plotting
 
     out = tmp_path / "run"
     assert drift_over_time.main(tiny + ["--times", "1h,1y", "--n_trials", "1", "--digital_bits", "",
                                         "--compensation", "on", "--out", str(out)]) == 0
     (out / "drift_over_time.png").unlink()
-    (path,) = plotting.plot_drift_over_time(out)
+    (path,) = drift_report.plot(out)
     assert path.stat().st_size > 10_000
     assert {r["compensation"] for r in read_rows(out / "results.csv") if r["condition"] == "pcm"} == {True}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama
-from noisynn import explore
+from noisynn import explore, saved_runs
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, decode, tokenize
 from noisynn.explore import Explorer, Setting, check_setting
@@ -190,7 +190,7 @@ def test_figures_draw(explorer):
 
 def test_exported_command_reproduces_the_setting(tmp_path, tiny_model_dir, text_file, monkeypatch):
     """Run the exported thermal_noise_simulation.py command: same perplexity, same noisy greedy text."""
-    from noisynn.experiments import sweep
+    from noisynn.experiments.sweep import run as sweep
 
     ex = Explorer(device="cpu", text_file=str(text_file))
     s = check_setting(Setting(model=str(tiny_model_dir), sigma=0.4, scale="relative_channel", targets=("attention",),
@@ -214,7 +214,7 @@ def test_exported_command_reproduces_the_setting(tmp_path, tiny_model_dir, text_
 
 
 def test_sweep_blocks_flag(tmp_path, tiny_model_dir, text_file, capsys):
-    from noisynn.experiments import sweep
+    from noisynn.experiments.sweep import run as sweep
 
     base = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32", "--max_length", "32",
             "--n_levels", "1", "--n_trials", "1", "--max_new_tokens", "2", "--n_samples", "1", "--quiet"]
@@ -231,7 +231,7 @@ def test_sweep_blocks_flag(tmp_path, tiny_model_dir, text_file, capsys):
 
 @pytest.fixture
 def saved_run(tmp_path, tiny_model_dir, text_file):
-    from noisynn.experiments import sweep
+    from noisynn.experiments.sweep import run as sweep
 
     out = tmp_path / "runs" / "tiny-sweep"
     assert sweep.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",
@@ -241,8 +241,8 @@ def saved_run(tmp_path, tiny_model_dir, text_file):
 
 
 def test_saved_runs_listed_and_shown(saved_run, tmp_path):
-    assert explore.list_runs([tmp_path / "runs", tmp_path / "nothing"]) == [str(saved_run)]
-    run = explore.load_saved_run(saved_run)
+    assert saved_runs.list_runs([tmp_path / "runs", tmp_path / "nothing"]) == [str(saved_run)]
+    run = saved_runs.load_saved_run(saved_run)
     assert [p.name for p in run.figures] == ["sweep.png"] and run.table_name == "summary.csv"
     assert "median" in run.columns and len(run.rows) == 5 * 3  # 5 metrics x 3 levels
     assert run.meta["config"]["n_trials"] == 2
@@ -252,7 +252,7 @@ def test_saved_run_without_png_is_redrawn_elsewhere(saved_run):
     (saved_run / "sweep.png").unlink()
     (saved_run / "summary.csv").unlink()
     before = sorted(p.name for p in saved_run.iterdir())
-    run = explore.load_saved_run(saved_run)
+    run = saved_runs.load_saved_run(saved_run)
     assert len(run.figures) == 1 and run.figures[0].stat().st_size > 10_000
     assert saved_run not in run.figures[0].parents and "redrawn" in run.note
     assert run.table_name == "summary.csv" and sorted(p.name for p in saved_run.iterdir()) == before
@@ -266,7 +266,7 @@ def test_saved_run_without_png_is_redrawn_elsewhere(saved_run):
 ])
 def test_bad_run_folders(tmp_path, make, message):
     with pytest.raises(NoisyNNError, match=message):
-        explore.load_saved_run(make(tmp_path))
+        saved_runs.load_saved_run(make(tmp_path))
 
 
 def test_app_builds_and_lists_every_registered_noise(explorer):

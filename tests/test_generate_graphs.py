@@ -9,16 +9,21 @@ import sys
 import pytest
 
 from conftest import ROOT
-from noisynn import plotting
-from noisynn.experiments import generate_graphs, sweep
+from noisynn import graphs as generate_graphs
+from noisynn import registry
+from noisynn.errors import NoisyNNError
+from noisynn.experiments.llama_scaling import report as llama_report
+from noisynn.experiments.sweep import report as sweep_report
+from noisynn.experiments.sweep import run as sweep
 from noisynn.results import read_rows
+from noisynn.stats import summarize_levels
 
 
 @pytest.fixture(scope="module")
 def results_tree(tmp_path_factory, tiny_model_dir, text_file):
     """results/ as the repository keeps it: sweep, noise_types/<type> (3 types), llama_scaling, and
     one run of an experiment that has no plot function."""
-    from noisynn.experiments import llama_scaling
+    from noisynn.experiments.llama_scaling import run as llama_scaling
 
     root = tmp_path_factory.mktemp("repo") / "results"
     base = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "64", "--max_length", "32",
@@ -47,7 +52,7 @@ def results_tree(tmp_path_factory, tiny_model_dir, text_file):
 
 def run_without_torch(args):
     """generate_graphs in a fresh interpreter; reports whether torch got imported."""
-    code = ("import sys\nfrom noisynn.experiments import generate_graphs as g\nrc = g.main(sys.argv[1:])\n"
+    code = ("import sys\nfrom noisynn import graphs as g\nrc = g.main(sys.argv[1:])\n"
             "print('TORCH-IMPORTED' if 'torch' in sys.modules else 'NO-TORCH')\nsys.exit(rc)\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
@@ -81,7 +86,7 @@ def test_heavy_tails_are_kept_as_nonfinite_not_dropped(results_tree):
     cauchy = read_rows(root / "noise_types" / "cauchy" / "results.csv")
     broken = [r for r in cauchy if not math.isfinite(r["perplexity"])]
     assert broken, "cauchy noise at sigma 40 x std should overflow this tiny model"
-    summary = {s["sigma"]: s for s in plotting.summarize_levels(cauchy, "perplexity")}
+    summary = {s["sigma"]: s for s in summarize_levels(cauchy, "perplexity")}
     assert sum(s["n_nonfinite"] for s in summary.values()) == len(broken)
     assert all(s["n_trials"] == 2 for s in summary.values())
 
@@ -92,11 +97,12 @@ def test_compare_mode_and_registry(results_tree, tmp_path):
     out = tmp_path / "cmp.png"
     assert generate_graphs.main(["--compare", *runs, "--output", str(out)]) == 0
     assert out.stat().st_size > 20_000
-    assert plotting.plotter_for("sweep") is plotting.plot_sweep
-    assert plotting.plotter_for("llama_scaling") is plotting.plot_llama_scaling
-    assert plotting.plotter_for("nonexistent") is None
-    with pytest.raises(ValueError, match="already registered"):
-        plotting.register_plot("sweep")(lambda run_dir: [])
+    assert registry.report_module("sweep").plot is sweep_report.plot
+    assert registry.report_module("llama_scaling").plot is llama_report.plot
+    with pytest.raises(NoisyNNError, match="unknown experiment 'nonexistent'; known: sweep, "):
+        registry.report_module("nonexistent")
+    with pytest.raises(NoisyNNError, match="unknown experiment 'generate_graphs'"):  # a tool, not an experiment
+        registry.report_module("generate_graphs")
 
 
 @pytest.mark.parametrize("args,message", [

@@ -7,7 +7,7 @@ import pytest
 
 from noisynn.corpus import embedded_split, load_text
 from noisynn.evaluation import compute_perplexity, tokenize
-from noisynn.experiments import sweep
+from noisynn.experiments.sweep import run as sweep
 from noisynn.inject import noisy_weights
 from noisynn.results import read_rows
 

@@ -8,11 +8,11 @@ import torch
 
 from conftest import byte_tokenizer, tiny_gpt2, tiny_llama, exits_2_with_one_line
 from noisynn.evaluation import tokenize
-from noisynn.experiments import layer_sensitivity as ls
+from noisynn.experiments.layer_sensitivity import run as ls
 from noisynn.inject import classify_weight
-from noisynn.plotting import layer_sensitivity_crossings
+from noisynn.experiments.layer_sensitivity.report import layer_sensitivity_crossings
 from noisynn.results import LEADING_COLUMNS, read_rows
-from noisynn.sweep import Point
+from noisynn.runner import Point
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -114,7 +114,7 @@ BAD = [
     (["--ppl_threshold", "1"], "must be > 1"),
     (["--ppl_threshold", "-2"], "must be > 0"),
     (["--blocks", "7"], "the model has blocks 0-1"),
-    (["--blocks", "a-b"], "is not 'all' or a list"),
+    (["--blocks", "a-b"], "blocks take indices and ranges like 0-3,7; got 'a-b'"),
     (["--projections", "qq"], "unknown projection 'qq'"),
     (["--targets", "attention,attn"], "unknown target 'attn'"),
     (["--mode", "cells"], "invalid choice"),

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_llama, exits_2_with_one_line
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, tokenize
-from noisynn.experiments import noise_aware_training as nat
+from noisynn.experiments.noise_aware_training import run as nat
 from noisynn.inject import select_targets
 from noisynn.models import load_model
 from noisynn.results import LEADING_COLUMNS, read_rows

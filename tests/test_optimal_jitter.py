@@ -7,11 +7,11 @@ import torch
 
 from conftest import exits_2_with_one_line
 from noisynn.evaluation import decode
-from noisynn.experiments import optimal_jitter as oj
+from noisynn.experiments.optimal_jitter import run as oj
 from noisynn.models import load_model
-from noisynn.plotting import jitter_zone
+from noisynn.experiments.optimal_jitter.report import jitter_zone
 from noisynn.results import LEADING_COLUMNS, read_rows
-from noisynn.sweep import Point
+from noisynn.runner import Point
 
 PROMPTS = ["The fox", "A lazy dog sleeps and"]
 

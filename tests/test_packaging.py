@@ -53,11 +53,14 @@ def test_root_scripts_are_thin_and_define_nothing():
 
 
 def test_every_experiment_has_its_root_script_and_noisynn_subcommand():
-    from noisynn.cli import EXPERIMENTS
+    from noisynn import registry
 
-    for name, module in EXPERIMENTS.items():
+    modules = {name: f"{package}.run" for name, package in registry.EXPERIMENTS.items()}
+    modules["generate_graphs"] = registry.TOOLS["generate_graphs"]  # a tool with a root script of its own
+    for name, module in modules.items():
         script = "thermal_noise_simulation.py" if name == "sweep" else f"{name}.py"
-        assert f"from noisynn.experiments.{module} import main" in (ROOT / script).read_text(), script
+        assert f"from {module} import main" in (ROOT / script).read_text(), script
+        assert registry.command_module(name).__name__ == module, name
 
 
 def test_ci_runs_the_readme_test_command():

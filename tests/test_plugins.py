@@ -9,7 +9,7 @@ import torch
 
 from conftest import exits_2_with_one_line, tiny_llama
 from noisynn.errors import NoisyNNError
-from noisynn.experiments import sweep
+from noisynn.experiments.sweep import run as sweep
 from noisynn.inject import NoiseInjector, inject_thermal_noise, noisy_weights
 from noisynn.noise import NOISE_REGISTRY, NoiseDistribution, get_noise, register_noise
 from noisynn.options import load_plugins

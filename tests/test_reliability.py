@@ -9,7 +9,7 @@ import time
 import matplotlib
 
 from conftest import ROOT
-from noisynn.experiments import sweep
+from noisynn.experiments.sweep import run as sweep
 from noisynn.results import read_rows
 
 matplotlib.use("Agg")

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from noisynn.errors import NoisyNNError
 from noisynn.results import RunFolder, format_value, parse_value, read_rows
 from noisynn.stats import log_crossing, median_ci, summarize_levels
-from noisynn.sweep import Point, TrialResult, grid, levels, run_sweep
+from noisynn.runner import Point, TrialResult, grid, levels, run_sweep
 
 COLS = ["experiment", "sigma", "trial", "value"]
 
@@ -27,6 +27,7 @@ def test_resume_skips_finished_points_and_matches_uninterrupted(tmp_path):
     f = RunFolder(tmp_path / "a", COLS)
     f.open({"x": 1}, {})
     run_sweep(f, pts[:4], trial, leading, [])
+    f.release()  # the first process ends (killed): the kernel drops its lock
     f2 = RunFolder(tmp_path / "a", COLS)
     done = f2.open({"x": 1}, {})
     assert len(done) == 4
@@ -48,6 +49,7 @@ def test_torn_last_line_and_orphan_samples_are_dropped(tmp_path):
     with open(f.csv, "a") as fh:
         fh.write("t,0.1,0,2.")  # killed mid-row
     assert len(read_rows(f.csv)) == 1
+    f.release()  # the writer was killed
     done = RunFolder(tmp_path, COLS).open({}, {})
     assert len(done) == 1 and f.csv.read_text().endswith("1.5\n")
     assert f.samples.read_text() == ""
@@ -123,6 +125,7 @@ def test_results_writer_roundtrip(tmp_path_factory, rows):
     folder.open({"x": 1}, {})
     for i, (a, b) in enumerate(rows):
         folder.append({"experiment": "t", "sigma": 0.0, "trial": i, "a": a, "b": b})
+    folder.release()  # the writer ended
     back = RunFolder(folder.path, folder.columns).open({"x": 1}, {})
     assert len(back) == len(rows)
 

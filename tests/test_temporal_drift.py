@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama, exits_2_with_one_line
-from noisynn import plotting
 from noisynn.errors import NoisyNNError
-from noisynn.experiments import temporal_drift as td
+from noisynn.experiments.temporal_drift import report as td_report
+from noisynn.experiments.temporal_drift import run as td
 from noisynn.inject import NoiseInjector
 from noisynn.results import LEADING_COLUMNS, read_rows
 from noisynn.stats import jump_share, rolling_median
@@ -193,7 +193,7 @@ def _fake_run(folder, traces, window=5):
                             "sigma": step / (len(trace) - 1) * 0.05, "trial": trial, "seed": trial, "schedule": "linear",
                             "semantics": "redraw", "step": step, "effective_sigma": 0, "token_id": 1, "token": "a",
                             "entropy_bits": h, "logprob": -h, "repetition": 0.0, "finite": "true"})
-    return plotting.drift_verdicts(folder)["linear"]
+    return td_report.drift_verdicts(folder)["linear"]
 
 
 def test_verdict_rule(tmp_path):
@@ -215,7 +215,7 @@ def test_verdict_rule(tmp_path):
     dip = [np.linspace(2, 7, n) + dip_shape + rng.normal(0, 0.05, n) for _ in range(3)]
     d = _fake_run(tmp_path / "dip", dip)["metrics"]["entropy_bits"]
     assert d["verdict"] == "gradual" and d["jump_share"] < 0.35
-    assert plotting.plot_temporal_drift(tmp_path / "cliff")[0].stat().st_size > 10_000
+    assert td_report.plot(tmp_path / "cliff")[0].stat().st_size > 10_000
 
 
 @pytest.mark.integration

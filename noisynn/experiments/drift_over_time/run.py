@@ -12,19 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
-from .. import plotting
-from ..context import finish, start
-from ..converters import install_converters
-from ..errors import NoisyNNError
-from ..evaluation import quality_metrics
-from ..inject import NoiseInjector, noisy_weights
-from ..noise import bits_to_step, drift_factor, parse_time, time_label
-from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
+from ...context import finish, start
+from ...converters import install_converters
+from ...errors import NoisyNNError
+from ...evaluation import DEFAULT_PROMPT, quality_metrics
+from ...inject import NoiseInjector, noisy_weights
+from ...noise import bits_to_step, drift_factor, parse_time, time_label
+from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
                        nonneg_float, positive_int, prompt_text, script_main)
-from ..spec import converter_spec_from_args, spec_from_args
-from ..sweep import Point, TrialResult, run_sweep
+from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
+from ...spec import converter_spec_from_args, spec_from_args
+from . import report
 
 EXPERIMENT = "drift_over_time"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
@@ -32,7 +30,6 @@ METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", 
 EXTRA = ("condition", "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean")
 KEY = ("condition", "t_seconds", "compensation", "trial")
 DEFAULT_TIMES = "1s,1min,1h,1d,1mo,1y"
-DEFAULT_PROMPT = "The history of science shows that"
 
 
 @dataclass(frozen=True)
@@ -73,10 +70,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p, n_trials=5)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="drift_over_time.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def parse_bits(text: str) -> list[int]:
@@ -141,12 +142,11 @@ def run(argv=None) -> int:
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
     ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
-    leading = lambda p: {  # noqa: E731
-        "experiment": EXPERIMENT, "model": args.model, "scale": args.scale, "trial": p.trial,
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
         "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),
-        "sigma": args.noise_scale if p.condition == "pcm" else p.sigma, "seed": p.seed(args.seed),
+        "sigma": args.noise_scale if p.condition == "pcm" else p.sigma,
         "condition": p.condition, "t_seconds": p.t_seconds,
-        "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "digital", "compensation": p.compensation}
+        "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "digital", "compensation": p.compensation})
 
     def evaluate(point: DriftPoint) -> tuple[dict, list[dict]]:
         metrics, samples, greedy = quality_metrics(
@@ -180,7 +180,7 @@ def run(argv=None) -> int:
         metrics, samples = evaluate(point)
         return TrialResult({**metrics, "drift_ratio": ratio, "alpha_mean": alpha}, samples)
 
-    bar = None if args.quiet else (lambda items: tqdm(items, desc="drift", unit="point"))
+    bar = progress("drift", "point", args.quiet)
     try:
         rows = run_sweep(ctx.folder, points(times, args.n_trials, args.compensation, bits), trial, leading,
                          ctx.done_rows, bar)
@@ -190,9 +190,9 @@ def run(argv=None) -> int:
             hooks.remove()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_drift_over_time(ctx.folder.path)
+    figures = report.plot(ctx.folder.path)
     finish(ctx, figures)
-    print(plotting.format_drift_table(rows))
+    print(report.format_drift_table(rows))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0
 

@@ -14,23 +14,22 @@ Models are loaded one at a time and freed before the next.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import plotting
-from ..context import finish, start
-from ..evaluation import compute_perplexity, tokenize
-from ..inject import NoiseInjector, select_targets
-from ..models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model,
+from ...context import finish, start
+from ...evaluation import compute_perplexity, tokenize
+from ...inject import NoiseInjector, select_targets
+from ...models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model,
                       model_skeleton)
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
-from ..results import RUN_JSON
-from ..sweep import Point, TrialResult, grid, levels, run_sweep
+from ...errors import NoisyNNError
+from ...results import RUN_JSON, check_fingerprint, read_meta, read_run
+from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from . import report
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="llama_scaling.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    args = build_parser().parse_args(argv)
     args.models = resolve_models(args.models, args.include_modern)
     return args
 
@@ -91,10 +94,11 @@ def resolve_models(given, include_modern: bool) -> list[str]:
 
 def previous_models(out: str | None) -> dict:
     """Model records of an earlier session of the same run folder (kept when its models are skipped)."""
-    path = Path(out) / RUN_JSON if out else None
+    if not out or not (Path(out) / RUN_JSON).is_file():
+        return {}
     try:
-        return dict(json.loads(path.read_text()).get("models") or {}) if path and path.is_file() else {}
-    except (OSError, ValueError):
+        return dict(read_meta(Path(out) / RUN_JSON).get("models") or {})
+    except (NoisyNNError, TypeError, ValueError):  # a damaged run.json is reported by the folder check
         return {}
 
 
@@ -118,23 +122,22 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
     args = ctx.args
     lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
     injector = NoiseInjector(lm.model, ctx.spec)
+    if done:  # resuming this model: it must be the same weights the finished points ran on
+        check_fingerprint(ctx.folder.path, models_meta.get(name), lm.info, "fingerprint", f"the weights of {name}")
     ids = eval_ids_for(lm.tokenizer, ctx.text.text)
     models_meta[name] = {**lm.info, "injection": injector.describe(), "eval_ids": int(ids.numel())}
     ctx.folder.update_meta(models=models_meta)
     n_params, noised = lm.info["n_params"], injector.n_params
 
-    def leading(p: Point) -> dict:
-        return {"experiment": EXPERIMENT, "model": name, "noise_type": args.noise_type, "scale": args.scale,
-                "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed), "n_params": n_params,
-                "noised_params": noised}
+    leading = leading_columns(EXPERIMENT, name, args.noise_type, args.scale, args.seed,
+                              lambda p: {"n_params": n_params, "noised_params": noised})
 
     def trial(point: Point) -> TrialResult:
         injector.realize(point.seed(args.seed), point.sigma)
         r = compute_perplexity(lm.model, lm.tokenizer, ids, max_length=args.max_length)
-        return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
-                            "eval_tokens": r.n_tokens, "eval_bytes": r.n_bytes, "finite": r.finite})
+        return TrialResult({**r.metrics(), "eval_bytes": r.n_bytes})
 
-    bar = None if args.quiet else (lambda items: tqdm(items, desc=name, unit="point"))
+    bar = progress(name, "point", args.quiet)
     try:
         run_sweep(ctx.folder, points, trial, leading, done, bar)
     finally:
@@ -173,10 +176,9 @@ def run(argv=None) -> int:
             torch.cuda.empty_cache()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_llama_scaling(ctx.folder.path)
+    figures = report.plot(ctx.folder.path)
     finish(ctx, figures)
-    meta, rows = plotting.load_run(ctx.folder.path)
-    print(plotting.format_scaling_table(rows, args.ppl_threshold))
+    print(report.format_scaling_table(read_run(ctx.folder.path).rows, args.ppl_threshold))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, crossings.csv, {figures[0].name})")
     return 0
 

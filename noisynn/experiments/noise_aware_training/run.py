@@ -30,17 +30,18 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, plotting
-from ..context import finish, start
-from ..corpus import SEPARATOR, embedded_split, load_text
-from ..errors import NoisyNNError
-from ..evaluation import compute_perplexity, tokenize
-from ..inject import NoiseInjector, noisy_weights, select_targets, untie_head
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
+from ... import distributed
+from ...context import finish, start
+from ...corpus import SEPARATOR, embedded_split, load_text
+from ...errors import NoisyNNError
+from ...evaluation import compute_perplexity, tokenize
+from ...inject import NoiseInjector, noisy_weights, select_targets, untie_head
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
-from ..results import write_json_atomic
-from ..seeding import derive_seed, make_generator
-from ..sweep import Point, TrialResult, grid, levels, run_sweep
+from ...results import read_run, write_json_atomic
+from ...seeding import derive_seed, make_generator
+from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from . import report
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +286,10 @@ def load_finetuned(run_dir: str | Path, variant: str = "finetuned", device: str 
     ``control.safetensors`` for the no-noise control); the base is loaded with ``load_model``
     and its fingerprint checked against the one recorded in run.json.
     """
-    import json
-
-    from ..models import load_model
+    from ...models import load_model
 
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "run.json").read_text())
+    meta = read_run(run_dir).meta
     path = run_dir / WEIGHTS.format(variant=variant)
     if not path.is_file():
         raise NoisyNNError(f"{path} does not exist (the weights are not committed; rerun the experiment)")
@@ -333,9 +332,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="noise_aware_training.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
+    return p
+
+
+def parse(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.warmup > 1:
         p.error(f"argument --warmup: '{args.warmup}' must be <= 1")
@@ -370,7 +374,7 @@ def _write_training_csv(folder: Path, variant: str, history: list[dict]) -> None
     import csv
     import io
 
-    from ..results import read_rows
+    from ...results import read_rows
 
     path = folder / TRAINING_CSV
     rows = [r for r in read_rows(path) if r.get("variant") != variant] + [{"variant": variant, **h} for h in history]
@@ -428,7 +432,7 @@ def run(argv=None) -> int:
             training[variant] = {k: meta[k] for k in ("seconds", "final_loss", "steps") if k in meta}
             log.info("loaded %s from %s", variant, path)
             continue
-        bar = None if args.quiet or not folder.is_main else _progress(f"train {variant}", "step")
+        bar = progress(f"train {variant}", "step", args.quiet or not folder.is_main)
         t0 = time.perf_counter()
         tensors, history = finetune(lm.model, chunks, vcfg, bar)
         seconds = round(time.perf_counter() - t0, 1)
@@ -456,13 +460,12 @@ def run(argv=None) -> int:
         injector = state["injector"]
         injector.realize(noise_seed(point.trial), point.sigma)
         r = compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length)
-        return TrialResult({"perplexity": r.perplexity, "nll": r.nll, "bits_per_byte": r.bits_per_byte,
-                            "eval_tokens": r.n_tokens, "finite": r.finite})
+        return TrialResult(r.metrics())
 
-    leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
-                         "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": noise_seed(p.trial),
-                         "model_variant": p.target}
-    bar = None if args.quiet else _progress("evaluate", "point")
+    # the seed column is the variant-independent noise seed
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed,
+                              lambda p: {"seed": noise_seed(p.trial), "model_variant": p.target})
+    bar = progress("evaluate", "point", args.quiet)
     t0 = time.perf_counter()
     try:
         run_sweep(folder, grid(sigmas, args.n_trials, variants), trial, leading, ctx.done_rows, bar)
@@ -473,22 +476,15 @@ def run(argv=None) -> int:
     eval_seconds = round(time.perf_counter() - t0, 1)
     if not folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_noise_aware_training(folder.path)
-    report = plotting.noise_aware_report(folder.path)
-    finish(ctx, figures, report=report, eval_seconds=eval_seconds,
+    figures = report.plot(folder.path)
+    numbers = report.noise_aware_report(folder.path)
+    finish(ctx, figures, report=numbers, eval_seconds=eval_seconds,
            wall_seconds=round(time.perf_counter() - t_start, 1))
-    write_json_atomic(folder.path / "report.json", report)
-    print(plotting.format_noise_aware_report(report))
+    write_json_atomic(folder.path / "report.json", numbers)
+    print(report.format_noise_aware_report(numbers))
     print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, report.json, "
           f"{', '.join(WEIGHTS.format(variant=v) for v in variants[1:])}, {figures[0].name})")
     return 0
-
-
-def _progress(desc: str, unit: str):
-    """A callable that wraps an iterable in a tqdm bar (the command line shows bars; the library does not)."""
-    from tqdm.auto import tqdm
-
-    return lambda items: tqdm(items, desc=desc, unit=unit)
 
 
 def main(argv=None) -> int:

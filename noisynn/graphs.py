@@ -3,8 +3,8 @@
     python generate_graphs.py                 # = noisynn generate_graphs: results/ -> images/ (make figures)
     python generate_graphs.py --compare results/noise_types/* --output images/noise_types.png
 
-Every folder under ``--results_dir`` that holds a ``run.json`` is redrawn by the plot function
-registered for the experiment named in it (``plotting.plotter_for``), and its PNGs are copied to
+Every folder under ``--results_dir`` that holds a ``run.json`` is redrawn by the ``plot`` of
+the experiment named in it (``registry.report_module(name).plot``), and its PNGs are copied to
 ``--output_dir``. A folder without ``run.json`` that holds two or more sweeps
 (``results/noise_types/<type>/``) is drawn as one comparison figure, ``<folder name>.png``, with
 one band per run. The run folders are left as they were (figures drawn into them are removed
@@ -13,19 +13,14 @@ unless they were there before), apart from their summary tables, which are rewri
 
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 from pathlib import Path
 
-from .. import plotting
-from ..errors import NoisyNNError
-from ..options import ArgumentParser, output_file, script_main
-from ..results import RUN_JSON
-
-EXPERIMENT = "generate_graphs"
-# The run folders the README's figures come from (results/<name>/); a missing one is noted.
-KNOWN = ("sweep", "noise_types", "layer_sensitivity", "optimal_jitter", "noise_aware_training", "temporal_drift",
-         "temporal_drift_accumulate", "llama_scaling", "drift_over_time")
+from . import registry
+from .errors import NoisyNNError
+from .options import ArgumentParser, output_file, script_main
+from .results import RUN_JSON, read_meta, read_run
 
 
 def add_args(p: ArgumentParser) -> None:
@@ -38,25 +33,38 @@ def add_args(p: ArgumentParser) -> None:
                    help="PNG path of the --compare figure (default: OUTPUT_DIR/noise_types.png)")
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="generate_graphs.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
+    return p
+
+
+def parse(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.output and not args.compare:
         p.error("--output goes with --compare")
     return args
 
 
-# Experiments whose runs can share one comparison figure (median perplexity against sigma).
+# Experiments whose runs can share one comparison figure (median perplexity against sigma): their
+# report module has ``plot_compare(run_dirs, path)``.
 COMPARABLE = {"sweep"}
 
 
 def experiment_of(run_dir: Path) -> str | None:
+    """The experiment named in a folder's run.json; None without a readable one."""
+    if not (Path(run_dir) / RUN_JSON).is_file():
+        return None
     try:
-        meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_meta(Path(run_dir) / RUN_JSON)
+    except NoisyNNError:
         return None
     return meta.get("experiment") or meta.get("config", {}).get("experiment")
+
+
+def plot_compare(run_dirs, path: Path) -> Path:
+    return registry.report_module("sweep").plot_compare(run_dirs, path)
 
 
 def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
@@ -76,10 +84,13 @@ def discover(root: Path) -> tuple[list[Path], dict[Path, list[Path]]]:
 
 def redraw(run_dir: Path, out_dir: Path, taken: set[str]) -> list[Path]:
     """Redraw one run folder's figures and copy them to ``out_dir``; returns the copies."""
-    experiment = experiment_of(run_dir)
-    plot = plotting.plotter_for(experiment) if experiment else None
-    if plot is None:
+    run = read_run(run_dir)  # a damaged folder: one NoisyNNError line naming the file
+    experiment = run.experiment
+    if experiment not in registry.EXPERIMENTS:
         raise LookupError(f"no plot function for experiment '{experiment}'")
+    if not run.rows:  # nothing to draw; the folder's figures and tables stay as they are
+        raise LookupError("no finished rows yet")
+    plot = registry.report_module(experiment).plot
     before = {p.name for p in run_dir.glob("*.png")}
     copies = []
     for fig in plot(run_dir):
@@ -107,7 +118,7 @@ def run(argv=None) -> int:
         missing = [str(d) for d in dirs if experiment_of(d) is None]
         if missing:
             raise NoisyNNError(f"not a run folder (no readable {RUN_JSON}): {', '.join(missing)}")
-        path = plotting.plot_noise_types(dirs, args.output or out_dir / "noise_types.png")
+        path = plot_compare(dirs, args.output or out_dir / "noise_types.png")
         print(f"{len(dirs)} runs -> {path}")
         return 0
     root = Path(args.results_dir)
@@ -115,7 +126,7 @@ def run(argv=None) -> int:
         raise NoisyNNError(f"--results_dir {root} is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, groups = discover(root)
-    for name in KNOWN:
+    for name in registry.names():  # the run folders the README's figures come from: results/<name>/
         if not (root / name).exists():
             print(f"note: {root / name} not found, skipped")
     grouped = {r for members in groups.values() for r in members}
@@ -129,17 +140,22 @@ def run(argv=None) -> int:
         except LookupError as err:
             print(f"note: {run_dir}: {err}, skipped")
             continue
-        except Exception as err:  # a broken folder must not stop the others
-            print(f"error: {run_dir}: {type(err).__name__}: {err}")
+        except NoisyNNError as err:  # a damaged folder must not stop the others
+            print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{run_dir} ({experiment_of(run_dir)}) -> {', '.join(str(c) for c in copies)}")
+        except Exception as err:
+            print(f"error: {run_dir}: {type(err).__name__}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        note = read_run(run_dir).progress_note()
+        print(f"{run_dir} ({experiment_of(run_dir)}{', ' + note if note else ''}) -> {', '.join(str(c) for c in copies)}")
     for group, members in groups.items():
         name = f"{group.relative_to(root).as_posix().replace('/', '_')}.png"
         try:
-            path = plotting.plot_noise_types(members, out_dir / name)
+            path = plot_compare(members, out_dir / name)
         except Exception as err:
-            print(f"error: {group}: {type(err).__name__}: {err}")
+            print(f"error: {group}: {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1
             continue
         print(f"{group} ({len(members)} runs: {', '.join(m.name for m in members)}) -> {path}")

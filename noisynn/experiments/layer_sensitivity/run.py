@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 
-from tqdm.auto import tqdm
-
-from .. import plotting
-from ..context import finish, start
-from ..errors import NoisyNNError
-from ..evaluation import compute_perplexity, tokenize
-from ..inject import PROJECTIONS, NoiseInjector, parse_targets, select_targets
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
+from ...context import finish, start
+from ...errors import NoisyNNError
+from ...evaluation import compute_perplexity, tokenize
+from ...inject import PROJECTIONS, NoiseInjector, parse_targets, select_targets
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, block_list, nonneg_float,
                        positive_float, positive_int, script_main)
-from ..spec import spec_from_args
-from ..sweep import Point, TrialResult, grid, levels, run_sweep
+from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...spec import spec_from_args
+from . import report
 
 EXPERIMENT = "layer_sensitivity"
 EXTRA = ("target", "mode", "block", "projection")
@@ -39,22 +37,6 @@ KEY = ("target", "sigma", "trial")
 MIN_FRACTION = 1 / 10  # log levels from max_noise/10: the crossings all lie in the top decade
 CLEAN = "clean"
 ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "down")  # heatmap columns: data flow order within a block
-
-
-def block_list(text: str) -> list[int] | None:
-    """``all`` or a comma list of block indices and ranges, e.g. ``0-5,10,29``."""
-    if text.strip() == "all":
-        return None
-    out: list[int] = []
-    try:
-        for item in (i.strip() for i in text.split(",") if i.strip()):
-            lo, _, hi = item.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not 'all' or a list of block indices like 0-5,10") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must name block indices >= 0")
-    return sorted(set(out))
 
 
 def projection_list(text: str) -> list[str] | None:
@@ -93,10 +75,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p, n_trials=3)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="layer_sensitivity.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    args = build_parser().parse_args(argv)
     if args.ppl_threshold <= 1:
         raise NoisyNNError(f"--ppl_threshold must be > 1 (a multiple of the clean perplexity), got {args.ppl_threshold}")
     if args.mode != "heatmap" and args.max_noise == 0:
@@ -193,9 +179,8 @@ class SensitivityTrials:
             seed = point.seed(self.args.seed)
             injector.realize(seed, point.sigma)
             result = compute_perplexity(self.model, self.tokenizer, self.ids[mode], max_length=self.args.max_length)
-        return TrialResult({"perplexity": result.perplexity, "nll": result.nll, "delta_nll": result.nll - clean.nll,
-                            "bits_per_byte": result.bits_per_byte, "eval_tokens": result.n_tokens,
-                            "n_params": self.n_params(point.target), "finite": result.finite})
+        return TrialResult({**result.metrics(), "delta_nll": result.nll - clean.nll,
+                            "n_params": self.n_params(point.target)})
 
 
 def run(argv=None) -> int:
@@ -236,26 +221,26 @@ def run(argv=None) -> int:
     trials = SensitivityTrials(lm.model, lm.tokenizer, args, specs, ids, ctx.spec)
     where = {cell_label(b, p): (b, p) for b, p in cells}
 
-    def leading(p: Point) -> dict:
+    def cell_columns(p: Point) -> dict:
         block, proj = where.get(p.target, ("", ""))
-        return {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type, "scale": args.scale,
-                "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed), "target": p.target,
-                "mode": specs[p.target][0], "block": block, "projection": proj}
+        return {"target": p.target, "mode": specs[p.target][0], "block": block, "projection": proj}
+
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, cell_columns)
 
     ctx.folder.update_meta(n_params={label: trials.n_params(label) for label in groups},
                            heatmap_cells={"noise_level": args.noise_level, "tokens": args.heatmap_tokens,
                                           "cells": [cell_label(b, p) for b, p in cells]})
-    bar = None if args.quiet else (lambda items: tqdm(items, desc=EXPERIMENT, unit="point"))
+    bar = progress(EXPERIMENT, "point", args.quiet)
     try:
         run_sweep(ctx.folder, points, trials, leading, ctx.done_rows, bar)
     finally:
         trials.release()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_layer_sensitivity(ctx.folder.path)
-    report = plotting.layer_sensitivity_report(ctx.folder.path)
-    finish(ctx, figures, **report)
-    print(plotting.format_layer_sensitivity(report))
+    figures = report.plot(ctx.folder.path)
+    numbers = report.layer_sensitivity_report(ctx.folder.path)
+    finish(ctx, figures, **numbers)
+    print(report.format_layer_sensitivity(numbers))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, {', '.join(f.name for f in figures)})")
     return 0
 

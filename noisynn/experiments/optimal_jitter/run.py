@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .. import plotting
-from ..context import finish, start
-from ..errors import NoisyNNError
-from ..evaluation import compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
-from ..inject import NoiseInjector
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
+from ...context import finish, start
+from ...errors import NoisyNNError
+from ...evaluation import DEFAULT_PROMPT, compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
+from ...inject import NoiseInjector
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
-from ..spec import spec_from_args
-from ..sweep import Point, TrialResult, grid, run_sweep
+from ...results import read_run
+from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
+from ...spec import spec_from_args
+from . import report
 
 EXPERIMENT = "optimal_jitter"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "distinct_1", "distinct_2", "distinct_3",
            "repetition", "gen_tokens", "gen_words", "finite")
 DEFAULT_PROMPTS = (
-    "The history of science shows that",
+    DEFAULT_PROMPT,
     "Once upon a time, in a small village,",
     "The most important thing about cooking is",
     "In the year 2100, cities will",
@@ -61,10 +61,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p, n_trials=5)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="optimal_jitter.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    args = build_parser().parse_args(argv)
     low, high = args.search_range
     if low > high:
         raise NoisyNNError(f"--search_range LOW HIGH needs LOW <= HIGH, got {low} {high}")
@@ -115,8 +119,7 @@ class JitterTrials:
         gen_rng = torch.Generator(device="cpu").manual_seed(point.sample_seed(a.seed))
         gen = decode(self.model, self.tokenizer, rows, a.max_new_tokens, greedy=False, temperature=a.temperature,
                      top_k=a.top_k, generator=gen_rng)
-        metrics = {"perplexity": ppl.perplexity, "nll": ppl.nll, "bits_per_byte": ppl.bits_per_byte,
-                   "eval_tokens": ppl.n_tokens, **diversity(gen.texts),
+        metrics = {**ppl.metrics(), **diversity(gen.texts),
                    "gen_tokens": int((~gen.finished).sum()),  # generated tokens up to and including EOS
                    "finite": bool(ppl.finite and gen.finite)}
         return TrialResult(metrics, [{"prompt": q, "text": t} for q, t in zip(rows, gen.texts)])
@@ -139,19 +142,18 @@ def run(argv=None) -> int:
     lm = ctx.lm
     trials = JitterTrials(lm.model, lm.tokenizer, args, ctx.eval_ids, ctx.spec)
     ctx.folder.update_meta(injection=trials.injector.describe())
-    leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
-                         "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
-    bar = None if args.quiet else (lambda items: tqdm(items, desc=EXPERIMENT, unit="point"))
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed)
+    bar = progress(EXPERIMENT, "point", args.quiet)
     try:
         run_sweep(ctx.folder, grid(sigmas, args.n_trials), trials, leading, ctx.done_rows, bar)
     finally:
         trials.injector.restore()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_optimal_jitter(ctx.folder.path)
-    zone = plotting.jitter_zone(plotting.load_run(ctx.folder.path)[1], args.max_ppl_ratio)
+    figures = report.plot(ctx.folder.path)
+    zone = report.jitter_zone(read_run(ctx.folder.path).rows, args.max_ppl_ratio)
     finish(ctx, figures, zone=zone)
-    print(plotting.format_jitter(zone))
+    print(report.format_jitter(zone))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0
 

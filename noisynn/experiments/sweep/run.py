@@ -8,22 +8,19 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tqdm.auto import tqdm
-
-from .. import plotting
-from ..context import finish, start
-from ..converters import install_converters
-from ..inject import NoiseInjector, rounding_report
-from ..evaluation import quality_metrics
-from ..options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
+from ...context import finish, start
+from ...converters import install_converters
+from ...inject import NoiseInjector, rounding_report
+from ...evaluation import DEFAULT_PROMPT, quality_metrics
+from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
                        positive_int, nonneg_float, prompt_text, script_main)
-from ..sweep import Point, TrialResult, grid, levels, run_sweep
+from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from . import report
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "sweep"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
            "repetition", "finite")
-DEFAULT_PROMPT = "The history of science shows that"
 
 
 def add_args(p: ArgumentParser) -> None:
@@ -48,10 +45,14 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p)
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="thermal_noise_simulation.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def run(argv=None) -> int:
@@ -74,8 +75,7 @@ def run(argv=None) -> int:
         log.warning("%s rounding of the targeted weights (std %.3g in weight units) exceeds 10%% of the noise at "
                     "sigma = %s; those levels measure rounding as much as noise", lm.info["dtype"],
                     rounding["rounding_std"], ", ".join(f"{s:.3g}" for s in rounding["levels_where_rounding_exceeds_threshold"]))
-    leading = lambda p: {"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,  # noqa: E731
-                         "scale": args.scale, "sigma": p.sigma, "trial": p.trial, "seed": p.seed(args.seed)}
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed)
 
     def trial(point: Point) -> TrialResult:
         injector.realize(point.seed(args.seed), point.sigma)
@@ -88,7 +88,7 @@ def run(argv=None) -> int:
         records = [{"kind": "greedy", "text": greedy}] + [{"kind": "sampled", "text": t} for t in samples]
         return TrialResult(metrics, [{"prompt": args.prompt, **r} for r in records])
 
-    bar = None if args.quiet else (lambda items: tqdm(items, desc="sweep", unit="point"))
+    bar = progress("sweep", "point", args.quiet)
     try:
         rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows, bar)
     finally:
@@ -97,9 +97,9 @@ def run(argv=None) -> int:
             hooks.remove()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
-    figures = plotting.plot_sweep(ctx.folder.path)
+    figures = report.plot(ctx.folder.path)
     finish(ctx, figures)
-    print(plotting.format_sweep_table(rows))
+    print(report.format_sweep_table(rows))
     print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
     return 0
 

@@ -29,22 +29,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import plotting
-from ..context import finish, start
-from ..evaluation import decode
-from ..errors import NoisyNNError
-from ..inject import NoiseInjector
-from ..noise import is_additive
-from ..options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
+from ...context import finish, start
+from ...evaluation import DEFAULT_PROMPT, decode
+from ...errors import NoisyNNError
+from ...inject import NoiseInjector
+from ...noise import is_additive
+from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_int, prompt_text, script_main)
-from ..spec import spec_from_args
-from ..results import key_of
-from ..seeding import derive_seed
+from ...results import read_run
+from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
+from ...seeding import derive_seed
+from ...spec import spec_from_args
+from . import report
 
 EXPERIMENT = "temporal_drift"
 METRICS = ("entropy_bits", "logprob", "repetition", "finite")
 EXTRA = ("schedule", "semantics", "step", "effective_sigma", "token_id", "token")
-DEFAULT_PROMPT = "The history of science shows that"
 # Trial k starts from PROMPTS[k % 5] unless --prompt is given: with one shared prompt the greedy
 # texts of all trials coincide while sigma is small, so their per-token entropies rise and fall
 # together with the content and the median over trials cannot average that out.
@@ -211,11 +211,14 @@ def prompt_of(args, trial: int) -> str:
     return args.prompt if args.prompt is not None else PROMPTS[trial % len(PROMPTS)]
 
 
-def parse(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="temporal_drift.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
-    args = p.parse_args(argv)
-    return args
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def check_accumulate(args) -> None:
@@ -242,49 +245,47 @@ def run(argv=None) -> int:
         "eos": "generation does not stop at EOS (fixed-length traces)",
         "decoding": "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}, top-k 50",
         "prompts": [prompt_of(args, t) for t in range(args.n_trials)],
-        "verdict_rule": plotting.DRIFT_VERDICT_RULE}, check=lambda lm, text: check_accumulate(args))
+        "verdict_rule": report.DRIFT_VERDICT_RULE}, check=lambda lm, text: check_accumulate(args))
     lm, folder = ctx.lm, ctx.folder
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     folder.update_meta(injection=injector.describe())
-    done = {key_of(r, folder.key) for r in ctx.done_rows}
-    jobs = [(name, trial) for name in schedules for trial in range(args.n_trials)]
-    pending = [(n, t) for n, t in jobs
-               if any(key_of({"schedule": n, "trial": t, "step": s}, folder.key) not in done
-                      for s in range(args.total_tokens))]
-    bar = pending
-    if not args.quiet:
-        from tqdm.auto import tqdm
-        bar = tqdm(pending, desc="traces", unit="trace")
-    t0 = time.perf_counter()
-    for name, trial in bar:
+    trial_seed = lambda trial: derive_seed(args.seed, "drift", trial)  # noqa: E731
+
+    def trace_rows(point: Point) -> TrialResult:
+        """One trace (a point: schedule = target, trial): one row per generated token."""
+        name, trial = point.target, point.trial
         sigmas = sigma_schedule(name, args.total_tokens, args.start_sigma, args.end_sigma)
-        trial_seed = derive_seed(args.seed, "drift", trial)
-        trace = run_trace(lm.model, lm.tokenizer, injector, sigmas, trial_seed, accumulate=args.accumulate,
+        trace = run_trace(lm.model, lm.tokenizer, injector, sigmas, trial_seed(trial), accumulate=args.accumulate,
                           prompt=prompt_of(args, trial), temperature=args.temperature,
                           sample_seed=derive_seed(args.seed, "sampling", trial), rep_window=args.rep_window)
-        last = args.total_tokens - 1
-        folder.append_samples([{"schedule": name, "trial": trial, "step": last, "semantics": semantics,
-                                "prompt": prompt_of(args, trial), "text": trace["text"]}])
+        rows = []
         for t in range(args.total_tokens):
-            key = key_of({"schedule": name, "trial": trial, "step": t}, folder.key)
-            if key in done:
-                continue
             h, lp = trace["entropy_bits"][t], trace["logprob"][t]
-            folder.append({"experiment": EXPERIMENT, "model": args.model, "noise_type": args.noise_type,
-                           "scale": args.scale, "sigma": trace["sigma"][t], "trial": trial, "seed": trial_seed,
-                           "schedule": name, "semantics": semantics, "step": t,
-                           "effective_sigma": trace["effective_sigma"][t], "token_id": trace["token_id"][t],
-                           "token": trace["token"][t], "entropy_bits": h, "logprob": lp,
-                           "repetition": trace["repetition"][t], "finite": bool(np.isfinite([h, lp]).all())})
-            done.add(key)
-    injector.restore()
+            rows.append({"sigma": trace["sigma"][t], "step": t, "effective_sigma": trace["effective_sigma"][t],
+                         "token_id": trace["token_id"][t], "token": trace["token"][t], "entropy_bits": h,
+                         "logprob": lp, "repetition": trace["repetition"][t],
+                         "finite": bool(np.isfinite([h, lp]).all())})
+        return TrialResult({}, [{"semantics": semantics, "prompt": prompt_of(args, trial), "text": trace["text"]}],
+                           rows)
+
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
+        "seed": trial_seed(p.trial), "schedule": p.target, "semantics": semantics})
+    steps = [{"step": t} for t in range(args.total_tokens)]
+    t0 = time.perf_counter()
+    try:  # a trace is a point (schedule x trial): resumed, split across processes and merged like any other
+        run_sweep(folder, grid([args.start_sigma], args.n_trials, schedules), trace_rows, leading, ctx.done_rows,
+                  progress("traces", "trace", args.quiet), parts=lambda p: steps)
+    finally:
+        injector.restore()
     gen_seconds = round(time.perf_counter() - t0, 1)
-    verdicts = plotting.drift_verdicts(folder.path)
-    figures = plotting.plot_temporal_drift(folder.path)
+    if not folder.is_main:  # another process merged the shards and draws the figures
+        return 0
+    verdicts = report.drift_verdicts(folder.path)
+    figures = report.plot(folder.path)
     finish(ctx, figures, verdicts=verdicts, generation_seconds=gen_seconds,
            wall_seconds=round(time.perf_counter() - t_start, 1))
-    print(plotting.format_drift_verdicts(verdicts))
-    for record in plotting.load_samples(folder.path):
+    print(report.format_drift_verdicts(verdicts))
+    for record in read_run(folder.path).samples():
         if record.get("trial") == 0:
             print(f"\n[{record['schedule']}, trial 0] {(record['prompt'] + record['text'])[:400]!r}")
     print(f"\nrun folder: {folder.path} (results.csv: one row per trial x step; samples.jsonl; {figures[0].name})")

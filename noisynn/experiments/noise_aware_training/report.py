@@ -1,0 +1,186 @@
+"""Report of a noise_aware_training run folder (no torch): doubling points per model variant,
+paired perplexity ratios on shared noise draws, the training loss; report, table and figure."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.ticker
+import numpy as np
+
+from ...plotting import band, plt, save_figure, sigma_axis, write_table
+from ...results import read_rows, read_run
+from ...stats import log_crossing, median_ci, summarize_levels
+
+
+NAT_COLORS = {"original": "tab:blue", "finetuned": "tab:green", "control": "tab:orange"}
+NAT_LABELS = {"original": "original", "finetuned": "noise-aware fine-tuned", "control": "control (fine-tuned, no noise)"}
+
+
+def _ci_dict(values, nonfinite_as_inf: bool = True) -> dict:
+    s = median_ci(values, nonfinite_as_inf=nonfinite_as_inf)
+    return {"median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
+            "n_trials": s.n, "n_nonfinite": s.n_nonfinite}
+
+
+def _paired_ratios(rows: Sequence[dict], num: str, den: str) -> list[dict]:
+    """Per sigma: perplexity(num) / perplexity(den) trial by trial (same noise seed), median and CI."""
+    by = {(r["model_variant"], r["sigma"], r["trial"]): r for r in rows}
+    out = []
+    for sigma in sorted({r["sigma"] for r in rows}):
+        vals = []
+        for trial in sorted({r["trial"] for r in rows}):
+            a, b = by.get((num, sigma, trial)), by.get((den, sigma, trial))
+            if a and b:
+                vals.append(math.exp(a["nll"] - b["nll"]) if np.isfinite([a["nll"], b["nll"]]).all() else float("nan"))
+        if vals:
+            out.append({"sigma": sigma, **_ci_dict(vals, nonfinite_as_inf=False)})
+    return out
+
+
+def noise_aware_report(run_dir: str | Path) -> dict:
+    """The numbers of a noise-aware-training run, from its folder alone (also writes summary.csv).
+
+    Per variant: clean perplexity, and the sigma at which perplexity doubles (its own clean
+    value x 2, and the original's clean value x 2), each per trial (log-interpolated) with the
+    median and CI over trials. Per sigma: paired perplexity ratios original / fine-tuned and
+    control / fine-tuned (> 1: the noise-trained model is better), computed trial by trial
+    on the same noise realization.
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    meta, rows = run.meta, run.rows
+    variants = [v for v in ("original", "finetuned", "control") if any(r["model_variant"] == v for r in rows)]
+    table = []
+    for v in variants:
+        for metric in ("perplexity", "bits_per_byte"):
+            table += [{"model_variant": v, **s} for s in summarize_levels([r for r in rows if r["model_variant"] == v], metric)]
+    write_table(run_dir / "summary.csv", table)
+    sigmas = sorted({r["sigma"] for r in rows})
+    clean = {v: float(np.median([r["perplexity"] for r in rows if r["model_variant"] == v and r["sigma"] == 0]))
+             for v in variants} if 0.0 in sigmas else {}
+    out_variants = {}
+    for v in variants:
+        entry = {"clean_perplexity": clean.get(v, float("nan"))}
+        for name, threshold in (("sigma_2x_own_clean", 2 * clean.get(v, float("nan"))),
+                                ("sigma_2x_original_clean", 2 * clean.get("original", float("nan")))):
+            crossings = []
+            for trial in sorted({r["trial"] for r in rows}):
+                pts = sorted((r["sigma"], r["perplexity"]) for r in rows if r["model_variant"] == v and r["trial"] == trial)
+                if pts and math.isfinite(threshold):
+                    crossings.append(log_crossing([p[0] for p in pts], [p[1] for p in pts], threshold))
+            entry[name] = {**_ci_dict(crossings), "beyond_max_noise": sum(1 for c in crossings if not math.isfinite(c))}
+        out_variants[v] = entry
+    per_sigma = {s["sigma"]: {"sigma": s["sigma"]} for s in summarize_levels(rows, "perplexity")}
+    for v in variants:
+        for s in summarize_levels([r for r in rows if r["model_variant"] == v], "perplexity"):
+            per_sigma[s["sigma"]][v] = {k: s[k] for k in ("median", "ci_low", "ci_high", "n_nonfinite")}
+    for num in ("original", "control"):
+        if num in variants and "finetuned" in variants:
+            for s in _paired_ratios(rows, num, "finetuned"):
+                per_sigma[s["sigma"]][f"{num}_over_finetuned"] = {k: s[k] for k in ("median", "ci_low", "ci_high")}
+    cfg = meta.get("config", {})
+    tokens = sorted({r["eval_tokens"] for r in rows})
+    report = {"eval_tokens": tokens[0] if len(tokens) == 1 else tokens,
+              "n_trials": len({r["trial"] for r in rows}),
+              "coverage": round(median_ci([0.0] * len({r["trial"] for r in rows})).coverage, 4),  # of n trials
+              "noise": {k: cfg.get(k) for k in ("noise_type", "scale", "targets", "noise_level")},
+              "train_tokens": meta.get("train_tokens"), "training": meta.get("training", {}),
+              "clean_cost": {v: clean[v] / clean["original"] for v in variants if v != "original" and clean},
+              "variants": out_variants, "levels": [per_sigma[s] for s in sorted(per_sigma)]}
+    return report
+
+
+def format_noise_aware_report(report: dict) -> str:
+    """Console table of ``noise_aware_report``: medians per sigma and model, paired ratios, doubling points."""
+    variants = list(report["variants"])
+    cov = report["coverage"]
+    head = f"{'sigma':>7} " + " ".join(f"{v + ' ppl':>16}" for v in variants)
+    ratios = [k for k in ("original_over_finetuned", "control_over_finetuned") if any(k in lv for lv in report["levels"])]
+    head += "".join(f" {k.replace('_over_', '/'):>26}" for k in ratios)
+    lines = [head, "-" * len(head)]
+    for lv in report["levels"]:
+        cells = [f"{lv['sigma']:>7.4g}"] + [f"{lv[v]['median']:>16.4g}" if v in lv else f"{'-':>16}" for v in variants]
+        for k in ratios:
+            r = lv.get(k)
+            cells.append(f"{r['median']:>9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]".rjust(26) if r else f"{'-':>26}")
+        lines.append(" ".join(cells))
+    lines.append("")
+    for v, e in report["variants"].items():
+        def fmt(d):
+            if not math.isfinite(d["median"]):
+                return f"> max sigma ({d['beyond_max_noise']}/{d['n_trials']} trials never reach it)"
+            return f"{d['median']:.4g} [{d['ci_low']:.4g}, {d['ci_high']:.4g}]"
+        lines.append(f"{NAT_LABELS.get(v, v):>32}: clean perplexity {e['clean_perplexity']:.3f}; perplexity doubles "
+                     f"(own clean x2) at sigma {fmt(e['sigma_2x_own_clean'])}; reaches 2x the original's clean at "
+                     f"{fmt(e['sigma_2x_original_clean'])}")
+    for v, c in report["clean_cost"].items():
+        lines.append(f"clean-perplexity cost of {NAT_LABELS.get(v, v)}: x{c:.3f} ({(c - 1) * 100:+.1f}%)")
+    lines.append(f"(paired ratios > 1 mean the noise-aware model is better at that sigma; medians over "
+                 f"{report['n_trials']} noise realizations shared by all models, {cov:.0%} CI; perplexity on "
+                 f"{report['eval_tokens']} held-out tokens; {report.get('train_tokens')} training tokens)")
+    return "\n".join(lines)
+
+
+def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Path]:
+    """Perplexity vs sigma for each model (bands), paired ratios vs sigma, and the training loss."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    meta, rows = run.meta, run.rows
+    report = noise_aware_report(run_dir)
+    variants = list(report["variants"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    for v in variants:
+        summary = summarize_levels([r for r in rows if r["model_variant"] == v], "perplexity")
+        band(ax, [s["sigma"] for s in summary], summary, NAT_LABELS[v], color=NAT_COLORS[v], log_y=True)
+    if "original" in report["variants"]:
+        c = report["variants"]["original"]["clean_perplexity"]
+        ax.axhline(2 * c, color="gray", ls="--", lw=1, label=f"2x original clean ({2 * c:.3g})")
+    sigma_axis(ax, sorted({r["sigma"] for r in rows}), meta)
+    ax.set_ylabel("perplexity (held-out text)")
+    ax.set_title("perplexity under weight noise")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for num, color in (("original", NAT_COLORS["original"]), ("control", NAT_COLORS["control"])):
+        ratios = _paired_ratios(rows, num, "finetuned") if num in variants and "finetuned" in variants else []
+        if ratios:
+            band(ax, [s["sigma"] for s in ratios], ratios, f"{num} / noise-aware", color=color)
+    ax.axhline(1.0, color="gray", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    sigma_axis(ax, sorted({r["sigma"] for r in rows}), meta)
+    ax.set_ylabel("perplexity ratio, same noise draw")
+    ax.set_title("paired ratio (> 1: noise-aware model better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    training = read_rows(run_dir / "training.csv")
+    for v in ("finetuned", "control"):
+        hist = [r for r in training if r["variant"] == v]
+        if hist:
+            steps = np.array([h["step"] for h in hist])
+            loss = np.array([h["loss"] for h in hist], dtype=float)
+            ax.plot(steps, loss, color=NAT_COLORS[v], alpha=0.3, lw=0.8)
+            k = max(1, len(loss) // 10)
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, color=NAT_COLORS[v], lw=2,
+                    label=f"{NAT_LABELS[v]} ({'noisy' if v == 'finetuned' else 'clean'} loss, mean of {k})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title("fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    cfg = meta.get("config", {})
+    tc = meta.get("training_config", {})
+    fig.suptitle(f"{cfg.get('model', '?')}: noise-aware fine-tuning ({cfg.get('noise_type')} {cfg.get('scale')} "
+                 f"sigma={cfg.get('noise_level')} on {cfg.get('targets')}, {tc.get('steps')} steps x "
+                 f"{tc.get('batch_size')} x {tc.get('seq_len')} tokens, lr {tc.get('lr')}); "
+                 f"{report['n_trials']} shared noise draws per level, perplexity on {report['eval_tokens']} tokens",
+                 fontsize=10)
+    return [save_figure(fig, run_dir / name)]

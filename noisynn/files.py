@@ -1,0 +1,130 @@
+"""Durable file primitives for the run folder: appends that leave whole lines, atomic replacement,
+a real writability probe, and the one-writer lock.
+
+Kept apart from ``results`` (the run folder's schema, reader and writer), which builds on them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from .errors import NoisyNNError
+
+LOCK_FILE = ".lock"
+
+
+def _append_line(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write interrupted by the disk)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def replace_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    Readers see the old file or the new one, never half of one; if the write fails (a full
+    disk) the old file stays and the temporary file is removed.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    replace_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise NoisyNNError unless a file can be created in ``folder`` (or, if it does not exist yet,
+    in its nearest existing parent, which must be a folder); leaves nothing behind.
+
+    A real probe, not ``os.access``: root passes every permission check, a read-only mount doesn't.
+    """
+    folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise NoisyNNError(f"{folder}: {probe_dir} is a file, not a folder")
+    probe = probe_dir / f".noisynn-write-test-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise NoisyNNError(f"cannot write in {probe_dir} ({err.strerror or err})") from None
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.lock``, holding the writer's pid; removed on release.
+
+    The kernel drops the lock when the process dies (kill -9 included), so a stale file never
+    blocks a resume. After locking, the file is checked to still be the one at the path (a
+    releasing writer may have removed it in between).
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise NoisyNNError(f"{self.path.parent} is being written by another process (pid {holder}); "
+                                       "wait for it to finish, or use another --out") from None
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # removed by a writer that just finished: lock the new file
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
