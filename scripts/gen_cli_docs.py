@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # document this checkout's parsers, not another installed copy
 CLI_MD = ROOT / "docs" / "cli.md"
 COLUMNS = 100
 
