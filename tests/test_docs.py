@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -83,3 +84,152 @@ def test_every_experiment_and_tool_has_its_docs_page_linked_from_the_readme():
         assert (ROOT / "docs" / f"{name}.md").exists(), f"{kind} {name} has no docs/{name}.md"
         if kind == "experiment":
             assert f"(docs/{name}.md)" in readme, f"README.md does not link docs/{name}.md"
+
+
+# --- The docs name only code that exists -------------------------------------------------------
+
+DOC_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# Modules a reader imports in the snippets: the package and the original toolkit's root modules.
+_IMPORTED = ("noisynn", "noise_distributions", "evaluation")
+_FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
+_IMPORT_START = re.compile(r"^\s*(from|import)\s+(%s)\b" % "|".join(_IMPORTED))
+# `...` spans; inside them noisynn/....py (or a folder noisynn/.../) and dotted noisynn.x.y names
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_PACKAGE_PATH = re.compile(r"(?<![\w/.~-])noisynn/[\w/.<>-]*")
+_DOTTED = re.compile(r"(?<![\w/.])noisynn(?:\.\w+)+")
+
+_IMPORT_CHECKER = """
+import sys, traceback
+failed = []
+for where, statement in STATEMENTS:
+    try:
+        exec(statement, {})
+    except Exception as err:
+        failed.append(f"{where}: {statement!r}: {type(err).__name__}: {err}")
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+def python_imports(markdown: str) -> list[str]:
+    """The import statements of noisynn (and the root modules) in the ```python blocks, one per
+    statement: a parenthesised list over several lines is joined, comments are dropped."""
+    import ast
+
+    found = []
+    for block in _FENCE.findall(markdown):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            if not _IMPORT_START.match(lines[i]):
+                i += 1
+                continue
+            statement = lines[i].split("#", 1)[0].strip()
+            while statement.count("(") > statement.count(")") and i + 1 < len(lines):
+                i += 1
+                statement += " " + lines[i].split("#", 1)[0].strip()
+            ast.parse(statement)  # a snippet that is not Python fails here, with its text
+            found.append(statement)
+            i += 1
+    return found
+
+
+def failing_imports(statements: list[tuple[str, str]]) -> list[str]:
+    """Run every (where, statement) in one fresh interpreter from the repository root; the failures."""
+    code = f"STATEMENTS = {statements!r}\n{_IMPORT_CHECKER}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    if proc.returncode not in (0, 1):
+        raise AssertionError(f"import checker crashed: {proc.stderr[-2000:]}")
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def named_code(markdown: str) -> tuple[list[str], list[str]]:
+    """Package paths (``noisynn/...``) and dotted names (``noisynn.x.y``) inside `code spans`."""
+    prose = _FENCE.sub("", markdown)
+    spans = _CODE_SPAN.findall(prose)
+    paths = [m for s in spans for m in _PACKAGE_PATH.findall(s)]
+    dotted = [m for s in spans for m in _DOTTED.findall(s)]
+    return paths, dotted
+
+
+def _top_level_names(source: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def dotted_name_exists(name: str) -> bool:
+    """``noisynn.a.b.c``: the longest module prefix is a file of the package, and the next part (if
+    any) is defined at its top level (read with ast: nothing is imported). ``noisynn.X`` may also be
+    a lazy re-export of the package."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not source.is_file():
+            continue
+        if cut == len(parts):
+            return True
+        attr = parts[cut]
+        if attr in _top_level_names(source):
+            return True
+        if cut == 1:  # the package's lazy exports (noisynn/__init__.py's _EXPORTS)
+            import noisynn
+            return attr in noisynn._EXPORTS
+        return False
+    return False
+
+
+def test_import_finder_joins_parenthesised_imports_and_skips_prose():
+    text = ("```python\nfrom noisynn import (a,  # first\n    b)\nimport noisynn.runner\nx = 1\n"
+            "from evaluation import compute_perplexity\nimport torch\n```\n"
+            "from noisynn import not_in_a_block\n```bash\nfrom noisynn import shell\n```\n")
+    assert python_imports(text) == ["from noisynn import (a, b)", "import noisynn.runner",
+                                    "from evaluation import compute_perplexity"]
+
+
+def test_import_checker_reports_a_name_that_does_not_exist():
+    failed = failing_imports([("a.md", "from noisynn.errors import NoisyNNError"),
+                              ("b.md", "from noisynn.errors import NoSuchName"),
+                              ("c.md", "import noisynn.no_such_module")])
+    assert len(failed) == 2 and failed[0].startswith("b.md") and failed[1].startswith("c.md"), failed
+
+
+def test_every_import_in_the_python_snippets_of_the_docs_works():
+    statements = [(page.relative_to(ROOT).as_posix(), s)
+                  for page in DOC_PAGES for s in python_imports(page.read_text(encoding="utf-8"))]
+    assert len(statements) >= 6  # the README, library, devices, extending, python-api, ... pages
+    failed = failing_imports(statements)
+    assert not failed, "imports in the docs' ```python blocks that fail:\n" + "\n".join(failed)
+
+
+def test_code_name_finder_sees_paths_and_dotted_names_in_code_spans_only():
+    text = ("See `noisynn/results.py` and `noisynn.results.read_run(path)`, `~/.cache/noisynn/gguf/`,\n"
+            "`noisynn/experiments/sweep/`; not noisynn/plain.py.\n```python\nimport noisynn.x\n```\n")
+    assert named_code(text) == (["noisynn/results.py", "noisynn/experiments/sweep/"], ["noisynn.results.read_run"])
+    assert dotted_name_exists("noisynn.results.read_run") and dotted_name_exists("noisynn.experiments.sweep")
+    assert dotted_name_exists("noisynn.load_model")  # a lazy re-export
+    assert not dotted_name_exists("noisynn.results.no_such_reader") and not dotted_name_exists("noisynn.sweep")
+
+
+def test_every_package_path_and_module_named_in_the_docs_exists():
+    missing = []
+    for page in DOC_PAGES:
+        paths, dotted = named_code(page.read_text(encoding="utf-8"))
+        where = page.relative_to(ROOT).as_posix()
+        # noisynn/experiments/<name>/ is a pattern: its fixed part must exist
+        missing += [f"{where}: {p}" for p in paths if not (ROOT / p.split("<", 1)[0]).exists()]
+        missing += [f"{where}: {d}" for d in dotted if not dotted_name_exists(d)]
+    assert not missing, "the docs name code that does not exist:\n" + "\n".join(missing)
