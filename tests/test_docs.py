@@ -233,3 +233,35 @@ def test_every_package_path_and_module_named_in_the_docs_exists():
         missing += [f"{where}: {p}" for p in paths if not (ROOT / p.split("<", 1)[0]).exists()]
         missing += [f"{where}: {d}" for d in dotted if not dotted_name_exists(d)]
     assert not missing, "the docs name code that does not exist:\n" + "\n".join(missing)
+
+
+def layout_tree(markdown: str) -> set[str]:
+    """The file paths of the ``noisynn/`` tree in docs/layout.md's first code block: two spaces of
+    indent per level, a name ending in ``/`` opens a folder, the rest of a line is its description."""
+    block = re.search(r"^```text\n(.*?)^```", markdown, re.S | re.M).group(1)
+    stack: list[str] = []
+    files = set()
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        del stack[depth:]
+        if name.endswith("/"):
+            stack.append(name.rstrip("/"))
+        else:
+            files.add("/".join([*stack, name]))
+    return files
+
+
+def test_layout_tree_parser_follows_the_indent():
+    text = "```text\nnoisynn/   lib\n  a.py     x\n  sub/     y\n    b.py   z\n  c.py\n```\n"
+    assert layout_tree(text) == {"noisynn/a.py", "noisynn/sub/b.py", "noisynn/c.py"}
+
+
+def test_layout_page_lists_every_file_of_the_package():
+    listed = layout_tree((ROOT / "docs" / "layout.md").read_text(encoding="utf-8"))
+    present = {p.relative_to(ROOT).as_posix() for p in (ROOT / "noisynn").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert listed == present, (f"docs/layout.md is out of date: not listed {sorted(present - listed)}, "
+                               f"listed but absent {sorted(listed - present)}")
