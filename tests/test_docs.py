@@ -265,3 +265,80 @@ def test_layout_page_lists_every_file_of_the_package():
                if "__pycache__" not in p.parts}
     assert listed == present, (f"docs/layout.md is out of date: not listed {sorted(present - listed)}, "
                                f"listed but absent {sorted(listed - present)}")
+
+
+_SHELL_FENCE = re.compile(r"^```(?:bash|sh|shell)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def shell_commands(markdown: str) -> list[tuple[str, list[str]]]:
+    """(command name, its --flags) for every ``python <script>.py`` or ``noisynn <name>`` call in the
+    ```bash blocks (continuation lines joined, comments dropped); the name is the registry's
+    (``thermal_noise_simulation.py`` -> ``sweep``). Flags before the script (a launcher's) are not its."""
+    scripts = {v: k for k, v in _generator().ROOT_SCRIPTS.items()}
+    found = []
+    for block in _SHELL_FENCE.findall(markdown):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = line.split("#", 1)[0].split()
+            for i, word in enumerate(words):
+                if word.endswith(".py") and (ROOT / word).is_file() and "/" not in word:
+                    name, rest = scripts.get(word, word[:-3]), words[i + 1:]
+                elif word == "noisynn" and i + 1 < len(words) and not words[i + 1].startswith("-"):
+                    name, rest = words[i + 1], words[i + 2:]
+                else:
+                    continue
+                flags = []
+                for w in rest:
+                    if w in (";", "|", "&&", "||"):
+                        break
+                    if w.startswith("--"):
+                        flags.append(w.split("=", 1)[0])
+                found.append((name, flags))
+                break
+    return found
+
+
+def test_shell_command_finder_maps_scripts_and_skips_launcher_flags():
+    text = ("```bash\naccelerate launch --num_processes 2 thermal_noise_simulation.py --n_trials 4 \\\n"
+            "    --out runs/x   # --not_a_flag\nnoisynn ui --port 8000 && ls --all\n```\n"
+            "python layer_sensitivity.py --mode groups\n")
+    assert shell_commands(text) == [("sweep", ["--n_trials", "--out"]), ("ui", ["--port"])]
+
+
+def test_every_flag_in_the_docs_shell_examples_exists():
+    from noisynn import registry
+
+    known = {**registry.EXPERIMENTS, **registry.TOOLS}
+    wrong = []
+    calls = [(page, c) for page in DOC_PAGES for c in shell_commands(page.read_text(encoding="utf-8"))]
+    assert len(calls) >= 15
+    for page, (name, flags) in calls:
+        where = page.relative_to(ROOT).as_posix()
+        if name not in known:
+            wrong.append(f"{where}: unknown command {name}")
+            continue
+        options = registry.parser(name)._option_string_actions
+        wrong += [f"{where}: {name} {f}" for f in flags if f not in options]
+    assert not wrong, "shell examples in the docs use flags the parsers lack:\n" + "\n".join(wrong)
+
+
+# Flags of other programs (pip, accelerate, torchrun, pytest, mkdocs) and the original toolkit's one
+# removed flag, which the prose names on purpose.
+FOREIGN_FLAGS = {"--no-deps", "--cpu", "--num_processes", "--nproc_per_node", "--multi_gpu", "--collect-only",
+                 "--strict", "--perplexity_threshold"}
+
+
+def test_every_flag_named_in_the_docs_prose_exists_in_some_parser():
+    from noisynn import registry
+
+    known = set(FOREIGN_FLAGS)
+    for name in [*registry.EXPERIMENTS, *registry.TOOLS]:
+        known |= set(registry.parser(name)._option_string_actions)
+    unknown = []
+    for page in DOC_PAGES:
+        if page.name == "cli.md":  # generated from the parsers themselves
+            continue
+        prose = _FENCE.sub("", page.read_text(encoding="utf-8"))
+        for span in _CODE_SPAN.findall(prose):
+            unknown += [f"{page.relative_to(ROOT).as_posix()}: {f} (in `{span}`)"
+                        for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", span) if f not in known]
+    assert not unknown, "the docs name flags no parser has:\n" + "\n".join(unknown)
