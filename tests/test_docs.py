@@ -207,6 +207,19 @@ def test_import_checker_reports_a_name_that_does_not_exist():
     assert len(failed) == 2 and failed[0].startswith("b.md") and failed[1].startswith("c.md"), failed
 
 
+def test_every_python_snippet_of_the_docs_is_python():
+    import ast
+
+    bad = []
+    for page in DOC_PAGES:
+        for block in _FENCE.findall(page.read_text(encoding="utf-8")):
+            try:
+                ast.parse(block)
+            except SyntaxError as err:
+                bad.append(f"{page.relative_to(ROOT).as_posix()}: {err.msg} in {block.splitlines()[max(0, (err.lineno or 1) - 1)]!r}")
+    assert not bad, "```python blocks that do not parse:\n" + "\n".join(bad)
+
+
 def test_every_import_in_the_python_snippets_of_the_docs_works():
     statements = [(page.relative_to(ROOT).as_posix(), s)
                   for page in DOC_PAGES for s in python_imports(page.read_text(encoding="utf-8"))]
