@@ -216,7 +216,8 @@ def test_every_python_snippet_of_the_docs_is_python():
             try:
                 ast.parse(block)
             except SyntaxError as err:
-                bad.append(f"{page.relative_to(ROOT).as_posix()}: {err.msg} in {block.splitlines()[max(0, (err.lineno or 1) - 1)]!r}")
+                line = block.splitlines()[max(0, (err.lineno or 1) - 1)]
+                bad.append(f"{page.relative_to(ROOT).as_posix()}: {err.msg} in {line!r}")
     assert not bad, "```python blocks that do not parse:\n" + "\n".join(bad)
 
 
