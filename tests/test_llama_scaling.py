@@ -118,7 +118,7 @@ def test_two_models_run_folder_crossings_and_one_model_at_a_time(tmp_path, two_m
 
 def test_models_flag_parsing_and_defaults(monkeypatch, caplog):
     checked = []
-    monkeypatch.setattr(llama_scaling, "check_model_name", checked.append)
+    monkeypatch.setattr(llama_scaling, "check_model_name", lambda name, *flag: checked.append(name))
     args = llama_scaling.parse(["--models", "a/b,c/d", "e/f", "a/b"])
     assert args.models == ["a/b", "c/d", "e/f"] == checked and args.scale == "relative"
     assert llama_scaling.parse(["--models", "x/y", "--include_modern"]).models[1:] == list(llama_scaling.MODERN_MODELS)
