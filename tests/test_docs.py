@@ -1,7 +1,9 @@
-"""The documentation: README size and links, the MkDocs site builds strictly, docs/cli.md is current."""
+"""The documentation: README size and links, the MkDocs site builds strictly, docs/cli.md is current,
+and the docs name only code that exists (imports, package paths, dotted names, flags, the layout tree)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -99,7 +101,7 @@ _PACKAGE_PATH = re.compile(r"(?<![\w/.~-])noisynn/[\w/.<>-]*")
 _DOTTED = re.compile(r"(?<![\w/.])noisynn(?:\.\w+)+")
 
 _IMPORT_CHECKER = """
-import sys, traceback
+import sys
 failed = []
 for where, statement in STATEMENTS:
     try:
@@ -114,8 +116,6 @@ sys.exit(1 if failed else 0)
 def python_imports(markdown: str) -> list[str]:
     """The import statements of noisynn (and the root modules) in the ```python blocks, one per
     statement: a parenthesised list over several lines is joined, comments are dropped."""
-    import ast
-
     found = []
     for block in _FENCE.findall(markdown):
         lines = block.splitlines()
@@ -156,8 +156,6 @@ def named_code(markdown: str) -> tuple[list[str], list[str]]:
 
 
 def _top_level_names(source: Path) -> set[str]:
-    import ast
-
     names = set()
     for node in ast.parse(source.read_text(encoding="utf-8")).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -208,8 +206,6 @@ def test_import_checker_reports_a_name_that_does_not_exist():
 
 
 def test_every_python_snippet_of_the_docs_is_python():
-    import ast
-
     bad = []
     for page in DOC_PAGES:
         for block in _FENCE.findall(page.read_text(encoding="utf-8")):
