@@ -72,13 +72,7 @@ def parse(argv=None):
 
 def default_models() -> list[str]:
     """The embedded SmolLM2-135M, plus Gemma-3-270M when its optional packages are installed."""
-    models = [DEFAULT_MODEL]
-    if embedded_available(OPTIONAL_MODEL):
-        models.append(OPTIONAL_MODEL)
-    else:
-        log.warning("%s left out: its optional packages are not installed (%s)", OPTIONAL_MODEL,
-                    EMBEDDED_MODELS[OPTIONAL_MODEL].install)
-    return models
+    return [DEFAULT_MODEL, OPTIONAL_MODEL] if embedded_available(OPTIONAL_MODEL) else [DEFAULT_MODEL]
 
 
 def resolve_models(given, include_modern: bool) -> list[str]:
@@ -89,6 +83,9 @@ def resolve_models(given, include_modern: bool) -> list[str]:
     out = list(dict.fromkeys(names))
     for name in out:  # fail now, in one line, before the run folder is touched
         check_model_name(name, "--models")
+    if not given and OPTIONAL_MODEL not in out:  # said only once the models are known good: an error stays one line
+        log.warning("%s left out: its optional packages are not installed (%s)", OPTIONAL_MODEL,
+                    EMBEDDED_MODELS[OPTIONAL_MODEL].install)
     return out
 
 
