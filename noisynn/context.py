@@ -17,8 +17,8 @@ from .corpus import Text, load_text
 from .errors import NoisyNNError
 from .evaluation import tokenize
 from .inject import Target, select
-from .models import LoadedModel, load_model, parse_max_memory, resolve_device, resolve_dtype
-from .options import config_of, default_out, load_plugins
+from .models import LoadedModel, fit_context, load_model, parse_max_memory, resolve_device, resolve_dtype
+from .options import config_of, context_needs, default_out, load_plugins
 from .results import LEADING_COLUMNS, RunFolder
 from .spec import ConverterSpec, NoiseSpec, converter_spec_from_args, spec_from_args
 
@@ -87,7 +87,10 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         done = folder.open(config, run_meta)
         return Context(args, experiment, None, text, None, folder, done, spec, converters)
     text = load_text(args.text_file, args.dataset)
-    lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory)
+    lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory,
+                    getattr(args, "tokenizer", None))
+    # The perplexity window (min(512, context) by default) and every prompt + generation fit the model.
+    args.max_length = config["max_length"] = fit_context(lm, args.max_length, **context_needs(args))
     if check is not None:
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run

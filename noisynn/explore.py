@@ -32,7 +32,7 @@ from .corpus import load_text
 from .errors import NoisyNNError
 from .evaluation import DEFAULT_PROMPT, PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
 from .inject import NoiseInjector, select_targets
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .models import DEFAULT_MODEL, LoadedModel, fit_context, load_model
 from .noise import NOISE_REGISTRY
 from .results import format_value
 from .runner import Point
@@ -323,9 +323,13 @@ class Explorer:
         return cached[1]
 
     def checked(self, s: Setting) -> Setting:
-        """``check_setting`` including the model's block count (loads the model if needed)."""
+        """``check_setting`` including the model's block count and context (loads the model if needed):
+        a window, or the prompt plus its generated tokens, beyond the model's positions is refused."""
         s = check_setting(s)
-        return check_setting(s, self.n_blocks(s.model)) if s.blocks != "all" else s
+        if s.blocks != "all":
+            s = check_setting(s, self.n_blocks(s.model))
+        fit_context(self.model(s.model), s.max_length, [s.prompt], s.max_new_tokens)
+        return s
 
     # -- live comparison -------------------------------------------------------------------------
     def compare(self, s: Setting) -> Comparison:

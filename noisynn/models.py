@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 from .errors import NoisyNNError
+from .model_checks import (DEFAULT_MAX_LENGTH, check_causal, check_causal_config, check_gguf,  # noqa: F401
+                           check_model_folder, check_vocabulary, context_limit, context_window, fit_context,
+                           load_failures, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -249,15 +252,33 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True, **placement):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True, tokenizer: str | None = None,
+                 **placement):
+    """Model from ``folder`` (a local folder or a hub id); tokenizer from ``tokenizer`` if given, else the folder."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only, **placement)
-    return model, tokenizer
+    # The model first: a tokenizer load reads config.json too, and would take its errors for its own.
+    # Mismatched shapes are loaded (as random) so that they can be reported here, with the missing ones:
+    # either way transformers would run a partly random model, a different model, silently.
+    model, loading = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=local_only,
+                                                          output_loading_info=True, ignore_mismatched_sizes=True,
+                                                          **placement)
+    mismatched = list(loading.get("mismatched_keys") or ())
+    if mismatched:
+        first = mismatched[0]
+        shown = f"{first[0]}: {list(first[1])} in the file, {list(first[2])} by the config" \
+            if isinstance(first, (tuple, list)) and len(first) == 3 else str(first)
+        raise NoisyNNError(f"the weights of model {folder} do not fit its config.json: {len(mismatched)} parameters "
+                           f"have other shapes ({shown})")
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise NoisyNNError(f"the weights of model {folder} do not fit its config.json: {len(missing)} parameters are "
+                           f"missing from them (e.g. {missing[0]}), and would be random")
+    tok = load_tokenizer(tokenizer or folder, local_only, of=None if tokenizer else str(folder))
+    return model, tok
 
 
 def parse_max_memory(text: str | None) -> dict | None:
@@ -274,12 +295,15 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None,
-               device_map: str | dict | None = None, max_memory: str | dict | None = None) -> LoadedModel:
+               device_map: str | dict | None = None, max_memory: str | dict | None = None,
+               tokenizer: str | None = None) -> LoadedModel:
     """Load ``name``: an embedded alias, a local folder, a ``.gguf`` file, or a hub id.
 
-    Returns the model in eval mode on ``device`` with a tokenizer that pads on the left.
+    Returns the model in eval mode on ``device`` with a tokenizer that pads on the left (from
+    ``tokenizer``, a folder, tokenizer.json or hub id, if given; else the model's own).
     ``device_map="auto"`` (with optional ``max_memory``) lets Accelerate shard the model across
     the GPUs and the CPU of the node instead; every weight must stay in memory (no disk offload).
+    A broken or non-causal model raises NoisyNNError, one line naming it and the cause.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -290,30 +314,35 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
     # Without sharding, load float32 and cast afterwards, to measure the rounding error.
     load_dtype = torch_dtype if placement else torch.float32
     info: dict = {"name": name}
+    if tokenizer:
+        info["tokenizer"] = str(tokenizer)
     path = Path(os.path.expanduser(name))
-    if name in EMBEDDED_MODELS:
-        gguf = embedded_gguf_path(name)
-        folder, meta = _dequantized_cache(gguf, name)
-        model, tokenizer = _from_folder(folder, load_dtype, **placement)
-        info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
-                    license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
-    elif path.suffix == ".gguf":
-        if not path.is_file():
-            raise NoisyNNError(f"model file {name} does not exist")
-        folder, meta = _dequantized_cache(path, path.stem)
-        model, tokenizer = _from_folder(folder, load_dtype, **placement)
-        info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
-    elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise NoisyNNError(f"model folder {name} has no config.json")
-        model, tokenizer = _from_folder(path, load_dtype, **placement)
-        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        info.update(source="folder", fingerprint=_fingerprint_files(weights))
-    elif path.exists() or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
-        raise NoisyNNError(f"model path {name} does not exist (or is not a folder or .gguf file)")
-    else:
-        model, tokenizer = _from_hub(name, load_dtype, **placement)
-        info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
+    with load_failures(f"model {name}"):
+        if name in EMBEDDED_MODELS:
+            gguf = embedded_gguf_path(name)
+            folder, meta = _dequantized_cache(gguf, name)
+            model, tok = _from_folder(folder, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="embedded", description=EMBEDDED_MODELS[name].description,
+                        license=EMBEDDED_MODELS[name].license, fingerprint=meta["gguf_sha256"], cache=str(folder))
+        elif path.suffix == ".gguf":
+            if not path.is_file():
+                raise NoisyNNError(f"model file {name} does not exist")
+            check_gguf(path)
+            folder, meta = _dequantized_cache(path, path.stem)
+            model, tok = _from_folder(folder, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="gguf", fingerprint=meta["gguf_sha256"], cache=str(folder))
+        elif path.is_dir():
+            check_model_folder(path)
+            model, tok = _from_folder(path, load_dtype, tokenizer=tokenizer, **placement)
+            weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+            info.update(source="folder", fingerprint=_fingerprint_files(weights))
+        elif path.exists():
+            raise NoisyNNError(_not_a_model(name))
+        elif name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
+            raise NoisyNNError(f"model path {name} does not exist")
+        else:
+            model, tok = _from_hub(name, load_dtype, tokenizer=tokenizer, **placement)
+            info.update(source="hub", fingerprint=getattr(model.config, "_commit_hash", None))
     rounding = {}
     if torch_dtype != torch.float32 and not placement:
         rounding = rounding_error_std(model, torch_dtype)
@@ -329,14 +358,17 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
         model.to(dev).eval()
         if dev.type == "cpu" and torch_dtype == torch.float32:  # a cast to another dtype has copied already
             materialize(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    check_vocabulary(model, tok, name)
+    check_causal(model, name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
     info.update(architecture=type(model).__name__, model_type=model.config.model_type,
                 n_params=sum(p.numel() for p in model.parameters()),
                 tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)),
+                context_length=context_limit(model.config),
                 device=str(dev), dtype=str(torch_dtype).replace("torch.", ""))
-    return LoadedModel(model, tokenizer, info, rounding)
+    return LoadedModel(model, tok, info, rounding)
 
 
 @torch.no_grad()
@@ -398,12 +430,17 @@ def _fingerprint_files(files) -> str | None:
     return digest.hexdigest()
 
 
-def _offline_hint(name: str) -> str:
+def _not_a_model(name: str) -> str:
+    kind = "a file" if Path(os.path.expanduser(name)).is_file() else "not a regular file"
+    return f"model path {name} is {kind}, not a model folder or a .gguf file"
+
+
+def _offline_hint(name: str, flag: str = "--model") -> str:
     return (f"cannot reach the Hugging Face hub to download '{name}' (no network?); use the embedded model "
-            f"--model {DEFAULT_MODEL}, or --model PATH to a local model folder or .gguf file")
+            f"{flag} {DEFAULT_MODEL}, or {flag} PATH to a local model folder or .gguf file")
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, flag: str = "--model") -> None:
     """Cheap checks of a model name without loading it, so a bad one fails before a run folder is
     written: an embedded alias must be installed, a path must exist, and a hub id must be in the
     local hub cache or the hub reachable."""
@@ -412,16 +449,20 @@ def check_model_name(name: str) -> None:
             raise NoisyNNError(f"model '{name}' is not installed; {EMBEDDED_MODELS[name].install}")
         return
     path = Path(os.path.expanduser(name))
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise NoisyNNError(f"model folder {name} has no config.json")
-    if path.exists():
+    if path.is_dir():
+        check_model_folder(path)
         return
+    if path.is_file() and path.suffix == ".gguf":
+        check_gguf(path)
+        return
+    if path.exists():
+        raise NoisyNNError(_not_a_model(name))
     if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~")) or os.sep in name and not _looks_like_repo_id(name):
         raise NoisyNNError(f"model path {name} does not exist")
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
-        raise NoisyNNError(_offline_hint(name))
+        raise NoisyNNError(_offline_hint(name, flag))
 
 
 def model_skeleton(name: str) -> torch.nn.Module | None:
@@ -444,16 +485,16 @@ def model_skeleton(name: str) -> torch.nn.Module | None:
         return None
 
 
-def _from_hub(name: str, dtype: torch.dtype, **placement):
+def _from_hub(name: str, dtype: torch.dtype, tokenizer: str | None = None, **placement):
     offline_hint = _offline_hint(name)
     try:  # already in the local hub cache: no network needed
-        return _from_folder(name, dtype, local_only=True, **placement)
-    except (OSError, ValueError):
+        return _from_folder(name, dtype, local_only=True, tokenizer=tokenizer, **placement)
+    except (OSError, ValueError, NoisyNNError):
         pass
     if not _hub_reachable():
         raise NoisyNNError(offline_hint)
     try:
-        return _from_folder(name, dtype, local_only=False, **placement)
+        return _from_folder(name, dtype, local_only=False, tokenizer=tokenizer, **placement)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise NoisyNNError(f"cannot load '{name}' from the hub: {first}") from None

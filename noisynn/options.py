@@ -20,15 +20,71 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import NoisyNNError
+from .paths import readable_file  # noqa: F401 - shared with plugins and library readers
 
 EXIT_USAGE = 2
 
 
+# The most each size or level flag takes, by destination name, and why: beyond these a run cannot
+# finish (memory, the float range) or the value means nothing, and such values used to fail only
+# after the run folder existed. Checked after parsing, so every script that has the flag gets it.
+_GRID = "each point is a full evaluation: a larger grid would run for months and its list alone fills memory"
+_TOKENS = "more tokens than any model's context or any text here"
+_SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38): weights, figure axes and "
+          "summaries overflow to inf, where every model was pure noise long before")
+FLAG_BOUNDS: dict[str, tuple[float, str]] = {
+    "n_trials": (10_000, _GRID), "n_levels": (10_000, _GRID), "n_points": (10_000, _GRID),
+    "n_samples": (1_000, "the samples are decoded in one batch"),
+    "eval_tokens": (10_000_000, _TOKENS), "heatmap_tokens": (10_000_000, _TOKENS),
+    "eval_chars": (100_000_000, "more text than fits the evaluation"),
+    "max_length": (1_048_576, _TOKENS), "seq_len": (1_048_576, _TOKENS),
+    "max_new_tokens": (100_000, _TOKENS), "entropy_tokens": (100_000, _TOKENS),
+    "total_tokens": (100_000, _TOKENS), "window": (100_000, _TOKENS), "rep_window": (100_000, _TOKENS),
+    "top_k": (1_000_000, "no vocabulary is larger"),
+    "steps": (10_000_000, "training that long is not a noise experiment"),
+    "epochs": (100_000, "training that long is not a noise experiment"),
+    "batch_size": (65_536, "a batch that large does not fit in memory"),
+    "max_samples": (100_000_000, "more training windows than any text here"),
+    "seed": (2**63 - 1, "seeds are 63-bit integers"),
+    "max_noise": (1e30, _SIGMA), "noise_level": (1e30, _SIGMA), "start_sigma": (1e30, _SIGMA),
+    "end_sigma": (1e30, _SIGMA), "sigma": (1e30, _SIGMA), "search_range": (1e30, _SIGMA),
+    "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
+    "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
+    "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
+    "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
+    "df": (1e6, "student_t beyond df 1e6 is a gaussian; use --noise_type gaussian"),
+    "temperature": (1e6, "beyond that sampling is uniform"),
+    "lr": (1e3, "a learning rate that large diverges at the first step"),
+}
+
+
+def bound_error(dest: str, value) -> str | None:
+    """The message for a value of flag ``dest`` beyond its bound in ``FLAG_BOUNDS``, else None."""
+    if dest not in FLAG_BOUNDS:
+        return None
+    bound, why = FLAG_BOUNDS[dest]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > bound:
+            show = (lambda x: f"{x:,}" if isinstance(x, int) else f"{x:g}")
+            return f"argument --{dest}: {show(v)} is above {show(bound)}, the most it takes ({why})"
+    return None
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage dump) and exit code 2."""
+    """argparse whose errors are one line (no usage dump) and exit code 2, and whose size and
+    level flags are bounded (``FLAG_BOUNDS``)."""
 
     def error(self, message: str):  # noqa: D102 - argparse API
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse API
+        parsed, rest = super().parse_known_args(args, namespace)
+        for dest, value in vars(parsed).items():
+            message = bound_error(dest, value)
+            if message:
+                self.error(message)
+        return parsed, rest
 
 
 def finite_float(text: str) -> float:
@@ -141,7 +197,26 @@ def add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     else:
         g.add_argument("--eval_tokens", type=positive_int, default=1024,
                        help="tokens scored by each perplexity (default: %(default)s)")
-    g.add_argument("--max_length", type=positive_int, default=512, help="perplexity window in tokens (default: %(default)s)")
+    if not many:
+        g.add_argument("--tokenizer", default=None, metavar="PATH",
+                       help="tokenizer folder (or tokenizer.json, or hub id) for a model that ships none "
+                            "(default: the model's own)")
+    # None: min(512, the model's positions), resolved once the model is known (models.fit_context).
+    g.add_argument("--max_length", type=positive_int, default=None,
+                   help="perplexity window in tokens (default: 512, or the model's context if shorter)")
+
+
+def context_needs(args) -> dict:
+    """What the flags ask of the model's context (``models.fit_context``): the prompts, the tokens
+    generated after them, and other windows in tokens. Read by flag name, so every script with a
+    prompt or a generation length is checked the same way."""
+    # ``_prompts``: the prompts an experiment uses when none is given (not recorded in the config)
+    prompts = list(getattr(args, "prompts", None) or []) + list(getattr(args, "_prompts", None) or [])
+    if isinstance(getattr(args, "prompt", None), str):
+        prompts.append(args.prompt)
+    new = max([getattr(args, k, None) or 0 for k in ("max_new_tokens", "entropy_tokens", "total_tokens")])
+    windows = {f"--{k}": getattr(args, k) for k in ("seq_len",) if getattr(args, k, None)}
+    return {"prompts": [q for q in prompts if q.strip()], "new_tokens": new, "windows": windows}
 
 
 def name_list(text: str) -> list[str]:
@@ -240,17 +315,15 @@ def load_plugins(paths: Sequence[str]) -> list[dict]:
 
     loaded = []
     for path in paths:
-        p = Path(path)
-        if p.is_dir():
-            raise NoisyNNError(f"plugin {path} is a folder; give a Python file (.py)")
-        if not p.exists():
-            raise NoisyNNError(f"plugin file {path} does not exist")
-        if not p.is_file() or p.suffix != ".py":
+        p = readable_file(path, "plugin file")  # a folder, a device, a missing file: each said as it is
+        if p.suffix != ".py":
             raise NoisyNNError(f"plugin {path} is not a Python file (give a .py file)")
         try:
             data = p.read_bytes()
         except OSError as err:
             raise NoisyNNError(f"plugin {path} cannot be read: {err.strerror or err}") from None
+        if not data.strip():
+            raise NoisyNNError(f"plugin file {path} is empty (it would register nothing)")
         sha = hashlib.sha256(data).hexdigest()
         key = (str(p.resolve()), sha)
         loaded.append({"path": str(path), "sha256": sha})

@@ -356,8 +356,9 @@ class RunFolder:
             return []
         old_cfg = {k: v for k, v in run.config.items() if k not in VOLATILE_KEYS}
         new_cfg = {k: v for k, v in json.loads(json.dumps(config, default=str)).items() if k not in VOLATILE_KEYS}
-        if old_cfg != new_cfg:
-            diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        # A flag added after the folder was written, left at its None default, changes nothing.
+        diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        if diff:
             raise NoisyNNError(f"{self.path} holds a different run (differs in: {', '.join(diff)}); "
                                "use another --out, or the same options to resume it")
         check_fingerprint(self.path, run.meta.get("model"), (meta or {}).get("model"), "fingerprint",

@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 import os
+import socket
 import sys
 
 from .context import check_model_flags
@@ -25,11 +26,11 @@ from .errors import NoisyNNError
 from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, TARGET_CHOICES, Explorer, Setting,
                       check_setting, cli_command, drift_figure, entropy_figure, metrics_table, noise_choices,
                       probability_figure, result_rows, sigma_from_slider, write_csv)
-from .spec import parse_targets
-from .models import check_model_name
+from .models import DEFAULT_MAX_LENGTH, check_model_name, fit_context, load_model
 from .options import (ArgumentParser, add_model_args, add_noise_args, load_plugins, nonneg_float, nonneg_int,
                       positive_int, script_main)
 from .saved_runs import RUN_ROOTS, list_runs, load_saved_run
+from .spec import parse_targets
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,8 @@ def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
     g = p.add_argument_group("ui")
-    g.add_argument("--port", type=port_number, default=7860, help="port on 127.0.0.1 (default: %(default)s)")
+    g.add_argument("--port", type=port_number, default=7860,
+                   help="port on 127.0.0.1; 0 picks a free one (default: %(default)s)")
     g.add_argument("--blocks", default="all", help="initial blocks, e.g. 0-9,20 (default: %(default)s)")
     g.add_argument("--sigma", type=nonneg_float, default=0.02, help="initial sigma (default: %(default)s)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="initial seed (default: %(default)s)")
@@ -307,7 +309,8 @@ def defaults_from(args) -> Setting:
     s = Setting(model=args.model, noise_type=args.noise_type, sigma=float(f"{args.sigma:.4g}"), scale=args.scale,
                 targets=tuple(t for t in TARGET_CHOICES if t in kinds), blocks=args.blocks, seed=args.seed,
                 prompt=args.prompt,
-                max_new_tokens=args.max_new_tokens, eval_tokens=args.eval_tokens, max_length=args.max_length,
+                max_new_tokens=args.max_new_tokens, eval_tokens=args.eval_tokens,
+                max_length=args.max_length or DEFAULT_MAX_LENGTH,
                 df=args.df, include_bias=args.include_bias)
     return check_setting(s)
 
@@ -327,15 +330,39 @@ def run(argv=None) -> int:
     check_model_name(args.model)
     if args.text_file:
         load_text(args.text_file, args.dataset)
+    port = free_port(args.port)  # before the slow load: a port in use (a second instance) fails now
     _import_gradio()
+
+    def loader(name, **kwargs):  # --tokenizer belongs to --model, not to models chosen later in the page
+        return load_model(name, tokenizer=args.tokenizer if name == args.model else None, **kwargs)
+
     explorer = Explorer(device=args.device, dtype=args.dtype, text_file=args.text_file, dataset=args.dataset,
-                        device_map=args.device_map, max_memory=args.max_memory)
+                        device_map=args.device_map, max_memory=args.max_memory, loader=loader)
     print(f"loading {args.model} ...", flush=True)  # stdout: stderr holds only an error's one line
-    explorer.model(args.model)  # loaded once, before the page is served
+    lm = explorer.model(args.model)  # loaded once, before the page is served
+    window = fit_context(lm, args.max_length, [defaults.prompt], defaults.max_new_tokens)
+    defaults = explorer.checked(dataclasses.replace(defaults, max_length=window))  # --blocks against the model
     explorer.eval_ids(defaults)
     app = build_app(explorer, defaults, tuple(args.runs or RUN_ROOTS))
-    launch(app, args.port)
+    print(f"serving on http://{HOST}:{port}", flush=True)
+    try:
+        launch(app, port)
+    except OSError as err:  # the port was taken between the check and the launch
+        raise NoisyNNError(f"cannot serve on {HOST}:{port}: {err}") from None
     return 0
+
+
+def free_port(port: int) -> int:
+    """``port`` if nothing listens on it on 127.0.0.1, else NoisyNNError; 0 -> a free port the OS picks."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the server will: a port left in TIME_WAIT is free, one with a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as err:
+            raise NoisyNNError(f"port {port} on {HOST} is in use ({err.strerror}; another noisynn ui?); "
+                               "give another --port, or --port 0 for a free one") from None
+        return sock.getsockname()[1]
 
 
 def main(argv=None) -> int:

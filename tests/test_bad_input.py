@@ -101,7 +101,8 @@ CASES = [
     case("noise_aware_training", ["--lr", "-1"], "'-1' must be > 0"),
     case("noise_aware_training", ["--max_noise", "0"], "--max_noise must be > 0"),
     case("noise_aware_training", ["--targets", "qkv"], "targets 'qkv' match no weights"),
-    case("noise_aware_training", ["--seq_len", "100000"], "fewer than --seq_len 100000"),
+    case("noise_aware_training", ["--seq_len", "100000"], "--seq_len 100,000 is longer than the 256 positions"),
+    case("noise_aware_training", ["--train_file", "@SHORT_TRAIN", "--seq_len", "200"], "fewer than --seq_len 200"),
     # temporal_drift.py
     case("temporal_drift", ["--schedule", "cubic"], "unknown schedule 'cubic'"),
     case("temporal_drift", ["--accumulate", "--noise_type", "pcm", "--scale", "relative_channel"],
@@ -152,13 +153,14 @@ def files(tmp_path_factory, tiny_model_dir, text_file):
     d = tmp_path_factory.mktemp("bad-input-files")
     (d / "train.txt").write_text(("Pack my box with five dozen liquor jugs, said the sphinx of black quartz. " * 60)
                                  .strip(), encoding="utf-8")
+    (d / "short_train.txt").write_text("Sphinx of black quartz, judge my vow.", encoding="utf-8")
     (d / "raises.py").write_text("raise RuntimeError('plugin is broken')\n")
     (d / "syntax.py").write_text("def broken(:\n")
     (d / "plugin.txt").write_text("from noisynn import register_noise\n")
     (d / "adir").mkdir()  # exists, holds no model
     (d / "corrupt").mkdir()
     (d / "corrupt" / "run.json").write_text("{")
-    return {"@MODEL": str(tiny_model_dir), "@TEXT": str(text_file), "@TRAIN": str(d / "train.txt"),
+    return {"@MODEL": str(tiny_model_dir), "@TEXT": str(text_file), "@TRAIN": str(d / "train.txt"), "@SHORT_TRAIN": str(d / "short_train.txt"),
             "@RAISES": str(d / "raises.py"), "@SYNTAX": str(d / "syntax.py"), "@PLUGIN_TXT": str(d / "plugin.txt"),
             "@ADIR": str(d / "adir"), "@CORRUPT": str(d / "corrupt"), "@MISSING_DIR": str(d / "no" / "such"),
             "@IMAGES": str(d / "images")}

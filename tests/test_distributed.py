@@ -137,7 +137,7 @@ def nat_args(tiny_model_dir, text_file, train_file, out):
     return ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--train_file", str(train_file),
             "--eval_tokens", "64", "--max_length", "32", "--seq_len", "24", "--max_samples", "8", "--batch_size", "4",
             "--steps", "3", "--lr", "1e-3", "--noise_level", "0.3", "--max_noise", "0.6", "--n_levels", "3",
-            "--n_trials", "2", "--quiet", "--out", str(out)]
+            "--n_trials", "2", "--quiet", "--save_weights", "--out", str(out)]
 
 
 def test_noise_aware_training_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
@@ -194,7 +194,7 @@ def test_embedded_model_two_processes_equal_one(tmp_path):
     sweep_args = ["--eval_tokens", "128", "--n_levels", "2", "--n_trials", "2", "--max_noise", "0.02",
                   "--max_new_tokens", "4", "--n_samples", "1", "--quiet"]
     nat_args_ = ["--steps", "2", "--batch_size", "2", "--seq_len", "32", "--max_samples", "4", "--targets", "down",
-                 "--n_levels", "2", "--n_trials", "1", "--eval_tokens", "64", "--no_control", "--quiet"]
+                 "--n_levels", "2", "--n_trials", "1", "--eval_tokens", "64", "--no_control", "--quiet", "--save_weights"]
     for script, extra in (("thermal_noise_simulation.py", sweep_args), ("noise_aware_training.py", nat_args_)):
         for launcher, out in (([sys.executable], tmp_path / f"{script}-1"), (LAUNCH, tmp_path / f"{script}-2")):
             proc = subprocess.run([*launcher, str(ROOT / script), *extra, "--out", str(out)], env=env(), cwd=ROOT,

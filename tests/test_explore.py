@@ -314,3 +314,12 @@ def test_device_map_reaches_the_loader(text_file, tiny_model_dir):
     seen.clear()
     Explorer(device="cpu", text_file=str(text_file), loader=loader).model("tiny")
     assert seen == {}  # unsharded by default
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(max_length=512), "is longer than the 256 positions"),  # the tiny model has 256 positions
+    (dict(prompt="word " * 300), "beyond the 256 positions"),
+])
+def test_a_setting_beyond_the_models_context_is_refused_before_it_runs(explorer, change, message):
+    with pytest.raises(NoisyNNError, match=message):
+        explorer.compare(setting(**change))

@@ -4,6 +4,7 @@ import gc
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import weakref
@@ -118,7 +119,7 @@ def test_two_models_run_folder_crossings_and_one_model_at_a_time(tmp_path, two_m
 
 def test_models_flag_parsing_and_defaults(monkeypatch, caplog):
     checked = []
-    monkeypatch.setattr(llama_scaling, "check_model_name", checked.append)
+    monkeypatch.setattr(llama_scaling, "check_model_name", lambda name, *flag: checked.append(name))
     args = llama_scaling.parse(["--models", "a/b,c/d", "e/f", "a/b"])
     assert args.models == ["a/b", "c/d", "e/f"] == checked and args.scale == "relative"
     assert llama_scaling.parse(["--models", "x/y", "--include_modern"]).models[1:] == list(llama_scaling.MODERN_MODELS)
@@ -200,6 +201,16 @@ def test_noisynn_cli_knows_it():
     proc = subprocess.run([sys.executable, "-m", "noisynn.cli", "llama_scaling", "--help"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0 and "--models" in proc.stdout and "--include_modern" in proc.stdout
+
+
+def test_offline_include_modern_is_one_line_on_stderr(tmp_path):
+    """Through the real entry point (logging set up as for a user): the "gemma3-270m left out" warning
+    used to precede the error line, two lines on stderr."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "llama_scaling.py"), "--include_modern", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--models" in proc.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.integration

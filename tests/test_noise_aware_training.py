@@ -127,6 +127,7 @@ def small(tiny_model_dir, text_file, train_file):
 
 def test_run_folder_and_fair_comparison(tmp_path, small, tiny_model_dir, text_file, capsys):
     out = tmp_path / "run"
+    small = small + ["--save_weights"]
     assert nat.main(small + ["--out", str(out)]) == 0
     rows = read_rows(out / "results.csv")
     assert list(rows[0]) == list(LEADING_COLUMNS) + ["model_variant"] + list(nat.METRICS)
@@ -158,6 +159,19 @@ def test_run_folder_and_fair_comparison(tmp_path, small, tiny_model_dir, text_fi
     stamp = (out / "finetuned.safetensors").stat().st_mtime_ns
     assert nat.main(small + ["--out", str(out)]) == 0
     assert (out / "finetuned.safetensors").stat().st_mtime_ns == stamp and read_rows(out / "results.csv") == rows
+
+
+def test_weights_are_saved_only_when_asked_and_a_resume_retrains_to_the_same_rows(tmp_path, small):
+    out = tmp_path / "run"
+    args = small + ["--n_levels", "2", "--n_trials", "1", "--out", str(out)]
+    assert nat.main(args) == 0
+    assert not list(out.glob("*.safetensors"))  # a smoke run writes no weights by default
+    rows = read_rows(out / "results.csv")
+    (out / "results.csv").write_text((out / "results.csv").read_text().splitlines(keepends=True)[0])  # rows lost
+    assert nat.main(args) == 0  # resumes: trains again (same seed), evaluates again
+    assert read_rows(out / "results.csv") == rows and not list(out.glob("*.safetensors"))
+    with pytest.raises(NoisyNNError, match="--save_weights"):
+        nat.load_finetuned(out, "finetuned")
 
 
 def test_no_control(tmp_path, small):

@@ -22,8 +22,8 @@ import torch
 from ...context import finish, start
 from ...evaluation import compute_perplexity, tokenize
 from ...inject import NoiseInjector, select_targets
-from ...models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_model_name, embedded_available, load_model,
-                      model_skeleton)
+from ...models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_causal_config, check_model_name, context_limit,
+                       context_window, embedded_available, fit_context, load_model, model_skeleton)
 from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
                        positive_float, positive_int, script_main)
 from ...errors import NoisyNNError
@@ -72,13 +72,7 @@ def parse(argv=None):
 
 def default_models() -> list[str]:
     """The embedded SmolLM2-135M, plus Gemma-3-270M when its optional packages are installed."""
-    models = [DEFAULT_MODEL]
-    if embedded_available(OPTIONAL_MODEL):
-        models.append(OPTIONAL_MODEL)
-    else:
-        log.warning("%s left out: its optional packages are not installed (%s)", OPTIONAL_MODEL,
-                    EMBEDDED_MODELS[OPTIONAL_MODEL].install)
-    return models
+    return [DEFAULT_MODEL, OPTIONAL_MODEL] if embedded_available(OPTIONAL_MODEL) else [DEFAULT_MODEL]
 
 
 def resolve_models(given, include_modern: bool) -> list[str]:
@@ -88,7 +82,10 @@ def resolve_models(given, include_modern: bool) -> list[str]:
         names += list(MODERN_MODELS)
     out = list(dict.fromkeys(names))
     for name in out:  # fail now, in one line, before the run folder is touched
-        check_model_name(name)
+        check_model_name(name, "--models")
+    if not given and OPTIONAL_MODEL not in out:  # said only once the models are known good: an error stays one line
+        log.warning("%s left out: its optional packages are not installed (%s)", OPTIONAL_MODEL,
+                    EMBEDDED_MODELS[OPTIONAL_MODEL].install)
     return out
 
 
@@ -121,6 +118,7 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
     """Load one model, run its pending points, restore and drop it (its memory goes with the frame)."""
     args = ctx.args
     lm = load_model(name, args.device, args.dtype, args.device_map, args.max_memory)
+    fit_context(lm, args.max_length)  # a model whose config could not be read before it loaded
     injector = NoiseInjector(lm.model, ctx.spec)
     if done:  # resuming this model: it must be the same weights the finished points ran on
         check_fingerprint(ctx.folder.path, models_meta.get(name), lm.info, "fingerprint", f"the weights of {name}")
@@ -147,10 +145,15 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
 def run(argv=None) -> int:
     args = parse(argv)
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    windows = []
     for name in args.models:  # targets that select nothing in a model fail now, before the run folder exists
         skeleton = model_skeleton(name)
         if skeleton is not None:
             select_targets(skeleton, args.targets, getattr(args, "blocks", None), args.include_bias)
+            check_causal_config(skeleton.config, name)
+        # one perplexity window for every model: min(512, the shortest context) unless given
+        windows.append(context_window(args.max_length, context_limit(skeleton.config) if skeleton else None, name))
+    args.max_length = args.max_length or min(windows)
     models_meta = previous_models(args.out)
     ctx = start(args, EXPERIMENT, METRICS, key=("model", "sigma", "trial"), extra_columns=EXTRA, load=False, meta={
         "levels": sigmas, "models": models_meta,

@@ -292,7 +292,8 @@ def load_finetuned(run_dir: str | Path, variant: str = "finetuned", device: str 
     meta = read_run(run_dir).meta
     path = run_dir / WEIGHTS.format(variant=variant)
     if not path.is_file():
-        raise NoisyNNError(f"{path} does not exist (the weights are not committed; rerun the experiment)")
+        raise NoisyNNError(f"{path} does not exist (weights are saved only with --save_weights, and never "
+                           "committed; rerun the experiment with --save_weights)")
     lm = load_model(meta["config"]["model"], device, dtype or meta["config"].get("dtype"))
     want = meta.get("model", {}).get("fingerprint")
     if want and lm.info.get("fingerprint") and want != lm.info["fingerprint"]:
@@ -324,6 +325,12 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--clip_sigma", type=nonneg_float, default=0.0,
                    help="AFM weight clipping at this many per-channel stds after each step; 0 = off (default)")
     g.add_argument("--no_control", action="store_true", help="skip the control fine-tuned without noise (saves ~40%% of the time)")
+    # default None (not False): run folders recorded before this flag existed resume unchanged
+    g.add_argument("--save_weights", action="store_true", default=None,
+                   help="save the trained tensors (finetuned/control.safetensors, ~4 bytes per trained weight: "
+                        "425 MB each for the default targets of SmolLM2-135M) so load_finetuned can rebuild the "
+                        "models and a resumed run skips training; without it a resumed run trains again (same "
+                        "seed, same weights)")
     g.add_argument("--train_file", default=None, help="train on this UTF-8 text file instead of the embedded training split")
     g = p.add_argument_group("evaluation sweep (same noise seeds for every model)")
     g.add_argument("--max_noise", type=nonneg_float, default=0.05, help="largest sigma (default: %(default)s)")
@@ -441,6 +448,7 @@ def run(argv=None) -> int:
                              "processes": folder.world}
         if folder.is_main:  # the trained tensors are the same on every process
             _write_training_csv(folder.path, variant, history)
+        if folder.is_main and args.save_weights:
             save_weights(path, tensors, {"variant": variant, "base_model": args.model,
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
                                          "noise_level": vcfg.noise_level, "scale": vcfg.scale,

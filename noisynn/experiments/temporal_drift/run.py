@@ -232,6 +232,7 @@ def run(argv=None) -> int:
     schedules = parse_schedules(args.schedule)
     semantics = "accumulate" if args.accumulate else "redraw"
     t_start = time.perf_counter()
+    args._prompts = sorted({prompt_of(args, t) for t in range(args.n_trials)})  # checked against the context
     ctx = start(args, EXPERIMENT, METRICS, key=("schedule", "trial", "step"), extra_columns=EXTRA, meta={
         "semantics": semantics,
         "semantics_definition": {
