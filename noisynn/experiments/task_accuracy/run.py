@@ -32,7 +32,8 @@ EXTRA = ("task", "metric")
 METRICS = ("value", "stderr", "n_items")
 KEY = ("sigma", "trial", "task", "metric")
 DEFAULT_TASKS = ["noisynn_cloze", "noisynn_next_sentence"]
-# Measured on the embedded model here (2-core CPU, both offline tasks): 8 is as fast as larger batches.
+# lm-eval sorts requests by length, so a batch pads little; 8 keeps a 2-core CPU busy without the
+# memory of lm-eval's "auto" probing (benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 measures it).
 DEFAULT_BATCH = "8"
 
 
@@ -53,7 +54,8 @@ def add_args(p: ArgumentParser) -> None:
     t.add_argument("--include_path", action="append", default=[], metavar="DIR",
                    help="a folder of extra lm-eval task YAMLs; repeatable")
     t.add_argument("--num_fewshot", type=nonneg_int, default=None, help="few-shot examples (default: the task's)")
-    t.add_argument("--limit", type=positive_int, default=100, help="items per task (default: %(default)s)")
+    t.add_argument("--limit", type=positive_int, default=50,
+                   help="items per task, the first of each task's test split (default: %(default)s)")
     t.add_argument("--batch_size", type=batch_size, default=DEFAULT_BATCH,
                    help="lm-eval's request batch size, or auto (default: %(default)s)")
     t.add_argument("--bootstrap_iters", type=positive_int, default=1000,
@@ -64,7 +66,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
                    help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
     g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=6, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=5, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="linear",
                    help="linear: linspace(0, max); log: 0 then geometric from max/30 (default: %(default)s)")
     g.add_argument("--acc_drop", type=positive_float, default=5.0,
