@@ -89,6 +89,19 @@ def test_hub_task_offline_is_one_line_exit_2_and_no_run_folder(tmp_path, tiny_mo
     assert "unknown lm-eval task" in err and not out.exists()
 
 
+@pytest.mark.parametrize("extra,message", [
+    (("--batch_size", "0"), "not a positive integer or auto"),
+    (("--batch_size", "100000"), "above 65,536"),
+    (("--tasks", "missing.yaml"), "task file missing.yaml does not exist"),
+    (("--include_path", "/no/such/folder"), "is not a folder"),
+    (("--noise_type", "nope"), "unknown noise type"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, tiny_model_dir, capsys, extra, message):
+    out = tmp_path / "run"
+    assert message in exits_2_with_one_line(main, flags(tiny_model_dir, out, *extra), capsys)
+    assert not out.exists()
+
+
 def test_task_yaml_path(tmp_path, tiny_model_dir):
     from noisynn.tasks import build
 
@@ -128,3 +141,16 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert (one / "samples.jsonl").read_text() == (two / "samples.jsonl").read_text()
     assert not list(two.glob("*.rank*")) and (two / "task_accuracy.png").is_file()
     assert json.loads((two / "run.json").read_text())["last_session"]["processes"] == 2
+
+
+@pytest.mark.integration
+def test_embedded_model_is_above_chance_clean_and_falls_with_noise(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--limit", "20", "--n_levels", "2", "--max_noise", "0.3", "--n_trials", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    value = {(r["task"], r["metric"], r["sigma"]): r["value"] for r in read_rows(out / "results.csv")}
+    assert value[("noisynn_cloze", "acc", 0.0)] >= 0.3  # chance: 0
+    assert value[("noisynn_next_sentence", "acc_norm", 0.0)] >= 0.5  # chance: 0.25
+    assert value[("noisynn_cloze", "acc", 0.3)] <= value[("noisynn_cloze", "acc", 0.0)] - 0.3
+    assert value[("noisynn_next_sentence", "acc_norm", 0.3)] < value[("noisynn_next_sentence", "acc_norm", 0.0)]
+    assert value[("noisynn_cloze", "perplexity", 0.3)] > 10 * value[("noisynn_cloze", "perplexity", 0.0)]

@@ -35,11 +35,17 @@ DEFAULT_TASKS = ["noisynn_cloze", "noisynn_next_sentence"]
 # lm-eval sorts requests by length, so a batch pads little; 8 keeps a 2-core CPU busy without the
 # memory of lm-eval's "auto" probing (benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 measures it).
 DEFAULT_BATCH = "8"
+BATCH_LIMIT = 65_536
 
 
 def batch_size(text: str) -> str:
-    if text == "auto" or text.startswith("auto:") or text.isdigit() and int(text) > 0:
+    """A positive integer or lm-eval's ``auto`` / ``auto:N``, kept as text (as lm-eval takes it)."""
+    number = text.split(":", 1)[1] if text.startswith("auto:") else text
+    if text == "auto" or number.isdigit() and 0 < int(number) <= BATCH_LIMIT:
         return text
+    if number.isdigit() and int(number) > BATCH_LIMIT:
+        raise argparse.ArgumentTypeError(f"{int(number):,} is above {BATCH_LIMIT:,}, the most it takes (a batch that "
+                                         "large does not fit in memory)")
     raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer or auto")
 
 
