@@ -60,7 +60,7 @@ def add_args(p: ArgumentParser) -> None:
     t.add_argument("--include_path", action="append", default=[], metavar="DIR",
                    help="a folder of extra lm-eval task YAMLs; repeatable")
     t.add_argument("--num_fewshot", type=nonneg_int, default=None, help="few-shot examples (default: the task's)")
-    t.add_argument("--limit", type=positive_int, default=50,
+    t.add_argument("--limit", type=positive_int, default=40,
                    help="items per task, the first of each task's test split (default: %(default)s)")
     t.add_argument("--batch_size", type=batch_size, default=DEFAULT_BATCH,
                    help="lm-eval's request batch size, or auto (default: %(default)s)")
@@ -72,7 +72,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
                    help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
     g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=5, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=4, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="linear",
                    help="linear: linspace(0, max); log: 0 then geometric from max/30 (default: %(default)s)")
     g.add_argument("--acc_drop", type=positive_float, default=5.0,
