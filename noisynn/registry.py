@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, str] = {
     "noise_aware_training": "noisynn.experiments.noise_aware_training",
     "temporal_drift": "noisynn.experiments.temporal_drift",
     "llama_scaling": "noisynn.experiments.llama_scaling",
+    "task_accuracy": "noisynn.experiments.task_accuracy",
 }
 
 # name -> module with build_parser() and main(argv): commands that are not experiments (no run folder)

@@ -12,14 +12,12 @@ tests/test_docs.py fails when the file differs from what this script writes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import io
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # document this checkout's parsers, not another installed copy
 CLI_MD = ROOT / "docs" / "cli.md"
 COLUMNS = 100
 
@@ -37,27 +35,16 @@ input gives one line on stderr and exit code 2 before any file is written.
 
 def _commands() -> list[tuple[str, str]]:
     """(name, kind) for every experiment, then every tool, in the registry's order."""
-    try:
-        from noisynn import registry
-    except ImportError:  # before the registry: the console script's own lists
-        from noisynn import cli
-        tools = [*(n for n in cli.EXPERIMENTS if n == "generate_graphs"), *cli.TOOLS]
-        return [(n, "experiment") for n in cli.EXPERIMENTS if n not in tools] + [(n, "tool") for n in tools]
+    from noisynn import registry
+
     return [(n, "experiment") for n in registry.names()] + [(n, "tool") for n in registry.TOOLS]
 
 
 def help_text(name: str) -> str:
     """The ``--help`` of ``noisynn <name>`` at COLUMNS characters."""
+    from noisynn import registry
+
     os.environ["COLUMNS"] = str(COLUMNS)  # argparse reads the width at format time
-    try:
-        from noisynn import registry
-    except ImportError:
-        from noisynn import cli
-        module = importlib.import_module(cli.TOOLS.get(name) or f"noisynn.experiments.{cli.EXPERIMENTS[name]}")
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            module.main(["--help"])
-        return out.getvalue()
     return registry.parser(name).format_help()
 
 

@@ -1,0 +1,293 @@
+"""Downstream task accuracy under noise, through lm-evaluation-harness: accuracy against sigma per task.
+
+    python task_accuracy.py                # = noisynn task_accuracy: the two offline tasks, embedded SmolLM2-135M
+    python task_accuracy.py --tasks hellaswag,arc_easy --limit 500 --device cuda      # hub tasks need the network
+
+lm-eval does the prompting, batching, scoring and metrics (``noisynn.harness.NoisyLM`` is its own
+HF model class); this experiment sets the weights of each point (noise applied in place from the
+clean snapshot, common random numbers across levels) and records one tidy row per (task, metric,
+sigma, trial): lm-eval's value, its standard error over items, and the number of items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...context import finish, start
+from ...errors import NoisyNNError
+from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
+                        name_list, nonneg_float, nonneg_int, positive_float, positive_int, script_main)
+from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from . import report
+
+EXPERIMENT = "task_accuracy"
+EXTRA = ("task", "metric")
+METRICS = ("value", "stderr", "n_items")
+KEY = ("sigma", "trial", "task", "metric")
+DEFAULT_TASKS = ["noisynn_cloze", "noisynn_next_sentence"]
+# lm-eval sorts requests by length, so a batch pads little; 8 keeps a 2-core CPU busy without the
+# memory of lm-eval's "auto" probing (benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 measures it).
+DEFAULT_BATCH = "8"
+BATCH_LIMIT = 65_536
+
+
+def batch_size(text: str) -> str:
+    """A positive integer or lm-eval's ``auto`` / ``auto:N``, kept as text (as lm-eval takes it)."""
+    number = text.split(":", 1)[1] if text.startswith("auto:") else text
+    if text == "auto" or number.isdigit() and 0 < int(number) <= BATCH_LIMIT:
+        return text
+    if number.isdigit() and int(number) > BATCH_LIMIT:
+        raise argparse.ArgumentTypeError(f"{int(number):,} is above {BATCH_LIMIT:,}, the most it takes (a batch that "
+                                         "large does not fit in memory)")
+    raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer or auto")
+
+
+def add_args(p: ArgumentParser) -> None:
+    add_model_args(p)
+    add_noise_args(p, scale="relative")
+    add_converter_args(p)
+    t = p.add_argument_group("tasks (lm-evaluation-harness)")
+    t.add_argument("--tasks", type=name_list, default=DEFAULT_TASKS,
+                   help="comma list of lm-eval task names or task YAML files (default: the offline tasks "
+                        f"{','.join(DEFAULT_TASKS)}; hub tasks such as hellaswag need the network)")
+    t.add_argument("--include_path", action="append", default=[], metavar="DIR",
+                   help="a folder of extra lm-eval task YAMLs; repeatable")
+    t.add_argument("--num_fewshot", type=nonneg_int, default=None, help="few-shot examples (default: the task's)")
+    t.add_argument("--limit", type=positive_int, default=40,
+                   help="items per task, the first of each task's test split (default: %(default)s)")
+    t.add_argument("--batch_size", type=batch_size, default=DEFAULT_BATCH,
+                   help="lm-eval's request batch size, or auto (default: %(default)s)")
+    t.add_argument("--bootstrap_iters", type=positive_int, default=1000,
+                   help="lm-eval's bootstrap resamples for the stderr of non-mean metrics (perplexity; "
+                        "default: %(default)s)")
+    t.add_argument("--log_samples", action="store_true", help="write lm-eval's per-item outputs to samples.jsonl")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
+                   help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
+    g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
+    g.add_argument("--n_levels", type=positive_int, default=4, help="number of levels incl. 0 (default: %(default)s)")
+    g.add_argument("--spacing", choices=("log", "linear"), default="linear",
+                   help="linear: linspace(0, max); log: 0 then geometric from max/30 (default: %(default)s)")
+    g.add_argument("--acc_drop", type=positive_float, default=5.0,
+                   help="report the sigma where accuracy falls this many points below clean (default: %(default)s)")
+    add_run_args(p)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="task_accuracy.py", description=__doc__.strip().splitlines()[0])
+    add_args(p)
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
+
+
+@dataclass
+class TaskSet:
+    """The loaded lm-eval tasks and what the rows and run.json need to know about them."""
+
+    manager: object
+    tasks: dict  # name -> lm-eval Task
+    metrics: list[tuple[str, str, str]] = field(default_factory=list)  # (task, metric, lm-eval filter)
+    info: dict = field(default_factory=dict)  # name -> config, sha256, chance, n_items
+
+    def parts(self) -> list[dict]:
+        return [{"task": t, "metric": metric_name(m, f)} for t, m, f in self.metrics]
+
+
+def metric_name(metric: str, filter_name: str) -> str:
+    """``acc`` for lm-eval's ``acc,none``; ``exact_match/strict-match`` for a named filter."""
+    return metric if filter_name == "none" else f"{metric}/{filter_name}"
+
+
+def _yaml_task_name(path: Path) -> str:
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # task YAMLs use !function tags; only the name is needed here
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise NoisyNNError(f"task file {path} cannot be read ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise NoisyNNError(f"task file {path} has no 'task:' name")
+    return config["task"]
+
+
+def _sha256_file(path: str) -> str | None:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def _fingerprint(config: dict) -> tuple[str, dict]:
+    """sha256 of a task's config with local data file paths replaced by their contents' sha256 (so the
+    hash is the same wherever the cache lives), and those file hashes."""
+    files = {}
+    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(data_files, dict):
+        for split, path in data_files.items():
+            if isinstance(path, str) and (digest := _sha256_file(path)):
+                files[split] = digest
+    payload = {**config, "dataset_kwargs": {**(config.get("dataset_kwargs") or {}), "data_files": files}} if files else config
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), files
+
+
+def _chance(task, limit: int) -> float | None:
+    """Chance accuracy: the offline tasks' own; a multiple-choice task's mean 1/n_choices over the scored
+    items; 0 for loglikelihood / generation tasks (greedy or exact match); None when unknown."""
+    from ...tasks import CHANCE
+
+    if task.task_name in CHANCE:
+        return CHANCE[task.task_name]
+    if task.OUTPUT_TYPE == "multiple_choice":
+        docs = list(task.eval_docs)[:limit]
+        counts = [len(task.doc_to_choice(d)) for d in docs]
+        return float(sum(1 / c for c in counts) / len(counts)) if counts else None
+    return 0.0 if task.OUTPUT_TYPE in ("loglikelihood", "generate_until") else None
+
+
+def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
+    """Resolve task names and YAML paths, load the tasks and their datasets (one NoisyNNError line on failure)."""
+    from ...harness import load_tasks, task_manager
+
+    folders, resolved = [str(Path(d).expanduser()) for d in include], []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise NoisyNNError(f"--include_path {folder} is not a folder")
+    for name in names:
+        if name.endswith((".yaml", ".yml")):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise NoisyNNError(f"task file {name} does not exist")
+            folders.append(str(path.resolve().parent))
+            resolved.append(_yaml_task_name(path))
+        else:
+            resolved.append(name)
+    manager = task_manager(folders)
+    loaded = load_tasks(resolved, manager)
+    tasks = dict(sorted(loaded["tasks"].items()))
+    out = TaskSet(manager, tasks)
+    for name, task in tasks.items():
+        # the (metric, filter) pairs lm-eval will report: every metric of the task under every filter
+        for filt in [f.name for f in task._filters]:
+            out.metrics += [(name, m, filt) for m in task._metric_fn_list]
+        config = task.dump_config()
+        digest, files = _fingerprint(config)
+        out.info[name] = {"sha256": digest, "data_sha256": files, "chance": _chance(task, limit),
+                          "output_type": task.OUTPUT_TYPE, "n_docs": len(task.eval_docs),
+                          "config": json.loads(json.dumps(config, default=str))}
+    return out
+
+
+def tidy_rows(result: dict, tasks: TaskSet) -> list[dict]:
+    """One row per (task, metric): lm-eval's value, its stderr (nan where lm-eval gives none), items."""
+    rows = []
+    for task, metric, filt in tasks.metrics:
+        values = result["results"][task]
+        stderr = values.get(f"{metric}_stderr,{filt}")
+        rows.append({"task": task, "metric": metric_name(metric, filt), "value": float(values[f"{metric},{filt}"]),
+                     "stderr": float(stderr) if isinstance(stderr, (int, float)) else float("nan"),
+                     "n_items": int(result["n-samples"][task]["effective"])})
+    return rows
+
+
+def sample_records(result: dict, tasks: TaskSet) -> list[dict]:
+    """lm-eval's per-item outputs, without the repeated document and prompt text (their hashes stay).
+    Each is filed under its task's first metric row (the run folder keys samples by a row's key), and
+    carries every metric's per-item value under the metric's own name."""
+    from lm_eval.utils import handle_non_serializable
+
+    first = {}
+    for task, metric, filt in tasks.metrics:
+        first.setdefault(task, metric_name(metric, filt))
+    out = []
+    for task, items in result.get("samples", {}).items():
+        for item in items:
+            keep = {k: v for k, v in item.items() if k not in ("doc", "arguments", "resps", "metrics")}
+            keep = json.loads(json.dumps(keep, default=handle_non_serializable))
+            out.append({"task": task, "metric": first[task], **{k: v for k, v in keep.items() if k != "metric"}})
+    return out
+
+
+@contextlib.contextmanager
+def _single_process_view():
+    """The runner splits points across processes and each process scores all items of its points, so
+    each lm-eval call is a single-process evaluation (NoisyLM: rank 0 of 1). lm-eval also reads the
+    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call.
+    (The redirect around it drops lm-eval's "bootstrapping for stddev" prints.)"""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
+def run(argv=None) -> int:
+    args = parse(argv)
+    # lm-eval bootstraps with a multiprocessing pool per metric unless told not to: slower than serial here
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
+    import lm_eval
+
+    from ...harness import NoisyLM
+
+    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    tasks = prepare_tasks(args.tasks, args.include_path, args.limit)  # before the model and the run folder
+    # in the config, so a resume with changed task files is refused
+    args.task_sha256 = {name: info["sha256"] for name, info in tasks.info.items()}
+    ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
+        "levels": sigmas, "lm_eval_version": lm_eval.__version__, "tasks": tasks.info,
+        "acc_drop_points": args.acc_drop,
+        "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
+                              "trial seed and the layer name), scaled to every level; every task of a point is "
+                              "scored on the same weights",
+        "head": "not noised unless --targets names head/all; a tied head is untied before it is noised"})
+    lm = NoisyLM(pretrained=ctx.lm, spec=ctx.spec, converters=ctx.converters, batch_size=args.batch_size)
+    ctx.folder.update_meta(**lm.describe())
+    leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed)
+    clean: list[TrialResult] = []  # sigma 0 is the same model in every trial (without converter noise)
+
+    def trial(point: Point) -> TrialResult:
+        if point.sigma == 0 and clean and lm.hooks is None and not args.log_samples:
+            return clean[0]
+        lm.set_noise(point.sigma, point.seed(args.seed), point.sample_seed(args.seed))
+        with contextlib.redirect_stdout(io.StringIO()), _single_process_view():
+            result = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.tasks.values()), task_manager=tasks.manager,
+                                             num_fewshot=args.num_fewshot, limit=args.limit,
+                                             bootstrap_iters=args.bootstrap_iters, log_samples=args.log_samples,
+                                             verbosity="ERROR")
+        out = TrialResult({}, sample_records(result, tasks) if args.log_samples else [], tidy_rows(result, tasks))
+        if point.sigma == 0:
+            clean.append(out)
+        return out
+
+    try:
+        rows = run_sweep(ctx.folder, grid(sigmas, args.n_trials), trial, leading, ctx.done_rows,
+                         progress("task_accuracy", "point", args.quiet), parts=lambda p: tasks.parts())
+    finally:
+        lm.restore()
+    if not ctx.folder.is_main:  # another process merged the shards and draws the figures
+        return 0
+    figures = report.plot(ctx.folder.path)
+    finish(ctx, figures)
+    print(report.format_table(rows, args.acc_drop))
+    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, acc_drop.csv, {figures[0].name})")
+    return 0
+
+
+def main(argv=None) -> int:
+    return script_main(run, argv)
