@@ -46,6 +46,8 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "batch_size": (65_536, "a batch that large does not fit in memory"),
     "max_samples": (100_000_000, "more training windows than any text here"),
     "seed": (2**63 - 1, "seeds are 63-bit integers"),
+    "limit": (10_000_000, "more items than any task here"), "num_fewshot": (10_000, _TOKENS),
+    "bootstrap_iters": (1_000_000, "the confidence interval is resampled that often in memory"),
     "max_noise": (1e30, _SIGMA), "noise_level": (1e30, _SIGMA), "start_sigma": (1e30, _SIGMA),
     "end_sigma": (1e30, _SIGMA), "sigma": (1e30, _SIGMA), "search_range": (1e30, _SIGMA),
     "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),

@@ -385,6 +385,19 @@ def test_decoding_refuses_no_tokens_to_generate_and_an_empty_prompt(llama, token
     assert generate_text_samples(llama, tokenizer, "The", "cpu", n_samples=0, max_new_tokens=2) == []
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--bootstrap_iters", str(10**20)], "--bootstrap_iters: 100,000,000,000,000,000,000 is above 1,000,000"),
+    (["--num_fewshot", str(10**12)], "--num_fewshot: 1,000,000,000,000 is above 10,000"),
+    (["--limit", str(10**12)], "--limit: 1,000,000,000,000 is above 10,000,000"),
+    (["--model", ""], "argument --model: an empty value"),
+])
+def test_task_accuracy_sizes_and_empty_values_are_refused_at_parse_time(argv, message, capsys):
+    from noisynn import registry
+
+    err = exits_2_with_one_line(registry.run_module("task_accuracy").build_parser().parse_args, argv, capsys)
+    assert message in err, err
+
+
 def test_an_empty_value_is_allowed_only_where_it_means_none():
     """drift_over_time's --digital_bits '' (no digital reference) stays valid; every other string flag refuses ''."""
     from noisynn import registry
