@@ -63,6 +63,7 @@ BROKEN_IS_INF = ("perplexity", "nll", "bits_per_byte")
 META_TYPES = {"experiment": str, "status": str, "started": str, "sessions": int, "resumed": bool,
               "n_points": int, "levels": list, "argv": list}
 NESTED_META_TYPES = {("model", "fingerprint"): str, ("text", "sha256"): str}
+JSON_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 # Columns that must hold numbers when present (checked line by line by read_rows).
 NUMBER_COLUMNS = {"sigma": float, "trial": int, "seed": int}
 
@@ -184,16 +185,11 @@ def read_meta(path: str | Path) -> dict:
         if key in meta and not isinstance(meta[key], dict):
             raise NoisyNNError(f"{path}: '{key}' is {type(meta[key]).__name__}, not a JSON object; the file is damaged")
     for keys, kind in [*(((k,), t) for k, t in META_TYPES.items()), *NESTED_META_TYPES.items()]:
-        value = meta
-        for k in keys:
-            value = value.get(k) if isinstance(value, dict) else None
+        value = meta.get(keys[0]) if len(keys) == 1 else meta.get(keys[0], {}).get(keys[1])
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise NoisyNNError(f"{path}: '{'.'.join(keys)}' is {type(value).__name__} {value!r:.40}, not "
-                               f"{_JSON_TYPE[kind]}; the file is damaged")
+                               f"{JSON_TYPE_NAMES[kind]}; the file is damaged")
     return meta
-
-
-_JSON_TYPE = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
 
 def read_samples(path: str | Path) -> list[dict]:
