@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import NoisyNNError
+
 LN2 = math.log(2.0)
 # The prompt generations start from unless one is given (the sweep, the drift experiments, the explorer).
 DEFAULT_PROMPT = "The history of science shows that"
@@ -188,6 +190,8 @@ def left_padded(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.
     right padding (GPT-2's from the hub has both) works; the pad id only fills masked slots.
     """
     rows = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    if not rows or not all(rows):  # nothing to continue from (no BOS token is added here)
+        raise NoisyNNError("a prompt is empty (no tokens); give a few words for the model to continue")
     width = max(len(r) for r in rows)
     fill = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     ids = torch.tensor([[fill] * (width - len(r)) + r for r in rows], dtype=torch.long)
@@ -239,6 +243,8 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
     with matching position ids. ``stop_at_eos=False`` keeps decoding through EOS for all ``max_new_tokens``
     steps (fixed-length traces).
     """
+    if int(max_new_tokens) < 1:
+        raise NoisyNNError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = _device_of(model)
     ids, mask = left_padded(tokenizer, prompts)
     ids, mask = ids.to(device), mask.to(device)

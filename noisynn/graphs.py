@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import NoisyNNError
-from .options import ArgumentParser, output_file, script_main
+from .options import EXIT_USAGE, ArgumentParser, output_file, script_main
 from .results import RUN_JSON, read_meta, read_run
 
 
@@ -159,7 +159,7 @@ def run(argv=None) -> int:
             failed += 1
             continue
         print(f"{group} ({len(members)} runs: {', '.join(m.name for m in members)}) -> {path}")
-    return 1 if failed else 0
+    return EXIT_USAGE if failed else 0  # a damaged folder is bad input, as everywhere
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -45,7 +46,8 @@ def load_failures(what: str, hint: str = "", anything: bool = False) -> Iterator
         yield
     except NoisyNNError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, EOFError) as err:
+    # struct.error: a truncated binary header (a .gguf cut after its magic bytes)
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, EOFError, struct.error) as err:
         raise NoisyNNError(f"cannot load {what}: {_cause(err)}{hint}") from None
     except Exception as err:
         if not anything and type(err).__module__.split(".")[0] not in LOADER_PACKAGES:

@@ -46,9 +46,13 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "batch_size": (65_536, "a batch that large does not fit in memory"),
     "max_samples": (100_000_000, "more training windows than any text here"),
     "seed": (2**63 - 1, "seeds are 63-bit integers"),
+    "limit": (10_000_000, "more items than any task here"), "num_fewshot": (10_000, _TOKENS),
+    "bootstrap_iters": (1_000_000, "the confidence interval is resampled that often in memory"),
     "max_noise": (1e30, _SIGMA), "noise_level": (1e30, _SIGMA), "start_sigma": (1e30, _SIGMA),
     "end_sigma": (1e30, _SIGMA), "sigma": (1e30, _SIGMA), "search_range": (1e30, _SIGMA),
     "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
+    "out_bound": (1e30, _SIGMA), "weight_decay": (1e3, "AdamW multiplies the weights by (1 - lr x decay) each "
+                                                        "step: a decay that large erases them in a few steps"),
     "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
@@ -56,6 +60,23 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "temperature": (1e6, "beyond that sampling is uniform"),
     "lr": (1e3, "a learning rate that large diverges at the first step"),
 }
+
+
+# String flags for which an empty value has a documented meaning ('' = none). Every other string flag
+# refuses an empty value: "--text_file $TEXT" with TEXT unset must not fall back to the embedded text.
+# Prompts say it in their own words ("the prompt is empty"), checked by each experiment.
+MAY_BE_EMPTY = {"digital_bits", "prompt", "prompts"}
+
+
+def empty_error(action: argparse.Action, value) -> str | None:
+    """The message for an empty (or blank) string given to a flag that needs a value, else None."""
+    if action.dest in MAY_BE_EMPTY or not action.option_strings:
+        return None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, str) and not v.strip() for v in values) and value != action.default:
+        return (f"argument {action.option_strings[0]}: an empty value (an unset shell variable?); "
+                "give one, or leave the flag out for its default")
+    return None
 
 
 def bound_error(dest: str, value) -> str | None:
@@ -80,7 +101,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse API
         parsed, rest = super().parse_known_args(args, namespace)
-        for dest, value in vars(parsed).items():
+        given = vars(parsed)
+        for action in self._actions:
+            if action.dest in given:
+                message = empty_error(action, given[action.dest])
+                if message:
+                    self.error(message)
+        for dest, value in given.items():
             message = bound_error(dest, value)
             if message:
                 self.error(message)
@@ -152,6 +179,14 @@ def output_file(text: str) -> str:
         check_writable(path.parent)
     except NoisyNNError as err:
         raise argparse.ArgumentTypeError(f"--output '{text}': {err}") from None
+    return text
+
+
+def existing_folder(text: str) -> str:
+    """argparse type of a folder the run reads (``noisynn ui --runs``): it must exist and be a folder."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' {'is not a folder' if path.exists() else 'does not exist'}")
     return text
 
 

@@ -68,7 +68,7 @@ def write_table(path: str | Path, table: Sequence[dict]) -> Path:
     for r in table:
         writer.writerow({k: format_value(v) for k, v in r.items()})
     text = buf.getvalue()
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+    if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):  # an old table may be garbage
         replace_atomic(path, text)
     return path
 

@@ -58,6 +58,12 @@ SAMPLES_JSONL = "samples.jsonl"
 VOLATILE_KEYS = {"out", "output", "progress", "quiet"}
 # Metrics whose value for a broken (non-finite) model is +inf: the one convention in every file.
 BROKEN_IS_INF = ("perplexity", "nll", "bits_per_byte")
+# run.json keys the writer owns, with the JSON type each must have (checked by read_meta): a hand-edited
+# or damaged value would otherwise surface as a traceback (sessions + 1) or pass a comparison unseen.
+META_TYPES = {"experiment": str, "status": str, "started": str, "sessions": int, "resumed": bool,
+              "n_points": int, "levels": list, "argv": list}
+NESTED_META_TYPES = {("model", "fingerprint"): str, ("text", "sha256"): str}
+JSON_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 # Columns that must hold numbers when present (checked line by line by read_rows).
 NUMBER_COLUMNS = {"sigma": float, "trial": int, "seed": int}
 
@@ -178,6 +184,11 @@ def read_meta(path: str | Path) -> dict:
     for key in ("config", "model", "text"):
         if key in meta and not isinstance(meta[key], dict):
             raise NoisyNNError(f"{path}: '{key}' is {type(meta[key]).__name__}, not a JSON object; the file is damaged")
+    for keys, kind in [*(((k,), t) for k, t in META_TYPES.items()), *NESTED_META_TYPES.items()]:
+        value = meta.get(keys[0]) if len(keys) == 1 else meta.get(keys[0], {}).get(keys[1])
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise NoisyNNError(f"{path}: '{'.'.join(keys)}' is {type(value).__name__} {value!r:.40}, not "
+                               f"{JSON_TYPE_NAMES[kind]}; the file is damaged")
     return meta
 
 
@@ -433,7 +444,7 @@ class RunFolder:
         merged_csv = self._line(self.columns) + "".join(self._line(rows[k][c] for c in self.columns) for k in keys)
         merged_samples = "".join(line for k in keys for line in samples.get(k, []))
         for path, text in ((self.csv, merged_csv), (self.samples, merged_samples)):
-            if path.is_file() and path.read_text(encoding="utf-8") == text:
+            if path.is_file() and path.read_bytes() == text.encode("utf-8"):
                 continue
             if path == self.samples and not text and not path.is_file():
                 continue

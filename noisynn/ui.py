@@ -27,8 +27,8 @@ from .explore import (DEFAULT_PROMPT, MAX_NEW_TOKENS, METRICS_HEADERS, TARGET_CH
                       check_setting, cli_command, drift_figure, entropy_figure, metrics_table, noise_choices,
                       probability_figure, result_rows, sigma_from_slider, write_csv)
 from .models import DEFAULT_MAX_LENGTH, check_model_name, fit_context, load_model
-from .options import (ArgumentParser, add_model_args, add_noise_args, load_plugins, nonneg_float, nonneg_int,
-                      positive_int, script_main)
+from .options import (ArgumentParser, add_model_args, add_noise_args, existing_folder, load_plugins, nonneg_float,
+                      nonneg_int, positive_int, script_main)
 from .saved_runs import RUN_ROOTS, list_runs, load_saved_run
 from .spec import parse_targets
 
@@ -288,7 +288,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="initial prompt (default: %(default)r)")
     g.add_argument("--max_new_tokens", type=positive_int, default=30, help="initial tokens per continuation "
                    "(default: %(default)s)")
-    g.add_argument("--runs", action="append", default=None, metavar="DIR",
+    g.add_argument("--runs", action="append", type=existing_folder, default=None, metavar="DIR",
                    help=f"folder whose run folders the Saved runs tab lists; repeatable "
                         f"(default: {', '.join(RUN_ROOTS)})")
 

@@ -61,6 +61,20 @@ def models(tmp_path_factory, tiny_model_dir):
         "@BADTOK": damaged("badtok", lambda f: (f / "tokenizer.json").write_text("{garbage")),
     }
     (d / "fake.gguf").write_text("this is not a GGUF file\n")
+    (d / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")  # the magic bytes, then the header cut off
+    out["@CUT_GGUF"] = str(d / "cut.gguf")
+    plugin_head = ("import torch\nfrom noisynn import NoiseDistribution, register_noise\n"
+                   "@register_noise('{name}')\nclass {cls}(NoiseDistribution):\n")
+    for key, name, body in [  # plugins whose sample or name misbehaves at run time (not at import)
+            ("@P_SAMPLE_EXIT", "audit_exit", "    def sample(self, shape, scale, device=None, generator=None):\n"
+                                             "        raise SystemExit(0)\n"),
+            ("@P_SAMPLE_NAN", "audit_nan", "    def sample(self, shape, scale, device=None, generator=None):\n"
+                                           "        return torch.full(tuple(shape), float('nan'))\n"),
+            ("@P_NAME_RAISES", "audit_name", "    @property\n    def name(self):\n        raise RuntimeError('no name')\n"
+                                             "    def sample(self, shape, scale, device=None, generator=None):\n"
+                                             "        return torch.zeros(tuple(shape))\n")]:
+        (d / f"{name}.py").write_text(plugin_head.format(name=name, cls=name.title().replace("_", "")) + body)
+        out[key] = str(d / f"{name}.py")
     out["@FAKE_GGUF"] = str(d / "fake.gguf")
     out["@CONFIG_FILE"] = str(good / "config.json")
 
@@ -171,6 +185,27 @@ CASES = [
     case("llama_scaling", ["--n_levels", "99999999"], "--n_levels: 99,999,999 is above"),
     case("drift_over_time", ["--n_trials", "99999999"], "--n_trials: 99,999,999 is above"),
     case("ui", ["--sigma", "1e300"], "--sigma: 1e+300 is above"),
+    # found by the audit (issue 11, other members of each class)
+    case("sweep", ["--model", "@CUT_GGUF"], "cannot load model"),
+    case("ui", ["--model", "@CUT_GGUF"], "cannot load model"),
+    case("drift_over_time", ["--digital_bits", "100000000000000000000"], "takes at most 32 bits"),
+    case("drift_over_time", ["--times", "1e300", "--out", "@NEW"], "is above 1e+12 s, the most it takes"),
+    case("sweep", ["--out_bound", "1e308", "--out", "@NEW"], "--out_bound: 1e+308 is above 1e+30"),
+    case("noise_aware_training", ["--weight_decay", "1e308", "--out", "@NEW"], "--weight_decay: 1e+308 is above"),
+    case("sweep", ["--text_file", "", "--out", "@NEW"], "argument --text_file: an empty value"),
+    case("sweep", ["--tokenizer", "", "--out", "@NEW"], "argument --tokenizer: an empty value"),
+    case("sweep", ["--out", ""], "argument --out: an empty value"),
+    case("sweep", ["--device", "", "--out", "@NEW"], "argument --device: an empty value"),
+    case("sweep", ["--dtype", " ", "--out", "@NEW"], "argument --dtype: an empty value"),
+    case("noise_aware_training", ["--train_file", "", "--out", "@NEW"], "argument --train_file: an empty value"),
+    case("llama_scaling", ["--dataset", ""], "argument --dataset: an empty value"),
+    case("generate_graphs", ["--results_dir", ""], "argument --results_dir: an empty value"),
+    case("generate_graphs", ["--compare", "@RUN", "--output_dir", ""], "argument --output_dir: an empty value"),
+    case("ui", ["--blocks", ""], "argument --blocks: an empty value"),
+    case("ui", ["--runs", "@MISSING_DIR"], "argument --runs: '@MISSING_DIR' does not exist"),
+    case("ui", ["--runs", "@CONFIG_FILE"], "is not a folder"),
+    case("sweep", ["--plugin", "@P_NAME_RAISES", "--noise_type", "audit_name", "--out", "@NEW"],
+         "failed to initialise: RuntimeError: no name"),
     # messages that misled
     case("llama_scaling", ["--include_modern"], "--models PATH"),
     # noisynn ui: checked before serving
@@ -207,6 +242,23 @@ def test_hostile_invocation_exits_2_with_one_line(script, extra, message, files,
     if run:
         assert snapshot(run) == before, "the hostile invocation changed the run folder"
     assert not (tmp_path / "new-run").exists(), "a run folder was created before the check"
+
+
+@pytest.mark.parametrize("plugin,name,message", [
+    ("@P_SAMPLE_EXIT", "audit_exit", "sample failed: SystemExit: 0"),  # used to end the run silently with exit 0
+    ("@P_SAMPLE_NAN", "audit_nan", ".sample returned NaN values"),  # 0 x nan: even the clean level was broken
+])
+def test_a_plugin_sample_failing_mid_run_is_one_line_and_the_run_marked_failed(plugin, name, message, files, models,
+                                                                                tmp_path, capsys):
+    """A sample is drawn once the run folder exists: one line, exit 2, run.json 'failed' (never 'running')."""
+    out = tmp_path / "run"
+    argv = ["--model", files["@MODEL"], "--text_file", files["@TEXT"], "--eval_tokens", "32", "--max_length", "32",
+            "--quiet", "--max_new_tokens", "2", "--n_samples", "1", "--entropy_tokens", "2", "--n_levels", "2",
+            "--n_trials", "1", "--max_noise", "0.5", "--plugin", models[plugin], "--noise_type", name, "--out", str(out)]
+    err = exits_2_with_one_line(MAIN["sweep"], argv, capsys)
+    assert message in err and "Traceback" not in err, err
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert not (out / ".lock").exists()
 
 
 def test_the_table_covers_every_class():
@@ -320,6 +372,38 @@ def test_ui_a_second_instance_on_the_same_port_is_refused(files, tiny_model_dir,
 
 
 # -- the checks as functions -------------------------------------------------------------------
+
+def test_decoding_refuses_no_tokens_to_generate_and_an_empty_prompt(llama, tokenizer):
+    """The original API's generate_text_samples: max_new_tokens=0 or an empty prompt used to end in a
+    torch RuntimeError deep inside the model; now one NoisyNNError line (n_samples=0 gives [])."""
+    from noisynn.evaluation import generate_text_samples
+
+    with pytest.raises(NoisyNNError, match="max_new_tokens must be >= 1"):
+        generate_text_samples(llama, tokenizer, "The", "cpu", n_samples=1, max_new_tokens=0)
+    with pytest.raises(NoisyNNError, match="a prompt is empty"):
+        generate_text_samples(llama, tokenizer, "", "cpu", n_samples=1, max_new_tokens=2)
+    assert generate_text_samples(llama, tokenizer, "The", "cpu", n_samples=0, max_new_tokens=2) == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bootstrap_iters", str(10**20)], "--bootstrap_iters: 100,000,000,000,000,000,000 is above 1,000,000"),
+    (["--num_fewshot", str(10**12)], "--num_fewshot: 1,000,000,000,000 is above 10,000"),
+    (["--limit", str(10**12)], "--limit: 1,000,000,000,000 is above 10,000,000"),
+    (["--model", ""], "argument --model: an empty value"),
+])
+def test_task_accuracy_sizes_and_empty_values_are_refused_at_parse_time(argv, message, capsys):
+    from noisynn import registry
+
+    err = exits_2_with_one_line(registry.run_module("task_accuracy").build_parser().parse_args, argv, capsys)
+    assert message in err, err
+
+
+def test_an_empty_value_is_allowed_only_where_it_means_none():
+    """drift_over_time's --digital_bits '' (no digital reference) stays valid; every other string flag refuses ''."""
+    from noisynn import registry
+
+    args = registry.run_module("drift_over_time").build_parser().parse_args(["--digital_bits", ""])
+    assert args.digital_bits == ""
 
 def test_causality_is_measured(gpt2, llama):
     from transformers import BertConfig, BertLMHeadModel

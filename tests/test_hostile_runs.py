@@ -72,6 +72,14 @@ def _string_config(run: Path):
     (run / "run.json").write_text(json.dumps(meta))
 
 
+def _meta_field(key, value, inside=None):
+    def damage(run: Path):
+        meta = json.loads((run / "run.json").read_text())
+        (meta[inside] if inside else meta)[key] = value
+        (run / "run.json").write_text(json.dumps(meta))
+    return damage
+
+
 def _csv_is_a_folder(run: Path):
     (run / "results.csv").unlink()
     (run / "results.csv").mkdir()
@@ -96,6 +104,12 @@ DAMAGE = [
     ("string config", _string_config, "'config' is str, not a JSON object"),
     ("bad samples line", _append("samples.jsonl", b"{not json\n"), "samples.jsonl line"),
     ("sigma not a number", _sigma_not_a_number, "results.csv line 3: sigma is 'abc', not a number"),
+    # the writer's own run.json fields with another JSON type (a traceback at sessions + 1; a fingerprint of
+    # another type passed the comparison and was overwritten; levels were rewritten)
+    ("sessions a string", _meta_field("sessions", "x"), "'sessions' is str 'x', not an integer"),
+    ("levels a string", _meta_field("levels", "abc"), "'levels' is str 'abc', not a list"),
+    ("fingerprint a number", _meta_field("fingerprint", 5, inside="model"), "'model.fingerprint' is int 5, not a string"),
+    ("text sha256 a list", _meta_field("sha256", [], inside="text"), "'text.sha256' is list [], not a string"),
 ]
 
 
@@ -376,6 +390,22 @@ def test_generate_graphs_says_a_run_is_incomplete_and_keeps_the_better_summary(p
     assert "no finished rows yet" in capsys.readouterr().out
     assert (run / "summary.csv").read_bytes() == good
     assert no_temporary_files(run)
+
+
+def test_generate_graphs_compare_of_runs_without_points_is_one_line_and_a_garbage_summary_is_redrawn(
+        prepared, tmp_path, capsys):
+    run = sweep_copy(prepared, tmp_path)
+    lines = (run / "results.csv").read_text().splitlines(keepends=True)
+    good_summary = (run / "summary.csv").read_bytes()
+    (run / "summary.csv").write_bytes(b"\xff\xfe not a table")  # used to end in UnicodeDecodeError, exit 1
+    assert generate_graphs.main(["--results_dir", str(tmp_path), "--output_dir", str(tmp_path / "img")]) == 0
+    assert (run / "summary.csv").read_bytes() == good_summary
+    (run / "results.csv").write_text(lines[0])  # header only, while run.json says finished
+    before = snapshot(run)
+    err = exits_2_with_one_line(generate_graphs.main, ["--compare", str(run), "--output", str(tmp_path / "c.png")],
+                                capsys)  # used to draw an empty figure (and a matplotlib warning) with exit 0
+    assert "nothing to compare" in err, err
+    assert snapshot(run) == before and not (tmp_path / "c.png").exists()
 
 
 def test_a_plot_survives_huge_and_infinite_values(prepared, tmp_path):

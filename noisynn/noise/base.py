@@ -145,9 +145,10 @@ def get_noise(name: str | NoiseDistribution, **params) -> NoiseDistribution:
     usable = {k: v for k, v in params.items() if v is not None and (takes_kwargs or k in accepted)}
     try:
         instance = cls(**usable)
+        getattr(instance, "name", None)  # a user's ``name`` property runs here, not first in run.json's describe()
     except NoisyNNError:
         raise
-    except Exception as err:  # a user class can raise anything; report it in one line
+    except (Exception, SystemExit) as err:  # a user class can raise anything (sys.exit too); report it in one line
         raise NoisyNNError(f"noise '{name}' ({cls.__qualname__}) failed to initialise: "
                            f"{type(err).__name__}: {err}") from None
     if not hasattr(instance, "params"):  # a subclass whose __init__ skipped ours
@@ -181,7 +182,7 @@ def draw(noise: NoiseDistribution, shape, scale, device, generator: torch.Genera
                 z = noise.sample(shape, scale, where)
     except NoisyNNError:
         raise
-    except Exception as err:  # a user class can raise anything; report it in one line
+    except (Exception, SystemExit) as err:  # a user class can raise anything; sys.exit must not end the run with 0
         raise NoisyNNError(f"{_label(noise)}.sample failed: {type(err).__name__}: {err}") from None
     check_sample(noise, z, shape, where)
     return z.to(device)
@@ -203,3 +204,5 @@ def check_sample(noise: NoiseDistribution, z, shape, device) -> None:
         raise NoisyNNError(f"{_label(noise)}.sample returned dtype {z.dtype}, not a floating-point tensor")
     if z.device != torch.device(device):
         raise NoisyNNError(f"{_label(noise)}.sample returned a tensor on {z.device}, requested {torch.device(device)}")
+    if torch.isnan(z).any():  # 0 x nan is nan: even the clean level (sigma 0) would be broken
+        raise NoisyNNError(f"{_label(noise)}.sample returned NaN values")

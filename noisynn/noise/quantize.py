@@ -35,4 +35,7 @@ def bits_to_step(bits: int) -> float:
     """Quantization step (in units of max|W|) of symmetric ``bits``-bit weights: 1 / (2^(bits-1) - 1)."""
     if bits < 2:
         raise NoisyNNError(f"weight quantization needs >= 2 bits, got {bits}")
+    if bits > 32:  # 2 ** bits alone would fill memory for a huge value
+        raise NoisyNNError(f"weight quantization takes at most 32 bits, got {bits:,} (float32 resolves at most "
+                           "2^24 steps; more bits change nothing)")
     return 1.0 / (2 ** (bits - 1) - 1)

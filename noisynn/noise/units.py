@@ -9,6 +9,9 @@ from ..errors import NoisyNNError
 TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400.0, "y": 365 * 86400.0}
 
 
+MAX_SECONDS = 1e12
+
+
 def parse_time(text: str) -> float:
     """Seconds from '3600', '1s', '1min', '1h', '1d', '1mo' (30 d) or '1y' (365 d)."""
     text = str(text).strip()
@@ -25,6 +28,9 @@ def parse_time(text: str) -> float:
                            f"{', '.join(TIME_UNITS)})") from None
     if not (math.isfinite(value) and value >= 0):
         raise NoisyNNError(f"time '{text}' must be finite and >= 0")
+    if value > MAX_SECONDS:  # as --t_seconds (options.FLAG_BOUNDS): beyond, figure axes overflow too
+        raise NoisyNNError(f"time '{text}' is above {MAX_SECONDS:g} s, the most it takes (the drift model is "
+                           "calibrated for seconds to years; 1e12 s is 30,000 years)")
     return value
 
 

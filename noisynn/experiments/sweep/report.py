@@ -92,6 +92,8 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str =
     that gave inf/nan are marked with red 'x', never dropped."""
     runs = sorted(((r.meta, r.rows) for r in map(read_run, run_dirs)), key=lambda mr: str(mr[0].get("config", {}).get("noise_type")))
     key = _varying_key([m for m, _ in runs]) or "noise_type"
+    if not any(r["sigma"] > 0 for _, rows in runs for r in rows):  # an empty figure would look like a result
+        raise NoisyNNError(f"nothing to compare: none of {', '.join(map(str, run_dirs))} has a finished noisy point yet")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     sigmas, clean_done = [], False
     for meta, rows in runs:
