@@ -139,6 +139,19 @@ def _config_record(cfg: AFMConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing of the HF model; non-reentrant, so frozen inputs are fine."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path | None = None, progress=None,
                  on_step=None) -> tuple[dict, dict, list[dict]]:
     """Train the targeted tensors with the AFM recipe; returns (trained tensors, input ranges, history).
@@ -180,7 +193,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
         history, first = list(state["history"]), state["step"] + 1
         log.info("resuming training from step %d of %s", first, checkpoint)
     if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
     model.train()
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     try:
@@ -218,7 +231,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
         if analog is not None:
             analog.remove()
         if cfg.grad_checkpointing:
-            model.gradient_checkpointing_disable()
+            _checkpointing(model, False)
         with torch.no_grad():
             for t in targets:
                 t.param.data.copy_(clean[t.name])

@@ -129,7 +129,7 @@ class AnalogTraining:
         device = self.layers[0][1].weight.device
         self.ranges = nn.Parameter(torch.ones(len(self.layers), device=device))
         self.init_count = torch.zeros(len(self.layers), dtype=torch.long)
-        self.enabled, self.step = True, 0
+        self.enabled, self.step, self.calibrating = True, 0, False
         self._seen: dict[int, int] = {}  # layer index -> step its range was last initialised at
         for i, (name, module) in enumerate(self.layers):
             module.forward = self._forward_of(i, name, module)
@@ -170,7 +170,7 @@ class AnalogTraining:
         w_max = w.detach().abs().amax(dim=1)  # per output channel
         r = None
         if cfg.input_ranges:
-            if module.training and torch.is_grad_enabled():
+            if self.calibrating or (module.training and torch.is_grad_enabled()):
                 self._init_range(i, x)
             r = self.ranges[i] if (cfg.learn_ranges and module.training) else self.ranges[i].detach()
             x = dac(x, r.to(x.dtype), cfg.dac_bits, cfg.decay if cfg.learn_ranges else 0.0, cfg.input_min_percentage)
@@ -183,6 +183,21 @@ class AnalogTraining:
             scale = r.detach() if r is not None else x.detach().abs().amax()
             y = adc(y, (cfg.out_bound * scale) * w_max.to(y.dtype), cfg.adc_bits)
         return y if module.bias is None else y + module.bias
+
+    @torch.no_grad()
+    def calibrate(self, model: nn.Module, batches) -> dict[str, float]:
+        """The ranges the data initialisation gives (no training), from ``batches`` of token ids, in eval
+        mode (no weight noise): the static ranges of a model that never learned any."""
+        was_training, self.calibrating = model.training, True
+        model.eval()
+        try:
+            for step, batch in enumerate(batches):
+                self.step = step
+                model(input_ids=batch.to(self.ranges.device), use_cache=False)
+        finally:
+            self.calibrating = False
+            model.train(was_training)
+        return self.range_dict()
 
     def remove(self) -> None:
         """Give every layer its plain forward back."""

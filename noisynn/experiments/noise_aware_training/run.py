@@ -36,7 +36,7 @@ from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_
                        positive_float, positive_int, script_main)
 from ...results import write_json_atomic
 from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
-from . import report
+from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
 from .data import check_disjoint, load_training_text, training_chunks  # noqa: F401
 from .training import (TrainConfig, batch_order, check_batch_split, check_launch, clip_weights, finetune,  # noqa: F401
@@ -68,9 +68,11 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--seq_len", type=positive_int, default=128, help="tokens per training window (default: %(default)s)")
     g.add_argument("--batch_size", type=positive_int, default=4, help="windows per step (default: %(default)s)")
     g.add_argument("--warmup", type=nonneg_float, default=0.1, help="warm-up fraction of the steps (default: %(default)s)")
-    g.add_argument("--weight_decay", type=nonneg_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--clip_sigma", type=nonneg_float, default=0.0,
-                   help="AFM weight clipping at this many per-channel stds after each step; 0 = off (default)")
+    g.add_argument("--weight_decay", type=nonneg_float, default=None,
+                   help="AdamW weight decay (default: 0; with --recipe afm 0.01, AFM's)")
+    g.add_argument("--clip_sigma", type=nonneg_float, default=None,
+                   help="AFM weight clipping at this many per-channel stds after each step; 0 = off "
+                        "(default: 0; with --recipe afm 2.5, AFM's)")
     g.add_argument("--no_control", action="store_true", help="skip the control fine-tuned without noise (saves ~40%% of the time)")
     # default None (not False): run folders recorded before this flag existed resume unchanged
     g.add_argument("--save_weights", action="store_true", default=None,
@@ -83,6 +85,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--max_noise", type=nonneg_float, default=0.05, help="largest sigma (default: %(default)s)")
     g.add_argument("--n_levels", type=positive_int, default=6, help="levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="linear", help="level spacing (default: %(default)s)")
+    afm_run.add_afm_args(p)
     add_run_args(p)
 
 
@@ -97,6 +100,7 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.warmup > 1:
         p.error(f"argument --warmup: '{args.warmup}' must be <= 1")
+    afm_run.resolve_recipe(p, args)  # recipe-dependent defaults, and flags that belong to the other recipe
     return args
 
 
@@ -109,27 +113,10 @@ def train_config(args, n_samples: int) -> TrainConfig:
 
 
 
-def _write_training_csv(folder: Path, variant: str, history: list[dict]) -> None:
-    """training.csv: one row per (variant, step); rewritten whole, other variants' rows kept."""
-    import csv
-    import io
-
-    from ...results import read_rows
-
-    path = folder / TRAINING_CSV
-    rows = [r for r in read_rows(path) if r.get("variant") != variant] + [{"variant": variant, **h} for h in history]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["variant", "step", "loss", "lr", "grad_norm", "tokens", "seconds"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run(argv=None) -> int:
     args = parse(argv)
+    if args.recipe == "afm":
+        return afm_run.run_afm(args)
     t_start = time.perf_counter()
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
     variants = [v for v in VARIANTS if not (v == "control" and args.no_control)]
@@ -180,7 +167,7 @@ def run(argv=None) -> int:
         training[variant] = {"seconds": seconds, "final_loss": round(final, 4), "steps": vcfg.steps,
                              "processes": folder.world}
         if folder.is_main:  # the trained tensors are the same on every process
-            _write_training_csv(folder.path, variant, history)
+            report.write_training_csv(folder.path, variant, history)
         if folder.is_main and args.save_weights:
             save_weights(path, tensors, {"variant": variant, "base_model": args.model,
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
