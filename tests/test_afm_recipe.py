@@ -208,3 +208,120 @@ def test_resume_after_sigkill_reaches_the_same_final_weights(tmp_path):
     assert rerun.stdout.splitlines()[0] == "step 4 saved False"  # continued after the last saved step
     a, b = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "killed.pt")
     assert a["ranges"] == b["ranges"] and all(torch.equal(a["trained"][k], b["trained"][k]) for k in a["trained"])
+
+
+# ---------------------------------------------------------------------------------------------- data and the run folder
+
+def test_self_generated_data_is_seeded_cached_and_resumes_after_a_torn_write(tmp_path, tokenizer):
+    from noisynn.experiments.noise_aware_training import data
+
+    model = tiny_llama()
+    path = tmp_path / "self.jsonl"
+    first = data.self_generated_chunks(model, tokenizer, 5, 12, path, seed=3, batch=2)
+    assert first.shape == (5, 12) and len(path.read_text().splitlines()) == 3
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing batch 1
+    again = data.self_generated_chunks(model, tokenizer, 5, 12, path, seed=3, batch=2)
+    assert torch.equal(first, again) and len(path.read_text().splitlines()) == 3
+    stamp = path.stat().st_mtime_ns
+    assert torch.equal(data.self_generated_chunks(model, tokenizer, 5, 12, path, seed=3, batch=2), first)
+    assert path.stat().st_mtime_ns == stamp  # complete cache: nothing generated again
+    other = data.self_generated_chunks(model, tokenizer, 5, 12, tmp_path / "other.jsonl", seed=4, batch=2)
+    assert not torch.equal(first, other)
+
+
+@pytest.fixture
+def base(tiny_model_dir, text_file):
+    return ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "64", "--max_length", "32",
+            "--seq_len", "24", "--max_samples", "6", "--batch_size", "2", "--lr", "1e-2", "--n_trials", "2", "--quiet"]
+
+
+@pytest.fixture
+def small(base):
+    return ["--recipe", "afm", "--times", "1s,1d", "--self_batch", "3"] + base
+
+
+def test_afm_run_folder(tmp_path, small, capsys):
+    from noisynn.experiments.noise_aware_training import run as nat
+    from noisynn.results import read_rows
+
+    out = tmp_path / "run"
+    assert nat.main(small + ["--out", str(out)]) == 0
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 3 * (2 + 2 * 2) and {r["model_variant"] for r in rows} == {"original", "finetuned", "control"}
+    by = {(r["model_variant"], r["condition"], r["t_seconds"], r["trial"]): r for r in rows}
+    # the same programming draw for every variant; clean rows: the original is the untouched model
+    assert by[("original", "pcm", 1.0, 1)]["seed"] == by[("finetuned", "pcm", 1.0, 1)]["seed"] != by[
+        ("finetuned", "pcm", 1.0, 0)]["seed"]
+    clean = {v: by[(v, "clean", 0.0, 0)]["perplexity"] for v in ("original", "finetuned", "control")}
+    assert len(set(clean.values())) == 3
+    ranges = json.loads((out / "input_ranges.json").read_text())
+    assert set(ranges) == {"original", "finetuned", "control"} and ranges["finetuned"] != ranges["control"]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["recipe"] == "afm" and meta["training_text"]["source"] == "self" and meta["status"] == "finished"
+    assert meta["training_config"]["analog"]["dac_bits"] == 8 and meta["training_config"]["clip_sigma"] == 2.5
+    assert not list(out.glob("*.ckpt")) and (out / "self_data.jsonl").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert [t["t_seconds"] for t in report["variants"]["finetuned"]["times"]] == [1.0, 86400.0]
+    assert "over_afm" in report["variants"]["control"] and "AFM recipe" in capsys.readouterr().out
+    assert (out / "noise_aware_training.png").stat().st_size > 10_000
+    training = read_rows(out / "training.csv")
+    assert {r["variant"] for r in training} == {"finetuned", "control"} and "kl" in training[0]
+    # resume of a finished run: the same rows
+    assert nat.main(small + ["--out", str(out)]) == 0 and read_rows(out / "results.csv") == rows
+
+
+def test_afm_ablation_flags_reach_the_config(tmp_path, small, base):
+    from noisynn.experiments.noise_aware_training import afm_run, run as nat
+
+    args = nat.parse(small + ["--no_adc", "--no_weight_noise", "--no_learned_ranges", "--clip_sigma", "0",
+                              "--distill_beta", "0.5", "--data", "corpus"])
+    cfg = afm_run.afm_config(args, 6)
+    assert cfg.analog.adc_bits is None and cfg.analog.out_bound is None and cfg.analog.weight_noise == 0
+    assert not cfg.analog.learn_ranges and cfg.clip_sigma == 0 and cfg.beta == 0.5 and args.data == "corpus"
+    assert afm_run.afm_config(nat.parse(small + ["--no_analog"]), 6).analog is None
+    assert not afm_run.afm_config(nat.parse(small + ["--no_distill"]), 6).distill
+    old = nat.parse(base)  # today's recipe: its recorded config is what it was before --recipe existed
+    assert old.recipe is None and old.clip_sigma == 0.0 and old.weight_decay == 0.0 and old.data is None
+
+
+BAD = [
+    (["--recipe", "weight_noise", "--times", "1s"], "--times needs --recipe afm"),
+    (["--recipe", "weight_noise", "--data", "self"], "--data self needs --recipe afm"),
+    (["--train_file", "x.txt"], "use --data PATH with --recipe afm"),
+    (["--distill_beta", "2"], "must lie in [0, 1]"),
+    (["--times", "1s,1s"], "distinct times"),
+    (["--data", "/no/such.txt"], "does not exist"),
+    (["--data", "EVAL"], "contains evaluation text"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_input_exits_2_with_one_line(tmp_path, small, base, text_file, capsys, extra, message):
+    from conftest import exits_2_with_one_line
+    from noisynn.experiments.noise_aware_training import run as nat
+
+    extra = [str(text_file) if x == "EVAL" else x for x in extra]
+    argv = base if extra[0] == "--recipe" else small
+    assert message in exits_2_with_one_line(nat.main, argv + ["--out", str(tmp_path / "run")] + extra, capsys)
+    assert not (tmp_path / "run" / "results.csv").exists()
+
+
+@pytest.mark.integration
+def test_afm_recipe_on_the_embedded_model(tmp_path, embedded):
+    from noisynn.experiments.noise_aware_training import run as nat
+    from noisynn.results import read_rows
+
+    out = tmp_path / "run"
+    args = ["--recipe", "afm", "--steps", "2", "--batch_size", "1", "--seq_len", "24", "--max_samples", "2",
+            "--self_batch", "2", "--eval_tokens", "48", "--targets", "down", "--times", "1s,1y", "--n_trials", "1",
+            "--quiet", "--out", str(out)]
+    assert nat.main(args) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["training_text"]["source"] == "self" and meta["text"]["split"] == "eval"
+    assert meta["trained_tensors"] == 30 and len(json.loads((out / "input_ranges.json").read_text())["finetuned"]) == 30
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 3 * (2 + 2)
+    by = {(r["model_variant"], r["condition"], r["t_seconds"]): r["perplexity"] for r in rows}
+    assert by[("original", "clean", 0.0)] < 100 and by[("finetuned", "clean", 0.0)] != by[("original", "clean", 0.0)]
+    assert all(by[(v, "pcm", 3.1536e7)] > by[(v, "clean", 0.0)] for v in ("original", "finetuned", "control"))

@@ -174,6 +174,7 @@ def points(variants, times, n_trials) -> list[AFMPoint]:
     out = []
     for v in variants:
         out.append(AFMPoint(0, 0.0, 0, v, condition="clean"))
+        out.append(AFMPoint(0, 0.0, 0, v, condition="converters"))
         out += [AFMPoint(i, 1.0, trial, v, condition="pcm", t_seconds=t)
                 for trial in range(n_trials) for i, t in enumerate(times)]
     return out
@@ -211,7 +212,8 @@ def run_afm(args) -> int:
         "recipe": "afm", "variants": variants, "times_s": times, "time_labels": [time_label(t) for t in times],
         "reference": "Analog Foundation Models (Buechel et al., NeurIPS 2025; IBM/analog-foundation-models "
                      "config.yaml for Llama-3.2-1B)",
-        "sigma": "pcm rows: 1 (the PCM model as measured); clean rows: 0 (digital, no converters)",
+        "sigma": "pcm rows: 1 (the PCM model as measured); clean rows: 0 (digital, no converters); converters "
+                 "rows: 0 (clean weights through the evaluation converters)",
         "programming": "once per trial, seeded by the trial only: every variant and time reads the same draw",
         "compensation": "global drift compensation on at every read",
         "head": "not trained or programmed unless --targets names head/all"})
@@ -282,9 +284,9 @@ def run_afm(args) -> int:
             set_ranges(state["hooks"], ranges[point.target])
             state["variant"] = point.target
         hooks, injector = state["hooks"], state["injector"]
-        if point.condition == "clean":
+        if point.condition != "pcm":  # clean: digital; converters: clean weights through the converters
             injector.restore()
-            hooks.set_enabled(False)
+            hooks.set_enabled(point.condition == "converters")
             try:
                 r = compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length)
             finally:
@@ -299,7 +301,7 @@ def run_afm(args) -> int:
     leading = leading_columns(EXPERIMENT, args.model, "pcm", "relative_channel", args.seed, lambda p: {
         "noise_type": "pcm" if p.condition == "pcm" else "none", "sigma": p.sigma, "seed": p.seed(args.seed),
         "model_variant": p.target, "condition": p.condition, "t_seconds": p.t_seconds,
-        "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "clean"})
+        "t_label": time_label(p.t_seconds) if p.condition == "pcm" else p.condition})
     t0 = time.perf_counter()
     try:
         run_sweep(folder, points(variants, times, args.n_trials), trial, leading, ctx.done_rows,

@@ -244,6 +244,7 @@ def afm_report(run_dir: str | Path) -> dict:
     for v in variants:
         clean = [r["perplexity"] for r in rows if r["model_variant"] == v and r["condition"] == "clean"]
         c = float(np.median(clean)) if clean else float("nan")
+        conv = [r["perplexity"] for r in rows if r["model_variant"] == v and r["condition"] == "converters"]
         mine = [r for r in pcm if r["model_variant"] == v]
         per_time = {}
         for s in summarize_levels(mine, "perplexity", by="t_seconds"):
@@ -253,7 +254,8 @@ def afm_report(run_dir: str | Path) -> dict:
             pts = sorted((r["t_seconds"], r["perplexity"]) for r in mine if r["trial"] == trial)
             x = log_crossing([math.log10(max(t, 1e-9)) for t, _ in pts], [p for _, p in pts], 2 * c)
             crossings.append(10 ** x if math.isfinite(x) else float("inf"))
-        entry = {"clean_perplexity": c, "times": [{"t_seconds": t, **per_time[t]} for t in times if t in per_time],
+        entry = {"clean_perplexity": c, "converters_perplexity": float(np.median(conv)) if conv else float("nan"),
+                 "times": [{"t_seconds": t, **per_time[t]} for t in times if t in per_time],
                  "t_2x_own_clean": {**_ci_dict(crossings), "beyond_last_time": sum(1 for x in crossings if not
                                                                                   math.isfinite(x)),
                                     "at_first_time": sum(1 for x in crossings if times and x == times[0])}}
@@ -291,10 +293,11 @@ def _time_text(seconds: float) -> str:
 def format_afm_report(report: dict) -> str:
     """Console table of ``afm_report``: clean and per-time perplexity with CIs, the 2x drift time."""
     times = report["times_s"]
-    head = f"{'variant':>36} {'clean':>8} " + " ".join(f"{_time_text(t):>22}" for t in times) + f" {'2x clean at':>16}"
+    head = f"{'variant':>36} {'clean':>8} {'convert':>8} " + " ".join(f"{_time_text(t):>22}" for t in times) + f" {'2x clean at':>16}"
     lines = [head, "-" * len(head)]
     for v, e in report["variants"].items():
-        cells = [f"{AFM_LABELS.get(v, v):>36}", f"{e['clean_perplexity']:>8.3f}"]
+        cells = [f"{AFM_LABELS.get(v, v):>36}", f"{e['clean_perplexity']:>8.3f}",
+                 f"{e.get('converters_perplexity', float('nan')):>8.4g}"]
         per = {x["t_seconds"]: x for x in e["times"]}
         for t in times:
             x = per.get(t)
@@ -315,6 +318,8 @@ def format_afm_report(report: dict) -> str:
             ratios = ", ".join(f"{_time_text(r['t_seconds'])}: {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
                                for r in e["over_afm"])
             lines.append(f"{AFM_LABELS.get(v, v)} / AFM (same PCM draw; > 1: AFM better): {ratios}")
+    lines.append("(clean: digital; convert: clean weights through the AFM converters, no PCM; times: PCM with drift "
+                 "compensation and the converters; 2x clean: read time at which perplexity reaches twice the clean value)")
     lines.append(f"(PCM with drift compensation, AFM converters; medians over {report['n_trials']} programming draws "
                  f"shared by all models, {report['coverage']:.0%} CI; perplexity on {report['eval_tokens']} held-out "
                  f"tokens; {report.get('train_tokens')} training tokens)")
@@ -334,13 +339,15 @@ def plot_afm(run_dir: Path, name: str = "noise_aware_training.png") -> list[Path
                                    "perplexity", by="t_seconds")
         band(ax, [s["t_seconds"] for s in summary], summary, AFM_LABELS[v], color=NAT_COLORS[v], log_y=True)
         ax.axhline(e["clean_perplexity"], color=NAT_COLORS[v], ls=":", lw=1)
+        if math.isfinite(e.get("converters_perplexity", float("nan"))):
+            ax.axhline(e["converters_perplexity"], color=NAT_COLORS[v], ls="--", lw=0.8)
     ax.set_xscale("log")
     times = report["times_s"]
     ax.set_xticks(times)
     ax.set_xticklabels([_time_text(t) for t in times])
     ax.set_xlabel("time after programming (PCM, drift compensation on)")
     ax.set_ylabel("perplexity (held-out text)")
-    ax.set_title("perplexity under PCM drift (dotted: each model's clean perplexity)")
+    ax.set_title("PCM drift (dotted: clean digital; dashed: converters, no PCM)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     ax = axes[1]
