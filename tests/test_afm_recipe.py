@@ -259,7 +259,7 @@ def test_afm_run_folder(tmp_path, small, capsys):
     assert set(ranges) == {"original", "finetuned", "control"} and ranges["finetuned"] != ranges["control"]
     meta = json.loads((out / "run.json").read_text())
     assert meta["recipe"] == "afm" and meta["training_text"]["source"] == "self" and meta["status"] == "finished"
-    assert meta["training_config"]["analog"]["dac_bits"] == 8 and meta["training_config"]["clip_sigma"] == 2.5
+    assert meta["training_config"]["analog"]["dac_bits"] == 8 and meta["training_config"]["clip_sigma"] == 0.0
     assert not list(out.glob("*.ckpt")) and (out / "self_data.jsonl").is_file()
     report = json.loads((out / "report.json").read_text())
     assert [t["t_seconds"] for t in report["variants"]["finetuned"]["times"]] == [1.0, 86400.0]
@@ -267,22 +267,43 @@ def test_afm_run_folder(tmp_path, small, capsys):
     assert (out / "noise_aware_training.png").stat().st_size > 10_000
     training = read_rows(out / "training.csv")
     assert {r["variant"] for r in training} == {"finetuned", "control"} and "kl" in training[0]
-    # resume of a finished run: the same rows
+    # rerun of a finished run: the same rows, nothing trained or generated again
+    stamps = {f: (out / f).stat().st_mtime_ns for f in ("training.csv", "self_data.jsonl", "input_ranges.json")}
     assert nat.main(small + ["--out", str(out)]) == 0 and read_rows(out / "results.csv") == rows
+    assert stamps == {f: (out / f).stat().st_mtime_ns for f in stamps}
+
+
+def test_afm_run_with_lost_rows_trains_again_to_the_same_rows(tmp_path, small):
+    from noisynn.experiments.noise_aware_training import run as nat
+    from noisynn.results import read_rows
+
+    out = tmp_path / "run"
+    assert nat.main(small + ["--out", str(out)]) == 0
+    rows = read_rows(out / "results.csv")
+    training = (out / "training.csv").read_text()
+    # half the rows lost; the checkpoints are gone with the finished run and no weights were saved
+    csv_lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(csv_lines[: len(csv_lines) // 2]))
+    assert nat.main(small + ["--out", str(out)]) == 0
+    assert read_rows(out / "results.csv") == rows  # trained again (same seed: same weights), evaluated the rest
+    again = (out / "training.csv").read_text().splitlines()
+    assert [line.split(",")[:3] for line in again] == [line.split(",")[:3] for line in training.splitlines()]
 
 
 def test_afm_ablation_flags_reach_the_config(tmp_path, small, base):
     from noisynn.experiments.noise_aware_training import afm_run, run as nat
 
-    args = nat.parse(small + ["--no_adc", "--no_weight_noise", "--no_learned_ranges", "--clip_sigma", "0",
+    args = nat.parse(small + ["--no_adc", "--no_weight_noise", "--no_learned_ranges", "--clip_sigma", "2.5",
                               "--distill_beta", "0.5", "--data", "corpus"])
     cfg = afm_run.afm_config(args, 6)
     assert cfg.analog.adc_bits is None and cfg.analog.out_bound is None and cfg.analog.weight_noise == 0
-    assert not cfg.analog.learn_ranges and cfg.clip_sigma == 0 and cfg.beta == 0.5 and args.data == "corpus"
+    assert not cfg.analog.learn_ranges and cfg.clip_sigma == 2.5 and cfg.beta == 0.5 and args.data == "corpus"
     assert afm_run.afm_config(nat.parse(small + ["--no_analog"]), 6).analog is None
     assert not afm_run.afm_config(nat.parse(small + ["--no_distill"]), 6).distill
     old = nat.parse(base)  # today's recipe: its recorded config is what it was before --recipe existed
     assert old.recipe is None and old.clip_sigma == 0.0 and old.weight_decay == 0.0 and old.data is None
+    assert (old.epochs, old.max_samples) == (1, 6)
+    assert afm_run.afm_config(nat.parse(["--recipe", "afm"]), 64).steps == 32  # the default: 2 epochs of 64 windows
 
 
 BAD = [

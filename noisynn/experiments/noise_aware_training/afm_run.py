@@ -64,8 +64,9 @@ class AFMPoint(Point):
 AFM_DEFAULTS = {"data": "self", "distill_temperature": 1.0, "distill_beta": 1.0, "no_distill": False,
                 "no_analog": False, "no_dac": False, "no_adc": False, "no_weight_noise": False,
                 "no_learned_ranges": False, "range_init_batches": 5, "range_lr": 1e-2, "grad_checkpointing": False,
-                "save_every": 10, "self_batch": 16, "times": DEFAULT_TIMES, "clip_sigma": 2.5, "weight_decay": 0.01}
-SHARED = ("clip_sigma", "weight_decay", "data")
+                "save_every": 10, "self_batch": 16, "times": DEFAULT_TIMES, "clip_sigma": 0.0, "weight_decay": 0.01,
+                "epochs": 2, "max_samples": 64}
+SHARED = ("clip_sigma", "weight_decay", "data", "epochs", "max_samples")
 
 
 def add_afm_args(p) -> None:
@@ -123,6 +124,8 @@ def resolve_recipe(p, args) -> None:
     args.recipe = args.data = None
     args.clip_sigma = 0.0 if args.clip_sigma is None else args.clip_sigma
     args.weight_decay = 0.0 if args.weight_decay is None else args.weight_decay
+    args.epochs = 1 if args.epochs is None else args.epochs
+    args.max_samples = 192 if args.max_samples is None else args.max_samples
 
 
 def eval_io() -> AnalogIO:
@@ -228,6 +231,25 @@ def run_afm(args) -> int:
                        training_config=asdict(cfg), trained_tensors=len(targets),
                        trained_params=sum(t.numel for t in targets),
                        train_tokens=cfg.steps * cfg.batch_size * cfg.seq_len)
+    plan = points(variants, times, args.n_trials)
+    if len(ctx.done_rows) < len(plan):  # a finished run is only reported again
+        weights, ranges = train_variants(args, lm, folder, chunks, cfg, targets, variants)
+        evaluate(args, ctx, plan, weights, ranges, targets, pcm)
+    if not folder.is_main:
+        return 0
+    figures = report.plot(folder.path)
+    numbers = report.afm_report(folder.path)
+    finish(ctx, figures, report=numbers, wall_seconds=round(time.perf_counter() - t_start, 1))
+    write_json_atomic(folder.path / "report.json", numbers)
+    for ckpt in folder.path.glob("*.ckpt"):  # the run is finished: training checkpoints are no longer needed
+        ckpt.unlink()
+    print(report.format_afm_report(numbers))
+    print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, {RANGES}, report.json, {figures[0].name})")
+    return 0
+
+
+def train_variants(args, lm, folder, chunks, cfg, targets, variants) -> tuple[dict, dict]:
+    """The trained tensors and the static input ranges of every variant (trained here, or read back)."""
     weights = {"original": {t.name: t.param.detach().clone() for t in targets}}
     ranges_path = folder.path / RANGES
     ranges = report.read_json(ranges_path)
@@ -240,11 +262,10 @@ def run_afm(args) -> int:
             weights[variant], _ = read_weights(path)
             continue
         bar = progress(f"train {variant}", "step", args.quiet or not folder.is_main)
-        t0 = time.perf_counter()
         tensors, learned, history = afm_finetune(lm.model, chunks, vcfg, ckpt, bar)
         weights[variant] = tensors
         final = history[-8:]
-        training[variant] = {"seconds": round(time.perf_counter() - t0, 1), "steps": vcfg.steps,
+        training[variant] = {"seconds": round(history[-1]["seconds"], 1), "steps": vcfg.steps,
                              "final_loss": round(sum(h["loss"] for h in final) / len(final), 5),
                              "processes": folder.world, "analog": vcfg.analog is not None}
         if folder.is_main:
@@ -267,7 +288,12 @@ def run_afm(args) -> int:
     if folder.is_main:
         write_json_atomic(ranges_path, ranges)
     folder.update_meta(training=training, converters={**asdict(eval_io()), "input_range": f"static per layer ({RANGES})"})
+    return weights, ranges
 
+
+def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
+    """Every point of ``plan``: clean, converters only, and PCM reads at each time, variant by variant."""
+    lm, folder = ctx.lm, ctx.folder
     state = {"variant": None, "hooks": None, "injector": None}
 
     def trial(point: AFMPoint) -> TrialResult:
@@ -304,7 +330,7 @@ def run_afm(args) -> int:
         "t_label": time_label(p.t_seconds) if p.condition == "pcm" else p.condition})
     t0 = time.perf_counter()
     try:
-        run_sweep(folder, points(variants, times, args.n_trials), trial, leading, ctx.done_rows,
+        run_sweep(folder, plan, trial, leading, ctx.done_rows,
                   progress("evaluate", "point", args.quiet))
     finally:
         if state["injector"] is not None:
@@ -312,15 +338,4 @@ def run_afm(args) -> int:
         if state["hooks"] is not None:
             state["hooks"].remove()
         set_weights(lm.model, weights["original"])
-    eval_seconds = round(time.perf_counter() - t0, 1)
-    if not folder.is_main:
-        return 0
-    figures = report.plot(folder.path)
-    numbers = report.afm_report(folder.path)
-    finish(ctx, figures, report=numbers, eval_seconds=eval_seconds, wall_seconds=round(time.perf_counter() - t_start, 1))
-    write_json_atomic(folder.path / "report.json", numbers)
-    for ckpt in folder.path.glob("*.ckpt"):  # the run is finished: training checkpoints are no longer needed
-        ckpt.unlink()
-    print(report.format_afm_report(numbers))
-    print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, {RANGES}, report.json, {figures[0].name})")
-    return 0
+    folder.update_meta(eval_seconds=round(time.perf_counter() - t0, 1))

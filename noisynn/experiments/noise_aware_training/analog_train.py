@@ -9,17 +9,21 @@ weight W (out x in), learned input range r (a scalar per layer) and w_i = max_j 
     ADC    b_i = out_bound r w_i;  y_q = clamp(round(y / s_i) s_i, -b_i, b_i),  s_i = 2 b_i / (2^adc_bits - 2)
     out    y_q + bias (digital)
 
-Facts from aihwkit-lightning 2.1.0 (IBM/aihwkit-lightning at 576d98e) ``src/aihwkit_lightning/nn/modules/
-torch_utils/torch_linear.py`` (code not copied): ``StraightThroughClamp`` (l. 29-54): the input gradient is 0
-where x was clipped; ``InputRangeForward`` (l. 57-108): dL/dr = r (sum over x >= r of min(g, 0) - sum over x <= -r of max(g, 0)) + decay r
-[fraction of unclipped inputs > input_min_percentage]; ``apply_input_range`` (l. 317-358): over the
-first ``init_from_data`` training batches r is the running mean of ``init_std_alpha`` x std(x);
-out bound = r out_bound w_i per channel for per-channel clipping (l. 288-304); weight noise
-``ADD_NORMAL_PER_CHANNEL`` = std_dev x per-channel max|W| x N(0, 1) under no_grad (l. 451-458).
-``quant_utils.py`` ``UniformQuantize`` (l. 29-156): step = 2 bound / res, round, pure straight-through
-(no gradient to the bound). AFM's Llama-3.2-1B config (IBM/analog-foundation-models at 4f4c505, ``data/training_files/meta-llama/
-Llama-3.2-1B-Instruct/config.yaml``): inp_res 254, out_res 254, out_bound 14, out_noise 0, modifier
-add_gauss_channel 0.03, init_from_data 500, init_std_alpha 18, decay 0.01, input_min_percentage 0.95.
+Facts from aihwkit-lightning 2.1.0 (IBM/aihwkit-lightning at 576d98e), file
+``src/aihwkit_lightning/nn/modules/torch_utils/torch_linear.py`` (code not copied):
+- ``StraightThroughClamp`` (l. 29-54): the input gradient is 0 where x was clipped;
+- ``InputRangeForward`` (l. 57-108): dL/dr = r (sum_{x >= r} min(g, 0) - sum_{x <= -r} max(g, 0))
+  + decay r [fraction of unclipped inputs > input_min_percentage];
+- ``apply_input_range`` (l. 317-358): over the first ``init_from_data`` training batches r is the
+  running mean of ``init_std_alpha`` x std(x);
+- out bound = r out_bound w_i per channel under per-channel clipping (l. 288-304);
+- weight noise ``ADD_NORMAL_PER_CHANNEL`` = std_dev x per-channel max|W| x N(0, 1), no_grad (l. 451-458);
+- ``quant_utils.py`` ``UniformQuantize`` (l. 29-156): step = 2 bound / res, round, pure
+  straight-through (no gradient to the bound).
+AFM's Llama-3.2-1B config (IBM/analog-foundation-models at 4f4c505,
+``data/training_files/meta-llama/Llama-3.2-1B-Instruct/config.yaml``): inp_res 254, out_res 254,
+out_bound 14, out_noise 0, modifier add_gauss_channel 0.03, init_from_data 500, init_std_alpha 18,
+decay 0.01, input_min_percentage 0.95, mapping_max_input_size -1 (no tiles in training).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ clipping at 2.5 std per channel after each step. Here noise scale and level are
 ``--scale relative_channel --noise_level 0.03`` by default; clipping is ``--clip_sigma``
 (off by default: one-shot 2.5-std clipping of this 4-bit model raises its clean perplexity
 from 10.4 to ~7,600, which AFM's long distillation run can repair and a few dozen steps cannot).
+
+``--recipe afm`` (``afm_run.py``) trains the full AFM recipe instead (distillation from the clean
+model, self-generated data, the analog training forward with learned input ranges) and judges the
+models on PCM drift through AFM's converters; ``--recipe weight_noise`` (the default) is the above.
 """
 
 from __future__ import annotations
@@ -59,9 +63,10 @@ def add_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("training (noise uses --noise_type --scale --targets above)")
     g.add_argument("--noise_level", type=nonneg_float, default=0.03,
                    help="sigma of the training noise, in --scale units (default: %(default)s, AFM's 3%% of per-channel max|W|)")
-    g.add_argument("--epochs", type=positive_int, default=1, help="passes over the --max_samples windows (default: %(default)s)")
-    g.add_argument("--max_samples", type=positive_int, default=192,
-                   help="training windows of --seq_len tokens from the training split (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the --max_samples windows (default: 1; with --recipe afm 2, AFM's)")
+    g.add_argument("--max_samples", type=positive_int, default=None,
+                   help="training windows of --seq_len tokens (default: 192; with --recipe afm 64)")
     g.add_argument("--steps", type=positive_int, default=None,
                    help="optimizer steps (default: epochs x ceil(max_samples / batch_size)); overrides --epochs")
     g.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW peak learning rate (default: %(default)s)")
