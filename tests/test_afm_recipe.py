@@ -346,3 +346,36 @@ def test_afm_recipe_on_the_embedded_model(tmp_path, embedded):
     by = {(r["model_variant"], r["condition"], r["t_seconds"]): r["perplexity"] for r in rows}
     assert by[("original", "clean", 0.0)] < 100 and by[("finetuned", "clean", 0.0)] != by[("original", "clean", 0.0)]
     assert all(by[(v, "pcm", 3.1536e7)] > by[(v, "clean", 0.0)] for v in ("original", "finetuned", "control"))
+
+
+def test_afm_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
+    """DDP through Accelerate: each process runs half of every batch; gradients (weights and input ranges)
+    are averaged and the ranges' data init uses the whole batch's std, so two processes train the same
+    weights and ranges as one, up to float summation order."""
+    from safetensors.torch import load_file
+
+    from noisynn.results import read_rows
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "noise_aware_training.py")
+    runs = {}
+    for name, prefix in (("one", [sys.executable]), ("two", launch)):
+        out = tmp_path / name
+        argv = ["--recipe", "afm", "--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "64",
+                "--max_length", "32", "--seq_len", "24", "--max_samples", "8", "--batch_size", "4", "--steps", "3",
+                "--lr", "1e-3", "--n_trials", "1", "--times", "1s", "--self_batch", "4", "--save_weights", "--quiet",
+                "--out", str(out)]
+        proc = subprocess.run([*prefix, script, *argv], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = out
+    one, two = runs["one"], runs["two"]
+    assert (one / "self_data.jsonl").read_text() == (two / "self_data.jsonl").read_text()
+    for variant in ("finetuned", "control"):
+        a, b = load_file(one / f"{variant}.safetensors"), load_file(two / f"{variant}.safetensors")
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    ra, rb = (json.loads((r / "input_ranges.json").read_text()) for r in (one, two))
+    assert all(rb["finetuned"][k] == pytest.approx(v, rel=1e-4) for k, v in ra["finetuned"].items())
+    for r1, r2 in zip(read_rows(one / "results.csv"), read_rows(two / "results.csv")):
+        assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-3)

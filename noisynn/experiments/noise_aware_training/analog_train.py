@@ -28,6 +28,7 @@ decay 0.01, input_min_percentage 0.95, mapping_max_input_size -1 (no tiles in tr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,17 +156,25 @@ class AnalogTraining:
 
     @torch.no_grad()
     def _init_range(self, i: int, x: torch.Tensor) -> None:
-        """lightning's data init: r = running mean of std_alpha x std(x) over the first init_batches batches."""
+        """lightning's data init: r = running mean of std_alpha x std(x) over the first init_batches batches.
+
+        Under DDP std(x) is that of the whole batch (count, sum and sum of squares summed over the
+        processes), so every process sets the same range, the one a single process would set."""
         n = int(self.init_count[i])
         if n >= self.cfg.init_batches or self._seen.get(i) == self.step:
             return
-        std = x.detach().float().std()
-        from ... import distributed  # every process initialises from the same (averaged) statistic
+        v = x.detach().double()
+        stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(),
+                             (v * v).sum()])
+        from ... import distributed
 
         if distributed.world_size() > 1:
-            std = distributed.accelerator().reduce(std.reshape(1), "mean")[0]
+            stats = distributed.accelerator().reduce(stats, "sum")
+        count, total, squares = (float(s) for s in stats)
+        std = math.sqrt(max(squares - total * total / count, 0.0) / max(count - 1, 1))
         if std > 0:
-            self.ranges.data[i] = ((self.ranges.data[i].float() * n + self.cfg.std_alpha * std) / (n + 1)).abs()
+            value = (float(self.ranges.data[i]) * n + self.cfg.std_alpha * std) / (n + 1)
+            self.ranges.data[i] = abs(value)
             self.init_count[i] += 1
         self._seen[i] = self.step
 
