@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
-from noisynn.converters import AnalogIO, ConverterHooks
+from noisynn.converters import AnalogIO, ConverterHooks, dac_levels
 from noisynn.noise import (PCMNoise, StuckAtFaults, bits_to_step, drift_factor, drift_nu_params, parse_time,
                            programming_noise_std, read_noise_q, read_noise_std, time_label)
 from noisynn.errors import NoisyNNError
@@ -274,9 +274,10 @@ def test_many_bits_no_noise_equals_digital(per_channel):
 
 def test_dac_error_matches_the_quantization_step():
     model = layer()
-    hooks = hooked(model, AnalogIO(dac_bits=4, adc_bits=None, out_noise=0.0, out_bound=None))
+    io = AnalogIO(dac_bits=4, adc_bits=None, out_noise=0.0, out_bound=None)
+    hooks = hooked(model, io)
     x = torch.randn(4096, 64)
-    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))  # the DAC's integer levels
+    levels = dac_levels(x, io)[0]  # the DAC's integer levels (one input tile)
     step = 2 * x.abs().amax(dim=-1, keepdim=True) / (2 ** 4 - 2)  # 14 steps over [-max|x|, max|x|]
     q = levels * step
     err = q - x
@@ -295,7 +296,8 @@ def test_adc_error_matches_the_quantization_step():
     model = layer(bias=True)
     lin = model.mlp.up_proj
     bound, bits = 4.0, 6
-    hooks = hooked(model, AnalogIO(dac_bits=None, adc_bits=bits, out_noise=0.0, out_bound=bound, per_channel=True))
+    hooks = hooked(model, AnalogIO(dac_bits=None, adc_bits=bits, out_noise=0.0, out_bound=bound, per_channel=True,
+                                   out_noise_units="normalized", bound_management="none"))
     x = torch.randn(2048, 64)
     with torch.no_grad():
         y = model(x)
@@ -319,7 +321,8 @@ def test_output_noise_std_and_reproducibility():
     model = layer(bias=False)
     lin = model.mlp.up_proj
     x = torch.randn(4096, 64)
-    io = AnalogIO(dac_bits=None, adc_bits=None, out_noise=0.06, out_bound=None, per_channel=False)
+    io = AnalogIO(dac_bits=None, adc_bits=None, out_noise=0.06, out_bound=None, per_channel=False,
+                  out_noise_units="normalized")
     with torch.no_grad():
         ref = model(x)
         with hooked(model, io, seed=3) as hooks:
@@ -335,8 +338,9 @@ def test_output_noise_std_and_reproducibility():
 def test_fixed_and_calibrated_input_range():
     model = layer()
     x = torch.randn(512, 64)
-    hooks = hooked(model, AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range=1.0))
-    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))
+    io = AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range=1.0)
+    hooks = hooked(model, io)
+    levels = dac_levels(x, io)[0]
     assert torch.equal(levels, levels.round()) and float(levels.abs().max()) == 31  # 62 steps over [-1, 1], clipped
     assert torch.equal(levels, (x * 31).round().clamp(-31, 31))
     hooks.remove()
@@ -353,7 +357,7 @@ def test_fixed_and_calibrated_input_range():
 
     lm = Lm()
     ranges = hooks.calibrate(lm, torch.arange(50), max_length=16)
-    assert ranges["mlp.up_proj"] == pytest.approx(float(lm.table.abs().max()))
+    assert ranges["mlp.up_proj"] == [pytest.approx(float(lm.table.abs().max()))]  # one input tile
     assert hooks.describe()["dac_steps"] == 62
     hooks.remove()
 
