@@ -325,44 +325,49 @@ def _tile_pass(xn: torch.Tensor, wt: torch.Tensor, scale, io: AnalogIO, generato
     """One analog MVM of normalized inputs ``xn`` (T, N, i_max) on tiles ``wt`` (T, O, i_max); ``in_mask``
     (T, 1, i_max): the real inputs of padded tiles (input noise on padding would enter ||x||).
 
-    Returns (y in tile units after the ADC (T, N, O), saturated (T, N, n_out): an output of that tile's vector
-    beyond the bound)."""
-    half = io.dac_half
-    if half:
-        xn = torch.round(xn * half).div_(half)  # DAC: d = 1 / half = 2 / steps
-        xn.clamp_(-1.0, 1.0)
+    Returns (y, saturated): y (T, N, O) after the ADC in ADC steps (y x adc_step is the output in tile units;
+    the step is 1 without an ADC), saturated (T, N, n_out): an output of that tile's vector beyond the bound.
+    Works in DAC levels and ADC steps so that the output tensor is touched as few times as possible."""
+    half = io.dac_half or 1.0
+    if io.dac_half:
+        xl = torch.round(xn * half).clamp_(-half, half)  # DAC levels: d = 1 / half = 2 / steps of [-1, 1]
     else:
-        xn = xn.clamp(-1.0, 1.0)
+        xl = xn.clamp(-1.0, 1.0)
     if io.inp_noise:
-        xn = xn + io.inp_noise * _randn(xn.shape, xn, generator)
+        xl = xl.add_(_randn(xl.shape, xl, generator), alpha=io.inp_noise * half)
         if in_mask is not None:
-            xn = xn * in_mask
-    y = torch.matmul(xn, wt.transpose(-1, -2))
+            xl = xl.mul_(in_mask)
+    step = io.adc_step or 1.0
+    y = torch.matmul(xl, wt.transpose(-1, -2))  # in (level x raw weight)
+    inv = 1.0 / (half * step)  # -> ADC steps of the tile output
     if scale is not None:
-        y = y.div_(scale)
+        inv = (scale * (half * step)).reciprocal_()
+    if not (isinstance(inv, float) and inv == 1.0):
+        y = y.mul_(inv)
+    # Weight read noise and output noise are independent Gaussians at each output: one draw with the summed
+    # variance has exactly their sum's distribution (and halves the cost of drawing).
+    std: torch.Tensor | float = io.out_noise / step
     if io.w_noise and io.w_noise_type != "none":
-        if io.w_noise_type == "additive_constant":
-            std = torch.linalg.vector_norm(xn, dim=-1, keepdim=True).mul_(io.w_noise)
-        else:  # pcm_read: sqrt(sum_j |W_ij| x_j^2) in tile units
-            var = torch.matmul(xn * xn, wt.abs().transpose(-1, -2))
-            if scale is not None:
-                var = var.div_(scale)
-            std = var.clamp_(min=0).sqrt_().mul_(io.w_noise)
+        if io.w_noise_type == "additive_constant":  # w_noise ||x_n||_2, x_n = levels / half
+            var = torch.linalg.vector_norm(xl, dim=-1, keepdim=True).square_().mul_((io.w_noise / half) ** 2)
+        else:  # pcm_read: w_noise^2 sum_j |W_ij / c_w| x_nj^2
+            var = torch.matmul(xl * xl, wt.abs().transpose(-1, -2))
+            var = var.mul_(io.w_noise ** 2 / half ** 2) if scale is None else var.div_(scale / (io.w_noise / half) ** 2)
+        std = var.clamp_(min=0).add_(io.out_noise ** 2).sqrt_().div_(step)
+    if isinstance(std, torch.Tensor):
         y = y.add_(_randn(y.shape, y, generator).mul_(std))
-    if io.out_noise:
-        y = y.add_(_randn(y.shape, y, generator), alpha=io.out_noise)
-    step = io.adc_step
-    if step:
-        y = torch.round(y / step).mul_(step)
-    bound = io.out_bound
-    if not bound:
+    elif std:
+        y = y.add_(_randn(y.shape, y, generator), alpha=std)
+    if io.adc_step:
+        y = y.round_()
+    if not io.out_bound:
         return y, None
-    over = y.abs() > bound
-    if out_mask is not None:
-        over &= out_mask
+    bound = io.out_bound / step
+    t, n, o = y.shape
+    probe = y if out_mask is None else y * out_mask
+    peak = probe.view(t, n, n_out, o // n_out).abs().amax(dim=-1)
     y = y.clamp_(-bound, bound)
-    t, n, o = over.shape
-    return y, over.view(t, n, n_out, o // n_out).any(dim=-1)
+    return y, peak > bound
 
 
 def _noise_management(xt: torch.Tensor, io: AnalogIO, input_range):
@@ -411,10 +416,10 @@ def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_
     in_mask = lay.in_mask(x.device) if io.inp_noise else None
     y, over = _tile_pass(xt / used if not isinstance(used, float) or used != 1.0 else xt, wt, scales, io,
                          generator, out_mask, lay.n_out, in_mask)
-    factor = applied
+    factor = applied if io.adc_step is None else applied * io.adc_step
     if over is not None and io.bound_management == "iterative" and bool(over.any()):
         red = _bound_management(y, over, xt, used, wt, scales, io, generator, out_mask, lay, in_mask)
-        factor = red if isinstance(applied, float) and applied == 1.0 else red * applied
+        factor = red * factor
     if scales is not None:
         factor = factor * scales
     if alpha is not None:
@@ -484,6 +489,8 @@ def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=N
     y, over = _tile_pass(probes, wt, scales, io, generator, out_mask, lay.n_out, in_mask)
     if over is not None and io.bound_management == "iterative" and bool(over.any()):
         y = y * _bound_management(y, over, probes, 1.0, wt, scales, io, generator, out_mask, lay, in_mask)
+    if io.adc_step:
+        y = y * io.adc_step
     valid = valid_in[:, :, None] & (out_mask if out_mask is not None else torch.ones(
         lay.n_out * lay.o_max, dtype=torch.bool, device=w.device))[None, None, :]
     y = y.abs() * valid
