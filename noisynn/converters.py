@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .errors import NoisyNNError
+from .noise.mapping import split_sizes, tile_shape  # the device mapping's tiles: both split a layer identically
 from .seeding import derive_seed, make_generator
 
 if TYPE_CHECKING:  # the spec imports AnalogIO from here; no import back at run time
@@ -74,16 +75,7 @@ def parse_tile_size(value) -> tuple[int, int]:
         raise NoisyNNError(f"tile_size takes IN or INxOUT (integers, 0 = the whole layer), got '{value}'") from None
     if len(size) != 2 or min(size) < 0:
         raise NoisyNNError(f"tile_size takes IN or INxOUT (integers >= 0, 0 = the whole layer), got '{value}'")
-    return size
-
-
-def split_sizes(size: int, max_size: int) -> list[int]:
-    """aihwkit's split of one dimension (``tiles/array.py`` l.94-97): ceil(size / max) parts, sizes differing by 1."""
-    if max_size <= 0 or size <= max_size:
-        return [size]
-    n = (size + max_size - 1) // max_size
-    base, extra = divmod(size, n)
-    return [base + (i < extra) for i in range(n)]
+    return tile_shape(size)
 
 
 @dataclass

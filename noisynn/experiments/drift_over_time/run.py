@@ -141,6 +141,7 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
+    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
     ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
         "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),
