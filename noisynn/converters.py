@@ -545,6 +545,8 @@ class AnalogLayer:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight()
+        if x.device != w.device:  # pre-hooks run before accelerate's device_map hooks move the input
+            x = x.to(w.device)
         return analog_matmul(x, w, self.io, input_range=self.input_range, generator=self.generators.on(x.device),
                              scales=None if self.scales is None else self.scales.to(x.device), alpha=self.alpha)
 
