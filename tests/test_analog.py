@@ -434,3 +434,35 @@ def test_run_json_records_the_resolved_preset(tmp_path, tiny_model_dir, text_fil
     conv = json.loads((out / "run.json").read_text())["converters"]
     assert conv["preset"] == "aihwkit_hwa" and conv["out_noise"] == 0.02 and conv["w_noise_type"] == "pcm_read"
     assert conv["tile_size"] == [512, 0] and conv["dac_steps"] == 254 and conv["calibration"]["rule"] == "3 x std"
+
+
+def test_calibration_gives_one_static_range_per_input_tile():
+    from torch import nn
+
+    model = tiny_layer(n_in=64, n_out=8)
+    table = rand(50, 64, seed=4)
+    table[:, 32:] *= 5
+
+    class Lm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, use_cache=False):
+            return self.inner(table[input_ids])
+
+    for rule, expect in ((0.0, [table[:, :32].abs().max(), table[:, 32:].abs().max()]),
+                         (3.0, [3 * table[:, :32].std(), 3 * table[:, 32:].std()])):
+        io = AnalogIO(dac_bits=8, adc_bits=None, out_noise=0.0, out_bound=None, input_range="calibrated",
+                      range_std=rule, tile_size=(32, 0))
+        with hooks_on(model, io) as hooks:
+            ranges = hooks.calibrate(Lm(), torch.arange(50), max_length=64)  # one window: the std rule is exact
+            assert ranges["mlp.up_proj"] == [pytest.approx(float(v)) for v in expect]
+            x = table[:5]
+            with torch.no_grad():
+                y = model(x)
+            r = torch.tensor(ranges["mlp.up_proj"], dtype=F64)
+            xq = torch.cat([torch.round((x[:, :32] / r[0]).clamp(-1, 1) * 127) / 127 * r[0],
+                            torch.round((x[:, 32:] / r[1]).clamp(-1, 1) * 127) / 127 * r[1]], dim=1)
+            lin = model.mlp.up_proj
+            assert torch.allclose(y, xq @ lin.weight.T + lin.bias, rtol=1e-9, atol=1e-9)
