@@ -133,7 +133,7 @@ class PCMState:
     nu_off: torch.Tensor | None = None
     stuck_on: torch.Tensor | None = None  # bool masks of stuck devices (None without stuck devices)
     stuck_off: torch.Tensor | None = None
-    read_range: list | None = None  # pair "tile": max|g_on + g_off| per tile, the re-derived pair's g_max
+    read_range: list | None = None  # max|g_on + g_off| per tile: the re-derived pair's g_max (pair "tile")
     l1_programmed_tiles: list = field(default_factory=list)  # sum |W_prog| per tile
     l1_programmed: float = float("nan")  # sum |W_prog| (reference of drift compensation)
     l1_read_tiles: list = field(default_factory=list)
@@ -237,8 +237,8 @@ class PCMNoise(DeviceModel):
         state.l1_programmed_tiles = [_l1(x_prog[idx], _part(state.w_max, idx)) for idx in state.tiles]
         state.l1_programmed = sum(state.l1_programmed_tiles)
         # The converter's range when W_prog is turned back into a pair: abs-max per tile (conductance.py:55-56).
-        state.read_range = ([max(float(x_prog[idx].abs().max()), G_FLOOR) if x_prog[idx].numel() else G_FLOOR
-                             for idx in state.tiles] if self.pair == "tile" else None)
+        state.read_range = [max(float(x_prog[idx].abs().max()), G_FLOOR) if x_prog[idx].numel() else G_FLOOR
+                            for idx in state.tiles]
         state.level = level
         return state
 
