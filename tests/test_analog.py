@@ -466,3 +466,25 @@ def test_calibration_gives_one_static_range_per_input_tile():
                             torch.round((x[:, 32:] / r[1]).clamp(-1, 1) * 127) / 127 * r[1]], dim=1)
             lin = model.mlp.up_proj
             assert torch.allclose(y, xq @ lin.weight.T + lin.bias, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_in=st.integers(2, 50), n_out=st.integers(1, 30), t_in=st.integers(1, 20), t_out=st.integers(1, 20),
+       seed=st.integers(0, 1000), units=st.sampled_from(["tile", "normalized"]), per_channel=st.booleans(),
+       bm=st.sampled_from(["iterative", "none"]), mode=st.sampled_from(["dynamic", "none", 1.5]))
+def test_a_tiled_layer_is_its_tiles_computed_one_by_one(n_in, n_out, t_in, t_out, seed, units, per_channel, bm, mode):
+    """Without noise every tile is deterministic: the batched, padded computation equals each block of the
+    weight computed alone (whole-layer tiles) and summed over input tiles; so does the drift readout."""
+    x, w = rand(9, n_in, seed=seed, scale=2.0), rand(n_out, n_in, seed=seed + 1)
+    settings_ = dict(dac_bits=5, adc_bits=6, out_noise=0.0, out_bound=1.0, out_noise_units=units,
+                     per_channel=per_channel, bound_management=bm, input_range=mode)
+    tiled = analog_matmul(x, w, AnalogIO(**settings_, tile_size=(t_in, t_out)))
+    alone = AnalogIO(**settings_, tile_size=0)
+    lay = tile_layout(n_out, n_in, (t_in, t_out))
+    ref = torch.zeros(9, n_out, dtype=F64)
+    readout = tile_readout(w, AnalogIO(**settings_, tile_size=(t_in, t_out)))
+    for k, (o, i) in enumerate(lay.blocks()):
+        ref[:, o] += analog_matmul(x[:, i], w[o, i], alone)
+        expected = tile_readout(w[o, i], alone)[0, 0]
+        assert float(readout[k // lay.n_out, k % lay.n_out]) == pytest.approx(float(expected), rel=1e-9)
+    assert torch.allclose(tiled, ref, rtol=1e-9, atol=1e-9)
