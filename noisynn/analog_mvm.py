@@ -12,10 +12,10 @@ noisynn.converters puts it on the targeted layers of a model as forward hooks. S
     noise management  s = max|x| ("dynamic", ABS_MAX), 1 ("none"), c (a number, CONSTANT nm_thres = c), or the
             tile's static range ("calibrated": aihwkit's pre_post input range, ``tiles/periphery.py`` l.803-856);
             x_n = x / (s r), r = the bound-management reduction (1, 2, 4, ...)
-            (``tiles/analog_mvm.py`` ``_compute_noise_management`` l.346-358, ``matmul`` l.120-160)
+            (``tiles/analog_mvm.py`` ``_compute_noise_management`` l.328-358, ``matmul`` l.49-167)
     DAC     x_n = round(x_n / d) d, d = 2 / (2^dac_bits - 2) (inp_res = 1 / steps over [-inp_bound, inp_bound],
             inp_bound = 1; ``tiles/utils.py`` UniformQuantize), then clipped to [-1, 1]; x_n += inp_noise xi
-            (``analog_mvm.py`` ``_prepare_input`` l.296-322)
+            (``analog_mvm.py`` ``_prepare_input`` l.278-326)
     MVM     y = x_n W_tile^T, W_tile = W (``out_noise_units = "tile"``, aihwkit's default weight_scaling_omega = 0)
             or W / c_w with c_w = max|W| / omega over the tile (or over each of its rows with ``per_channel``,
             aihwkit's weight_scaling_columnwise) (``tiles/periphery.py`` ``apply_weight_scaling`` l.436-496);
@@ -25,11 +25,11 @@ noisynn.converters puts it on the targeted layers of a model as forward hooks. S
             (``src/rpucuda/rpu_forward_backward_pass.cpp`` ``applyOutputWeightNoise`` l.326-380)
     noise   y += out_noise xi
     ADC     y = round(y / e) e, e = 2 out_bound / (2^adc_bits - 2), then clipped to [-out_bound, out_bound]
-            (``analog_mvm.py`` ``_finalize_output`` l.243-275)
+            (``analog_mvm.py`` ``_finalize_output`` l.230-276)
     bound management  "iterative": while an output of the vector saturates (|y| > out_bound), the vector is
             redone with r doubled and fresh noise, until r > max_bm_factor or r > max_bm_res / d
-            (``analog_mvm.py`` l.116-160). The test is per vector, as in rpucuda's CPU ``forwardVector``
-            (``rpu_forward_backward_pass.cpp`` l.917-985) and CUDA's per-batch scale values (``cuda/io_manager.cu``
+            (``analog_mvm.py`` l.116-160, the loop at l.128). The test is per vector, as in rpucuda's CPU
+            ``forwardVector`` (``rpu_forward_backward_pass.cpp`` l.901-987) and CUDA's per-batch scale values (``cuda/io_manager.cu``
             l.292-325); aihwkit's pure-torch tile tests the whole batch at once. Only failing vectors are redone.
     out     y s r c_w alpha: back to weight units; alpha = the tile's drift-compensation factor (applied after
             the ADC, ``simulator/tiles/inference.py`` ``post_forward`` l.268-282; see noisynn.compensation)

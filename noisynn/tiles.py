@@ -16,6 +16,12 @@ import torch
 
 from .noise.mapping import split_sizes
 
+@lru_cache(maxsize=256)
+def _padded_index(sizes: tuple[int, ...], width: int) -> torch.Tensor:
+    """Positions of the real entries when tiles of ``sizes`` are padded to ``width`` each."""
+    return torch.tensor([t * width + j for t, s in enumerate(sizes) for j in range(s)])
+
+
 @dataclass(frozen=True)
 class TileLayout:
     """How a (out x in) weight is split: sizes per dimension, padded to the largest tile for batched products."""
@@ -57,17 +63,11 @@ class TileLayout:
             i0 += si
         return out
 
-    @lru_cache(maxsize=None)
-    def _index(self, sizes: tuple[int, ...], width: int):
-        """Positions of the real entries in the padded layout (n tiles x width)."""
-        idx = [t * width + j for t, s in enumerate(sizes) for j in range(s)]
-        return torch.tensor(idx)
-
     def in_index(self, device):
-        return self._index(self.in_sizes, self.i_max).to(device)
+        return _padded_index(self.in_sizes, self.i_max).to(device)
 
     def out_index(self, device):
-        return self._index(self.out_sizes, self.o_max).to(device)
+        return _padded_index(self.out_sizes, self.o_max).to(device)
 
     def split_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) -> (n_in, N, i_max); padded inputs are 0."""

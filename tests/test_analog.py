@@ -6,8 +6,6 @@ frozen-read-noise, pre-ADC-compensation, normalized-units code. Sources cited ar
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -124,7 +122,7 @@ def test_bound_management_redoes_only_the_saturated_vectors_with_fresh_noise():
 
 
 def test_bound_management_stops_where_aihwkit_stops():
-    # aihwkit analog_mvm.py l.120-160: stop once r > max_bm_factor or r > max_bm_res / (2 inp_res)
+    # aihwkit analog_mvm.py l.116-160: stop once r > max_bm_factor or r > max_bm_res / (2 inp_res)
     assert AnalogIO().bm_limit() == 16  # 7-bit DAC: 0.25 / (2 / 126) = 15.75
     assert AnalogIO(dac_bits=8).bm_limit() == 32
     assert AnalogIO(dac_bits=None).bm_limit() == 1024  # max_bm_factor 1000
