@@ -486,3 +486,45 @@ def test_a_tiled_layer_is_its_tiles_computed_one_by_one(n_in, n_out, t_in, t_out
         expected = tile_readout(w[o, i], alone)[0, 0]
         assert float(readout[k // lay.n_out, k % lay.n_out]) == pytest.approx(float(expected), rel=1e-9)
     assert torch.allclose(tiled, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_the_baseline_readout_is_taken_once_per_realization():
+    model = tiny_layer(n_in=64, n_out=48)
+    inj = pcm_injector(model, "readout", t_seconds=3600.0)
+    calls = []
+    original = inj.noise.programmed_weights
+
+    def counting(clean, state, level=None):
+        calls.append(level)
+        return original(clean, state, level)
+
+    inj.noise.programmed_weights = counting
+    io = AnalogIO(out_noise=0.02, tile_size=(32, 48))
+    with torch.no_grad(), hooks_on(model, io) as hooks:
+        inj.attach(hooks)
+        inj.realize(3, 1.0)
+        first = hooks.layers[0].alpha.clone()
+        inj.noise.t_seconds = YEAR
+        inj.apply(1.0)  # a later read of the same programming: the baseline is reused
+        later = hooks.layers[0].alpha.clone()
+        assert len(calls) == 1 and bool((later > first).all())
+        inj.realize(4, 1.0)  # a new realization: a new baseline
+        assert len(calls) == 2
+
+
+def test_drift_over_time_with_a_preset_compensates_through_the_converters(tmp_path, tiny_model_dir, text_file):
+    import json
+
+    from noisynn.experiments.drift_over_time import run as drift
+    from noisynn.results import read_rows
+
+    out = tmp_path / "run"
+    assert drift.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",
+                       "--max_length", "32", "--max_new_tokens", "2", "--n_samples", "1", "--entropy_tokens", "2",
+                       "--quiet", "--times", "1y", "--n_trials", "1", "--digital_bits", "", "--analog_preset", "afm",
+                       "--tile_size", "16", "--out", str(out)]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["converters"]["preset"] == "afm" and meta["converters"]["tile_size"] == [16, 16]
+    assert meta["compensation"]["method"] == "readout"
+    rows = {r["compensation"]: r for r in read_rows(out / "results.csv") if r["condition"] == "pcm"}
+    assert rows[False]["alpha_mean"] == 1.0 and rows[True]["alpha_mean"] > 1.2  # a year of drift, per tile
