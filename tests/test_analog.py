@@ -528,3 +528,18 @@ def test_drift_over_time_with_a_preset_compensates_through_the_converters(tmp_pa
     assert meta["compensation"]["method"] == "readout"
     rows = {r["compensation"]: r for r in read_rows(out / "results.csv") if r["condition"] == "pcm"}
     assert rows[False]["alpha_mean"] == 1.0 and rows[True]["alpha_mean"] > 1.2  # a year of drift, per tile
+
+
+def test_run_config_holds_the_resolved_analog_settings(tmp_path, tiny_model_dir, text_file):
+    """A run folder resumes only under the same resolved converter settings, not just the same flags."""
+    import json
+
+    from noisynn.experiments.sweep import run as sweep_run
+
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32", "--max_length",
+            "32", "--max_new_tokens", "2", "--n_samples", "1", "--quiet", "--n_levels", "2", "--n_trials", "1",
+            "--dac_bits", "6", "--out", str(out)]
+    assert sweep_run.main(base) == 0
+    analog = json.loads((out / "run.json").read_text())["config"]["analog"]
+    assert analog["dac_bits"] == 6 and analog["tile_size"] == [512, 512] and analog["bound_management"] == "iterative"
