@@ -543,3 +543,10 @@ def test_run_config_holds_the_resolved_analog_settings(tmp_path, tiny_model_dir,
     assert sweep_run.main(base) == 0
     analog = json.loads((out / "run.json").read_text())["config"]["analog"]
     assert analog["dac_bits"] == 6 and analog["tile_size"] == [512, 512] and analog["bound_management"] == "iterative"
+
+
+@pytest.mark.parametrize("shape,tile", [((1536, 576), (512, 512)), ((50, 1025), (512, 16)), ((7, 9), (0, 0))])
+def test_converters_and_device_mapping_tile_a_layer_identically(shape, tile):
+    from noisynn.noise.mapping import tile_blocks
+
+    assert tile_layout(shape[0], shape[1], tile).blocks() == tile_blocks(shape, tile)
