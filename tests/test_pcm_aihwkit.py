@@ -341,3 +341,18 @@ def test_afm_model_through_the_injector():
     with pytest.raises(NoisyNNError, match="relative_channel"):
         NoiseInjector(model, "pcm_afm", "relative_max")
     assert "Analog Foundation Models" in get_noise("pcm_afm").describe()["sources"]
+
+
+def test_stuck_devices_in_the_tile_pair_keep_their_programmed_value():
+    # our extension (aihwkit's PCM model has no stuck devices): a weight whose re-derived device is stuck stays put
+    torch.manual_seed(5)
+    w = torch.randn(400, 300, dtype=torch.float64)
+    noise, st = program(w, row_max(w), stuck_fraction=0.2, t_seconds=YEAR, tile_size=0)
+    w_prog = noise.programmed_weights(w, st)
+    out = noise.read(st, YEAR, gen(11)) * st.w_max
+    on = st.g_on.abs() >= st.g_off.abs()
+    stuck = torch.where(on, st.stuck_on, st.stuck_off)
+    assert 0.15 < float(stuck.float().mean()) < 0.25
+    assert torch.equal(out[stuck], w_prog[stuck])
+    moved = ~stuck & (w_prog.abs() > 0)
+    assert bool((out[moved] != w_prog[moved]).all())
