@@ -6,7 +6,8 @@ analog forward) and ``control`` (the same data, steps, loss and optimizer with t
 Evaluation: each trial programs the targeted weights once (PCM, seeded by the trial only, the same
 for every variant) and reads them at every time; converters: 8-bit DAC with static per-layer ranges
 (the learned ones where the model has them, else the recipe's data initialisation of the same
-ranges), 8-bit ADC, bound 14 (AFM's training values; issue 13's ``afm`` preset once it exists).
+ranges), 8-bit ADC, bound 14, 512-input tiles: ``noisynn.presets`` ``afm``; drift compensation per tile after
+the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from ... import distributed
 from ...context import finish, start
 from ...converters import AnalogIO, ConverterHooks
+from ...presets import get_preset
 from ...corpus import load_text
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
@@ -129,21 +131,20 @@ def resolve_recipe(p, args) -> None:
 
 
 def eval_io() -> AnalogIO:
-    """AFM's evaluation converters (issue 13's ``afm`` preset when it is there); ranges are set per layer."""
-    try:
-        from ...presets import get_preset  # noqa: PLC0415 (issue 13)
-    except ImportError:
-        return AnalogIO(dac_bits=8, adc_bits=8, out_noise=0.0, out_bound=14.0, input_range=1.0, per_channel=True)
-    return replace(get_preset("afm"), input_range=1.0)
+    """AFM's evaluation converters: ``noisynn.presets`` ``afm`` (8-bit DAC with static ranges, 8-bit ADC, bound 14,
+    no output noise, 512-input tiles); the static ranges are set per layer by ``set_ranges``."""
+    return get_preset("afm")
 
 
 def set_ranges(hooks: ConverterHooks, ranges: dict) -> None:
-    """Give every converter tile its layer's static input range."""
+    """Give every converter layer its static input range (the same for each of its input tiles)."""
     missing = [t.name for t in hooks.tiles if t.name not in ranges]
     if missing:
         raise NoisyNNError(f"no input range for layers {missing[:3]}")
-    for tile in hooks.tiles:
-        tile.fixed = float(ranges[tile.name])
+    for layer in hooks.tiles:
+        r = float(ranges[layer.name])
+        layer.input_range = torch.full((layer.layout.n_in,), r, dtype=torch.float32)
+        layer.fixed = r
 
 
 def analog_config(args) -> AnalogTrainConfig | None:
@@ -287,7 +288,8 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants) -> tuple[di
     set_weights(lm.model, weights["original"])
     if folder.is_main:
         write_json_atomic(ranges_path, ranges)
-    folder.update_meta(training=training, converters={**asdict(eval_io()), "input_range": f"static per layer ({RANGES})"})
+    folder.update_meta(training=training, converters={**eval_io().describe(), "preset": "afm",
+                                                      "input_range": f"static per layer ({RANGES})"})
     return weights, ranges
 
 
@@ -308,6 +310,7 @@ def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
                 folder.update_meta(injection=state["injector"].describe())
             state["hooks"] = ConverterHooks(lm.model, targets, eval_io(), seed=args.seed)
             set_ranges(state["hooks"], ranges[point.target])
+            state["injector"].attach(state["hooks"])  # drift compensation per tile, after the ADC (aihwkit's order)
             state["variant"] = point.target
         hooks, injector = state["hooks"], state["injector"]
         if point.condition != "pcm":  # clean: digital; converters: clean weights through the converters
