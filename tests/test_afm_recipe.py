@@ -377,5 +377,10 @@ def test_afm_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     ra, rb = (json.loads((r / "input_ranges.json").read_text()) for r in (one, two))
     assert all(rb["finetuned"][k] == pytest.approx(v, rel=1e-4) for k, v in ra["finetuned"].items())
-    for r1, r2 in zip(read_rows(one / "results.csv"), read_rows(two / "results.csv")):
-        assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-3)
+    rows_one, rows_two = read_rows(one / "results.csv"), read_rows(two / "results.csv")
+    assert [(r["model_variant"], r["condition"], r["trial"]) for r in rows_one] == \
+           [(r["model_variant"], r["condition"], r["trial"]) for r in rows_two]
+    for r1, r2 in zip(rows_one, rows_two):
+        # digital rows agree to float summation order; through 8-bit converters a weight that differs in its last
+        # bits can flip a quantization step, so the analog rows agree to about a percent
+        assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-4 if r1["condition"] == "clean" else 2e-2)
