@@ -77,17 +77,34 @@ def test_frontier_is_the_cumulative_greedy_order():
 def test_a_failed_verification_moves_the_last_taken_unit_to_digital():
     seen = []
 
-    def verify(record):  # misses while unit "c" (the greedy's last) or "b" is analog
+    def verify(record):  # misses (dNLL 0.2 > budget 0.1) while unit "c" (the greedy's last) or "b" is analog
         seen.append(list(record["analog_units"]))
-        return not {"b", "c"} & set(record["analog_units"])
+        return 0.2 if {"b", "c"} & set(record["analog_units"]) else 0.05
 
-    records = plan.verify_until_met(["a", "b", "c"], verify, max_rounds=10)
+    records = plan.verify_until_met(["a", "b", "c"], verify, budget=0.1, max_rounds=10)
     assert seen == [["a", "b", "c"], ["a", "b"], ["a"]]
     assert [r["label"] for r in records] == ["v1", "v2", "v3"]
-    assert [r.get("moved_to_digital") for r in records] == ["c", "b", None]
+    assert [r.get("moved_to_digital") for r in records] == [["c"], ["b"], None]
     # Bounded: at most max_rounds verifications; nothing analog is never verified.
-    assert len(plan.verify_until_met(["a", "b", "c"], lambda r: False, max_rounds=2)) == 2
-    assert plan.verify_until_met([], verify, 5) == []
+    assert len(plan.verify_until_met(["a", "b", "c"], lambda r: 1.0, 0.1, max_rounds=2)) == 2
+    assert plan.verify_until_met([], verify, 0.1, 5) == []
+
+
+def test_after_a_miss_excess_moves_units_until_their_damage_covers_it():
+    damages = {"a": 0.01, "b": 0.02, "c": 0.03, "d": 0.04}
+    assert plan.after_miss(["a", "b", "c", "d"]) == (["a", "b", "c"], ["d"])
+    assert plan.after_miss(["a", "b", "c", "d"], damages, excess=0.05) == (["a", "b"], ["d", "c"])
+    assert plan.after_miss(["a", "b", "c", "d"], damages, excess=0.0) == (["a", "b", "c"], ["d"])  # at least one
+    assert plan.after_miss(["a", "b"], damages, excess=math.inf) == ([], ["b", "a"])
+    seen = []
+
+    def verify(record):  # the measured dNLL: 1.5 x the prediction
+        seen.append(record["analog_units"])
+        return 1.5 * plan.predicted_damage(damages, record["analog_units"])
+
+    records = plan.verify_until_met(["a", "b", "c", "d"], verify, budget=0.065, max_rounds=10, damages=damages)
+    # 0.15 -> excess 0.085: d and c (0.07) are not enough, with b (0.09) they are; then a alone: 0.015 meets
+    assert seen == [["a", "b", "c", "d"], ["a"]] and records[0]["moved_to_digital"] == ["d", "c", "b"]
 
 
 def test_units_and_baselines_by_granularity():
@@ -140,21 +157,22 @@ def test_run_folder_placement_json_and_resume(tmp_path, small, capsys):
 def test_a_miss_in_the_run_moves_a_unit_and_verifies_again(tmp_path, small, monkeypatch):
     calls = []
 
-    def first_misses(summary, max_ratio, stat="median"):
+    def first_misses(summary, stat="median"):  # the first verification measures 2 x clean perplexity
         calls.append(summary)
-        return len(calls) > 1
+        return 2.0 if len(calls) == 1 else 1.0
 
-    monkeypatch.setattr(pl, "meets", first_misses)
+    monkeypatch.setattr(pl, "statistic", first_misses)
     out = tmp_path / "run"
-    assert pl.main(small + ["--granularity", "projection", "--max_ppl_ratio", "1.5", "--out", str(out)]) == 0
+    assert pl.main(small + ["--granularity", "projection", "--max_ppl_ratio", "1.5", "--after_miss", "one",
+                            "--out", str(out)]) == 0
     meta = json.loads((out / "run.json").read_text())
     v1, v2 = meta["verifications"]
-    assert v2["analog_units"] == v1["analog_units"][:-1] and v1["moved_to_digital"] == v1["analog_units"][-1]
+    assert v2["analog_units"] == v1["analog_units"][:-1] and v1["moved_to_digital"] == v1["analog_units"][-1:]
     rows = read_rows(out / "results.csv")
     assert {r["target"]: r["n_tensors"] for r in rows if r["phase"] == "verify"} == {
         "v1": 2 * len(v1["analog_units"]), "v2": 2 * len(v2["analog_units"])}
     table = {r["label"]: r for r in read_rows(out / "verifications.csv")}
-    assert table["v1"]["moved_to_digital"] == v1["moved_to_digital"] and table["v2"]["n_trials"] == 3
+    assert table["v1"]["moved_to_digital"] == v1["moved_to_digital"][0] and table["v2"]["n_trials"] == 3
 
 
 def test_each_point_noises_only_its_set_and_converters_follow(small):

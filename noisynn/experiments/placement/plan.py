@@ -125,20 +125,31 @@ def frontier(damages: Mapping[str, float], sizes: Mapping[str, float]) -> list[d
     return out
 
 
-def after_miss(analog: Sequence[str]) -> tuple[list[str], str]:
-    """A verification missed the tolerance: the unit of the analog set (in greedy order) with the largest
-    damage per size, the last one taken, moves to digital. Returns (new analog set, the unit moved)."""
+def after_miss(analog: Sequence[str], damages: Mapping[str, float] | None = None,
+               excess: float = 0.0) -> tuple[list[str], list[str]]:
+    """A verification missed the tolerance: move the analog set's last units (in greedy order: the largest
+    damage per size first) to digital. Without ``damages``, one unit (the issue's rule); with them, as many as
+    it takes for their predicted damage to cover ``excess`` = measured dNLL - budget, and at least one.
+    Returns (new analog set, the units moved)."""
     if not analog:
         raise ValueError("nothing analog left to move")
-    return list(analog[:-1]), analog[-1]
+    keep, moved, removed = list(analog), [], 0.0
+    while keep and (not moved or (damages is not None and removed < excess)):
+        unit = keep.pop()
+        moved.append(unit)
+        removed += max(float(damages[unit]), 0.0) if damages is not None else 0.0
+    return keep, moved
 
 
-def verify_until_met(analog: Sequence[str], verify: Callable[[dict], bool], max_rounds: int) -> list[dict]:
-    """Verify the greedy's analog set; after each miss move one unit to digital (``after_miss``) and verify
-    again, until a verification meets the tolerance, nothing analog is left, or ``max_rounds`` were run.
+def verify_until_met(analog: Sequence[str], verify: Callable[[dict], float], budget: float, max_rounds: int,
+                     damages: Mapping[str, float] | None = None) -> list[dict]:
+    """Verify the greedy's analog set; after each miss move units to digital (``after_miss``: one, or with
+    ``damages`` enough to cover the miss) and verify again, until a verification meets the budget, nothing
+    analog is left, or ``max_rounds`` were run.
 
-    ``verify(record)`` evaluates ``record["analog_units"]`` (label ``record["label"]``: v1, v2, ...) and says
-    whether it met the tolerance. Returns every record, in order; a missed one names ``moved_to_digital``.
+    ``verify(record)`` evaluates ``record["analog_units"]`` (label ``record["label"]``: v1, v2, ...) and returns
+    the measured dNLL statistic, ln(perplexity ratio); it meets the tolerance when <= ``budget``. Returns every
+    record, in order; a missed one lists ``moved_to_digital``.
     """
     records: list[dict] = []
     analog = list(analog)
@@ -147,9 +158,11 @@ def verify_until_met(analog: Sequence[str], verify: Callable[[dict], bool], max_
             break
         record = {"label": f"v{k}", "analog_units": list(analog)}
         records.append(record)
-        if verify(record):
+        measured = float(verify(record))
+        if measured <= budget:
             break
-        analog, record["moved_to_digital"] = after_miss(analog)
+        excess = measured - budget if math.isfinite(measured) else math.inf
+        analog, record["moved_to_digital"] = after_miss(analog, damages, excess)
     return records
 
 

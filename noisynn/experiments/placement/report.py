@@ -30,10 +30,16 @@ def set_summary(rows: Sequence[dict], phase: str, label: str) -> Summary:
     return median_ci([r["ppl_ratio"] for r in rows if r["phase"] == phase and r["target"] == label])
 
 
+def statistic(summary: Summary, stat: str = "median") -> float:
+    """The perplexity ratio a verification is judged by: its median, or the upper end of its CI (inf when
+    nothing was measured or the model broke)."""
+    value = summary.median if stat == "median" else summary.high
+    return value if summary.n > 0 and math.isfinite(value) else math.inf
+
+
 def meets(summary: Summary, max_ratio: float, stat: str = "median") -> bool:
     """Whether a set's measured ratio meets the tolerance (by its median, or the upper end of its CI)."""
-    value = summary.median if stat == "median" else summary.high
-    return summary.n > 0 and math.isfinite(value) and value <= max_ratio
+    return statistic(summary, stat) <= max_ratio
 
 
 def _context(run) -> dict:
@@ -74,7 +80,7 @@ def verification_table(run) -> list[dict]:
 
     for k, v in enumerate(run.meta.get("verifications", []), 1):
         row("verify", v["label"], f"greedy, verification {k}", plan.tensors_of(ctx["units"], v["analog_units"]),
-            v.get("moved_to_digital", ""))
+            " ".join(v.get("moved_to_digital", [])))
     for label, names in run.meta.get("baselines", {}).items():
         row("baseline", label, plan.BASELINE_TITLES.get(label, label), names)
     return table

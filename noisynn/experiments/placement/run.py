@@ -40,7 +40,7 @@ from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import spec_from_args
 from . import plan, report
-from .report import meets, set_summary, unit_damages
+from .report import set_summary, statistic, unit_damages
 
 EXPERIMENT = "placement"
 EXTRA = ("phase", "target", "n_tensors", "analog_weights", "analog_macs")
@@ -99,9 +99,12 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--unit_trials", type=positive_int, default=3,
                    help="realizations of each unit's damage alone (default: %(default)s); "
                         "--n_trials: realizations of each verification and baseline")
+    g.add_argument("--after_miss", choices=("excess", "one"), default="excess",
+                   help="after a verification misses: move the chosen units with the largest damage per size to "
+                        "digital until their predicted damage covers the miss (excess; at least one), or exactly "
+                        "one (default: %(default)s)")
     g.add_argument("--max_verifications", type=positive_int, default=10,
-                   help="full evaluations of the chosen set at most, one unit moved to digital after each miss "
-                        "(default: %(default)s)")
+                   help="full evaluations of the chosen set at most (default: %(default)s)")
     add_run_args(p, n_trials=5)
 
 
@@ -265,9 +268,10 @@ def run(argv=None) -> int:
             ctx.folder.update_meta(verifications=verifications)
             points.extend(PlacementPoint(0, args.noise_level, t, record["label"], "verify") for t in range(args.n_trials))
             rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows + rows, bar)
-            return meets(set_summary(rows, "verify", record["label"]), args.max_ppl_ratio, args.verify_stat)
+            return math.log(statistic(set_summary(rows, "verify", record["label"]), args.verify_stat))
 
-        plan.verify_until_met(analog, verify, args.max_verifications)
+        plan.verify_until_met(analog, verify, budget, args.max_verifications,
+                              damages if args.after_miss == "excess" else None)
         if not verifications:  # nothing fits the budget: the baselines still run, for the comparison
             rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows + rows, bar)
     finally:
