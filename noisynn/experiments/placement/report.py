@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.ticker
+
 from ...plotting import plt, save_figure, write_table
 from ...results import read_run
 from ...stats import Summary, median_ci
@@ -159,7 +161,7 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
         if r["phase"] == "verify":
             color = "tab:green" if r["meets"] else "tab:red"
             ax.errorbar([x], [y], yerr=err, fmt="o", color=color, ms=6, capsize=3,
-                        label=f"{r['title']}: {'meets' if r['meets'] else 'misses'}")
+                        label=f"{r['title']}: {'meets' if r['meets'] else 'misses'} (open circle: predicted)")
             ax.plot([x], [r["predicted_ppl_ratio"]], "o", mfc="none", color=color, ms=9)
         else:
             ax.errorbar([x], [y], yerr=err, fmt=next(markers, "o"), color="tab:blue", ms=7, capsize=3,
@@ -168,6 +170,9 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
         ax.plot([100 * decision["share"]], [decision["median_ppl_ratio"]], "*", color="gold", mec="black", ms=16,
                 label=f"kept: {decision['title']} ({100 * decision['share']:.1f}% analog)", zorder=5)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel(f"analog share of the candidate {objective} (%)")
     ax.set_ylabel("perplexity / clean perplexity")
     ax.grid(alpha=0.3, which="both")
