@@ -90,21 +90,23 @@ def test_a_failed_verification_moves_the_last_taken_unit_to_digital():
     assert plan.verify_until_met([], verify, 0.1, 5) == []
 
 
-def test_after_a_miss_excess_moves_units_until_their_damage_covers_it():
+def test_after_a_miss_scale_moves_units_until_the_rescaled_prediction_fits():
     damages = {"a": 0.01, "b": 0.02, "c": 0.03, "d": 0.04}
     assert plan.after_miss(["a", "b", "c", "d"]) == (["a", "b", "c"], ["d"])
-    assert plan.after_miss(["a", "b", "c", "d"], damages, excess=0.05) == (["a", "b"], ["d", "c"])
-    assert plan.after_miss(["a", "b", "c", "d"], damages, excess=0.0) == (["a", "b", "c"], ["d"])  # at least one
-    assert plan.after_miss(["a", "b"], damages, excess=math.inf) == ([], ["b", "a"])
+    assert plan.after_miss(["a", "b", "c", "d"], damages, target=0.035) == (["a", "b"], ["d", "c"])
+    assert plan.after_miss(["a", "b", "c", "d"], damages, target=1.0) == (["a", "b", "c"], ["d"])  # at least one
+    assert plan.after_miss(["a", "b"], damages, target=0.0) == ([], ["b", "a"])
     seen = []
 
-    def verify(record):  # the measured dNLL: 1.5 x the prediction
+    def verify(record):  # the measured dNLL: 2 x the prediction
         seen.append(record["analog_units"])
-        return 1.5 * plan.predicted_damage(damages, record["analog_units"])
+        return 2 * plan.predicted_damage(damages, record["analog_units"])
 
-    records = plan.verify_until_met(["a", "b", "c", "d"], verify, budget=0.065, max_rounds=10, damages=damages)
-    # 0.15 -> excess 0.085: d and c (0.07) are not enough, with b (0.09) they are; then a alone: 0.015 meets
-    assert seen == [["a", "b", "c", "d"], ["a"]] and records[0]["moved_to_digital"] == ["d", "c", "b"]
+    records = plan.verify_until_met(["a", "b", "c", "d"], verify, budget=0.07, max_rounds=10, damages=damages)
+    # v1: predicted 0.10, measured 0.20: the rest must predict <= 0.10 x 0.07 / 0.20 = 0.035 -> a, b (0.03),
+    # measured 0.06: meets
+    assert seen == [["a", "b", "c", "d"], ["a", "b"]] and records[0]["moved_to_digital"] == ["d", "c"]
+    assert len(records) == 2 and "moved_to_digital" not in records[1]
 
 
 def test_units_and_baselines_by_granularity():

@@ -126,30 +126,30 @@ def frontier(damages: Mapping[str, float], sizes: Mapping[str, float]) -> list[d
 
 
 def after_miss(analog: Sequence[str], damages: Mapping[str, float] | None = None,
-               excess: float = 0.0) -> tuple[list[str], list[str]]:
+               target: float = 0.0) -> tuple[list[str], list[str]]:
     """A verification missed the tolerance: move the analog set's last units (in greedy order: the largest
-    damage per size first) to digital. Without ``damages``, one unit (the issue's rule); with them, as many as
-    it takes for their predicted damage to cover ``excess`` = measured dNLL - budget, and at least one.
+    damage per size first) to digital. Without ``damages``, exactly one unit (the issue's rule); with them,
+    as many as it takes for the predicted damage of the rest to fall to ``target``, and at least one.
     Returns (new analog set, the units moved)."""
     if not analog:
         raise ValueError("nothing analog left to move")
-    keep, moved, removed = list(analog), [], 0.0
-    while keep and (not moved or (damages is not None and removed < excess)):
-        unit = keep.pop()
-        moved.append(unit)
-        removed += max(float(damages[unit]), 0.0) if damages is not None else 0.0
+    keep, moved = list(analog), []
+    while keep and (not moved or (damages is not None and predicted_damage(damages, keep) > target)):
+        moved.append(keep.pop())
     return keep, moved
 
 
 def verify_until_met(analog: Sequence[str], verify: Callable[[dict], float], budget: float, max_rounds: int,
                      damages: Mapping[str, float] | None = None) -> list[dict]:
-    """Verify the greedy's analog set; after each miss move units to digital (``after_miss``: one, or with
-    ``damages`` enough to cover the miss) and verify again, until a verification meets the budget, nothing
-    analog is left, or ``max_rounds`` were run.
+    """Verify the greedy's analog set; after each miss move units to digital and verify again, until a
+    verification meets the budget, nothing analog is left, or ``max_rounds`` were run.
 
     ``verify(record)`` evaluates ``record["analog_units"]`` (label ``record["label"]``: v1, v2, ...) and returns
-    the measured dNLL statistic, ln(perplexity ratio); it meets the tolerance when <= ``budget``. Returns every
-    record, in order; a missed one lists ``moved_to_digital``.
+    the measured dNLL statistic m = ln(perplexity ratio); it meets the tolerance when m <= ``budget``. After a
+    miss, without ``damages`` one unit moves (``after_miss``); with them the additive model is rescaled by
+    the miss: units move until the predicted damage p of the rest is at most p_set x budget / m, the
+    prediction that would have met the budget had measured damage been proportional to predicted. Returns
+    every record, in order; a missed one lists ``moved_to_digital``.
     """
     records: list[dict] = []
     analog = list(analog)
@@ -161,8 +161,10 @@ def verify_until_met(analog: Sequence[str], verify: Callable[[dict], float], bud
         measured = float(verify(record))
         if measured <= budget:
             break
-        excess = measured - budget if math.isfinite(measured) else math.inf
-        analog, record["moved_to_digital"] = after_miss(analog, damages, excess)
+        target = 0.0
+        if damages is not None and math.isfinite(measured):
+            target = predicted_damage(damages, analog) * budget / measured
+        analog, record["moved_to_digital"] = after_miss(analog, damages, target)
     return records
 
 

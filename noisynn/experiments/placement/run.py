@@ -99,10 +99,10 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--unit_trials", type=positive_int, default=3,
                    help="realizations of each unit's damage alone (default: %(default)s); "
                         "--n_trials: realizations of each verification and baseline")
-    g.add_argument("--after_miss", choices=("excess", "one"), default="excess",
+    g.add_argument("--after_miss", choices=("scale", "one"), default="scale",
                    help="after a verification misses: move the chosen units with the largest damage per size to "
-                        "digital until their predicted damage covers the miss (excess; at least one), or exactly "
-                        "one (default: %(default)s)")
+                        "digital until the prediction of the rest, scaled by the miss (measured / predicted), meets "
+                        "the tolerance (scale; at least one unit), or exactly one (default: %(default)s)")
     g.add_argument("--max_verifications", type=positive_int, default=10,
                    help="full evaluations of the chosen set at most (default: %(default)s)")
     add_run_args(p, n_trials=5)
@@ -271,7 +271,7 @@ def run(argv=None) -> int:
             return math.log(statistic(set_summary(rows, "verify", record["label"]), args.verify_stat))
 
         plan.verify_until_met(analog, verify, budget, args.max_verifications,
-                              damages if args.after_miss == "excess" else None)
+                              damages if args.after_miss == "scale" else None)
         if not verifications:  # nothing fits the budget: the baselines still run, for the comparison
             rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows + rows, bar)
     finally:
