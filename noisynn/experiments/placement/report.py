@@ -153,6 +153,7 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
                 color="tab:gray", lw=1.5, label="greedy frontier (predicted: sum of single-unit damages)")
     ax.axhline(ctx["max_ratio"], color="black", ls="--", lw=1, label=f"tolerance {ctx['max_ratio']:g} x clean")
     markers = iter("sDP^vX")
+    shown: set[str] = set()
     for r in table:
         if not r["n_trials"]:
             continue
@@ -160,31 +161,35 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
         err = [[max(y - r["ci_low"], 0)], [max(r["ci_high"] - y, 0) if math.isfinite(r["ci_high"]) else 0]]
         if r["phase"] == "verify":
             color = "tab:green" if r["meets"] else "tab:red"
-            ax.errorbar([x], [y], yerr=err, fmt="o", color=color, ms=6, capsize=3,
-                        label=f"{r['title']}: {'meets' if r['meets'] else 'misses'} (open circle: predicted)")
+            outcome = "meets the tolerance" if r["meets"] else "misses"
+            label = None if outcome in shown else f"greedy, verified: {outcome} (open circle: its prediction)"
+            shown.add(outcome)
+            ax.errorbar([x], [y], yerr=err, fmt="o", color=color, ms=6, capsize=3, label=label)
             ax.plot([x], [r["predicted_ppl_ratio"]], "o", mfc="none", color=color, ms=9)
+            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color)
         else:
             ax.errorbar([x], [y], yerr=err, fmt=next(markers, "o"), color="tab:blue", ms=7, capsize=3,
                         label=f"baseline: {r['title']}")
     if decision["verified"]:
         ax.plot([100 * decision["share"]], [decision["median_ppl_ratio"]], "*", color="gold", mec="black", ms=16,
                 label=f"kept: {decision['title']} ({100 * decision['share']:.1f}% analog)", zorder=5)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    tops = [r["ci_high"] for r in table if r["n_trials"]] + [ctx["max_ratio"]]
+    if max((t for t in tops if math.isfinite(t)), default=1.0) > 4:  # a log axis only for a wide range
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
     ax.set_xlabel(f"analog share of the candidate {objective} (%)")
     ax.set_ylabel("perplexity / clean perplexity")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
-    per = f"delta_nll_per_million_{objective}"
-    ys = [u[per] for u in units]
+    # the raw medians (a unit that measured below 0 shows below the axis; the prediction counts it as 0)
+    ys = [u["delta_nll"] / u[objective] * 1e6 if u[objective] else 0.0 for u in units]
     colors = ["tab:green" if u["analog"] else "tab:red" for u in units]
     ax2.bar(range(len(units)), ys, color=colors, width=1.0)
-    ax2.set_yscale("symlog", linthresh=max(min((y for y in ys if y > 0), default=1e-3), 1e-6))
+    ax2.set_yscale("symlog", linthresh=max(min((abs(y) for y in ys if y), default=1e-3), 1e-6))
+    ax2.axhline(0, color="black", lw=0.8)
     ax2.set_xlabel(f"units in greedy order ({len(units)} {ctx['cfg'].get('granularity', '')} units; "
                    "green analog, red digital)")
-    ax2.set_ylabel(f"damage alone, dNLL per million {objective}")
+    ax2.set_ylabel(f"damage alone (median dNLL) per million {objective}")
     ax2.grid(alpha=0.3, axis="y")
     cfg = ctx["cfg"]
     tokens = sorted({r["eval_tokens"] for r in run.rows})
