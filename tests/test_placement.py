@@ -329,3 +329,31 @@ def test_embedded_model_two_projections(tmp_path):
     placement = json.loads((out / "placement.json").read_text())
     assert len(placement["tensors"]) == 4 and placement["analog"] == decision["analog_tensors"]
     assert 0 <= decision["share"] <= 1
+
+
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
+    """The adaptive loop under accelerate launch: every process reads the merged rows after each round and
+    takes the same next step, so the folder equals a single process's."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_distributed import LAUNCH, env
+
+    flags = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32", "--max_length", "32",
+             "--granularity", "projection", "--unit_trials", "2", "--n_trials", "2", "--max_ppl_ratio", "1.0001",
+             "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    script = str(ROOT / "placement.py")
+    single = subprocess.run([sys.executable, script, *flags, "--out", str(one)], env=env(), cwd=ROOT,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([*LAUNCH, script, *flags, "--out", str(two)], env=env(), cwd=ROOT, capture_output=True,
+                           text=True)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert (one / "results.csv").read_text() == (two / "results.csv").read_text()
+    assert not list(two.glob("*.rank*"))
+    m1, m2 = (json.loads((d / "run.json").read_text()) for d in (one, two))
+    assert m1["verifications"] == m2["verifications"] and m2["processes"] == 2 and m2["status"] == "finished"
+    assert json.loads((one / "placement.json").read_text())["tensors"] == json.loads(
+        (two / "placement.json").read_text())["tensors"]
