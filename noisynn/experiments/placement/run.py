@@ -189,6 +189,10 @@ class PlacementTrials:
                 self.current = key
                 if self.hooks:
                     enable_layers(self.hooks, {n.rsplit(".", 1)[0] for n in names})
+                    # issue 13's readout drift compensation measures through the converters (when it has them)
+                    attach = getattr(self.injector, "attach", None)
+                    if attach is not None:
+                        attach(self.hooks)
             self.injector.realize(point.seed(self.base_seed), self.sigma)
             if self.hooks:
                 self.hooks.reseed(point.sample_seed(self.base_seed))
