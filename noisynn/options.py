@@ -35,6 +35,7 @@ _SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38)
 FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "n_trials": (10_000, _GRID), "n_levels": (10_000, _GRID), "n_points": (10_000, _GRID),
     "unit_trials": (10_000, _GRID), "max_verifications": (10_000, _GRID),
+    "mean_draws": (100_000, "each draw programs a unit's devices once more"),
     "n_samples": (1_000, "the samples are decoded in one batch"),
     "eval_tokens": (10_000_000, _TOKENS), "heatmap_tokens": (10_000_000, _TOKENS),
     "eval_chars": (100_000_000, "more text than fits the evaluation"),

@@ -151,9 +151,9 @@ def test_run_folder_placement_json_and_resume(tmp_path, small, capsys):
     assert (out / "placement.png").stat().st_size > 10_000
     assert "kept:" in capsys.readouterr().out
     # Resuming a finished run recomputes nothing and changes nothing.
-    before = (out / "placement.json").read_bytes()
+    before = {f: (out / f).read_bytes() for f in ("results.csv", "placement.json", "verifications.csv", "units.csv")}
     assert pl.main(argv) == 0
-    assert read_rows(out / "results.csv") == rows and (out / "placement.json").read_bytes() == before
+    assert {f: (out / f).read_bytes() for f in before} == before
 
 
 def test_a_miss_in_the_run_moves_a_unit_and_verifies_again(tmp_path, small, monkeypatch):
@@ -204,6 +204,38 @@ def test_each_point_noises_only_its_set_and_converters_follow(small):
     assert not changed() and not any(t.enabled for t in hooks.tiles) and result.metrics["delta_nll"] == 0
     trials.release()
     hooks.remove()
+
+
+def test_antithetic_unit_rows_average_a_realization_and_its_mirror_image(small):
+    """damage = (dNLL(W) + dNLL(2 E[W] - W)) / 2, E[W] the mean of mean_draws realizations: the mirror image
+    cancels the realization's first-order term. Set rows are single realizations."""
+    args = pl.parse(small[:8])  # pcm, relative_channel, drift compensation on
+    model = tiny_llama()
+    lm = SimpleNamespace(model=model, tokenizer=byte_tokenizer())
+    spec = spec_from_args(args)
+    targets = select(model, spec)
+    q0 = "model.layers.0.self_attn.q_proj.weight"
+    sets = {("clean", "clean"): [], ("unit", "q0"): [q0], ("verify", "v1"): [q0]}
+    ids = tokenize(lm.tokenizer, "The quick brown fox. " * 8, 32)
+    trials = pl.PlacementTrials(lm, ids, spec, targets, None, sets, 1.0, 0, 32, mean_draws=4)
+    point = pl.PlacementPoint(0, 1.0, 0, "q0", "unit")
+    res = trials(point).metrics
+    param = dict(model.named_parameters())[q0]
+    mirrored = param.detach().clone()
+    injector = trials.injector
+    draws = []
+    for k in range(4):
+        injector.realize(pl.derive_seed(0, "placement-mean", k), 1.0)
+        draws.append(param.detach().double().clone())
+    mean = (sum(draws) / 4).float()
+    injector.realize(point.seed(0), 1.0)
+    assert torch.allclose(trials.mean[0], mean) and torch.allclose(mirrored, 2 * mean - param, atol=1e-6)
+    assert res["damage"] == pytest.approx((res["delta_nll"] + res["delta_nll_mirror"]) / 2)
+    assert res["delta_nll"] != res["delta_nll_mirror"]
+    verify = trials(pl.PlacementPoint(0, 1.0, 0, "v1", "verify")).metrics
+    assert math.isnan(verify["delta_nll_mirror"]) and verify["damage"] == verify["delta_nll"]
+    trials.release()
+    assert torch.equal(param, injector.clean[0])
 
 
 # --- placement.json on the sweep ------------------------------------------------------------------------------
@@ -261,6 +293,8 @@ BAD = [
     (["--granularity", "layer"], "invalid choice"),
     (["--objective", "energy"], "invalid choice"),
     (["--unit_trials", "0"], "must be >= 1"),
+    (["--mean_draws", "0"], "must be >= 1"),
+    (["--unit_estimator", "mean"], "invalid choice"),
     (["--drift_compensation", "--no_drift_compensation"], "not both"),
     (["--targets", "embedding", "--objective", "macs", "--noise_type", "gaussian", "--scale", "relative"],
      "no candidate unit has any macs"),

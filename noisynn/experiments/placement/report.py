@@ -19,11 +19,12 @@ from . import plan
 
 
 def unit_damages(rows: Sequence[dict]) -> dict[str, Summary]:
-    """Per unit: median and CI of dNLL (nats) with the unit analog alone, over its realizations."""
+    """Per unit: median and CI of its damage alone (nats) over its realizations: dNLL of the unit analog,
+    everything else digital (with the antithetic estimator, the mean of a realization and its mirror image)."""
     by: dict[str, list[float]] = {}
     for r in rows:
         if r["phase"] == "unit":
-            by.setdefault(r["target"], []).append(r["delta_nll"])
+            by.setdefault(r["target"], []).append(r["damage"])
     return {u: median_ci(v) for u, v in by.items()}
 
 

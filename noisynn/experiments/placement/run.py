@@ -26,6 +26,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ...context import finish, start
@@ -44,7 +45,8 @@ from .report import set_summary, statistic, unit_damages
 
 EXPERIMENT = "placement"
 EXTRA = ("phase", "target", "n_tensors", "analog_weights", "analog_macs")
-METRICS = ("perplexity", "nll", "delta_nll", "ppl_ratio", "bits_per_byte", "eval_tokens", "finite")
+METRICS = ("perplexity", "nll", "delta_nll", "ppl_ratio", "bits_per_byte", "eval_tokens", "finite", "delta_nll_mirror",
+           "damage")
 KEY = ("phase", "target", "trial")
 CLEAN = "clean"
 
@@ -96,8 +98,15 @@ def add_args(p: ArgumentParser) -> None:
                         "(1 = as measured); for a distribution its scale (default: %(default)s)")
     g.add_argument("--no_drift_compensation", action="store_true",
                    help="pcm: read without global drift compensation (on by default here)")
-    g.add_argument("--unit_trials", type=positive_int, default=3,
-                   help="realizations of each unit's damage alone (default: %(default)s); "
+    g.add_argument("--unit_estimator", choices=("antithetic", "plain"), default="antithetic",
+                   help="each unit's damage alone: antithetic (each realization W and its mirror image 2 E[W] - W "
+                        "around the mean of --mean_draws realizations, averaged: cancels the realization's first-order "
+                        "term) or plain (the realization alone) (default: %(default)s)")
+    g.add_argument("--mean_draws", type=positive_int, default=32,
+                   help="antithetic: realizations averaged into each unit's mean weights E[W] (drawn, not evaluated; "
+                        "default: %(default)s)")
+    g.add_argument("--unit_trials", type=positive_int, default=1,
+                   help="evaluated realizations of each unit alone (antithetic: pairs; default: %(default)s); "
                         "--n_trials: realizations of each verification and baseline")
     g.add_argument("--after_miss", choices=("scale", "one"), default="scale",
                    help="after a verification misses: move the chosen units with the largest damage per size to "
@@ -151,18 +160,21 @@ class PlacementTrials:
     previous one first, so every weight outside the set is the clean one, bit for bit.
     """
 
-    def __init__(self, lm, ids, spec, targets, hooks, sets: dict, sigma: float, base_seed: int, max_length):
+    def __init__(self, lm, ids, spec, targets, hooks, sets: dict, sigma: float, base_seed: int, max_length,
+                 mean_draws: int = 0):
         self.lm, self.ids, self.spec, self.hooks = lm, ids, spec, hooks
         self.by_name = {t.name: t for t in targets}
         self.sets, self.sigma, self.base_seed, self.max_length = sets, sigma, base_seed, max_length
+        self.mean_draws = mean_draws  # > 0: unit rows are antithetic pairs around the mean of this many draws
         self.injector: NoiseInjector | None = None
         self.current: tuple | None = None
+        self.mean: list | None = None
         self._clean = None
 
     def release(self) -> None:
         if self.injector is not None:
             self.injector.restore()
-        self.injector, self.current = None, None  # drops the set's device states too
+        self.injector, self.current, self.mean = None, None, None  # drops the set's device states too
         if self.hooks:
             self.hooks.set_enabled(False)
 
@@ -175,30 +187,60 @@ class PlacementTrials:
             self._clean = self.evaluate()
         return self._clean
 
+    def _use(self, key: tuple, names: list[str]) -> None:
+        if key == self.current:
+            return
+        self.release()
+        self.injector = NoiseInjector(self.lm.model, self.spec, selected=[self.by_name[n] for n in names])
+        self.current = key
+        if self.hooks:
+            enable_layers(self.hooks, {n.rsplit(".", 1)[0] for n in names})
+            # issue 13's readout drift compensation measures through the converters (when it has them)
+            attach = getattr(self.injector, "attach", None)
+            if attach is not None:
+                attach(self.hooks)
+
+    @torch.no_grad()
+    def mean_weights(self) -> list:
+        """E[W_analog] of the current unit's tensors: the average of ``mean_draws`` realizations (no evaluation)."""
+        if self.mean is None:
+            params = [t.param.data for t in self.injector.targets]
+            acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+            for k in range(self.mean_draws):
+                self.injector.realize(derive_seed(self.base_seed, "placement-mean", k), self.sigma)
+                for a, p in zip(acc, params):
+                    a.add_(p)
+            self.mean = [a.div_(self.mean_draws).to(p.dtype) for a, p in zip(acc, params)]
+        return self.mean
+
     def __call__(self, point: PlacementPoint) -> TrialResult:
         key = (point.phase, point.target)
         names = self.sets[key]
         clean = self.clean()
+        mirror = math.nan
         if not names:
             self.release()
             result = clean
         else:
-            if key != self.current:
-                self.release()
-                self.injector = NoiseInjector(self.lm.model, self.spec, selected=[self.by_name[n] for n in names])
-                self.current = key
-                if self.hooks:
-                    enable_layers(self.hooks, {n.rsplit(".", 1)[0] for n in names})
-                    # issue 13's readout drift compensation measures through the converters (when it has them)
-                    attach = getattr(self.injector, "attach", None)
-                    if attach is not None:
-                        attach(self.hooks)
+            self._use(key, names)
+            antithetic = point.phase == "unit" and self.mean_draws > 0
+            mean = self.mean_weights() if antithetic else None
             self.injector.realize(point.seed(self.base_seed), self.sigma)
             if self.hooks:
                 self.hooks.reseed(point.sample_seed(self.base_seed))
             result = self.evaluate()
+            if antithetic:  # the mirror image W' = 2 E[W] - W of this realization, in the same analog layers
+                with torch.no_grad():
+                    for t, m in zip(self.injector.targets, mean):
+                        t.param.data.mul_(-1).add_(m, alpha=2)
+                if self.hooks:
+                    self.hooks.reseed(point.sample_seed(self.base_seed))
+                mirror = self.evaluate().nll - clean.nll
         ratio = result.perplexity / clean.perplexity if result.finite else math.inf
-        return TrialResult({**result.metrics(), "delta_nll": result.nll - clean.nll, "ppl_ratio": ratio})
+        delta = result.nll - clean.nll
+        damage = delta if math.isnan(mirror) else (delta + mirror) / 2
+        return TrialResult({**result.metrics(), "delta_nll": delta, "ppl_ratio": ratio, "delta_nll_mirror": mirror,
+                            "damage": damage})
 
 
 def run(argv=None) -> int:
@@ -252,7 +294,7 @@ def run(argv=None) -> int:
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed,
                               lambda p: {"sigma": args.noise_level, **columns(p)})
     trials = PlacementTrials(lm, ctx.eval_ids, ctx.spec, ctx.targets, hooks, sets, args.noise_level, args.seed,
-                             args.max_length)
+                             args.max_length, args.mean_draws if args.unit_estimator == "antithetic" else 0)
     points = [PlacementPoint(0, args.noise_level, 0, CLEAN, CLEAN)]
     points += [PlacementPoint(0, args.noise_level, t, u.label, "unit") for u in units for t in range(args.unit_trials)]
     bar = progress(EXPERIMENT, "point", args.quiet)
