@@ -238,6 +238,18 @@ def test_antithetic_unit_rows_average_a_realization_and_its_mirror_image(small):
     assert torch.equal(param, injector.clean[0])
 
 
+def test_the_default_analog_setting_is_pcm_at_one_day_compensated_with_the_afm_converters():
+    args = pl.parse([])
+    assert (args.noise_type, args.scale, args.drift_compensation, args.analog_preset) == (
+        "pcm", "relative_channel", True, "afm")
+    assert spec_from_args(args).noise.t_seconds == 86400
+    assert not hasattr(pl.parse(["--no_converters"]), "analog_preset")
+    assert not hasattr(pl.parse(["--analog_io"]), "analog_preset")
+    assert pl.parse(["--dac_bits", "6"]).analog_preset == "afm"  # a flag given overrides the preset's field
+    assert pl.parse(["--no_drift_compensation"]).drift_compensation is False
+    assert not hasattr(pl.parse(["--noise_type", "gaussian", "--scale", "relative"]), "drift_compensation")
+
+
 # --- placement.json on the sweep ------------------------------------------------------------------------------
 
 def test_digital_placement_keeps_exactly_those_tensors_clean_in_a_sweep(tmp_path, tiny_model_dir, text_file,
@@ -296,6 +308,7 @@ BAD = [
     (["--mean_draws", "0"], "must be >= 1"),
     (["--unit_estimator", "mean"], "invalid choice"),
     (["--drift_compensation", "--no_drift_compensation"], "not both"),
+    (["--no_converters", "--dac_bits", "8"], "contradict"),
     (["--targets", "embedding", "--objective", "macs", "--noise_type", "gaussian", "--scale", "relative"],
      "no candidate unit has any macs"),
     (["--blocks", "9"], "block 9 does not exist"),

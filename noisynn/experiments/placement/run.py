@@ -39,7 +39,7 @@ from ...options import (ArgumentParser, add_converter_args, add_model_args, add_
 from ...placements import write_placement
 from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
-from ...spec import spec_from_args
+from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, spec_from_args
 from . import plan, report
 from .report import set_summary, statistic, unit_damages
 
@@ -49,6 +49,7 @@ METRICS = ("perplexity", "nll", "delta_nll", "ppl_ratio", "bits_per_byte", "eval
            "damage")
 KEY = ("phase", "target", "trial")
 CLEAN = "clean"
+DEFAULT_PRESET = "afm"  # Analog Foundation Models' evaluation converters (noisynn.presets)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ def add_args(p: ArgumentParser) -> None:
                         "(1 = as measured); for a distribution its scale (default: %(default)s)")
     g.add_argument("--no_drift_compensation", action="store_true",
                    help="pcm: read without global drift compensation (on by default here)")
+    g.add_argument("--no_converters", action="store_true",
+                   help="weight noise only: no converters (by default the analog layers run --analog_preset "
+                        f"{DEFAULT_PRESET} unless other converter flags are given)")
     g.add_argument("--unit_estimator", choices=("antithetic", "plain"), default="antithetic",
                    help="each unit's damage alone: antithetic (each realization W and its mirror image 2 E[W] - W "
                         "around the mean of --mean_draws realizations, averaged: cancels the realization's first-order "
@@ -129,6 +133,12 @@ def parse(argv=None):
         raise NoisyNNError(f"--max_ppl_ratio must be > 1 (a multiple of the clean perplexity), got {args.max_ppl_ratio}")
     if args.no_drift_compensation and getattr(args, "drift_compensation", False):
         raise NoisyNNError("give either --drift_compensation or --no_drift_compensation, not both")
+    converter_flags = sorted(k for k in vars(args) if k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS
+                             + ("analog_io", "analog_preset") and k != "tile_size")
+    if args.no_converters and converter_flags:
+        raise NoisyNNError(f"--no_converters and --{converter_flags[0]} contradict each other; give one")
+    if not args.no_converters and not hasattr(args, "analog_io") and not hasattr(args, "analog_preset"):
+        args.analog_preset = DEFAULT_PRESET  # other converter flags given override its fields
     noise = spec_from_args(args).noise  # the noise name and parameters, checked before anything loads
     if hasattr(noise, "drift_compensation") and not hasattr(args, "drift_compensation"):
         args.drift_compensation = not args.no_drift_compensation
