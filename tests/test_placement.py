@@ -404,3 +404,15 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
     assert m1["verifications"] == m2["verifications"] and m2["processes"] == 2 and m2["status"] == "finished"
     assert json.loads((one / "placement.json").read_text())["tensors"] == json.loads(
         (two / "placement.json").read_text())["tensors"]
+
+
+def test_default_converters_calibrate_in_the_resolved_window(tmp_path, tiny_model_dir, text_file):
+    """Without --max_length the afm preset's static input ranges are calibrated in the window the model
+    allows (context.start passes the resolved --max_length on to the converter spec)."""
+    out = tmp_path / "run"
+    assert pl.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",
+                    "--granularity", "projection", "--n_trials", "1", "--max_verifications", "1", "--quiet",
+                    "--out", str(out)]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["analog_preset"] == "afm" and meta["config"]["max_length"] == 256
+    assert meta["converters"]["n_layers"] == 14 and "calibration" in meta["converters"]
