@@ -1,18 +1,22 @@
 """Which weights must stay digital? A placement planner for hybrid analog/digital chips.
 
-    python placement.py            # = noisynn placement: embedded SmolLM2-135M, PCM read 1 day after programming
+    python placement.py            # = noisynn placement: embedded SmolLM2-135M, PCM read 1 day after programming,
+                                   #   drift compensation on, the afm preset's converters on the analog layers
 
 Given an analog setting (any noise or device model with its parameters, and converters) and a tolerance
 (``--max_ppl_ratio``: noisy perplexity at most that multiple of the clean one), find which tensors to keep
 in digital (clean) memory so the rest can be analog, with as much of the network analog as possible:
 
 1. ``unit`` rows: each unit (``--granularity``) analog alone, every other weight digital, ``--unit_trials``
-   realizations: its damage dNLL = NLL - clean NLL (median over realizations).
+   realizations: its damage = NLL - clean NLL (median over realizations). The default antithetic estimator
+   averages each realization W with its mirror image 2 E[W] - W (E[W]: the mean of ``--mean_draws`` drawn
+   realizations), which cancels the realization's first-order term (see docs/placement.md).
 2. The additive prediction (plan.py) and the greedy choice by damage per weight (``--objective weights``) or
    per MAC: the largest analog set whose predicted dNLL <= ln(max_ppl_ratio).
 3. ``verify`` rows: the chosen set analog all at once, ``--n_trials`` fresh realizations; if the median
-   perplexity ratio (``--verify_stat``) misses the tolerance, the chosen unit with the largest damage per
-   size moves to digital and the set is verified again (at most ``--max_verifications`` times).
+   perplexity ratio (``--verify_stat``) misses the tolerance, the chosen units with the largest damage per
+   size move to digital (``--after_miss``: as many as the miss calls for, or one) and the set is verified
+   again (at most ``--max_verifications`` times).
    ``baseline`` rows: fixed placements on the same realizations (all analog; digital attention; digital
    MLP; first and last blocks digital). The placement kept is the most analog one that met the tolerance.
 
