@@ -24,7 +24,7 @@ def unit_damages(rows: Sequence[dict]) -> dict[str, Summary]:
     by: dict[str, list[float]] = {}
     for r in rows:
         if r["phase"] == "unit":
-            by.setdefault(r["target"], []).append(r["damage"])
+            by.setdefault(r["target"], []).append(r.get("damage", r["delta_nll"]))
     return {u: median_ci(v) for u, v in by.items()}
 
 
@@ -194,9 +194,12 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
     ax2.grid(alpha=0.3, axis="y")
     cfg = ctx["cfg"]
     tokens = sorted({r["eval_tokens"] for r in run.rows})
+    per_unit = (f"{cfg.get('unit_trials')} antithetic pair(s) around {cfg.get('mean_draws')} draws"
+                if cfg.get("unit_estimator", "plain") == "antithetic" else f"{cfg.get('unit_trials')} realizations")
     fig.suptitle(f"{cfg.get('model', '?')}: {cfg.get('noise_type')} ({cfg.get('scale')}, sigma "
-                 f"{cfg.get('noise_level')}), targets {cfg.get('targets')}; {cfg.get('unit_trials')} realizations per "
-                 f"unit, {cfg.get('n_trials')} per set, {tokens[0] if len(tokens) == 1 else tokens} tokens", fontsize=9)
+                 f"{cfg.get('noise_level')}{', ' + cfg['analog_preset'] + ' converters' if cfg.get('analog_preset') else ''}"
+                 f"), targets {cfg.get('targets')}; per unit {per_unit}, {cfg.get('n_trials')} realizations per set, "
+                 f"{tokens[0] if len(tokens) == 1 else tokens} tokens", fontsize=9)
     return [save_figure(fig, run_dir / name)]
 
 
