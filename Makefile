@@ -13,11 +13,12 @@ SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean
 
-$(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
+$(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-test-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
