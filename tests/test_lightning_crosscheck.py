@@ -27,7 +27,7 @@ import math
 import pytest
 import torch
 
-from lightning_map import lightning_available, lightning_linear, lightning_reference, split_sizes
+from lightning_map import analog_io, lightning_available, lightning_linear, lightning_reference, split_sizes
 
 pytestmark = pytest.mark.skipif(not lightning_available(), reason="aihwkit-lightning is not installed "
                                 "(make install puts it in from requirements-test-nodeps.txt with --no-deps)")
@@ -45,19 +45,6 @@ DETERMINISTIC = {
     "static range 2.0: DAC 8b, ADC 8b, bound 10, tiles of 48": dict(dac_bits=8, adc_bits=8, out_bound=10.0,
                                                                     input_range=2.0, tile_in=48),
 }
-
-
-def analog_io(dac_bits=None, adc_bits=None, out_bound=None, out_noise=0.0, tile_in=0, input_range="dynamic",
-              w_noise=0.0):
-    """noisynn's AnalogIO for the shared settings: per-tensor (per-tile) w_max, no bound management
-    (lightning only clips), output noise in normalized units (r x max|W_tile|, lightning's), input tiles
-    only (lightning never splits outputs: the layer's OUT outputs fit one tile)."""
-    from noisynn.converters import AnalogIO
-
-    return AnalogIO(dac_bits=dac_bits, adc_bits=adc_bits, out_bound=out_bound, out_noise=out_noise,
-                    input_range=input_range, per_channel=False, tile_size=(tile_in, 512) if tile_in else 0,
-                    bound_management="none", out_noise_units="normalized", inp_noise=0.0,
-                    w_noise=w_noise, w_noise_type="additive_constant" if w_noise else "none")
 
 
 def noisynn_forward(x, weight, generator=None, **settings):
