@@ -29,8 +29,8 @@ import torch
 
 from lightning_map import analog_io, lightning_available, lightning_linear, lightning_reference, split_sizes
 
-pytestmark = pytest.mark.skipif(not lightning_available(), reason="aihwkit-lightning is not installed "
-                                "(make install puts it in from requirements-test-nodeps.txt with --no-deps)")
+needs_lightning = pytest.mark.skipif(not lightning_available(), reason="aihwkit-lightning is not installed "
+                                     "(make install puts it in from requirements-test-nodeps.txt with --no-deps)")
 
 IN, OUT = 96, 48
 
@@ -74,6 +74,18 @@ def assert_relative(actual, expected, rtol):
     assert err <= rtol * scale, f"max |difference| {float(err):.3g} > {rtol} x max|y| {float(scale):.3g}"
 
 
+def test_make_installs_lightning_without_its_dependencies():
+    """A fresh `make test` installs aihwkit-lightning 2.1.0 with --no-deps (its metadata pins torch exactly)."""
+    from conftest import ROOT
+
+    pins = [line.split("#")[0].strip() for line in (ROOT / "requirements-test-nodeps.txt").read_text().splitlines()]
+    assert [p for p in pins if p] == ["aihwkit-lightning==2.1.0"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet --no-deps -r requirements-test-nodeps.txt" in makefile
+    stamp_rule = next(line for line in makefile.splitlines() if line.startswith("$(STAMP):"))
+    assert "requirements-test-nodeps.txt" in stamp_rule
+
+
 def test_split_sizes_are_aihwkits_equal_pieces():
     assert split_sizes(1536, 512) == [512, 512, 512]
     assert split_sizes(576, 512) == [288, 288]
@@ -81,6 +93,7 @@ def test_split_sizes_are_aihwkits_equal_pieces():
     assert split_sizes(100, 0) == [100]
 
 
+@needs_lightning
 @pytest.mark.parametrize("name", list(DETERMINISTIC))
 def test_lightning_does_what_the_mapping_says(name):
     """The mapping's formula (lightning_map's module doc) is lightning's eval forward, to float64 precision."""
@@ -91,6 +104,7 @@ def test_lightning_does_what_the_mapping_says(name):
     assert_relative(got, lightning_reference(x, weight, **settings), 1e-12)
 
 
+@needs_lightning
 @pytest.mark.parametrize("name", list(DETERMINISTIC))
 def test_dac_adc_and_bound_clipping_agree_in_float64(name):
     needs_analog_matmul()
@@ -115,6 +129,7 @@ def test_bound_clipping_is_exercised():
         assert float(((clipped - unclipped).abs() > 1e-9).double().mean()) > 0.05, name
 
 
+@needs_lightning
 def test_uneven_tiles_split_like_aihwkit():
     """96 inputs on tiles of at most 40: aihwkit and lightning use three tiles of 32, not 40 + 40 + 16."""
     needs_analog_matmul()
@@ -125,6 +140,7 @@ def test_uneven_tiles_split_like_aihwkit():
     assert_relative(noisynn_forward(x, weight, **settings), expected, 1e-6)
 
 
+@needs_lightning
 def test_float32_agrees_up_to_rounding_ties():
     """float32: at most 0.5% of outputs off, each by at most one ADC step plus one DAC level's worth."""
     needs_analog_matmul()
@@ -155,6 +171,7 @@ def residual_scale(x, weight, tile_in):
     return total.sqrt()
 
 
+@needs_lightning
 def test_output_noise_std_agrees_within_2_percent():
     """10^5 output samples (3,125 tokens x 32 outputs) on 2 tiles: noisynn's out_noise sigma per tile and
     lightning's out_noise sigma sqrt(2) (training mode) give the same std, sigma sqrt(sum_t (r_t w_t)^2)."""
@@ -179,6 +196,7 @@ def test_output_noise_std_agrees_within_2_percent():
     assert not torch.equal(again, noisy_n)
 
 
+@needs_lightning
 def test_lightning_adds_no_output_noise_in_eval():
     """Why the noise tests build lightning's layer in training mode."""
     weight, x = layer()
@@ -187,6 +205,7 @@ def test_lightning_adds_no_output_noise_in_eval():
     assert_relative(y, x @ weight.T, 1e-12)
 
 
+@needs_lightning
 def test_weight_noise_std_agrees_within_2_percent():
     """One token through a 64 x 2,048 layer on 2 tiles: noisynn's per-MVM additive weight noise w_noise
     (relative to the tile's max|W|) and lightning's ADD_NORMAL modifier (training mode, std_dev = w_noise)
