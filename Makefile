@@ -64,12 +64,14 @@ ui: $(STAMP)
 	$(BIN)/noisynn ui $(UI_ARGS)
 
 ## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
-## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes.
+## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
+## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
+	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
 
 ## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 docs: $(STAMP)
