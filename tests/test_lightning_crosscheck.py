@@ -141,6 +141,25 @@ def test_uneven_tiles_split_like_aihwkit():
 
 
 @needs_lightning
+def test_calibrated_ranges_per_tile_agree():
+    """A static range per input tile (noisynn's "calibrated", passed to analog_matmul; lightning's stored
+    per-slice input_range, not learned): inputs clip per tile, DAC 8b, ADC 8b, bound 4."""
+    needs_analog_matmul()
+    from noisynn.converters import analog_matmul
+
+    weight, x = layer()
+    ranges = torch.tensor([4.0, 1.0, 1.5], dtype=torch.float64)  # tile 0 holds the 3x inputs
+    settings = dict(dac_bits=8, adc_bits=8, out_bound=4.0, tile_in=32)
+    lit = lightning_linear(weight, input_range=1.0, **settings)
+    lit.input_range.data.copy_(ranges)
+    with torch.no_grad():
+        expected = lit(x)
+    got = analog_matmul(x, weight, analog_io(input_range="calibrated", **settings), input_range=ranges)
+    assert_relative(got, expected, 1e-6)
+    assert bool((x[..., 32:64].abs() > 1.0).any())  # the ranges do clip
+
+
+@needs_lightning
 def test_float32_agrees_up_to_rounding_ties():
     """float32: at most 0.5% of outputs off, each by at most one ADC step plus one DAC level's worth."""
     needs_analog_matmul()
