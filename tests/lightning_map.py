@@ -38,18 +38,21 @@ import torch
 
 
 def analog_io(dac_bits=None, adc_bits=None, out_bound=None, out_noise=0.0, tile_in=0, input_range="dynamic",
-              w_noise=0.0, bound_management="none", tile_out=0):
+              w_noise=0.0, bound_management="none", tile_out=0, out_noise_units="normalized"):
     """noisynn's AnalogIO for the same settings: per-tensor (per-tile) w_max, output noise in normalized
     units (r x max|W_tile|, lightning's), weight noise additive relative to max|W_tile|.
 
-    ``tile_out = 0`` keeps all outputs on one tile (lightning never splits outputs); the cross-check uses
+    ``out_noise_units = "tile"`` (aihwkit's default: weights unscaled in the tile) puts out_noise, out_bound and
+    w_noise in units of r x raw weight: lightning's values are noisynn's / max|W_t|, which is one number only
+    when every tile has the same max|W| (the cross-check builds such a weight). ``tile_out = 0`` keeps all
+    outputs on one tile (lightning never splits outputs); the cross-check uses
     bound_management "none" (lightning only clips); the benchmark also times "iterative" and output tiles.
     """
     from noisynn.converters import AnalogIO
 
     return AnalogIO(dac_bits=dac_bits, adc_bits=adc_bits, out_bound=out_bound, out_noise=out_noise,
                     input_range=input_range, per_channel=False, tile_size=(tile_in, tile_out),
-                    bound_management=bound_management, out_noise_units="normalized", inp_noise=0.0,
+                    bound_management=bound_management, out_noise_units=out_noise_units, inp_noise=0.0,
                     w_noise=w_noise, w_noise_type="additive_constant" if w_noise else "none")
 
 

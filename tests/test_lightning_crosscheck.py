@@ -10,6 +10,10 @@ Same weights, same inputs, lightning configured from the same settings by ``test
   r_t max|W_t| per slice t, so its layer is built in training mode (under no_grad, the input range
   not learned and not initialised from data) with out_noise x sqrt(n_slices) to get noisynn's
   per-tile out_noise (aihwkit's: every tile adds its own). Stds agree within 2% over 10^5 samples.
+- units: noisynn's out_noise_units "normalized" (r x max|W_tile|) are lightning's; aihwkit's default "tile"
+  (r x raw weight) equals lightning's with out_bound and out_noise divided by max|W_tile|, checked on a
+  weight whose tiles share one max|W|.
+- static ranges: noisynn's "calibrated" range per input tile against lightning's stored per-slice range.
 - per-MVM weight noise (additive, relative to the tile's max|W|): lightning's ADD_NORMAL modifier,
   also training mode only, drawn once per forward call; compared on the marginal std of one token's
   outputs (10^5 samples).
@@ -213,6 +217,34 @@ def test_output_noise_std_agrees_within_2_percent():
     # and the noise is fresh: two calls differ
     again = noisynn_forward(x, weight, generator=torch.Generator().manual_seed(4), out_noise=sigma, tile_in=tile_in)
     assert not torch.equal(again, noisy_n)
+
+
+@needs_lightning
+def test_tile_units_agree_when_every_tile_has_the_same_max():
+    """aihwkit's default units (out_noise_units "tile": weights unscaled, bound and noise in units of r x raw
+    weight) are lightning's normalized ones divided by max|W_t|: with one max|W| = 0.4 on every tile, noisynn's
+    bound 0.5 / ADC and out_noise 0.02 equal lightning's bound 0.5 / 0.4 and out_noise 0.02 / 0.4 x sqrt(2)."""
+    needs_analog_matmul()
+    g = torch.Generator().manual_seed(8)
+    weight = torch.randn(32, 64, generator=g, dtype=torch.float64) * 0.05
+    weight[0, 0] = weight[1, 40] = 0.4  # the max of both tiles of 32 inputs
+    x = torch.randn(3125, 64, generator=g, dtype=torch.float64)
+    w_max = 0.4
+    settings = dict(dac_bits=8, adc_bits=8, tile_in=32)
+    with torch.no_grad():
+        expected = lightning_linear(weight, out_bound=0.5 / w_max, **settings)(x)
+    got = noisynn_forward(x, weight, out_bound=0.5, out_noise_units="tile", **settings)
+    assert_relative(got, expected, 1e-6)
+    clean = x @ weight.T
+    scale = residual_scale(x, weight, 32) / w_max  # sqrt(sum_t r_t^2)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        noisy_l = lightning_linear(weight, train=True, out_noise=0.02 / w_max, tile_in=32)(x)
+    noisy_n = noisynn_forward(x, weight, generator=torch.Generator().manual_seed(10), out_noise=0.02,
+                              out_noise_units="tile", tile_in=32)
+    std_l, std_n = float(((noisy_l - clean) / scale).std()), float(((noisy_n - clean) / scale).std())
+    assert abs(std_l / 0.02 - 1) < 0.02, std_l
+    assert abs(std_n / std_l - 1) < 0.02, (std_n, std_l)
 
 
 @needs_lightning
