@@ -1,19 +1,47 @@
-"""Activation converters of an analog tile, as forward hooks: DAC, output noise, ADC (not weight noise).
+"""The analog forward of a layer, as aihwkit computes it: tiles, noise and bound management, DAC, MVM, ADC.
 
-Converters (``ConverterHooks``, forward hooks on the targeted layers; aihwkit ``IOParameters`` conventions,
-  defaults DAC 7 bits, ADC 9 bits, out_noise 0.06, out_bound 12). For each input vector x (a token):
-    DAC   r = max|x| (dynamic, per token; or a fixed / calibrated per-layer range, inputs clipped to +-r),
-          x_q = round(x / d) d, d = 2 r / (2^dac_bits - 2)   (resolution as a number of steps over [-r, r])
-    MVM   y = x_q W^T, normalized y_n = y / (r w_max)   (w_max per tensor, or per channel with relative_channel)
-    noise y_n += out_noise N(0, 1)
-    ADC   y_n = clip(y_n, -out_bound, out_bound), quantized with step 2 out_bound / (2^adc_bits - 2)
-    out   y = y_n r w_max + b   (rescaled to weight units; the bias is added digitally)
+``analog_matmul(x, W, io)`` is one layer's analog product without bias; ``ConverterHooks`` puts it on the
+targeted layers of a model as forward hooks. Sources (IBM/aihwkit, commit 4545f11, ``src/aihwkit/``):
+
+  tiles     a layer (out x in) is split into tiles of at most ``tile_size = (max_in, max_out)``; each dimension
+            in n = ceil(size / max) near-equal parts, the first size % n one larger
+            (``simulator/tiles/array.py`` ``get_split_sizes`` l.94-97; defaults 512 x 512,
+            ``simulator/parameters/mapping.py`` l.79, l.91; 0 = no split). Tile outputs are rescaled and summed
+            digitally over input tiles (``array.py`` ``forward``).
+  per tile, for each input vector x (one token's slice of the tile's inputs):
+    noise management  s = max|x| ("dynamic", ABS_MAX), 1 ("none"), c (a number, CONSTANT nm_thres = c), or the
+            tile's static range ("calibrated": aihwkit's pre_post input range, ``tiles/periphery.py`` l.803-856);
+            x_n = x / (s r), r = the bound-management reduction (1, 2, 4, ...)
+            (``tiles/analog_mvm.py`` ``_compute_noise_management`` l.346-358, ``matmul`` l.120-160)
+    DAC     x_n = round(x_n / d) d, d = 2 / (2^dac_bits - 2) (inp_res = 1 / steps over [-inp_bound, inp_bound],
+            inp_bound = 1; ``tiles/utils.py`` UniformQuantize), then clipped to [-1, 1]; x_n += inp_noise xi
+            (``analog_mvm.py`` ``_prepare_input`` l.296-322)
+    MVM     y = x_n W_tile^T, W_tile = W (``out_noise_units = "tile"``, aihwkit's default weight_scaling_omega = 0)
+            or W / c_w with c_w = max|W| / omega over the tile (or over each of its rows with ``per_channel``,
+            aihwkit's weight_scaling_columnwise) (``tiles/periphery.py`` ``apply_weight_scaling`` l.436-496);
+            ``"normalized"`` is omega = 1: units of (input range x max|W|), this toolkit's earlier convention
+    w_noise fresh at every MVM, y_i += w_noise ||x_n||_2 xi_i (additive_constant) or
+            y_i += w_noise sqrt(sum_j |W_ij| x_nj^2) xi_i (pcm_read)
+            (``src/rpucuda/rpu_forward_backward_pass.cpp`` ``applyOutputWeightNoise`` l.326-380)
+    noise   y += out_noise xi
+    ADC     y = round(y / e) e, e = 2 out_bound / (2^adc_bits - 2), then clipped to [-out_bound, out_bound]
+            (``analog_mvm.py`` ``_finalize_output`` l.243-275)
+    bound management  "iterative": while an output of the vector saturates (|y| > out_bound), the vector is
+            redone with r doubled and fresh noise, until r > max_bm_factor or r > max_bm_res / d
+            (``analog_mvm.py`` l.116-160). The test is per vector, as in rpucuda's CPU ``forwardVector``
+            (``rpu_forward_backward_pass.cpp`` l.917-985) and CUDA's per-batch scale values (``cuda/io_manager.cu``
+            l.292-325); aihwkit's pure-torch tile tests the whole batch at once. Only failing vectors are redone.
+    out     y s r c_w alpha: back to weight units; alpha = the tile's drift-compensation factor (applied after
+            the ADC, ``simulator/tiles/inference.py`` ``post_forward`` l.268-282; see noisynn.compensation)
+
+Not modelled: IR drop (``ir_drop``), output non-linearity, asymmetries, voltage offsets, stochastic rounding.
 """
 
 from __future__ import annotations
 
-import random
+import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -25,16 +53,55 @@ from .seeding import derive_seed, make_generator
 if TYPE_CHECKING:  # the spec imports AnalogIO from here; no import back at run time
     from .spec import ConverterSpec
 
+INPUT_RANGES = ("dynamic", "none", "calibrated")
+BOUND_MANAGEMENT = ("iterative", "none")
+W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
+OUT_NOISE_UNITS = ("tile", "normalized")
+DEFAULT_TILE = (512, 512)
+
+
+def parse_tile_size(value) -> tuple[int, int]:
+    """(max inputs, max outputs) from ``"512"``, ``"512x256"``, ``0`` or a pair; 0 = no split in that dimension."""
+    if isinstance(value, (tuple, list)):
+        parts = list(value)
+    else:
+        parts = str(value).lower().replace(" ", "").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        size = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise NoisyNNError(f"tile_size takes IN or INxOUT (integers, 0 = the whole layer), got '{value}'") from None
+    if len(size) != 2 or min(size) < 0:
+        raise NoisyNNError(f"tile_size takes IN or INxOUT (integers >= 0, 0 = the whole layer), got '{value}'")
+    return size
+
+
+def split_sizes(size: int, max_size: int) -> list[int]:
+    """aihwkit's split of one dimension (``tiles/array.py`` l.94-97): ceil(size / max) parts, sizes differing by 1."""
+    if max_size <= 0 or size <= max_size:
+        return [size]
+    n = (size + max_size - 1) // max_size
+    base, extra = divmod(size, n)
+    return [base + (i < extra) for i in range(n)]
+
 
 @dataclass
 class AnalogIO:
-    """DAC / output noise / ADC of an analog tile (aihwkit IOParameters conventions; None or 0 = off).
+    """The analog tile's periphery (aihwkit ``IOParameters`` + ``MappingParameter`` conventions; 0 / None = off).
 
-    ``input_range``: "dynamic" (per-token abs-max, aihwkit's ABS_MAX noise management), "calibrated"
-    (a fixed per-layer range: max|x| seen by ``ConverterHooks.calibrate``) or a number (fixed range).
-    ``per_channel``: normalize outputs by max|W| per output channel (else per tensor).
-    ``noise_pool``: size of the pool the output noise is sliced from (0: fresh draws at every call;
-    torch's CPU generator makes those cost about as much as the matmul of a 576 x 1536 layer).
+    Defaults are aihwkit's ``IOParameters()`` and ``MappingParameter()`` (``simulator/parameters/io.py`` l.46-238,
+    ``mapping.py`` l.46-91): DAC 7 bits, ADC 9 bits, out_noise 0.06, out_bound 12, ABS_MAX noise management,
+    ITERATIVE bound management (max_bm_factor 1000, max_bm_res 0.25), tiles of 512 x 512, weights unscaled in
+    the tile (out_noise and out_bound in units of normalized input x raw weight).
+
+    ``input_range``: "dynamic" (per-token abs-max per input tile), "none" (inputs used as they are, clipped to
+    [-1, 1]), "calibrated" (one static range per input tile, measured by ``ConverterHooks.calibrate``: max|x|, or
+    ``range_std`` x std(x) averaged over the calibration windows as aihwkit's input-range init) or a number.
+    ``per_channel``: with scaled weights, the scale c_w is max|W| per row of each tile (else per tile).
+    ``tile_size``: (max inputs, max outputs) of a tile, 0 = the whole layer in that dimension.
+    ``out_noise_units``: "tile" (weights as stored, scaled only when ``weight_scaling_omega`` > 0) or
+    "normalized" (omega = 1: units of input range x max|W|). ``preset``: the name this was resolved from.
     """
 
     dac_bits: int | None = 7
@@ -43,176 +110,516 @@ class AnalogIO:
     out_bound: float | None = 12.0
     input_range: str | float = "dynamic"
     per_channel: bool = False
-    noise_pool: int = 2 ** 23
+    tile_size: tuple[int, int] = DEFAULT_TILE
+    bound_management: str = "iterative"
+    max_bm_factor: float = 1000.0
+    max_bm_res: float = 0.25
+    inp_noise: float = 0.0
+    w_noise: float = 0.0
+    w_noise_type: str = "none"
+    out_noise_units: str = "tile"
+    weight_scaling_omega: float = 0.0
+    range_std: float = 0.0
+    preset: str | None = None
 
     def __post_init__(self):
         for name in ("dac_bits", "adc_bits"):
             bits = getattr(self, name)
             if bits is not None and bits < 2:
                 raise NoisyNNError(f"{name} must be >= 2 (2^bits - 2 steps), got {bits}")
-        if self.out_noise < 0:
-            raise NoisyNNError(f"out_noise must be >= 0, got {self.out_noise}")
+        for name in ("out_noise", "inp_noise", "w_noise", "weight_scaling_omega", "range_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise NoisyNNError(f"{name} must be a number >= 0, got {value}")
+        if self.out_bound is not None and not self.out_bound > 0:
+            self.out_bound = None
         if self.adc_bits and not self.out_bound:
             raise NoisyNNError("an ADC needs an output bound (out_bound > 0)")
-        if isinstance(self.input_range, str) and self.input_range not in ("dynamic", "calibrated"):
+        if isinstance(self.input_range, str) and self.input_range not in INPUT_RANGES:
             try:
                 self.input_range = float(self.input_range)
             except ValueError:
-                raise NoisyNNError(f"input_range is dynamic, calibrated or a number, got '{self.input_range}'") from None
-        if not isinstance(self.input_range, str) and not self.input_range > 0:
+                raise NoisyNNError(f"input_range is {', '.join(INPUT_RANGES)} or a number, "
+                                   f"got '{self.input_range}'") from None
+        if not isinstance(self.input_range, str) and not (math.isfinite(self.input_range) and self.input_range > 0):
             raise NoisyNNError(f"a fixed input_range must be > 0, got {self.input_range}")
+        self.tile_size = parse_tile_size(self.tile_size)
+        for name, known in (("bound_management", BOUND_MANAGEMENT), ("w_noise_type", W_NOISE_TYPES),
+                            ("out_noise_units", OUT_NOISE_UNITS)):
+            if getattr(self, name) not in known:
+                raise NoisyNNError(f"{name} is one of {', '.join(known)}, got '{getattr(self, name)}'")
+        if not self.max_bm_factor >= 1 or not self.max_bm_res > 0:
+            raise NoisyNNError("max_bm_factor must be >= 1 and max_bm_res > 0")
+        if self.w_noise > 0 and self.w_noise_type == "none":
+            raise NoisyNNError("w_noise needs a w_noise_type (additive_constant or pcm_read)")
+        if self.out_noise_units == "normalized" and self.weight_scaling_omega not in (0.0, 1.0):
+            raise NoisyNNError("out_noise_units normalized means weight_scaling_omega 1; use out_noise_units tile "
+                               "to scale the weights to another omega")
+
+    @property
+    def omega(self) -> float:
+        """max|W| of a tile is mapped to omega (0: weights unscaled)."""
+        return 1.0 if self.out_noise_units == "normalized" else float(self.weight_scaling_omega)
+
+    @property
+    def dac_half(self) -> float | None:
+        return (2 ** self.dac_bits - 2) / 2 if self.dac_bits else None
+
+    @property
+    def adc_step(self) -> float | None:
+        return 2 * self.out_bound / (2 ** self.adc_bits - 2) if self.adc_bits else None
+
+    def bm_limit(self) -> float:
+        """Largest reduction r tried by iterative bound management: the first power of 2 above
+        min(max_bm_factor, max_bm_res / d) (d = the DAC step over [-1, 1]), as aihwkit's loop stops."""
+        limit = float(self.max_bm_factor)
+        if self.dac_bits:
+            limit = min(limit, self.max_bm_res / (2 / (2 ** self.dac_bits - 2)))
+        r = 1.0
+        while r <= limit:
+            r *= 2
+        return r
 
     def describe(self) -> dict:
         d = asdict(self)
+        d["tile_size"] = list(self.tile_size)
         d["dac_steps"] = 2 ** self.dac_bits - 2 if self.dac_bits else None
         d["adc_steps"] = 2 ** self.adc_bits - 2 if self.adc_bits else None
-        d["convention"] = ("aihwkit IOParameters: resolution = 1 / (2^bits - 2) of the full range [-r, r]; "
-                           "outputs normalized by (input range x w_max), rescaled to weight units")
+        d["max_bm_reduction"] = self.bm_limit() if self.bound_management == "iterative" and self.out_bound else 1.0
+        d["convention"] = ("aihwkit IOParameters/MappingParameter: per tile, inputs divided by the noise-management "
+                           "scale and quantized with 1 / (2^bits - 2) of [-1, 1]; out_noise and out_bound in units "
+                           "of (normalized input) x " + ("(raw weight)" if self.omega == 0 else
+                                                        f"(weight / (max|W| / {self.omega:g}) per "
+                                                        f"{'tile row' if self.per_channel else 'tile'})"))
+        d["not_modelled"] = "IR drop, output non-linearity, asymmetries, voltage offsets, stochastic rounding"
         return d
 
 
-class _Shared:
-    """State shared by one model's tiles: the output-noise pool and offsets, and the last converted input."""
+# ---------------------------------------------------------------- tiles
 
-    def __init__(self, io: AnalogIO, device):
-        self.io, self.device = io, device
-        self.pool: torch.Tensor | None = None
-        self.rng = random.Random(0)
-        self.generator = make_generator(0, device)
-        self.last: tuple | None = None  # (input tensor, fixed range, converted input, range)
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How a (out x in) weight is split: sizes per dimension, padded to the largest tile for batched products."""
+
+    out_features: int
+    in_features: int
+    in_sizes: tuple[int, ...]
+    out_sizes: tuple[int, ...]
+
+    @property
+    def n_in(self) -> int:
+        return len(self.in_sizes)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.out_sizes)
+
+    @property
+    def i_max(self) -> int:
+        return max(self.in_sizes)
+
+    @property
+    def o_max(self) -> int:
+        return max(self.out_sizes)
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.in_sizes)) == 1 and len(set(self.out_sizes)) == 1
+
+    def blocks(self) -> list[tuple[slice, slice]]:
+        """(out slice, in slice) of every tile, input tiles outer."""
+        out = []
+        i0 = 0
+        for si in self.in_sizes:
+            o0 = 0
+            for so in self.out_sizes:
+                out.append((slice(o0, o0 + so), slice(i0, i0 + si)))
+                o0 += so
+            i0 += si
+        return out
+
+    @lru_cache(maxsize=None)
+    def _index(self, sizes: tuple[int, ...], width: int):
+        """Positions of the real entries in the padded layout (n tiles x width)."""
+        idx = [t * width + j for t, s in enumerate(sizes) for j in range(s)]
+        return torch.tensor(idx)
+
+    def in_index(self, device):
+        return self._index(self.in_sizes, self.i_max).to(device)
+
+    def out_index(self, device):
+        return self._index(self.out_sizes, self.o_max).to(device)
+
+    def split_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in) -> (n_in, N, i_max); padded inputs are 0."""
+        n = x.shape[0]
+        if len(set(self.in_sizes)) == 1:
+            return x.view(n, self.n_in, self.i_max).transpose(0, 1)
+        padded = x.new_zeros(n, self.n_in * self.i_max)
+        padded[:, self.in_index(x.device)] = x
+        return padded.view(n, self.n_in, self.i_max).transpose(0, 1)
+
+    def pack_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """(out, in) -> (n_in, n_out * o_max, i_max) (a view when the tiles are even); padding is 0."""
+        if self.even:
+            return w.view(self.out_features, self.n_in, self.i_max).transpose(0, 1)
+        padded = w.new_zeros(self.n_out * self.o_max, self.n_in * self.i_max)
+        rows, cols = self.out_index(w.device), self.in_index(w.device)
+        padded[rows[:, None], cols[None, :]] = w
+        return padded.view(self.n_out * self.o_max, self.n_in, self.i_max).transpose(0, 1)
+
+    def merge_outputs(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, n_out * o_max) -> (N, out)."""
+        if len(set(self.out_sizes)) == 1:
+            return y
+        return y.index_select(1, self.out_index(y.device))
+
+    def in_mask(self, device) -> torch.Tensor | None:
+        """(n_in, 1, i_max) True where an input is real (None when there is no padding)."""
+        if len(set(self.in_sizes)) == 1:
+            return None
+        mask = torch.zeros(self.n_in * self.i_max, dtype=torch.bool, device=device)
+        mask[self.in_index(device)] = True
+        return mask.view(self.n_in, 1, self.i_max)
+
+    def out_mask(self, device) -> torch.Tensor | None:
+        """(n_out * o_max,) True where an output is real (None when there is no padding)."""
+        if len(set(self.out_sizes)) == 1:
+            return None
+        mask = torch.zeros(self.n_out * self.o_max, dtype=torch.bool, device=device)
+        mask[self.out_index(device)] = True
+        return mask
+
+
+@lru_cache(maxsize=256)
+def tile_layout(out_features: int, in_features: int, tile_size: tuple[int, int]) -> TileLayout:
+    return TileLayout(out_features, in_features, tuple(split_sizes(in_features, tile_size[0])),
+                      tuple(split_sizes(out_features, tile_size[1])))
+
+
+def weight_scales(weight: torch.Tensor, io: AnalogIO, layout: TileLayout | None = None) -> torch.Tensor | None:
+    """c_w of each tile output, (n_in, 1, n_out * o_max): max|W| / omega per tile (per tile row with
+    ``per_channel``), 1 where the tile is all zero; None when the weights are unscaled (omega = 0)."""
+    if io.omega <= 0:
+        return None
+    lay = layout or tile_layout(*weight.shape, io.tile_size)
+    wt = lay.pack_weight(weight.detach()).abs().amax(dim=-1)  # (n_in, O): max per tile row
+    if not io.per_channel:
+        wt = wt.view(lay.n_in, lay.n_out, lay.o_max).amax(dim=-1, keepdim=True).expand(-1, -1, lay.o_max)
+        wt = wt.reshape(lay.n_in, lay.n_out * lay.o_max)
+    scale = wt / io.omega
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale[:, None, :]
+
+
+# ---------------------------------------------------------------- one pass through the tiles
+
+
+def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _tile_pass(xn: torch.Tensor, wt: torch.Tensor, scale, io: AnalogIO, generator, out_mask, n_out: int,
+               in_mask=None):
+    """One analog MVM of normalized inputs ``xn`` (T, N, i_max) on tiles ``wt`` (T, O, i_max); ``in_mask``
+    (T, 1, i_max): the real inputs of padded tiles (input noise on padding would enter ||x||).
+
+    Returns (y, saturated): y (T, N, O) after the ADC in ADC steps (y x adc_step is the output in tile units;
+    the step is 1 without an ADC), saturated (T, N, n_out): an output of that tile's vector beyond the bound.
+    Works in DAC levels and ADC steps so that the output tensor is touched as few times as possible."""
+    half = io.dac_half or 1.0
+    if io.dac_half:
+        xl = torch.round(xn * half).clamp_(-half, half)  # DAC levels: d = 1 / half = 2 / steps of [-1, 1]
+    else:
+        xl = xn.clamp(-1.0, 1.0)
+    if io.inp_noise:
+        xl = xl.add_(_randn(xl.shape, xl, generator), alpha=io.inp_noise * half)
+        if in_mask is not None:
+            xl = xl.mul_(in_mask)
+    step = io.adc_step or 1.0
+    y = torch.matmul(xl, wt.transpose(-1, -2))  # in (level x raw weight)
+    inv = 1.0 / (half * step)  # -> ADC steps of the tile output
+    if scale is not None:
+        inv = (scale * (half * step)).reciprocal_()
+    if not (isinstance(inv, float) and inv == 1.0):
+        y = y.mul_(inv)
+    # Weight read noise and output noise are independent Gaussians at each output: one draw with the summed
+    # variance has exactly their sum's distribution (and halves the cost of drawing).
+    std: torch.Tensor | float = io.out_noise / step
+    if io.w_noise and io.w_noise_type != "none":
+        if io.w_noise_type == "additive_constant":  # w_noise ||x_n||_2, x_n = levels / half
+            var = torch.linalg.vector_norm(xl, dim=-1, keepdim=True).square_().mul_((io.w_noise / half) ** 2)
+        else:  # pcm_read: w_noise^2 sum_j |W_ij / c_w| x_nj^2
+            var = torch.matmul(xl * xl, wt.abs().transpose(-1, -2))
+            var = var.mul_(io.w_noise ** 2 / half ** 2) if scale is None else var.div_(scale / (io.w_noise / half) ** 2)
+        std = var.clamp_(min=0).add_(io.out_noise ** 2).sqrt_().div_(step)
+    if isinstance(std, torch.Tensor):
+        y = y.add_(_randn(y.shape, y, generator).mul_(std))
+    elif std:
+        y = y.add_(_randn(y.shape, y, generator), alpha=std)
+    if io.adc_step:
+        y = y.round_()
+    if not io.out_bound:
+        return y, None
+    bound = io.out_bound / step
+    t, n, o = y.shape
+    probe = y if out_mask is None else y * out_mask
+    peak = probe.view(t, n, n_out, o // n_out).abs().amax(dim=-1)
+    y = y.clamp_(-bound, bound)
+    return y, peak > bound
+
+
+def _noise_management(xt: torch.Tensor, io: AnalogIO, input_range):
+    """(scale used to normalize (T, N, 1) or float, scale applied at the output): ABS_MAX, NONE, CONSTANT, or a
+    static range per input tile. A zero vector (ABS_MAX, no input noise) gives a zero output, as rpucuda."""
+    mode = io.input_range
+    if mode == "dynamic":
+        s = xt.abs().amax(dim=-1, keepdim=True)
+        nonzero = s > 0
+        used = torch.where(nonzero, s, torch.ones_like(s))
+        return used, (used if io.inp_noise else s)
+    if mode == "none":
+        return 1.0, 1.0
+    if mode == "calibrated":
+        if input_range is None:
+            raise NoisyNNError("input_range 'calibrated' needs the measured ranges (ConverterHooks.calibrate)")
+        r = torch.as_tensor(input_range, dtype=xt.dtype, device=xt.device).reshape(-1, 1, 1)
+        return r, r
+    return float(mode), float(mode)
+
+
+def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_range=None,
+                  generator: torch.Generator | None = None, scales: torch.Tensor | None = None,
+                  alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """The analog forward x W^T of one layer without bias (see the module doc), in x's dtype and device.
+
+    ``weight``: (out, in) in weight units. ``input_range``: the static range per input tile (a number or a
+    tensor of n_in) for ``io.input_range == "calibrated"``. ``generator``: the stream of every noise draw (on
+    x's device). ``scales``: c_w per tile output as from ``weight_scales`` (default: from ``weight``; the hooks
+    pass those of the programmed weights, as aihwkit fixes them at programming). ``alpha``: (n_in, n_out)
+    drift-compensation factors per tile, applied after the ADC.
+    """
+    out_f, in_f = weight.shape
+    lay = tile_layout(out_f, in_f, io.tile_size)
+    lead = x.shape[:-1]
+    xf = x.reshape(-1, in_f)
+    w = weight if weight.dtype == x.dtype else weight.to(x.dtype)
+    xt = lay.split_inputs(xf)  # (n_in, N, i_max)
+    wt = lay.pack_weight(w)  # (n_in, O, i_max)
+    if scales is None:
+        scales = weight_scales(w, io, lay)
+    elif scales.dtype != x.dtype:
+        scales = scales.to(x.dtype)
+    used, applied = _noise_management(xt, io, input_range)
+    out_mask = lay.out_mask(x.device)
+    in_mask = lay.in_mask(x.device) if io.inp_noise else None
+    y, over = _tile_pass(xt / used if not isinstance(used, float) or used != 1.0 else xt, wt, scales, io,
+                         generator, out_mask, lay.n_out, in_mask)
+    factor = applied if io.adc_step is None else applied * io.adc_step
+    if over is not None and io.bound_management == "iterative" and bool(over.any()):
+        red = _bound_management(y, over, xt, used, wt, scales, io, generator, out_mask, lay, in_mask)
+        factor = red * factor
+    if scales is not None:
+        factor = factor * scales
+    if alpha is not None:
+        factor = factor * alpha.to(x.dtype).repeat_interleave(lay.o_max, dim=1)[:, None, :]
+    if not (isinstance(factor, float) and factor == 1.0):
+        y = y.mul_(factor)
+    out = y.sum(dim=0) if lay.n_in > 1 else y[0]
+    return lay.merge_outputs(out).reshape(*lead, out_f)
+
+
+def _bound_management(y, over, xt, used, wt, scales, io: AnalogIO, generator, out_mask, lay: TileLayout,
+                      in_mask=None):
+    """Iterative bound management in place on ``y``: the (tile, vector) pairs that saturated are redone with the
+    input divided by r = 2, 4, ... and fresh noise, until none saturates or r reaches ``io.bm_limit()``.
+    Returns r per output (n_in, N, O)."""
+    red = torch.ones(over.shape, dtype=y.dtype, device=y.device)  # (n_in, N, n_out)
+    limit = io.bm_limit()
+    r = 1.0
+    fail = over
+    while r < limit and bool(fail.any()):
+        r *= 2
+        for i in range(lay.n_in):
+            rows = fail[i].any(dim=-1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            xi = xt[i:i + 1, rows]
+            ui = used[i:i + 1, rows] if isinstance(used, torch.Tensor) and used.shape[1] > 1 else (
+                used[i:i + 1] if isinstance(used, torch.Tensor) else used)
+            si = scales[i:i + 1] if scales is not None else None
+            mi = in_mask[i:i + 1] if in_mask is not None else None
+            yi, oi = _tile_pass(xi / (ui * r), wt[i:i + 1], si, io, generator, out_mask, lay.n_out, mi)
+            redo = fail[i, rows]  # (R, n_out): these tiles of these vectors take the new pass
+            cols = redo.repeat_interleave(lay.o_max, dim=1)
+            y[i, rows] = torch.where(cols, yi[0], y[i, rows])
+            red[i, rows] = torch.where(redo, torch.full_like(red[i, rows], r), red[i, rows])
+            fail[i, rows] = redo & oi[0]
+    return red.repeat_interleave(lay.o_max, dim=2)
+
+
+def dac_levels(x: torch.Tensor, io: AnalogIO, input_range=None) -> torch.Tensor:
+    """The DAC's integer levels of ``x`` (N, in) per input tile, (n_in, N, i_max): round(x / s * half), clipped."""
+    lay = tile_layout(1, x.shape[-1], io.tile_size)
+    xt = lay.split_inputs(x.reshape(-1, x.shape[-1]))
+    used, _ = _noise_management(xt, io, input_range)
+    return torch.round(xt / used * io.dac_half).clamp_(-io.dac_half, io.dac_half)
+
+
+def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=None) -> torch.Tensor:
+    """mean |y| per tile (n_in, n_out) of the one-hot probes sent through each tile's analog forward (noise, ADC
+    and bound management included; output in tile units times the bound-management reduction), clamped at 1e-4:
+    aihwkit's ``GlobalDriftCompensation.readout`` (``inference/compensation/drift.py`` l.28-38) of
+    ``tile.forward(eye(in))`` (``simulator/tiles/inference.py`` l.149-157). The probe enters the tile as e_j
+    (noise management leaves it unchanged: max|e_j| = 1, or a static range applied before the tile)."""
+    out_f, in_f = weight.shape
+    lay = tile_layout(out_f, in_f, io.tile_size)
+    w = weight.detach()
+    wt = lay.pack_weight(w)
+    if scales is None:
+        scales = weight_scales(w, io, lay)
+    eye = torch.eye(lay.i_max, dtype=w.dtype, device=w.device)
+    valid_in = torch.zeros(lay.n_in, lay.i_max, dtype=torch.bool, device=w.device)
+    for i, s in enumerate(lay.in_sizes):
+        valid_in[i, :s] = True
+    probes = eye.expand(lay.n_in, -1, -1) * valid_in[:, :, None]  # padded probes are zero
+    out_mask = lay.out_mask(w.device)
+    in_mask = valid_in[:, None, :] if io.inp_noise and lay.in_mask(w.device) is not None else None
+    y, over = _tile_pass(probes, wt, scales, io, generator, out_mask, lay.n_out, in_mask)
+    if over is not None and io.bound_management == "iterative" and bool(over.any()):
+        y = y * _bound_management(y, over, probes, 1.0, wt, scales, io, generator, out_mask, lay, in_mask)
+    if io.adc_step:
+        y = y * io.adc_step
+    valid = valid_in[:, :, None] & (out_mask if out_mask is not None else torch.ones(
+        lay.n_out * lay.o_max, dtype=torch.bool, device=w.device))[None, None, :]
+    y = y.abs() * valid
+    sums = y.sum(dim=1).view(lay.n_in, lay.n_out, lay.o_max).sum(dim=-1)
+    counts = valid.sum(dim=1).view(lay.n_in, lay.n_out, lay.o_max).sum(dim=-1)
+    return (sums / counts).clamp_(min=1e-4)
+
+
+# ---------------------------------------------------------------- hooks
+
+
+class _Generators:
+    """One noise stream per device, reseeded together (``derive_seed(seed, 'converter-noise', device)``)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed, self._by_device = seed, {}
 
     def reseed(self, seed: int) -> None:
-        self.rng = random.Random(derive_seed(seed, "converter-offsets"))
-        self.generator = make_generator(derive_seed(seed, "converter-noise"), self.device)
-        if self.io.out_noise and self.io.noise_pool:
-            self.pool = torch.randn(self.io.noise_pool, generator=self.generator, device=self.device)
-        self.last = None
+        self.seed, self._by_device = int(seed), {}
 
-    def noise(self, y: torch.Tensor) -> torch.Tensor:
-        """N(0, 1) shaped like y: a slice of the pool at a random offset, or fresh draws when it is larger."""
-        n = y.numel()
-        if self.pool is not None and n <= self.pool.numel():
-            start = self.rng.randrange(self.pool.numel() - n + 1)
-            return self.pool[start:start + n].view(y.shape)
-        return torch.randn(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
+    def on(self, device) -> torch.Generator:
+        key = str(torch.device(device))
+        if key not in self._by_device:
+            self._by_device[key] = make_generator(derive_seed(self.seed, "converter-noise", key), device)
+        return self._by_device[key]
 
 
-class _TileIO:
-    """Pre- and post-hook of one layer: its w_max and fixed range, and the range of the input in flight."""
+class AnalogLayer:
+    """One targeted layer: its tile layout, the programmed weights' scales, static ranges, compensation factors.
 
-    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor, out_axis: int, io: AnalogIO,
-                 shared: _Shared):
-        self.name, self.io, self.shared = name, io, shared
-        w = weight.detach().float()
-        if io.per_channel:
-            dims = [d for d in range(w.dim()) if d != out_axis]
-            self.w_max = w.abs().amax(dim=dims).clamp_(min=torch.finfo(torch.float32).tiny).to(weight.dtype)
-            self.w_scalar = 1.0
-        else:
-            self.w_max = None
-            self.w_scalar = max(float(w.abs().max()), torch.finfo(torch.float32).tiny)
+    ``scales``: c_w per tile output (from the weights when the hooks were installed or at ``refresh_scales``,
+    i.e. programming time). ``input_range``: static range per input tile (calibrated). ``alpha``: (n_in, n_out)
+    drift compensation after the ADC (set by noisynn.compensation), None = 1.
+    """
+
+    def __init__(self, name: str, module: nn.Module, out_axis: int, io: AnalogIO, generators: _Generators):
+        self.name, self.module, self.out_axis, self.io = name, module, out_axis, io
+        self.generators = generators
         self.bias = getattr(module, "bias", None)
+        w = self.weight()
+        self.layout = tile_layout(w.shape[0], w.shape[1], io.tile_size)
+        self.scales = None
+        self.refresh_scales()
         self.fixed = None if isinstance(io.input_range, str) else float(io.input_range)
+        self.input_range: torch.Tensor | None = None
+        self.alpha: torch.Tensor | None = None
         self.enabled = True
-        self.scale = None
-        self.record: float | None = None  # calibration: running max|x|
-        self.dac_half = (2 ** io.dac_bits - 2) / 2 if io.dac_bits else None
-        self.adc_half = (2 ** io.adc_bits - 2) / 2 if io.adc_bits else None
-        self.analog_out = bool(io.out_noise or io.out_bound or io.adc_bits)
+        self.record: dict | None = None  # calibration statistics while calibrating
+        self._out: torch.Tensor | None = None
+
+    def weight(self) -> torch.Tensor:
+        """The current weight as (out, in)."""
+        w = self.module.weight
+        return w if self.out_axis == 0 else w.t()
+
+    def refresh_scales(self) -> None:
+        """Fix c_w from the weights as they are now (the programmed weights)."""
+        with torch.no_grad():
+            self.scales = weight_scales(self.weight().detach(), self.io, self.layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight()
+        return analog_matmul(x, w, self.io, input_range=self.input_range, generator=self.generators.on(x.device),
+                             scales=None if self.scales is None else self.scales.to(x.device), alpha=self.alpha)
 
     def pre(self, module, args):
-        self.scale = None
+        self._out = None
         if not self.enabled:
             return None
         x = args[0]
         if self.record is not None:  # calibration pass: observe, do not convert
-            self.record = max(self.record, float(x.amax()), -float(x.amin()))
+            self._observe(x)
             return None
-        last = self.shared.last
-        if last is not None and last[0] is x and last[1] == self.fixed:  # q, k, v (gate, up) share their input
-            _, _, converted, self.scale = last
-        else:
-            converted, self.scale = self._convert(x)
-            self.shared.last = (x, self.fixed, converted, self.scale)
-        return None if converted is None else (converted,) + tuple(args[1:])
-
-    def _convert(self, x: torch.Tensor):
-        """(input for the layer or None if unchanged, range r). With a DAC the layer receives the integer
-        levels round(x / d), d = r / half: its output is rescaled by d in ``post``."""
-        if self.fixed is None:  # per-token abs-max (aihwkit ABS_MAX noise management)
-            r = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
-            r.clamp_(min=torch.finfo(x.dtype).tiny)
-        else:
-            r = self.fixed
-        if not self.dac_half:
-            return (None if self.fixed is None else x.clamp(-r, r)), r
-        levels = x / (r / self.dac_half)
-        levels.round_()
-        if self.fixed is not None:
-            levels.clamp_(-self.dac_half, self.dac_half)
-        return levels, r
+        self._out = self.forward(x)
+        # The layer's own product is not needed: hand it an empty batch (the post hook returns the analog output).
+        return (x.new_empty((0, x.shape[-1])),) + tuple(args[1:])
 
     def post(self, module, args, y):
-        r = self.scale
-        if r is None:
+        out, self._out = self._out, None
+        if out is None:
             return None
-        io = self.io
         if self.bias is not None:
-            y.sub_(self.bias)
-        if self.analog_out:
-            # Work in ADC steps k of the normalized output y / (r w_max): one factor in, one factor out.
-            k = io.out_bound / self.adc_half if self.adc_half else 1.0
-            if self.dac_half:  # y = levels W^T: the normalized output is y / (half w_max)
-                y.mul_(1.0 / (self.dac_half * self.w_scalar * k))
-            else:
-                y.mul_(1.0 / (r * (self.w_scalar * k)))
-            if self.w_max is not None:
-                y.div_(self.w_max)
-            if io.out_noise:
-                y.add_(self.shared.noise(y), alpha=io.out_noise / k)
-            if io.out_bound:
-                y.clamp_(-io.out_bound / k, io.out_bound / k)
-            if self.adc_half:
-                y.round_()
-            y.mul_(r * (self.w_scalar * k))
-            if self.w_max is not None:
-                y.mul_(self.w_max)
-        elif self.dac_half:
-            y.mul_(r / self.dac_half)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    def _observe(self, x: torch.Tensor) -> None:
+        xt = self.layout.split_inputs(x.detach().reshape(-1, x.shape[-1]).float())
+        if self.io.range_std > 0:  # aihwkit: range = mean over batches of alpha std(x) (periphery.py l.817-826)
+            value = xt.std(dim=(1, 2)) * self.io.range_std
+            n = self.record["n"]
+            self.record["value"] = value if n == 0 else (self.record["value"] * n + value) / (n + 1)
+        else:
+            value = xt.abs().amax(dim=(1, 2))
+            self.record["value"] = value if self.record["n"] == 0 else torch.maximum(self.record["value"], value)
+        self.record["n"] += 1
 
 
 class ConverterHooks:
-    """DAC, output noise and ADC on the targeted layers through forward hooks (see the module doc).
+    """The analog forward (``analog_matmul``) on the targeted Linear / Conv1D layers, through forward hooks.
 
-    Vectorised over tokens, in place on the layer output. An input fed to several targeted layers
-    (q, k, v; gate, up) is converted once. Output noise: slices of a pool of ``io.noise_pool`` N(0, 1)
-    values drawn at ``reseed`` (exact i.i.d. normals within a layer call; different calls take random
-    offsets into the pool, so two calls may reuse shifted values); ``noise_pool = 0`` draws afresh.
-    ``reseed(seed)`` makes the noise reproducible; ``remove()`` detaches every hook (or use ``with``).
+    Each targeted layer's output is replaced by its analog product plus the (digital) bias; the weights are read
+    at every call, so noise applied to them by a NoiseInjector is seen. ``reseed(seed)`` makes the noise
+    reproducible; ``remove()`` detaches every hook (or use ``with``). ``calibrate`` measures static input ranges.
     """
 
     def __init__(self, model: nn.Module, targets: Sequence, io: AnalogIO, seed: int = 0):
         self.model, self.io = model, io
-        self.tiles: list[_TileIO] = []
+        self.generators = _Generators(seed)
+        self.tiles: list[AnalogLayer] = []
         self._handles = []
         self.calibration: dict | None = None
-        self.shared = _Shared(io, next((t.param.device for t in targets), "cpu"))
         for t in targets:
             if not t.name.endswith(".weight") or t.param.dim() != 2:
                 continue
             module = model.get_submodule(t.name[: -len(".weight")])
             if isinstance(module, nn.Embedding):
                 continue
-            tile = _TileIO(t.name[: -len(".weight")], module, t.param, t.out_axis, io, self.shared)
-            self.tiles.append(tile)
-            self._handles.append(module.register_forward_pre_hook(tile.pre))
-            self._handles.append(module.register_forward_hook(tile.post))
+            layer = AnalogLayer(t.name[: -len(".weight")], module, t.out_axis, io, self.generators)
+            self.tiles.append(layer)
+            self._handles.append(module.register_forward_pre_hook(layer.pre))
+            self._handles.append(module.register_forward_hook(layer.post))
         if not self.tiles:
             raise NoisyNNError("no Linear layers among the targets to put converters on")
+        self.by_name = {layer.name: layer for layer in self.tiles}
         self.reseed(seed)
+
+    @property
+    def layers(self) -> list[AnalogLayer]:
+        return self.tiles
 
     def set_enabled(self, enabled: bool) -> None:
         """Switch the converters off (digital layers) or back on without removing the hooks."""
@@ -220,14 +627,18 @@ class ConverterHooks:
             tile.enabled = bool(enabled)
 
     def reseed(self, seed: int) -> None:
-        self.shared.reseed(seed)
+        self.generators.reseed(seed)
+
+    def refresh_scales(self) -> None:
+        for tile in self.tiles:
+            tile.refresh_scales()
 
     @torch.no_grad()
     def calibrate(self, model: nn.Module, input_ids: torch.Tensor, max_length: int = 512) -> dict:
-        """Fixed per-layer input ranges: max|x| of each layer's input over ``input_ids`` (in windows)."""
+        """Static input ranges per input tile over ``input_ids`` (in windows): max|x|, or ``io.range_std`` x std(x)
+        averaged over the windows. Returns {layer: [range per input tile]}."""
         for tile in self.tiles:
-            tile.record = 0.0
-        self.shared.last = None
+            tile.record = {"n": 0, "value": None}
         try:
             ids = input_ids.flatten()
             device = next(model.parameters()).device
@@ -236,15 +647,19 @@ class ConverterHooks:
         finally:
             ranges = {}
             for tile in self.tiles:
-                tile.fixed, tile.record = tile.record or 1.0, None
-                ranges[tile.name] = tile.fixed
+                value = tile.record["value"]
+                if value is None:
+                    value = torch.ones(tile.layout.n_in)
+                value = torch.where(value > 0, value, torch.ones_like(value))
+                tile.input_range, tile.record = value, None
+                tile.fixed = float(value.max())
+                ranges[tile.name] = [float(v) for v in value]
         return ranges
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.shared.last = self.shared.pool = None
 
     def __enter__(self):
         return self
@@ -253,9 +668,10 @@ class ConverterHooks:
         self.remove()
 
     def describe(self) -> dict:
-        out = {**self.io.describe(), "n_layers": len(self.tiles)}
+        out = {**self.io.describe(), "n_layers": len(self.tiles),
+               "n_tiles": sum(t.layout.n_in * t.layout.n_out for t in self.tiles)}
         if self.calibration:
-            ranges = [t.fixed for t in self.tiles]
+            ranges = [float(v) for t in self.tiles if t.input_range is not None for v in t.input_range]
             out["calibration"] = {**self.calibration, "range_min": min(ranges), "range_max": max(ranges)}
         return out
 
@@ -276,5 +692,6 @@ def install_converters(spec: "ConverterSpec | None", lm, targets, seed: int = 0)
         text = load_text(spec.text_file, spec.dataset, split="train")
         ids = tokenize(lm.tokenizer, text.text, spec.calibration_tokens)
         hooks.calibrate(lm.model, ids, spec.max_length)
-        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), "tokens": int(ids.numel())}
+        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), "tokens": int(ids.numel()),
+                             "rule": f"{spec.io.range_std:g} x std" if spec.io.range_std else "max|x|"}
     return hooks

@@ -53,6 +53,9 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
     "out_bound": (1e30, _SIGMA), "weight_decay": (1e3, "AdamW multiplies the weights by (1 - lr x decay) each "
                                                         "step: a decay that large erases them in a few steps"),
+    "inp_noise": (1e30, _SIGMA), "w_noise": (1e30, _SIGMA), "range_std": (1e6, "a range of a million standard "
+                                                                            "deviations is no range"),
+    "max_bm_factor": (2.0 ** 60, "the input would be divided below any float's resolution"),
     "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
@@ -291,6 +294,16 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    help="pcm, stuck_at: share of stuck devices stuck at g_max rather than 0 (default 0.5)")
     d.add_argument("--clip_std", type=positive_float, default=argparse.SUPPRESS,
                    help="pcm, stuck_at: map min(max|W|, K std(W)) to g_max, clipping larger weights (default: no clip)")
+    d.add_argument("--tile_size", type=tile_size, default=argparse.SUPPRESS, metavar="IN[xOUT]",
+                   help="analog tiles of at most IN inputs x OUT outputs, for the PCM mapping and the converters "
+                        "(aihwkit MappingParameter; default 512x512; 0 = the whole layer)")
+    d.add_argument("--pair", choices=("tile", "independent"), default=argparse.SUPPRESS,
+                   help="pcm: 'tile' (default, aihwkit): the programmed weight is turned back into a fresh pair "
+                        "that drifts; 'independent': both devices drift and are read independently")
+    d.add_argument("--compensation_method", choices=("readout", "exact"), default=argparse.SUPPRESS,
+                   help="pcm --drift_compensation: 'readout' (default, aihwkit): per tile, one-hot probes through the "
+                        "layer's analog forward, factor applied after the ADC; 'exact': sum|W_prog| / sum|W_t| "
+                        "per layer, folded into the weights")
 
 
 def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
@@ -305,19 +318,57 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
 
 def add_converter_args(p: argparse.ArgumentParser) -> None:
     """DAC / output noise / ADC on the targeted layers (noisynn.converters.ConverterHooks); off unless given."""
-    g = p.add_argument_group("converters (forward hooks on the targeted layers; aihwkit IOParameters conventions)")
+    from .presets import PRESETS
+
+    g = p.add_argument_group("converters (the analog forward of the targeted layers, per tile; aihwkit IOParameters "
+                             "conventions; see docs/analog.md)")
+    g.add_argument("--analog_preset", choices=tuple(PRESETS), default=argparse.SUPPRESS,
+                   help="start from a named setting: " + "; ".join(f"{n}: {p.summary}" for n, p in PRESETS.items())
+                        + ". Flags given override its fields")
     g.add_argument("--analog_io", action="store_true", default=argparse.SUPPRESS,
-                   help="turn on aihwkit's defaults: --dac_bits 7 --adc_bits 9 --out_noise 0.06 --out_bound 12")
+                   help="turn on aihwkit's defaults (= --analog_preset aihwkit_default): DAC 7 bits, ADC 9 bits, "
+                        "out_noise 0.06, out_bound 12, iterative bound management, 512x512 tiles")
     g.add_argument("--dac_bits", type=_bits, default=argparse.SUPPRESS,
-                   help="input DAC bits (2^bits - 2 steps over [-r, r])")
+                   help="input DAC bits (2^bits - 2 steps over the input range)")
     g.add_argument("--adc_bits", type=_bits, default=argparse.SUPPRESS,
                    help="output ADC bits (2^bits - 2 steps over [-out_bound, out_bound]; bound 12 unless given)")
     g.add_argument("--out_noise", type=nonneg_float, default=argparse.SUPPRESS,
-                   help="output noise std, in units of (input range x max|W|)")
+                   help="output noise std per tile output, in --out_noise_units")
     g.add_argument("--out_bound", type=positive_float, default=argparse.SUPPRESS,
-                   help="output clip bound, in units of (input range x max|W|)")
+                   help="ADC bound per tile output, in --out_noise_units")
+    g.add_argument("--out_noise_units", choices=("tile", "normalized"), default=argparse.SUPPRESS,
+                   help="units of out_noise and out_bound: 'tile' (aihwkit's default: normalized input x weight as "
+                        "stored) | 'normalized' (input range x max|W| of the tile, or of its row with --scale "
+                        "relative_channel; aihwkit weight_scaling_omega 1)")
     g.add_argument("--input_range", default=argparse.SUPPRESS,
-                   help="dynamic (per-token abs-max, default) | calibrated (per layer, on 512 training tokens) | a number")
+                   help="dynamic (per-token abs-max per input tile, default) | none (inputs clipped to [-1, 1]) | "
+                        "calibrated (static per input tile, on 512 training tokens) | a number")
+    g.add_argument("--range_std", type=nonneg_float, default=argparse.SUPPRESS,
+                   help="calibrated ranges: K x std of the tile's input (aihwkit's init_std_alpha) instead of max|x|")
+    g.add_argument("--bound_management", choices=("iterative", "none"), default=argparse.SUPPRESS,
+                   help="iterative (aihwkit's default): a vector whose output saturates the ADC is redone with its "
+                        "input halved, up to --max_bm_factor | none: outputs are clipped")
+    g.add_argument("--max_bm_factor", type=positive_float, default=argparse.SUPPRESS,
+                   help="largest input reduction of iterative bound management (default 1000; aihwkit also stops "
+                        "at max_bm_res 0.25 / DAC step)")
+    g.add_argument("--inp_noise", type=nonneg_float, default=argparse.SUPPRESS,
+                   help="input noise std after the DAC, in units of the input range (default 0)")
+    g.add_argument("--w_noise", type=nonneg_float, default=argparse.SUPPRESS,
+                   help="weight read noise drawn at every MVM (needs --w_noise_type), in --out_noise_units")
+    g.add_argument("--w_noise_type", choices=("none", "additive_constant", "pcm_read"), default=argparse.SUPPRESS,
+                   help="additive_constant: y_i += w_noise ||x|| xi | pcm_read: y_i += w_noise sqrt(sum_j |W_ij| "
+                        "x_j^2) xi (aihwkit OutputWeightNoiseType)")
+
+
+def tile_size(text: str) -> list[int]:
+    """argparse type of ``--tile_size``: IN or INxOUT (0 = the whole layer) -> [IN, OUT] (a list: run.json's
+    config reads back equal on resume)."""
+    from .converters import parse_tile_size
+
+    try:
+        return list(parse_tile_size(text))
+    except NoisyNNError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _bits(text: str) -> int:
