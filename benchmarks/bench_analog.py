@@ -1,7 +1,7 @@
 """Cost of the analog forward: noisynn's analog_matmul and aihwkit-lightning 2.1.0 against the plain matmul, one run.
 
-    python benchmarks/bench_analog.py [--reps 7] [--tokens 512] [--threads 1] [--tiles 0 1024 512 256 128]
-                                      [--model_reps 3 | --no_model] [--out benchmarks/results/analog.json]
+    python benchmarks/bench_analog.py [--reps 5] [--tokens 512] [--threads 1] [--tiles 0 1024 512 256 128]
+                                      [--model_reps 3 | --no_model] [--profile] [--out benchmarks/results/analog.json]
 
 Layers and tokens: block 0's mlp.up_proj (576 -> 1536) and mlp.down_proj (1536 -> 576) of the embedded
 SmolLM2-135M, fed the inputs they see on the first --tokens tokens of the embedded text (captured once).
@@ -123,6 +123,24 @@ def layer_cases(x, weight, tiles, reps):
     return round_robin(cases, reps)
 
 
+def profile(x, weight, tile, reps=5):
+    """torch.profiler's operators by self CPU time, noisynn against lightning, one setting both support."""
+    from noisynn.converters import analog_matmul
+
+    io = analog_io(**IO, tile_in=tile, bound_management="none")
+    lit = lightning_linear(weight, train=True, tile_in=tile, **IO)
+    gen = torch.Generator().manual_seed(0)
+    for name, fn in (("noisynn", lambda: analog_matmul(x, weight, io, generator=gen)), ("lightning", lambda: lit(x))):
+        fn()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(reps):
+                fn()
+        print(f"--- {name}, {tuple(weight.shape)}, tiles of {tile} inputs, {reps} calls")
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=12,
+                                                                 max_name_column_width=24,
+                                                                 max_shapes_column_width=50))
+
+
 def model_cases(lm, ids, reps, tile=512):
     """The whole forward: plain, noisynn's converter hooks on every block's Linear, lightning's AnalogLinear
     swapped in for them (built once; each timed call installs its setting, runs, and takes it off again)."""
@@ -178,13 +196,14 @@ def model_cases(lm, ids, reps, tile=512):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--reps", type=int, default=7, help="timed calls per layer setting (after one warm-up)")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per layer setting (after one warm-up)")
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--tiles", type=int, nargs="+", default=[0, 1024, 512, 256, 128],
                    help="tile sizes T (inputs; 0 = the whole layer)")
     p.add_argument("--model_reps", type=int, default=3, help="timed whole-model forwards per setting")
     p.add_argument("--no_model", action="store_true", help="skip the whole-model forward")
+    p.add_argument("--profile", action="store_true", help="print the top operators at the smallest tile size")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args()
     if not lightning_available():
@@ -212,6 +231,8 @@ def main() -> int:
                 print(f"{name} {tuple(weight.shape)} {r['impl']:9s} tiles {r['tiles']:9s} ({r['n_tiles']:3d}) "
                       f"bm {r['bound_management']:9s} w_noise {r['w_noise']:.2f}: {1e3 * r['seconds']:7.2f} ms "
                       f"x{r['ratio_to_plain']:.2f}", flush=True)
+            if args.profile:
+                profile(inputs[name], weight, min(t for t in args.tiles if t) if any(args.tiles) else 0)
         if not args.no_model:
             report["model"] = {"tokens": int(ids.shape[1]), "reps": args.model_reps,
                                "rows": model_cases(lm, ids, args.model_reps)}
