@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .errors import NoisyNNError
+from .noise.mapping import split_sizes, tile_shape  # the device mapping's tiles: both split a layer identically
 from .seeding import derive_seed, make_generator
 
 if TYPE_CHECKING:  # the spec imports AnalogIO from here; no import back at run time
@@ -74,16 +75,7 @@ def parse_tile_size(value) -> tuple[int, int]:
         raise NoisyNNError(f"tile_size takes IN or INxOUT (integers, 0 = the whole layer), got '{value}'") from None
     if len(size) != 2 or min(size) < 0:
         raise NoisyNNError(f"tile_size takes IN or INxOUT (integers >= 0, 0 = the whole layer), got '{value}'")
-    return size
-
-
-def split_sizes(size: int, max_size: int) -> list[int]:
-    """aihwkit's split of one dimension (``tiles/array.py`` l.94-97): ceil(size / max) parts, sizes differing by 1."""
-    if max_size <= 0 or size <= max_size:
-        return [size]
-    n = (size + max_size - 1) // max_size
-    base, extra = divmod(size, n)
-    return [base + (i < extra) for i in range(n)]
+    return tile_shape(size)
 
 
 @dataclass
@@ -472,7 +464,8 @@ def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=N
     and bound management included; output in tile units times the bound-management reduction), clamped at 1e-4:
     aihwkit's ``GlobalDriftCompensation.readout`` (``inference/compensation/drift.py`` l.28-38) of
     ``tile.forward(eye(in))`` (``simulator/tiles/inference.py`` l.149-157). The probe enters the tile as e_j
-    (noise management leaves it unchanged: max|e_j| = 1, or a static range applied before the tile)."""
+    (ABS_MAX leaves it unchanged, max|e_j| = 1, and a calibrated range is applied before the tile, as aihwkit's
+    input range; a fixed number c is CONSTANT noise management inside the tile: e_j / c, output times c)."""
     out_f, in_f = weight.shape
     lay = tile_layout(out_f, in_f, io.tile_size)
     w = weight.detach()
@@ -484,13 +477,16 @@ def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=N
     for i, s in enumerate(lay.in_sizes):
         valid_in[i, :s] = True
     probes = eye.expand(lay.n_in, -1, -1) * valid_in[:, :, None]  # padded probes are zero
+    constant = 1.0 if isinstance(io.input_range, str) else float(io.input_range)
+    if constant != 1.0:  # CONSTANT noise management is inside aihwkit's tile: the probe enters as e_j / c
+        probes = probes / constant
     out_mask = lay.out_mask(w.device)
     in_mask = valid_in[:, None, :] if io.inp_noise and lay.in_mask(w.device) is not None else None
     y, over = _tile_pass(probes, wt, scales, io, generator, out_mask, lay.n_out, in_mask)
     if over is not None and io.bound_management == "iterative" and bool(over.any()):
         y = y * _bound_management(y, over, probes, 1.0, wt, scales, io, generator, out_mask, lay, in_mask)
-    if io.adc_step:
-        y = y * io.adc_step
+    if io.adc_step or constant != 1.0:
+        y = y * ((io.adc_step or 1.0) * constant)
     valid = valid_in[:, :, None] & (out_mask if out_mask is not None else torch.ones(
         lay.n_out * lay.o_max, dtype=torch.bool, device=w.device))[None, None, :]
     y = y.abs() * valid
@@ -553,6 +549,8 @@ class AnalogLayer:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight()
+        if x.device != w.device:  # pre-hooks run before accelerate's device_map hooks move the input
+            x = x.to(w.device)
         return analog_matmul(x, w, self.io, input_range=self.input_range, generator=self.generators.on(x.device),
                              scales=None if self.scales is None else self.scales.to(x.device), alpha=self.alpha)
 
@@ -577,7 +575,9 @@ class AnalogLayer:
         return out
 
     def _observe(self, x: torch.Tensor) -> None:
-        xt = self.layout.split_inputs(x.detach().reshape(-1, x.shape[-1]).float())
+        x = x.detach()
+        xt = self.layout.split_inputs(x.reshape(-1, x.shape[-1]).to(torch.float64 if x.dtype == torch.float64
+                                                                     else torch.float32))
         if self.io.range_std > 0:  # aihwkit: range = mean over batches of alpha std(x) (periphery.py l.817-826)
             value = xt.std(dim=(1, 2)) * self.io.range_std
             n = self.record["n"]

@@ -55,6 +55,7 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
                                                         "step: a decay that large erases them in a few steps"),
     "inp_noise": (1e30, _SIGMA), "w_noise": (1e30, _SIGMA), "range_std": (1e6, "a range of a million standard "
                                                                             "deviations is no range"),
+    "tile_size": (1_048_576, "no layer is that wide"),
     "max_bm_factor": (2.0 ** 60, "the input would be divided below any float's resolution"),
     "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
