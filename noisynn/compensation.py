@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .converters import ConverterHooks, tile_readout
+from .analog_mvm import tile_readout
+from .converters import ConverterHooks
 from .seeding import derive_seed, make_generator
 
 

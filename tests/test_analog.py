@@ -6,8 +6,6 @@ frozen-read-noise, pre-ADC-compensation, normalized-units code. Sources cited ar
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -124,7 +122,7 @@ def test_bound_management_redoes_only_the_saturated_vectors_with_fresh_noise():
 
 
 def test_bound_management_stops_where_aihwkit_stops():
-    # aihwkit analog_mvm.py l.120-160: stop once r > max_bm_factor or r > max_bm_res / (2 inp_res)
+    # aihwkit analog_mvm.py l.116-160: stop once r > max_bm_factor or r > max_bm_res / (2 inp_res)
     assert AnalogIO().bm_limit() == 16  # 7-bit DAC: 0.25 / (2 / 126) = 15.75
     assert AnalogIO(dac_bits=8).bm_limit() == 32
     assert AnalogIO(dac_bits=None).bm_limit() == 1024  # max_bm_factor 1000
@@ -466,3 +464,89 @@ def test_calibration_gives_one_static_range_per_input_tile():
                             torch.round((x[:, 32:] / r[1]).clamp(-1, 1) * 127) / 127 * r[1]], dim=1)
             lin = model.mlp.up_proj
             assert torch.allclose(y, xq @ lin.weight.T + lin.bias, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_in=st.integers(2, 50), n_out=st.integers(1, 30), t_in=st.integers(1, 20), t_out=st.integers(1, 20),
+       seed=st.integers(0, 1000), units=st.sampled_from(["tile", "normalized"]), per_channel=st.booleans(),
+       bm=st.sampled_from(["iterative", "none"]), mode=st.sampled_from(["dynamic", "none", 1.5]))
+def test_a_tiled_layer_is_its_tiles_computed_one_by_one(n_in, n_out, t_in, t_out, seed, units, per_channel, bm, mode):
+    """Without noise every tile is deterministic: the batched, padded computation equals each block of the
+    weight computed alone (whole-layer tiles) and summed over input tiles; so does the drift readout."""
+    x, w = rand(9, n_in, seed=seed, scale=2.0), rand(n_out, n_in, seed=seed + 1)
+    settings_ = dict(dac_bits=5, adc_bits=6, out_noise=0.0, out_bound=1.0, out_noise_units=units,
+                     per_channel=per_channel, bound_management=bm, input_range=mode)
+    tiled = analog_matmul(x, w, AnalogIO(**settings_, tile_size=(t_in, t_out)))
+    alone = AnalogIO(**settings_, tile_size=0)
+    lay = tile_layout(n_out, n_in, (t_in, t_out))
+    ref = torch.zeros(9, n_out, dtype=F64)
+    readout = tile_readout(w, AnalogIO(**settings_, tile_size=(t_in, t_out)))
+    for k, (o, i) in enumerate(lay.blocks()):
+        ref[:, o] += analog_matmul(x[:, i], w[o, i], alone)
+        expected = tile_readout(w[o, i], alone)[0, 0]
+        assert float(readout[k // lay.n_out, k % lay.n_out]) == pytest.approx(float(expected), rel=1e-9)
+    assert torch.allclose(tiled, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_the_baseline_readout_is_taken_once_per_realization():
+    model = tiny_layer(n_in=64, n_out=48)
+    inj = pcm_injector(model, "readout", t_seconds=3600.0)
+    calls = []
+    original = inj.noise.programmed_weights
+
+    def counting(clean, state, level=None):
+        calls.append(level)
+        return original(clean, state, level)
+
+    inj.noise.programmed_weights = counting
+    io = AnalogIO(out_noise=0.02, tile_size=(32, 48))
+    with torch.no_grad(), hooks_on(model, io) as hooks:
+        inj.attach(hooks)
+        inj.realize(3, 1.0)
+        first = hooks.layers[0].alpha.clone()
+        inj.noise.t_seconds = YEAR
+        inj.apply(1.0)  # a later read of the same programming: the baseline is reused
+        later = hooks.layers[0].alpha.clone()
+        assert len(calls) == 1 and bool((later > first).all())
+        inj.realize(4, 1.0)  # a new realization: a new baseline
+        assert len(calls) == 2
+
+
+def test_drift_over_time_with_a_preset_compensates_through_the_converters(tmp_path, tiny_model_dir, text_file):
+    import json
+
+    from noisynn.experiments.drift_over_time import run as drift
+    from noisynn.results import read_rows
+
+    out = tmp_path / "run"
+    assert drift.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",
+                       "--max_length", "32", "--max_new_tokens", "2", "--n_samples", "1", "--entropy_tokens", "2",
+                       "--quiet", "--times", "1y", "--n_trials", "1", "--digital_bits", "", "--analog_preset", "afm",
+                       "--tile_size", "16", "--out", str(out)]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["converters"]["preset"] == "afm" and meta["converters"]["tile_size"] == [16, 16]
+    assert meta["compensation"]["method"] == "readout"
+    rows = {r["compensation"]: r for r in read_rows(out / "results.csv") if r["condition"] == "pcm"}
+    assert rows[False]["alpha_mean"] == 1.0 and rows[True]["alpha_mean"] > 1.2  # a year of drift, per tile
+
+
+def test_run_config_holds_the_resolved_analog_settings(tmp_path, tiny_model_dir, text_file):
+    """A run folder resumes only under the same resolved converter settings, not just the same flags."""
+    import json
+
+    from noisynn.experiments.sweep import run as sweep_run
+
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32", "--max_length",
+            "32", "--max_new_tokens", "2", "--n_samples", "1", "--quiet", "--n_levels", "2", "--n_trials", "1",
+            "--dac_bits", "6", "--out", str(out)]
+    assert sweep_run.main(base) == 0
+    analog = json.loads((out / "run.json").read_text())["config"]["analog"]
+    assert analog["dac_bits"] == 6 and analog["tile_size"] == [512, 512] and analog["bound_management"] == "iterative"
+
+
+@pytest.mark.parametrize("shape,tile", [((1536, 576), (512, 512)), ((50, 1025), (512, 16)), ((7, 9), (0, 0))])
+def test_converters_and_device_mapping_tile_a_layer_identically(shape, tile):
+    from noisynn.noise.mapping import tile_blocks
+
+    assert tile_layout(shape[0], shape[1], tile).blocks() == tile_blocks(shape, tile)

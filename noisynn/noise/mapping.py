@@ -13,7 +13,8 @@ ceil(size / max) near-equal parts, the first ``size mod n`` one element longer (
                                   tile's abs-max to g_max (conductance.py line 55).
     ``--scale relative_channel``  max|W| over each output row within each tile: aihwkit with
                                   ``weight_scaling_columnwise`` (mapping.py line 53; its hardware-aware-training
-                                  preset, ``simulator/presets/inference.py``), and Analog Foundation Models.
+                                  preset, ``simulator/presets/inference.py`` lines 78-88), and Analog
+                                  Foundation Models (``apply_noise_model.py`` lines 92-102).
 With ``clip_std = k`` the range is min(max|W|, k std(W)) (std over the same tile or row) and larger weights are
 clipped to g_max (Buechel et al., NeurIPS 2025, clip at 2.5 std). A tensor that is not 2-D is one tile.
 

@@ -28,13 +28,17 @@ What g is, ``pair``:
     "independent"  both programmed devices drift with their own nu and take read noise at their own |g_prog|
         (what aihwkit's one-shot ``apply_noise`` does, base.py lines 59-70, there redrawn at every call):
         W_t = (g+(t) - g-(t)) w_max. Physically: two real devices, each with its own programming error, drift
-        and 1/f noise, the partner's small conductance included (its nu is the largest, 0.1, its Q_s 0.2).
+        and 1/f noise, the partner's small conductance included (its nu the largest, about 0.1; its Q_s mostly the
+        0.2 cap).
 Drift compensation (``drift_compensation``; aihwkit ``GlobalDriftCompensation``, inference/compensation/drift.py):
     one factor per tile, alpha = mean|y_prog| / mean|y_t| on the one-hot probe (drift.py lines 27-38) =
     sum|W_prog| / sum|W_t| over the tile, applied digitally to the tile's output (inference.py lines 255-281).
+    (aihwkit's probe runs on the tile's stored weights, inference.py lines 150-157: with per-row scaling,
+    relative_channel, that is sum|g_prog| / sum|g_t| in conductance units; "exact" below keeps weight units.)
     ``compensation_method``:
-    "readout" (default)  ``weights`` writes the uncompensated W_t (state.alpha = 1); noisynn.compensation measures
-        the factor per tile through the layer's analog forward and applies it after the ADC, as aihwkit does.
+    "readout" (default)  ``weights`` writes the uncompensated W_t (and sets state.alpha = 1); noisynn.compensation
+        measures the factor per tile through the layer's analog forward and applies it after the ADC, as aihwkit
+        does (it records its mean factor in state.alpha).
     "exact"   the exact per-tile factor above is folded into the weights (state.alpha_tiles; state.alpha their
         mean): before output noise and ADC when converters are on. With tile_size 0 this is the former per-layer
         factor.
@@ -133,7 +137,7 @@ class PCMState:
     nu_off: torch.Tensor | None = None
     stuck_on: torch.Tensor | None = None  # bool masks of stuck devices (None without stuck devices)
     stuck_off: torch.Tensor | None = None
-    read_range: list | None = None  # pair "tile": max|g_on + g_off| per tile, the re-derived pair's g_max
+    read_range: list | None = None  # max|g_on + g_off| per tile: the re-derived pair's g_max (pair "tile")
     l1_programmed_tiles: list = field(default_factory=list)  # sum |W_prog| per tile
     l1_programmed: float = float("nan")  # sum |W_prog| (reference of drift compensation)
     l1_read_tiles: list = field(default_factory=list)
@@ -237,8 +241,8 @@ class PCMNoise(DeviceModel):
         state.l1_programmed_tiles = [_l1(x_prog[idx], _part(state.w_max, idx)) for idx in state.tiles]
         state.l1_programmed = sum(state.l1_programmed_tiles)
         # The converter's range when W_prog is turned back into a pair: abs-max per tile (conductance.py:55-56).
-        state.read_range = ([max(float(x_prog[idx].abs().max()), G_FLOOR) if x_prog[idx].numel() else G_FLOOR
-                             for idx in state.tiles] if self.pair == "tile" else None)
+        state.read_range = [max(float(x_prog[idx].abs().max()), G_FLOOR) if x_prog[idx].numel() else G_FLOOR
+                            for idx in state.tiles]
         state.level = level
         return state
 
