@@ -226,8 +226,8 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    targets: str = "blocks") -> None:
     g = p.add_argument_group("noise")
     g.add_argument("--noise_type", default=noise_type,
-                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, stuck_at, quantize, "
-                        "or a plugin's (default: %(default)s)")
+                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
+                        "quantize, or a plugin's (default: %(default)s)")
     g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
     g.add_argument("--scale", default=scale,
                    help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|) | "
@@ -239,7 +239,7 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first (it may register noise classes); repeatable")
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
-    d = p.add_argument_group("analog devices (--noise_type pcm, stuck_at, quantize; need --scale relative_channel "
+    d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
     d.add_argument("--t_seconds", type=nonneg_float, default=argparse.SUPPRESS,
                    help="pcm: read time after programming in seconds (default 86400, one day)")
