@@ -1,7 +1,7 @@
 """Cost of the analog forward: noisynn's analog_matmul and aihwkit-lightning 2.1.0 against the plain matmul, one run.
 
     python benchmarks/bench_analog.py [--reps 5] [--tokens 512] [--threads 1] [--tiles 0 1024 512 256 128]
-                                      [--model_reps 3 | --no_model] [--profile] [--out benchmarks/results/analog.json]
+                                      [--model_reps 2 | --no_model] [--profile] [--out benchmarks/results/analog.json]
 
 Layers and tokens: block 0's mlp.up_proj (576 -> 1536) and mlp.down_proj (1536 -> 576) of the embedded
 SmolLM2-135M, fed the inputs they see on the first --tokens tokens of the embedded text (captured once).
@@ -9,8 +9,8 @@ Converters: aihwkit's IOParameters defaults (DAC 7 bits per-token dynamic, ADC 9
 out_noise 0.06 in normalized units, i.e. r x max|W_tile|), per-tensor w_max per tile; per-MVM weight noise
 w_noise = 0.02 (additive, relative to max|W_tile|) on or off. For each tile size T (0 = the whole layer):
 
-- noisynn ``analog_matmul``, tiles T x all outputs (lightning's mapping: it splits inputs only) and
-  T x T (aihwkit's); bound management none and iterative; w_noise off and on;
+- noisynn ``analog_matmul``: tiles T x all outputs (lightning's mapping: it splits inputs only) with bound
+  management none, and T x T (aihwkit's) with bound management none and iterative; w_noise off and on;
 - aihwkit-lightning ``AnalogLinear`` with ``max_input_size`` T, in training mode under no_grad (the only
   mode in which it adds output and weight noise), the settings both support: tiles T x all, bound
   management none (lightning only clips), w_noise off and on (its ADD_NORMAL modifier, one draw per call).
@@ -18,12 +18,18 @@ w_noise = 0.02 (additive, relative to max|W_tile|) on or off. For each tile size
 Then the whole model's 512-token forward with converters on every block's Linear layer (plain,
 noisynn's hooks, lightning's AnalogLinear swapped in), unless --no_model. Every setting is timed
 once per round, all in turn (a change in machine load hits them all), after one warm-up round; the
-medians are reported with their ratio to the plain forward's median. The machine is stated (CPU, cores, load average before and after, ``uptime``).
+medians are reported with their ratio to the plain forward's median. Times are CPU times of this process
+(``time.process_time``; wall times are recorded too): on a machine shared with other jobs the wall clock
+also counts the time spent waiting for a core, which has nothing to do with the code. ``--profile`` also
+prints torch.profiler's top operators of noisynn and lightning on each layer at the smallest tile size
+(bound management none, w_noise off). The machine is stated (CPU, cores, load average before and after,
+``uptime``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -50,20 +56,24 @@ LAYERS = ("model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj")
 
 def round_robin(cases: list[tuple[dict, object]], reps: int) -> list[dict]:
     """Time every (row, fn) once per rep, all cases in turn (so a change in machine load hits them all),
-    after one warm-up round; row["seconds"] = the median, row["times"] = every timed call."""
-    times = [[] for _ in cases]
+    after one warm-up round. row["seconds"]: the median wall time; row["cpu_seconds"]: the median CPU time of
+    this process (all its threads), which on a shared machine leaves out the time it waited for a core;
+    ratios are of CPU times (ratio_to_plain) and of wall times (wall_ratio_to_plain)."""
+    wall = [[] for _ in cases]
+    cpu = [[] for _ in cases]
     for rep in range(reps + 1):
         for i, (_, fn) in enumerate(cases):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if rep:
-                times[i].append(time.perf_counter() - start)
-    rows = []
-    for (row, _), ts in zip(cases, times):
-        rows.append({**row, "seconds": statistics.median(ts), "times": ts})
-    plain = next(r["seconds"] for r in rows if r["impl"] == "plain")
+                wall[i].append(time.perf_counter() - start)
+                cpu[i].append(time.process_time() - start_cpu)
+    rows = [{**row, "seconds": statistics.median(w), "cpu_seconds": statistics.median(c), "times": w, "cpu_times": c}
+            for (row, _), w, c in zip(cases, wall, cpu)]
+    plain = next(r for r in rows if r["impl"] == "plain")
     for r in rows:
-        r["ratio_to_plain"] = r["seconds"] / plain
+        r["ratio_to_plain"] = r["cpu_seconds"] / plain["cpu_seconds"]
+        r["wall_ratio_to_plain"] = r["seconds"] / plain["seconds"]
     return rows
 
 
@@ -108,14 +118,14 @@ def layer_cases(x, weight, tiles, reps):
               lambda: F.linear(x, weight))]
     gen = torch.Generator().manual_seed(0)
     for t in tiles:
-        for tile_out in sorted({0, t}):
-            for bm in ("none", "iterative"):
-                for wn in (0.0, W_NOISE):
-                    io = analog_io(**IO, tile_in=t, tile_out=tile_out, bound_management=bm, w_noise=wn)
-                    n_tiles = len(split_sizes(in_f, t)) * len(split_sizes(out_f, tile_out))
-                    cases.append(({"impl": "noisynn", "tiles": f"{t or 'all'}x{tile_out or 'all'}",
-                                   "n_tiles": n_tiles, "bound_management": bm, "w_noise": wn},
-                                  lambda io=io: analog_matmul(x, weight, io, generator=gen)))
+        # T x all outputs (lightning's mapping) with bound management none; T x T (aihwkit's) with both
+        shapes = [(0, "none")] + ([(t, "none")] if t else []) + [(t, "iterative")]
+        for (tile_out, bm), wn in itertools.product(shapes, (0.0, W_NOISE)):
+            io = analog_io(**IO, tile_in=t, tile_out=tile_out, bound_management=bm, w_noise=wn)
+            n_tiles = len(split_sizes(in_f, t)) * len(split_sizes(out_f, tile_out))
+            cases.append(({"impl": "noisynn", "tiles": f"{t or 'all'}x{tile_out or 'all'}", "n_tiles": n_tiles,
+                           "bound_management": bm, "w_noise": wn},
+                          lambda io=io: analog_matmul(x, weight, io, generator=gen)))
         for wn in (0.0, W_NOISE):
             lit = lightning_linear(weight, train=True, tile_in=t, w_noise=wn, **IO)
             cases.append(({"impl": "lightning", "tiles": f"{t or 'all'}xall", "n_tiles": len(lit.in_sizes),
@@ -201,7 +211,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--tiles", type=int, nargs="+", default=[0, 1024, 512, 256, 128],
                    help="tile sizes T (inputs; 0 = the whole layer)")
-    p.add_argument("--model_reps", type=int, default=3, help="timed whole-model forwards per setting")
+    p.add_argument("--model_reps", type=int, default=2, help="timed whole-model forwards per setting")
     p.add_argument("--no_model", action="store_true", help="skip the whole-model forward")
     p.add_argument("--profile", action="store_true", help="print the top operators at the smallest tile size")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
@@ -229,8 +239,8 @@ def main() -> int:
             report["layers"][name] = {"shape_out_in": list(weight.shape), "rows": rows}
             for r in rows:
                 print(f"{name} {tuple(weight.shape)} {r['impl']:9s} tiles {r['tiles']:9s} ({r['n_tiles']:3d}) "
-                      f"bm {r['bound_management']:9s} w_noise {r['w_noise']:.2f}: {1e3 * r['seconds']:7.2f} ms "
-                      f"x{r['ratio_to_plain']:.2f}", flush=True)
+                      f"bm {r['bound_management']:9s} w_noise {r['w_noise']:.2f}: {1e3 * r['cpu_seconds']:7.2f} ms "
+                      f"CPU x{r['ratio_to_plain']:.2f} (wall {1e3 * r['seconds']:7.2f} ms)", flush=True)
             if args.profile:
                 profile(inputs[name], weight, min(t for t in args.tiles if t) if any(args.tiles) else 0)
         if not args.no_model:
@@ -238,7 +248,7 @@ def main() -> int:
                                "rows": model_cases(lm, ids, args.model_reps)}
             for r in report["model"]["rows"]:
                 print(f"model {r['impl']:9s} tiles {r['tiles']:9s} bm {r['bound_management']:9s}: "
-                      f"{r['seconds']:.3f} s x{r['ratio_to_plain']:.2f}", flush=True)
+                      f"{r['cpu_seconds']:.3f} s CPU x{r['ratio_to_plain']:.2f} (wall {r['seconds']:.3f} s)", flush=True)
     report["wall_s"] = time.perf_counter() - started
     report["machine"]["load_average_after"] = os.getloadavg()
     try:
