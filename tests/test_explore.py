@@ -54,7 +54,11 @@ def same_state(a, b):
     ({"blocks": "x-1"}, "blocks take indices"),
     ({"blocks": "3-1"}, "runs backwards"),
     ({"targets": ("head",), "blocks": "0"}, "applies to attention/mlp"),
-    ({"noise_type": "student_t", "df": 0}, "df must be > 0"),
+    ({"noise_type": "student_t", "flags": (("df", "0"),)}, "--df: '0' must be > 0"),
+    ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("t_seconds", "-1"),)}, "--t_seconds"),
+    ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("stuck_fraction", "3"),)}, "must lie in"),
+    ({"flags": (("dac_bits", "1"),)}, "--dac_bits: '1' must be >= 2 bits"),
+    ({"flags": (("input_range", "wide"),)}, "input_range is dynamic, calibrated or a number"),
     ({"eval_tokens": 0}, "evaluation tokens must be between"),
     ({"seed": -1}, "seed must be between"),
 ])
@@ -65,8 +69,8 @@ def test_bad_settings_raise_one_line(change, message):
 
 
 def test_check_setting_normalises_and_knows_block_count():
-    s = check_setting(setting(blocks=" 3, 0-1 ", seed=4.0, df=7, noise_type="gaussian"))
-    assert s.blocks == "0-1,3" and s.block_list == [0, 1, 3] and s.seed == 4 and s.df is None
+    s = check_setting(setting(blocks=" 3, 0-1 ", seed=4.0, noise_type="gaussian"))
+    assert s.blocks == "0-1,3" and s.block_list == [0, 1, 3] and s.seed == 4
     assert check_setting(setting(blocks="ALL")).blocks == "all"
     with pytest.raises(NoisyNNError, match="block 3 does not exist: this model has blocks 0-2"):
         check_setting(setting(blocks="3"), n_blocks=3)
