@@ -186,6 +186,7 @@ class ExploreTab:
                 self.curve_state = gr.State(Curve())
                 self.curve_plot = gr.Plot(show_label=False, elem_id="curve-chart")
                 self.curve_table = gr.Dataframe(value=[], headers=["setting", "sigma", "perplexity", "clean"],
+                                                column_widths=["58%", "14%", "14%", "14%"],
                                                 interactive=False, elem_id="curve-table", wrap=True)
                 with gr.Row():
                     self.clear = gr.Button("Clear the curve", elem_id="curve-clear")
