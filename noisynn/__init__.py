@@ -7,6 +7,7 @@ Public API (re-exported; see each module for details)::
     from noisynn import compute_perplexity, compute_output_entropy, generate_text_samples
     from noisynn import PCMNoise, StuckAtFaults, WeightQuantization          # device models (noisynn.noise)
     from noisynn import AnalogIO, ConverterHooks, NoiseSpec, make_noise_spec  # converters, the checked spec
+    from noisynn import analog_matmul, get_preset, PRESETS                    # the analog forward, named settings
 
 Names are imported on first use (PEP 562), so ``import noisynn.plotting`` (figures from saved
 results, used by ``generate_graphs``) does not import torch.
@@ -33,7 +34,8 @@ _EXPORTS = {
         "UniformNoise", "get_noise", "register_noise", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
     **{name: "spec" for name in ("NoiseSpec", "ConverterSpec", "make_noise_spec")},
     "set_seed": "seeding",
-    **{name: "converters" for name in ("AnalogIO", "ConverterHooks")},
+    **{name: "converters" for name in ("AnalogIO", "ConverterHooks", "analog_matmul")},
+    **{name: "presets" for name in ("PRESETS", "get_preset")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ touched, so a bad invocation never damages an existing run.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -73,6 +73,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
     config = {"experiment": experiment, **config_of(args)}
+    if converters is not None:  # the resolved analog settings (presets, defaults): a run resumes only under the same
+        config["analog"] = asdict(converters.io)
     meta = dict(meta or {})
     if plugins:  # the content, not only the path: a changed plugin file is a different run
         config["plugin_sha256"] = [p["sha256"] for p in plugins]

@@ -1,218 +1,152 @@
-"""Activation converters of an analog tile, as forward hooks: DAC, output noise, ADC (not weight noise).
+"""Converters on a model: the analog forward (noisynn.analog_mvm) of the targeted layers, as forward hooks.
 
-Converters (``ConverterHooks``, forward hooks on the targeted layers; aihwkit ``IOParameters`` conventions,
-  defaults DAC 7 bits, ADC 9 bits, out_noise 0.06, out_bound 12). For each input vector x (a token):
-    DAC   r = max|x| (dynamic, per token; or a fixed / calibrated per-layer range, inputs clipped to +-r),
-          x_q = round(x / d) d, d = 2 r / (2^dac_bits - 2)   (resolution as a number of steps over [-r, r])
-    MVM   y = x_q W^T, normalized y_n = y / (r w_max)   (w_max per tensor, or per channel with relative_channel)
-    noise y_n += out_noise N(0, 1)
-    ADC   y_n = clip(y_n, -out_bound, out_bound), quantized with step 2 out_bound / (2^adc_bits - 2)
-    out   y = y_n r w_max + b   (rescaled to weight units; the bias is added digitally)
+``ConverterHooks(model, targets, io)`` replaces each targeted Linear / Conv1D layer's product by
+``analog_matmul`` (tiles, noise and bound management, DAC, weight read noise, output noise, ADC: see
+noisynn.analog_mvm for the formulas and their aihwkit sources) plus the digital bias; ``install_converters``
+builds them from a checked ``ConverterSpec``. The names of noisynn.analog_mvm and noisynn.tiles are re-exported
+here (``noisynn.converters.analog_matmul``, ``AnalogIO``).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
+from .analog_mvm import (BOUND_MANAGEMENT, DEFAULT_TILE, INPUT_RANGES, OUT_NOISE_UNITS, W_NOISE_TYPES,  # noqa: F401
+                         AnalogIO, analog_matmul, dac_levels, parse_tile_size, tile_readout)
 from .errors import NoisyNNError
+from .noise.mapping import split_sizes  # noqa: F401 - re-exported: the split of one dimension
 from .seeding import derive_seed, make_generator
+from .tiles import TileLayout, tile_layout, weight_scales  # noqa: F401
 
 if TYPE_CHECKING:  # the spec imports AnalogIO from here; no import back at run time
     from .spec import ConverterSpec
 
 
-@dataclass
-class AnalogIO:
-    """DAC / output noise / ADC of an analog tile (aihwkit IOParameters conventions; None or 0 = off).
+class _Generators:
+    """One noise stream per device, reseeded together (``derive_seed(seed, 'converter-noise', device)``)."""
 
-    ``input_range``: "dynamic" (per-token abs-max, aihwkit's ABS_MAX noise management), "calibrated"
-    (a fixed per-layer range: max|x| seen by ``ConverterHooks.calibrate``) or a number (fixed range).
-    ``per_channel``: normalize outputs by max|W| per output channel (else per tensor).
-    ``noise_pool``: size of the pool the output noise is sliced from (0: fresh draws at every call;
-    torch's CPU generator makes those cost about as much as the matmul of a 576 x 1536 layer).
-    """
-
-    dac_bits: int | None = 7
-    adc_bits: int | None = 9
-    out_noise: float = 0.06
-    out_bound: float | None = 12.0
-    input_range: str | float = "dynamic"
-    per_channel: bool = False
-    noise_pool: int = 2 ** 23
-
-    def __post_init__(self):
-        for name in ("dac_bits", "adc_bits"):
-            bits = getattr(self, name)
-            if bits is not None and bits < 2:
-                raise NoisyNNError(f"{name} must be >= 2 (2^bits - 2 steps), got {bits}")
-        if self.out_noise < 0:
-            raise NoisyNNError(f"out_noise must be >= 0, got {self.out_noise}")
-        if self.adc_bits and not self.out_bound:
-            raise NoisyNNError("an ADC needs an output bound (out_bound > 0)")
-        if isinstance(self.input_range, str) and self.input_range not in ("dynamic", "calibrated"):
-            try:
-                self.input_range = float(self.input_range)
-            except ValueError:
-                raise NoisyNNError(f"input_range is dynamic, calibrated or a number, got '{self.input_range}'") from None
-        if not isinstance(self.input_range, str) and not self.input_range > 0:
-            raise NoisyNNError(f"a fixed input_range must be > 0, got {self.input_range}")
-
-    def describe(self) -> dict:
-        d = asdict(self)
-        d["dac_steps"] = 2 ** self.dac_bits - 2 if self.dac_bits else None
-        d["adc_steps"] = 2 ** self.adc_bits - 2 if self.adc_bits else None
-        d["convention"] = ("aihwkit IOParameters: resolution = 1 / (2^bits - 2) of the full range [-r, r]; "
-                           "outputs normalized by (input range x w_max), rescaled to weight units")
-        return d
-
-
-class _Shared:
-    """State shared by one model's tiles: the output-noise pool and offsets, and the last converted input."""
-
-    def __init__(self, io: AnalogIO, device):
-        self.io, self.device = io, device
-        self.pool: torch.Tensor | None = None
-        self.rng = random.Random(0)
-        self.generator = make_generator(0, device)
-        self.last: tuple | None = None  # (input tensor, fixed range, converted input, range)
+    def __init__(self, seed: int = 0):
+        self.seed, self._by_device = seed, {}
 
     def reseed(self, seed: int) -> None:
-        self.rng = random.Random(derive_seed(seed, "converter-offsets"))
-        self.generator = make_generator(derive_seed(seed, "converter-noise"), self.device)
-        if self.io.out_noise and self.io.noise_pool:
-            self.pool = torch.randn(self.io.noise_pool, generator=self.generator, device=self.device)
-        self.last = None
+        self.seed, self._by_device = int(seed), {}
 
-    def noise(self, y: torch.Tensor) -> torch.Tensor:
-        """N(0, 1) shaped like y: a slice of the pool at a random offset, or fresh draws when it is larger."""
-        n = y.numel()
-        if self.pool is not None and n <= self.pool.numel():
-            start = self.rng.randrange(self.pool.numel() - n + 1)
-            return self.pool[start:start + n].view(y.shape)
-        return torch.randn(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
+    def on(self, device) -> torch.Generator:
+        key = str(torch.device(device))
+        if key not in self._by_device:
+            self._by_device[key] = make_generator(derive_seed(self.seed, "converter-noise", key), device)
+        return self._by_device[key]
 
 
-class _TileIO:
-    """Pre- and post-hook of one layer: its w_max and fixed range, and the range of the input in flight."""
+class AnalogLayer:
+    """One targeted layer: its tile layout, the programmed weights' scales, static ranges, compensation factors.
 
-    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor, out_axis: int, io: AnalogIO,
-                 shared: _Shared):
-        self.name, self.io, self.shared = name, io, shared
-        w = weight.detach().float()
-        if io.per_channel:
-            dims = [d for d in range(w.dim()) if d != out_axis]
-            self.w_max = w.abs().amax(dim=dims).clamp_(min=torch.finfo(torch.float32).tiny).to(weight.dtype)
-            self.w_scalar = 1.0
-        else:
-            self.w_max = None
-            self.w_scalar = max(float(w.abs().max()), torch.finfo(torch.float32).tiny)
+    ``scales``: c_w per tile output (from the weights when the hooks were installed or at ``refresh_scales``,
+    i.e. programming time). ``input_range``: static range per input tile (calibrated). ``alpha``: (n_in, n_out)
+    drift compensation after the ADC (set by noisynn.compensation), None = 1.
+    """
+
+    def __init__(self, name: str, module: nn.Module, out_axis: int, io: AnalogIO, generators: _Generators):
+        self.name, self.module, self.out_axis, self.io = name, module, out_axis, io
+        self.generators = generators
         self.bias = getattr(module, "bias", None)
+        w = self.weight()
+        self.layout = tile_layout(w.shape[0], w.shape[1], io.tile_size)
+        self.scales = None
+        self.refresh_scales()
         self.fixed = None if isinstance(io.input_range, str) else float(io.input_range)
+        self.input_range: torch.Tensor | None = None
+        self.alpha: torch.Tensor | None = None
         self.enabled = True
-        self.scale = None
-        self.record: float | None = None  # calibration: running max|x|
-        self.dac_half = (2 ** io.dac_bits - 2) / 2 if io.dac_bits else None
-        self.adc_half = (2 ** io.adc_bits - 2) / 2 if io.adc_bits else None
-        self.analog_out = bool(io.out_noise or io.out_bound or io.adc_bits)
+        self.record: dict | None = None  # calibration statistics while calibrating
+        self._out: torch.Tensor | None = None
+
+    def weight(self) -> torch.Tensor:
+        """The current weight as (out, in)."""
+        w = self.module.weight
+        return w if self.out_axis == 0 else w.t()
+
+    def refresh_scales(self) -> None:
+        """Fix c_w from the weights as they are now (the programmed weights)."""
+        with torch.no_grad():
+            self.scales = weight_scales(self.weight().detach(), self.io, self.layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight()
+        if x.device != w.device:  # pre-hooks run before accelerate's device_map hooks move the input
+            x = x.to(w.device)
+        return analog_matmul(x, w, self.io, input_range=self.input_range, generator=self.generators.on(x.device),
+                             scales=None if self.scales is None else self.scales.to(x.device), alpha=self.alpha)
 
     def pre(self, module, args):
-        self.scale = None
+        self._out = None
         if not self.enabled:
             return None
         x = args[0]
         if self.record is not None:  # calibration pass: observe, do not convert
-            self.record = max(self.record, float(x.amax()), -float(x.amin()))
+            self._observe(x)
             return None
-        last = self.shared.last
-        if last is not None and last[0] is x and last[1] == self.fixed:  # q, k, v (gate, up) share their input
-            _, _, converted, self.scale = last
-        else:
-            converted, self.scale = self._convert(x)
-            self.shared.last = (x, self.fixed, converted, self.scale)
-        return None if converted is None else (converted,) + tuple(args[1:])
-
-    def _convert(self, x: torch.Tensor):
-        """(input for the layer or None if unchanged, range r). With a DAC the layer receives the integer
-        levels round(x / d), d = r / half: its output is rescaled by d in ``post``."""
-        if self.fixed is None:  # per-token abs-max (aihwkit ABS_MAX noise management)
-            r = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
-            r.clamp_(min=torch.finfo(x.dtype).tiny)
-        else:
-            r = self.fixed
-        if not self.dac_half:
-            return (None if self.fixed is None else x.clamp(-r, r)), r
-        levels = x / (r / self.dac_half)
-        levels.round_()
-        if self.fixed is not None:
-            levels.clamp_(-self.dac_half, self.dac_half)
-        return levels, r
+        self._out = self.forward(x)
+        # The layer's own product is not needed: hand it an empty batch (the post hook returns the analog output).
+        return (x.new_empty((0, x.shape[-1])),) + tuple(args[1:])
 
     def post(self, module, args, y):
-        r = self.scale
-        if r is None:
+        out, self._out = self._out, None
+        if out is None:
             return None
-        io = self.io
         if self.bias is not None:
-            y.sub_(self.bias)
-        if self.analog_out:
-            # Work in ADC steps k of the normalized output y / (r w_max): one factor in, one factor out.
-            k = io.out_bound / self.adc_half if self.adc_half else 1.0
-            if self.dac_half:  # y = levels W^T: the normalized output is y / (half w_max)
-                y.mul_(1.0 / (self.dac_half * self.w_scalar * k))
-            else:
-                y.mul_(1.0 / (r * (self.w_scalar * k)))
-            if self.w_max is not None:
-                y.div_(self.w_max)
-            if io.out_noise:
-                y.add_(self.shared.noise(y), alpha=io.out_noise / k)
-            if io.out_bound:
-                y.clamp_(-io.out_bound / k, io.out_bound / k)
-            if self.adc_half:
-                y.round_()
-            y.mul_(r * (self.w_scalar * k))
-            if self.w_max is not None:
-                y.mul_(self.w_max)
-        elif self.dac_half:
-            y.mul_(r / self.dac_half)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    def _observe(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        xt = self.layout.split_inputs(x.reshape(-1, x.shape[-1]).to(torch.float64 if x.dtype == torch.float64
+                                                                     else torch.float32))
+        if self.io.range_std > 0:  # aihwkit: range = mean over batches of alpha std(x) (periphery.py l.817-826)
+            value = xt.std(dim=(1, 2)) * self.io.range_std
+            n = self.record["n"]
+            self.record["value"] = value if n == 0 else (self.record["value"] * n + value) / (n + 1)
+        else:
+            value = xt.abs().amax(dim=(1, 2))
+            self.record["value"] = value if self.record["n"] == 0 else torch.maximum(self.record["value"], value)
+        self.record["n"] += 1
 
 
 class ConverterHooks:
-    """DAC, output noise and ADC on the targeted layers through forward hooks (see the module doc).
+    """The analog forward (``analog_matmul``) on the targeted Linear / Conv1D layers, through forward hooks.
 
-    Vectorised over tokens, in place on the layer output. An input fed to several targeted layers
-    (q, k, v; gate, up) is converted once. Output noise: slices of a pool of ``io.noise_pool`` N(0, 1)
-    values drawn at ``reseed`` (exact i.i.d. normals within a layer call; different calls take random
-    offsets into the pool, so two calls may reuse shifted values); ``noise_pool = 0`` draws afresh.
-    ``reseed(seed)`` makes the noise reproducible; ``remove()`` detaches every hook (or use ``with``).
+    Each targeted layer's output is replaced by its analog product plus the (digital) bias; the weights are read
+    at every call, so noise applied to them by a NoiseInjector is seen. ``reseed(seed)`` makes the noise
+    reproducible; ``remove()`` detaches every hook (or use ``with``). ``calibrate`` measures static input ranges.
     """
 
     def __init__(self, model: nn.Module, targets: Sequence, io: AnalogIO, seed: int = 0):
         self.model, self.io = model, io
-        self.tiles: list[_TileIO] = []
+        self.generators = _Generators(seed)
+        self.tiles: list[AnalogLayer] = []
         self._handles = []
         self.calibration: dict | None = None
-        self.shared = _Shared(io, next((t.param.device for t in targets), "cpu"))
         for t in targets:
             if not t.name.endswith(".weight") or t.param.dim() != 2:
                 continue
             module = model.get_submodule(t.name[: -len(".weight")])
             if isinstance(module, nn.Embedding):
                 continue
-            tile = _TileIO(t.name[: -len(".weight")], module, t.param, t.out_axis, io, self.shared)
-            self.tiles.append(tile)
-            self._handles.append(module.register_forward_pre_hook(tile.pre))
-            self._handles.append(module.register_forward_hook(tile.post))
+            layer = AnalogLayer(t.name[: -len(".weight")], module, t.out_axis, io, self.generators)
+            self.tiles.append(layer)
+            self._handles.append(module.register_forward_pre_hook(layer.pre))
+            self._handles.append(module.register_forward_hook(layer.post))
         if not self.tiles:
             raise NoisyNNError("no Linear layers among the targets to put converters on")
+        self.by_name = {layer.name: layer for layer in self.tiles}
         self.reseed(seed)
+
+    @property
+    def layers(self) -> list[AnalogLayer]:
+        return self.tiles
 
     def set_enabled(self, enabled: bool) -> None:
         """Switch the converters off (digital layers) or back on without removing the hooks."""
@@ -220,14 +154,18 @@ class ConverterHooks:
             tile.enabled = bool(enabled)
 
     def reseed(self, seed: int) -> None:
-        self.shared.reseed(seed)
+        self.generators.reseed(seed)
+
+    def refresh_scales(self) -> None:
+        for tile in self.tiles:
+            tile.refresh_scales()
 
     @torch.no_grad()
     def calibrate(self, model: nn.Module, input_ids: torch.Tensor, max_length: int = 512) -> dict:
-        """Fixed per-layer input ranges: max|x| of each layer's input over ``input_ids`` (in windows)."""
+        """Static input ranges per input tile over ``input_ids`` (in windows): max|x|, or ``io.range_std`` x std(x)
+        averaged over the windows. Returns {layer: [range per input tile]}."""
         for tile in self.tiles:
-            tile.record = 0.0
-        self.shared.last = None
+            tile.record = {"n": 0, "value": None}
         try:
             ids = input_ids.flatten()
             device = next(model.parameters()).device
@@ -236,15 +174,19 @@ class ConverterHooks:
         finally:
             ranges = {}
             for tile in self.tiles:
-                tile.fixed, tile.record = tile.record or 1.0, None
-                ranges[tile.name] = tile.fixed
+                value = tile.record["value"]
+                if value is None:
+                    value = torch.ones(tile.layout.n_in)
+                value = torch.where(value > 0, value, torch.ones_like(value))
+                tile.input_range, tile.record = value, None
+                tile.fixed = float(value.max())
+                ranges[tile.name] = [float(v) for v in value]
         return ranges
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.shared.last = self.shared.pool = None
 
     def __enter__(self):
         return self
@@ -253,9 +195,10 @@ class ConverterHooks:
         self.remove()
 
     def describe(self) -> dict:
-        out = {**self.io.describe(), "n_layers": len(self.tiles)}
+        out = {**self.io.describe(), "n_layers": len(self.tiles),
+               "n_tiles": sum(t.layout.n_in * t.layout.n_out for t in self.tiles)}
         if self.calibration:
-            ranges = [t.fixed for t in self.tiles]
+            ranges = [float(v) for t in self.tiles if t.input_range is not None for v in t.input_range]
             out["calibration"] = {**self.calibration, "range_min": min(ranges), "range_max": max(ranges)}
         return out
 
@@ -276,5 +219,6 @@ def install_converters(spec: "ConverterSpec | None", lm, targets, seed: int = 0)
         text = load_text(spec.text_file, spec.dataset, split="train")
         ids = tokenize(lm.tokenizer, text.text, spec.calibration_tokens)
         hooks.calibrate(lm.model, ids, spec.max_length)
-        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), "tokens": int(ids.numel())}
+        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), "tokens": int(ids.numel()),
+                             "rule": f"{spec.io.range_std:g} x std" if spec.io.range_std else "max|x|"}
     return hooks

@@ -92,6 +92,7 @@ class NoisyLM(HFLM):
         # after HFLM's own set-up (it calls tie_weights), so an untied head stays untied
         self.injector = NoiseInjector(loaded.model, spec)
         self.hooks = install_converters(converters, loaded, self.injector.targets, seed=int(seed))
+        self.injector.attach(self.hooks)
         self.sigma: float | None = None
         self.set_noise(float(sigma), int(seed))
 

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .compensation import ReadoutCompensation
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
 from .seeding import derive_seed, make_generator
@@ -222,6 +223,16 @@ class NoiseInjector:
         self.units = [unit_scale(c, spec.scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
         self._states: list | None = None
         self.seed: int | None = None
+        self.compensation = ReadoutCompensation()
+
+    def attach(self, converters) -> "NoiseInjector":
+        """Let drift compensation measure through these ``ConverterHooks`` (None: none), as aihwkit's tiles do:
+        with a device model's ``compensation_method = "readout"``, each ``apply`` then sets a factor per tile of
+        every converter layer (applied after its ADC) and folds the exact per-tile factor into the other targets
+        (noisynn.compensation). Without converters attached, every target gets the folded factor."""
+        self.compensation.converters = converters
+        self.compensation.clear()
+        return self
 
     @property
     def n_params(self) -> int:
@@ -264,6 +275,7 @@ class NoiseInjector:
                 w.copy_(c)
                 continue
             self.noise.weights(c, state, sigma, u, self._generator(c, t.name, float(sigma)), out=w)
+        self.compensation.apply(self, sigma)  # readout drift compensation (a no-op unless the noise asks for it)
 
     @torch.no_grad()
     def accumulate(self, sigma: float) -> None:
@@ -286,9 +298,10 @@ class NoiseInjector:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the clean snapshot back: bit-exact."""
+        """Copy the clean snapshot back: bit-exact (and drop the compensation factors)."""
         for t, c in zip(self.targets, self.clean):
             t.param.data.copy_(c)
+        self.compensation.clear()
 
     def weight_unit_rms(self) -> float:
         """RMS over targeted elements of the unit u (1 for absolute): sigma * this = noise scale in weight units."""

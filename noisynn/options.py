@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import errno
-import math
 import os
 import secrets
 import signal
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .argtypes import finite_float, nonneg_float, nonneg_int, positive_float, positive_int, unit_float  # noqa: F401
 from .errors import NoisyNNError
 from .paths import readable_file  # noqa: F401 - shared with plugins and library readers
 
@@ -53,6 +53,10 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
     "out_bound": (1e30, _SIGMA), "weight_decay": (1e3, "AdamW multiplies the weights by (1 - lr x decay) each "
                                                         "step: a decay that large erases them in a few steps"),
+    "inp_noise": (1e30, _SIGMA), "w_noise": (1e30, _SIGMA), "range_std": (1e6, "a range of a million standard "
+                                                                            "deviations is no range"),
+    "tile_size": (1_048_576, "no layer is that wide"),
+    "max_bm_factor": (2.0 ** 60, "the input would be divided below any float's resolution"),
     "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
     "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
@@ -112,50 +116,6 @@ class ArgumentParser(argparse.ArgumentParser):
             if message:
                 self.error(message)
         return parsed, rest
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 1")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 0")
-    return value
 
 
 def prompt_text(text: str) -> str:
@@ -266,8 +226,8 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    targets: str = "blocks") -> None:
     g = p.add_argument_group("noise")
     g.add_argument("--noise_type", default=noise_type,
-                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, stuck_at, quantize, "
-                        "or a plugin's (default: %(default)s)")
+                   help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
+                        "quantize, or a plugin's (default: %(default)s)")
     g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
     g.add_argument("--scale", default=scale,
                    help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|) | "
@@ -279,7 +239,7 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first (it may register noise classes); repeatable")
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
-    d = p.add_argument_group("analog devices (--noise_type pcm, stuck_at, quantize; need --scale relative_channel "
+    d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
     d.add_argument("--t_seconds", type=nonneg_float, default=argparse.SUPPRESS,
                    help="pcm: read time after programming in seconds (default 86400, one day)")
@@ -291,6 +251,16 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    help="pcm, stuck_at: share of stuck devices stuck at g_max rather than 0 (default 0.5)")
     d.add_argument("--clip_std", type=positive_float, default=argparse.SUPPRESS,
                    help="pcm, stuck_at: map min(max|W|, K std(W)) to g_max, clipping larger weights (default: no clip)")
+    d.add_argument("--tile_size", type=tile_size, default=argparse.SUPPRESS, metavar="IN[xOUT]",
+                   help="analog tiles of at most IN inputs x OUT outputs, for the PCM mapping and the converters "
+                        "(aihwkit MappingParameter; default 512x512; 0 = the whole layer)")
+    d.add_argument("--pair", choices=("tile", "independent"), default=argparse.SUPPRESS,
+                   help="pcm: 'tile' (default, aihwkit): the programmed weight is turned back into a fresh pair "
+                        "that drifts; 'independent': both devices drift and are read independently")
+    d.add_argument("--compensation_method", choices=("readout", "exact"), default=argparse.SUPPRESS,
+                   help="pcm --drift_compensation: 'readout' (default, aihwkit): per tile, one-hot probes through the "
+                        "layer's analog forward, factor applied after the ADC; 'exact': sum|W_prog| / sum|W_t| "
+                        "per layer, folded into the weights")
 
 
 def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
@@ -304,34 +274,17 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
 
 
 def add_converter_args(p: argparse.ArgumentParser) -> None:
-    """DAC / output noise / ADC on the targeted layers (noisynn.converters.ConverterHooks); off unless given."""
-    g = p.add_argument_group("converters (forward hooks on the targeted layers; aihwkit IOParameters conventions)")
-    g.add_argument("--analog_io", action="store_true", default=argparse.SUPPRESS,
-                   help="turn on aihwkit's defaults: --dac_bits 7 --adc_bits 9 --out_noise 0.06 --out_bound 12")
-    g.add_argument("--dac_bits", type=_bits, default=argparse.SUPPRESS,
-                   help="input DAC bits (2^bits - 2 steps over [-r, r])")
-    g.add_argument("--adc_bits", type=_bits, default=argparse.SUPPRESS,
-                   help="output ADC bits (2^bits - 2 steps over [-out_bound, out_bound]; bound 12 unless given)")
-    g.add_argument("--out_noise", type=nonneg_float, default=argparse.SUPPRESS,
-                   help="output noise std, in units of (input range x max|W|)")
-    g.add_argument("--out_bound", type=positive_float, default=argparse.SUPPRESS,
-                   help="output clip bound, in units of (input range x max|W|)")
-    g.add_argument("--input_range", default=argparse.SUPPRESS,
-                   help="dynamic (per-token abs-max, default) | calibrated (per layer, on 512 training tokens) | a number")
+    """The converter flags (noisynn.analog_flags: presets, DAC, ADC, noise and bound management, units)."""
+    from .analog_flags import add_converter_args as add
+
+    add(p)
 
 
-def _bits(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 2 bits")
-    return value
+def tile_size(text: str) -> list[int]:
+    """argparse type of ``--tile_size`` (noisynn.analog_flags.tile_size)."""
+    from .analog_flags import tile_size as parse
 
-
-def unit_float(text: str) -> float:
-    value = finite_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must lie in [0, 1]")
-    return value
+    return parse(text)
 
 
 _PLUGINS: dict[tuple[str, str], object] = {}  # (resolved path, sha256) -> module: each file content runs once

@@ -23,8 +23,13 @@ KINDS = ("attention", "mlp", "head", "embedding", "other")
 PROJECTIONS = ("q", "k", "v", "o", "qkv", "gate", "up", "down")
 TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "head", "other")}
 # Flags passed to the noise class's constructor (when given); the rest of a noise flag set is the spec's.
-NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std")
-CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range")
+NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std", "tile_size",
+                "pair", "compensation_method")
+# Converter settings (noisynn.converters.AnalogIO fields); any of them given turns the converters on.
+CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "bound_management", "max_bm_factor",
+                   "inp_noise", "w_noise", "w_noise_type", "out_noise_units", "range_std")
+# Shared with the device mapping (PCM tiles): sets the converters' tiles but does not turn them on.
+SHARED_CONVERTER_FLAGS = ("tile_size",)
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
@@ -125,8 +130,11 @@ def make_noise_spec(noise_type: str | NoiseDistribution = "gaussian", params: di
 
 
 def noise_params(args) -> dict:
-    """The noise class's constructor parameters among the parsed flags (those given)."""
-    return {k: getattr(args, k) for k in NOISE_PARAMS if getattr(args, k, None) is not None}
+    """The noise class's constructor parameters among the parsed flags (those given); tile_size as (in, out)."""
+    params = {k: getattr(args, k) for k in NOISE_PARAMS if getattr(args, k, None) is not None}
+    if "tile_size" in params:
+        params["tile_size"] = tuple(params["tile_size"])
+    return params
 
 
 def spec_from_args(args) -> NoiseSpec:
@@ -154,27 +162,39 @@ class ConverterSpec:
 
 def make_converter_spec(flags: dict, analog_io: bool = False, per_channel: bool = False,
                         text_file: str | None = None, dataset: str | None = None,
-                        max_length: int = 512) -> ConverterSpec | None:
-    """ConverterSpec from converter settings (``flags``: CONVERTER_FLAGS given), or None when none is given.
+                        max_length: int = 512, preset: str | None = None) -> ConverterSpec | None:
+    """ConverterSpec from converter settings (``flags``: CONVERTER_FLAGS and tile_size given), or None when no
+    converter setting, ``analog_io`` or ``preset`` is given.
 
-    ``analog_io`` starts from aihwkit's defaults (DAC 7, ADC 9, out_noise 0.06, out_bound 12); without it
-    each setting turns on only its own effect. An ADC without a bound gets the default bound 12.
+    ``preset`` (noisynn.presets) starts from a named setting, ``analog_io`` from aihwkit's defaults (DAC 7, ADC 9,
+    out_noise 0.06, out_bound 12, iterative bound management, 512 x 512 tiles, weights unscaled); without either
+    each setting turns on only its own effect. Given flags override the start. An ADC without a bound gets the
+    default bound 12. ``per_channel`` (``--scale relative_channel``) applies unless a preset sets it.
     """
-    given = {k: v for k, v in flags.items() if k in CONVERTER_FLAGS and v is not None}
-    if not given and not analog_io:
+    given = {k: v for k, v in flags.items() if k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS and v is not None}
+    if not any(k in CONVERTER_FLAGS for k in given) and not analog_io and not preset:
         return None
-    base = AnalogIO() if analog_io else AnalogIO(None, None, 0.0, None)
+    if analog_io and preset:
+        raise NoisyNNError("give --analog_preset or --analog_io (= --analog_preset aihwkit_default), not both")
+    if preset:
+        from .presets import get_preset
+
+        base = get_preset(preset)
+    else:
+        base = AnalogIO() if analog_io else AnalogIO(None, None, 0.0, None)
     values = {**asdict(base), **given}
     if values.get("adc_bits") and not values.get("out_bound"):
         values["out_bound"] = AnalogIO.out_bound
-    values["per_channel"] = bool(per_channel)
+    if not preset:
+        values["per_channel"] = bool(per_channel)
     return ConverterSpec(AnalogIO(**values), text_file, dataset, max_length=max_length)
 
 
 def converter_spec_from_args(args) -> ConverterSpec | None:
     """ConverterSpec from the converter flags (options.add_converter_args), or None when none is given."""
-    return make_converter_spec({k: getattr(args, k, None) for k in CONVERTER_FLAGS},
+    return make_converter_spec({k: getattr(args, k, None) for k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS},
                                analog_io=bool(getattr(args, "analog_io", False)),
+                               preset=getattr(args, "analog_preset", None),
                                per_channel=getattr(args, "scale", None) == "relative_channel",
                                text_file=getattr(args, "text_file", None), dataset=getattr(args, "dataset", None),
                                max_length=getattr(args, "max_length", 512))

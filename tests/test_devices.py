@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
-from noisynn.converters import AnalogIO, ConverterHooks
+from noisynn.converters import AnalogIO, ConverterHooks, dac_levels
 from noisynn.noise import (PCMNoise, StuckAtFaults, bits_to_step, drift_factor, drift_nu_params, parse_time,
                            programming_noise_std, read_noise_q, read_noise_std, time_label)
 from noisynn.errors import NoisyNNError
@@ -76,10 +76,13 @@ def test_mean_drift_factor_at_full_conductance(t, expected):
 
 
 def test_read_noise_std_grows_with_time():
-    noise, st = programmed(torch.full((1_000_000,), 0.5), unit=1.0, prog_scale=0.0, drift_scale=0.0)
+    # max|W_prog| = 1 (element 0): the pair re-derived from W_prog (pair "tile") holds 0.5 of g_max, where Q_s is taken
+    clean = torch.full((1_000_000,), 0.5)
+    clean[0] = 1.0
+    noise, st = programmed(clean, unit=1.0, prog_scale=0.0, drift_scale=0.0)
     stds = []
     for i, t in enumerate((1.0, HOUR, YEAR)):
-        rel = noise.read(st, t, gen(10 + i)) / 0.5 - 1
+        rel = noise.read(st, t, gen(10 + i))[1:] / 0.5 - 1
         assert abs(float(rel.mean())) < 1e-3
         stds.append(float(rel.std()))
         assert abs(stds[-1] / read_noise_std(0.5, t) - 1) < 0.01
@@ -172,7 +175,8 @@ def test_drift_compensation_restores_output_magnitude():
     x = torch.randn(256, 512)
     out = {}
     for comp in (False, True):
-        noise = PCMNoise(t_seconds=YEAR, drift_compensation=comp)
+        # "exact": the factor folded into the weights (the default "readout" leaves it to noisynn.compensation)
+        noise = PCMNoise(t_seconds=YEAR, drift_compensation=comp, compensation_method="exact")
         state = noise.program(w, unit, gen(4))
         out[comp] = torch.empty_like(w)
         noise.weights(w, state, 1.0, unit, gen(5), out[comp])
@@ -274,9 +278,10 @@ def test_many_bits_no_noise_equals_digital(per_channel):
 
 def test_dac_error_matches_the_quantization_step():
     model = layer()
-    hooks = hooked(model, AnalogIO(dac_bits=4, adc_bits=None, out_noise=0.0, out_bound=None))
+    io = AnalogIO(dac_bits=4, adc_bits=None, out_noise=0.0, out_bound=None)
+    hooks = hooked(model, io)
     x = torch.randn(4096, 64)
-    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))  # the DAC's integer levels
+    levels = dac_levels(x, io)[0]  # the DAC's integer levels (one input tile)
     step = 2 * x.abs().amax(dim=-1, keepdim=True) / (2 ** 4 - 2)  # 14 steps over [-max|x|, max|x|]
     q = levels * step
     err = q - x
@@ -295,7 +300,8 @@ def test_adc_error_matches_the_quantization_step():
     model = layer(bias=True)
     lin = model.mlp.up_proj
     bound, bits = 4.0, 6
-    hooks = hooked(model, AnalogIO(dac_bits=None, adc_bits=bits, out_noise=0.0, out_bound=bound, per_channel=True))
+    hooks = hooked(model, AnalogIO(dac_bits=None, adc_bits=bits, out_noise=0.0, out_bound=bound, per_channel=True,
+                                   out_noise_units="normalized", bound_management="none"))
     x = torch.randn(2048, 64)
     with torch.no_grad():
         y = model(x)
@@ -319,7 +325,8 @@ def test_output_noise_std_and_reproducibility():
     model = layer(bias=False)
     lin = model.mlp.up_proj
     x = torch.randn(4096, 64)
-    io = AnalogIO(dac_bits=None, adc_bits=None, out_noise=0.06, out_bound=None, per_channel=False)
+    io = AnalogIO(dac_bits=None, adc_bits=None, out_noise=0.06, out_bound=None, per_channel=False,
+                  out_noise_units="normalized")
     with torch.no_grad():
         ref = model(x)
         with hooked(model, io, seed=3) as hooks:
@@ -335,8 +342,9 @@ def test_output_noise_std_and_reproducibility():
 def test_fixed_and_calibrated_input_range():
     model = layer()
     x = torch.randn(512, 64)
-    hooks = hooked(model, AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range=1.0))
-    (levels,) = hooks.tiles[0].pre(model.mlp.up_proj, (x,))
+    io = AnalogIO(dac_bits=6, adc_bits=None, out_noise=0.0, out_bound=None, input_range=1.0)
+    hooks = hooked(model, io)
+    levels = dac_levels(x, io)[0]
     assert torch.equal(levels, levels.round()) and float(levels.abs().max()) == 31  # 62 steps over [-1, 1], clipped
     assert torch.equal(levels, (x * 31).round().clamp(-31, 31))
     hooks.remove()
@@ -353,7 +361,7 @@ def test_fixed_and_calibrated_input_range():
 
     lm = Lm()
     ranges = hooks.calibrate(lm, torch.arange(50), max_length=16)
-    assert ranges["mlp.up_proj"] == pytest.approx(float(lm.table.abs().max()))
+    assert ranges["mlp.up_proj"] == [pytest.approx(float(lm.table.abs().max()))]  # one input tile
     assert hooks.describe()["dac_steps"] == 62
     hooks.remove()
 

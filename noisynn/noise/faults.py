@@ -2,6 +2,8 @@
   (the sweep variable is the fault fraction), at g_max with probability ``stuck_on_ratio`` and else at 0.
   Faults are nested across levels (a device stuck at 5% is also stuck at 10%). ``pcm`` takes the same
   faults at a fixed ``stuck_fraction``; stuck devices neither drift nor add read noise.
+  The mapping (w_max, hence the value g_max stands for) is per tile of ``tile_size`` (inputs, outputs), default
+  512 x 512, as pcm's (noisynn.noise.mapping).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import make_generator
 from .base import register_noise
-from .mapping import DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask
+from .mapping import (DEFAULT_TILE_SIZE, DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask,
+                      tile_shape)
 
 
 @register_noise("stuck_at")
@@ -20,14 +23,18 @@ class StuckAtFaults(DeviceModel):
 
     sigma_meaning = "fraction of devices (two per weight) stuck, at g_max with probability stuck_on_ratio, else at 0"
 
-    def __init__(self, stuck_on_ratio: float = 0.5, clip_std: float | None = None, **params):
+    def __init__(self, stuck_on_ratio: float = 0.5, clip_std: float | None = None, tile_size=DEFAULT_TILE_SIZE,
+                 **params):
         if not 0 <= stuck_on_ratio <= 1:
             raise NoisyNNError(f"stuck_on_ratio must lie in [0, 1], got {stuck_on_ratio}")
-        super().__init__(stuck_on_ratio=float(stuck_on_ratio), clip_std=clip_std, **params)
+        self.tile_size = tile_shape(tile_size)
+        super().__init__(stuck_on_ratio=float(stuck_on_ratio), clip_std=clip_std, tile_size=list(self.tile_size),
+                         **params)
         self.stuck_on_ratio, self.clip_std = float(stuck_on_ratio), clip_std
 
     def program(self, clean, unit, generator, out_axis=0) -> DeviceState:
-        return DeviceState(self._generator_seed(generator), mapping_range(clean, unit, self.clip_std, out_axis))
+        return DeviceState(self._generator_seed(generator),
+                           mapping_range(clean, unit, self.clip_std, out_axis, self.tile_size))
 
     @torch.no_grad()
     def weights(self, clean, state: DeviceState, level, unit, generator, out) -> None:

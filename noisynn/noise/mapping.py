@@ -1,11 +1,24 @@
 """Weight-to-conductance mapping (a differential pair per weight, as aihwkit's ``SinglePairConductanceConverter``)
     Each weight W of a tensor is held by two devices, g+ and g-, with W = (g+ - g-) w_max / g_max. The device
     of W's sign is programmed to the target gT = min(|W| / w_max, 1) (in units of g_max = 25 uS), the other to
-    0. ``w_max`` is max|W| over the tensor (``--scale relative_max``) or over each output channel
-    (``--scale relative_channel``, one row of conductances per output); with ``clip_std = k`` it is
-    min(max|W|, k std(W)) and larger weights are clipped to g_max (Buechel et al., NeurIPS 2025, clip at 2.5 std).
+    0 (aihwkit ``inference/converter/conductance.py`` lines 54-65, g_min = 0).
 
-``DeviceModel`` is the base of the models that program conductances (pcm, stuck_at) rather than add
+Tiles. A layer is split into tiles of at most ``tile_size = (inputs, outputs)`` (default 512 x 512, aihwkit
+``MappingParameter.max_input_size / max_output_size``, ``simulator/parameters/mapping.py`` lines 79-101; 0 = the
+whole dimension) the way aihwkit's ``TileModuleArray`` splits it (``simulator/tiles/array.py`` lines 82-97): n =
+ceil(size / max) near-equal parts, the first ``size mod n`` one element longer (576 inputs -> 2 tiles of 288, not
+512 + 64). ``w_max`` is taken per tile:
+    ``--scale relative_max``      max|W| over each tile: aihwkit's default. Its mapping leaves the weights unscaled
+                                  (``weight_scaling_omega = 0``, mapping.py line 46) and the converter maps each
+                                  tile's abs-max to g_max (conductance.py line 55).
+    ``--scale relative_channel``  max|W| over each output row within each tile: aihwkit with
+                                  ``weight_scaling_columnwise`` (mapping.py line 53; its hardware-aware-training
+                                  preset, ``simulator/presets/inference.py`` lines 78-88), and Analog
+                                  Foundation Models (``apply_noise_model.py`` lines 92-102).
+With ``clip_std = k`` the range is min(max|W|, k std(W)) (std over the same tile or row) and larger weights are
+clipped to g_max (Buechel et al., NeurIPS 2025, clip at 2.5 std). A tensor that is not 2-D is one tile.
+
+``DeviceModel`` is the base of the models that program conductances (pcm, pcm_afm, stuck_at) rather than add
 i.i.d. samples.
 
 ``stuck_mask`` sets stuck devices (pcm's stuck_fraction, stuck_at's sigma).
@@ -23,10 +36,115 @@ from .base import NoiseDistribution
 G_MAX_US = 25.0  # uS: conductance that max|W| maps to
 SOURCES = ("Nandakumar et al., ICECS 2019; Joshi et al., Nat. Commun. 11, 2473 (2020); "
            "aihwkit PCMLikeNoiseModel, GlobalDriftCompensation, IOParameters")
+DEFAULT_TILE_SIZE = (512, 512)  # (inputs, outputs): aihwkit MappingParameter max_input_size, max_output_size
+
+Block = tuple[slice, slice]
 
 
-def mapping_range(clean: torch.Tensor, unit, clip_std: float | None = None, out_axis: int = 0):
-    """w_max, the weight that maps to g_max: ``unit`` (max|W| per tensor or channel), or min(unit, k std)."""
+def tile_shape(tile_size) -> tuple[int, int]:
+    """(inputs, outputs) from a pair, one int for both, or None / 0 (the whole layer); 0 in a place = whole."""
+    if tile_size is None:
+        return (0, 0)
+    if isinstance(tile_size, (int, float)) and not isinstance(tile_size, bool):
+        tile_size = (tile_size, tile_size)
+    try:
+        sizes = tuple(tile_size)
+        ok = len(sizes) == 2 and all(float(s) == int(s) and int(s) >= 0 for s in sizes)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise NoisyNNError(f"tile_size takes (inputs, outputs), whole numbers >= 0 (0 = the whole layer), "
+                           f"got {tile_size!r}")
+    return int(sizes[0]), int(sizes[1])
+
+
+def split_sizes(size: int, max_size: int) -> list[int]:
+    """Part lengths of one dimension: aihwkit's ``get_split_sizes`` (simulator/tiles/array.py lines 82-97).
+
+    n = ceil(size / max_size) parts of near-equal length, the first ``size mod n`` one longer; one part
+    when ``max_size <= 0``.
+    """
+    if max_size <= 0 or size <= max_size:
+        return [int(size)]
+    n = -(-size // max_size)
+    base, extra = divmod(size, n)
+    return [base + (i < extra) for i in range(n)]
+
+
+def tile_blocks(shape, tile_size=DEFAULT_TILE_SIZE, out_axis: int = 0) -> list[Block]:
+    """The tiles of a 2-D weight as (out slice, in slice) blocks, input tile major, as aihwkit's array holds them
+    (``simulator/tiles/array.py`` lines 71-79, 112-123).
+
+    ``shape``: the weight's shape, outputs on ``out_axis`` (0 for nn.Linear (out, in), 1 for GPT-2's Conv1D
+    (in, out)); ``tile_size``: (inputs, outputs), 0 = the whole dimension. Index the tensor with
+    ``block_index(block, out_axis)``.
+    """
+    if len(shape) != 2 or out_axis not in (0, 1):
+        raise NoisyNNError(f"tile_blocks needs a 2-D weight shape and out_axis 0 or 1, got {tuple(shape)}, {out_axis}")
+    max_in, max_out = tile_shape(tile_size)
+    n_out, n_in = int(shape[out_axis]), int(shape[1 - out_axis])
+    blocks = []
+    in_start = 0
+    for in_len in split_sizes(n_in, max_in):
+        out_start = 0
+        for out_len in split_sizes(n_out, max_out):
+            blocks.append((slice(out_start, out_start + out_len), slice(in_start, in_start + in_len)))
+            out_start += out_len
+        in_start += in_len
+    return blocks
+
+
+def block_index(block: Block, out_axis: int = 0) -> tuple[slice, slice]:
+    """The index of a (out slice, in slice) block into a weight with outputs on ``out_axis``."""
+    out_slice, in_slice = block
+    return (out_slice, in_slice) if out_axis == 0 else (in_slice, out_slice)
+
+
+def tile_index(shape, tile_size=DEFAULT_TILE_SIZE, out_axis: int = 0) -> list[tuple]:
+    """Indices of the tiles into a tensor of ``shape``: ``block_index`` of each ``tile_blocks``; a tensor that is
+    not 2-D is one tile, ``[(Ellipsis,)]``."""
+    if len(shape) != 2:
+        return [(Ellipsis,)]
+    return [block_index(b, out_axis) for b in tile_blocks(shape, tile_size, out_axis)]
+
+
+def work_dtype(clean: torch.Tensor) -> torch.dtype:
+    """float64 for a float64 weight (exact tests), else float32: the dtype conductances are computed in."""
+    return torch.float64 if clean.dtype == torch.float64 else torch.float32
+
+
+def mapping_range(clean: torch.Tensor, unit, clip_std: float | None = None, out_axis: int = 0,
+                  tile_size=None):
+    """w_max, the weight that maps to g_max, broadcastable to ``clean``.
+
+    ``unit`` is the injector's max|W| (a number per tensor, or a tensor per output channel: ``relative_channel``).
+    One tile (``tile_size`` None / 0, or a layer no larger than a tile): ``unit``, or min(unit, k std) with
+    ``clip_std = k``. Several tiles: a tensor of ``clean``'s shape holding each tile's range (per tile, or per
+    output row within each tile when ``unit`` is a tensor), each min(max, k std) over the same elements.
+    """
+    tiles = tile_index(clean.shape, tile_size, out_axis) if tile_size is not None else [(Ellipsis,)]
+    tiny = torch.finfo(torch.float32).tiny
+    if len(tiles) == 1:
+        return _one_range(clean, unit, clip_std, out_axis, tiny)
+    per_row = isinstance(unit, torch.Tensor) and unit.numel() > 1
+    w = clean.detach().to(work_dtype(clean))
+    full = torch.empty_like(w)
+    in_axis = 1 - out_axis
+    for idx in tiles:
+        part = w[idx]
+        if per_row:
+            top = part.abs().amax(dim=in_axis, keepdim=True)
+            if clip_std is not None:
+                top = torch.minimum(top, part.std(dim=in_axis, keepdim=True).nan_to_num_(0.0) * clip_std)
+        else:
+            top = part.abs().max()
+            if clip_std is not None:
+                top = torch.minimum(top, part.std().nan_to_num_(0.0) * clip_std)
+        full[idx] = top.clamp(min=tiny)
+    return full
+
+
+def _one_range(clean: torch.Tensor, unit, clip_std, out_axis, tiny):
     w_max = unit
     if clip_std is not None:
         w = clean.detach().float()
@@ -37,15 +155,15 @@ def mapping_range(clean: torch.Tensor, unit, clip_std: float | None = None, out_
         else:
             w_max = min(float(unit), float(w.std()) * clip_std)
     if isinstance(w_max, torch.Tensor):
-        return w_max.float().clamp(min=torch.finfo(torch.float32).tiny)
-    return max(float(w_max), torch.finfo(torch.float32).tiny)
+        return w_max.to(work_dtype(clean)).clamp(min=tiny)
+    return max(float(w_max), tiny)
 
 
 def conductance_targets(clean: torch.Tensor, w_max) -> tuple[torch.Tensor, torch.Tensor]:
     """(gT in [0, 1], sign in {-1, +1}); zero weights count as positive (both devices near 0)."""
-    w = clean.detach().float()
+    w = clean.detach().to(work_dtype(clean))
     g_t = w.abs().div_(w_max).clamp_(max=1.0)
-    sign = torch.where(w < 0, -1.0, 1.0)
+    sign = torch.where(w < 0, -1.0, 1.0).to(w.dtype)
     return g_t, sign
 
 

@@ -131,8 +131,13 @@ def run(argv=None) -> int:
         "programming": "once per trial: every time and both compensation settings read the same programmed "
                        "conductances and drift exponents; read noise is drawn afresh at each time (seeded by "
                        "trial, layer and time) and shared by the two compensation settings",
-        "compensation": "global drift compensation: per layer alpha = sum|W_prog| / sum|W_t| (probe: one-hot "
-                        "inputs, as aihwkit), applied to the layer output (folded into the weights; biases untouched)",
+        "compensation": {
+            "method": getattr(args, "compensation_method", "readout"),
+            "readout": "aihwkit's: per tile, alpha = mean|y_prog| / mean|y_t| of one-hot probes sent through the "
+                       "tile's analog forward (converters and their noise included), multiplied into the tile output "
+                       "after the ADC; on layers without converters the exact sum|W_prog| / sum|W_t| per tile, "
+                       "folded into the weights (noisynn.compensation)",
+            "exact": "sum|W_prog| / sum|W_t| per tile folded into the weights (before output noise and ADC)"},
         "drift_ratio": "sum|W_t| / sum|W_prog| over all targeted tensors before compensation",
         "digital_bits": bits,
         "drift_reference": drift_reference(times),
@@ -141,6 +146,7 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
+    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
     ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
         "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),

@@ -68,6 +68,7 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
+    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
                            **({"converters": hooks.describe()} if hooks else {}))
