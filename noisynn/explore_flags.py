@@ -10,7 +10,8 @@ command computes.
 
 Which controls a noise type shows: a constructor parameter when the noise class's constructor names it
 (``df`` for student_t; ``t_seconds``, ``drift_compensation`` ... for pcm), a converter flag always
-(converters are forward hooks on the targeted layers, whatever the weight noise).
+(converters are forward hooks on the targeted layers, whatever the weight noise), and a device flag the
+converters share (``--tile_size``) always.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Iterable, Sequence
 from .errors import NoisyNNError
 from .noise import NOISE_REGISTRY
 from .options import ArgumentParser, add_converter_args, add_noise_args
+from . import spec
 from .spec import NOISE_PARAMS
 
 # The noise flags the page has as its own controls (or never offers: a plugin is loaded at startup).
@@ -114,8 +116,9 @@ def constructor_params(noise_type: str) -> set[str]:
 
 
 def shown_for(noise_type: str) -> set[str]:
-    """Dests of the controls the page shows for this noise type."""
-    params = constructor_params(noise_type)
+    """Dests of the controls the page shows for this noise type: its constructor's, the converters', and the
+    device flags the converters share (``spec.SHARED_CONVERTER_FLAGS``: ``--tile_size``)."""
+    params = constructor_params(noise_type) | set(getattr(spec, "SHARED_CONVERTER_FLAGS", ()))
     return {c.dest for c in flag_controls() if c.group == "converter" or c.dest in params}
 
 
@@ -164,6 +167,8 @@ def defaults_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, c.dest)
         if c.kind == "bool":
             out[c.dest] = bool(value)
+        elif isinstance(value, (list, tuple)):  # --tile_size 512x256 parses to [512, 256]
+            out[c.dest] = "x".join(str(v) for v in value)
         elif value is not None:
             out[c.dest] = repr(value) if isinstance(value, float) else str(value)
     return out

@@ -58,7 +58,7 @@ def same_state(a, b):
     ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("t_seconds", "-1"),)}, "--t_seconds"),
     ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("stuck_fraction", "3"),)}, "must lie in"),
     ({"flags": (("dac_bits", "1"),)}, "--dac_bits: '1' must be >= 2 bits"),
-    ({"flags": (("input_range", "wide"),)}, "input_range is dynamic, calibrated or a number"),
+    ({"flags": (("input_range", "wide"),)}, "input_range is dynamic, .*or a number, got .wide."),
     ({"eval_tokens": 0}, "evaluation tokens must be between"),
     ({"seed": -1}, "seed must be between"),
 ])
@@ -401,10 +401,11 @@ def test_ui_command_line_device_flags_reach_the_page():
     from noisynn.explore_flags import defaults_from_args
 
     args = ui.build_parser().parse_args(["--noise_type", "pcm", "--scale", "relative_channel", "--t_seconds", "1e8",
-                                         "--dac_bits", "6"])
-    assert defaults_from_args(args) == {"t_seconds": "100000000.0", "dac_bits": "6"}  # SUPPRESSed: given only
+                                         "--dac_bits", "6", "--tile_size", "256x128"])
+    given = {"t_seconds": "100000000.0", "dac_bits": "6", "tile_size": "256x128"}
+    assert defaults_from_args(args) == given  # SUPPRESSed flags: only those given
     s = ui.defaults_from(args)
-    assert dict(s.flags) == {"t_seconds": "100000000.0", "dac_bits": "6"} and s.spec.noise.t_seconds == 1e8
+    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.flag_values().tile_size == [256, 128]
 
 
 @pytest.mark.parametrize("typed, want", [("-10", (-4.0, "clamped to -4")), ("3", (0.0, "clamped to 0")),
