@@ -29,15 +29,17 @@ SCALES = ["absolute", "relative", "relative_max", "relative_channel"]
 
 
 def lenient_slider(gr):
-    """A Slider whose value reaches the handler as typed (out of range, or None for an empty box), so the
-    handler clamps or refuses it with a message; Gradio's own check would show 'Error' on every output."""
-    class LenientSlider(gr.Slider):
-        is_template = True  # drawn by the frontend's Slider
+    """A Slider factory whose value reaches the handler as typed (out of range, or None for an empty box), so
+    the handler clamps or refuses it with a message; Gradio's own check would show 'Error' on every output.
 
-        def preprocess(self, payload):
-            return payload
+    The instance's ``preprocess`` is replaced (a subclass would make Gradio write a .pyi file into the package).
+    """
+    def make(*args, **kwargs):
+        slider = gr.Slider(*args, **kwargs)
+        slider.preprocess = lambda payload: payload
+        return slider
 
-    return LenientSlider
+    return make
 
 
 def guard(gr, status):
