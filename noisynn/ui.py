@@ -2,8 +2,10 @@
 
     noisynn ui                      # embedded SmolLM2-135M, http://127.0.0.1:7860
     noisynn ui --port 8000 --noise_type laplacian --scale relative
+    noisynn ui --noise_type pcm --scale relative_channel --t_seconds 1e8   # device flags: the controls' start
 
-This module is layout only: every number, text and figure comes from ``noisynn.explore``.
+This module is the app shell (the Noise during generation and Saved runs tabs, the server, the command
+line); the Explore tab is ``ui_explore``. Every number, text and figure comes from ``noisynn.explore*``.
 """
 
 from __future__ import annotations
