@@ -28,18 +28,27 @@ TIME_LOG_MAX = math.log10(10 * 365.25 * 86400)  # 10 years, in log10 seconds
 SCALES = ["absolute", "relative", "relative_max", "relative_channel"]
 
 
+@functools.lru_cache(maxsize=None)
 def lenient_slider(gr):
-    """A Slider factory whose value reaches the handler as typed (out of range, or None for an empty box), so
-    the handler clamps or refuses it with a message; Gradio's own check would show 'Error' on every output.
+    """A Slider whose value reaches the handler as typed (out of range, or None for an empty box), so the
+    handler clamps or refuses it with a message; Gradio's own check would show 'Error' on every output.
 
-    The instance's ``preprocess`` is replaced (a subclass would make Gradio write a .pyi file into the package).
+    Gradio writes a .pyi stub next to the module of every Component subclass it sees defined; that hook is
+    off while this one is made (nothing is written into the package).
     """
-    def make(*args, **kwargs):
-        slider = gr.Slider(*args, **kwargs)
-        slider.preprocess = lambda payload: payload
-        return slider
+    from gradio import component_meta
 
-    return make
+    write_stub = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        class LenientSlider(gr.Slider):
+            is_template = True  # drawn by the frontend's Slider
+
+            def preprocess(self, payload):
+                return payload
+    finally:
+        component_meta.create_or_modify_pyi = write_stub
+    return LenientSlider
 
 
 def guard(gr, status):
