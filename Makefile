@@ -13,11 +13,12 @@ SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean
 
-$(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
+$(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-test-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -63,12 +64,14 @@ ui: $(STAMP)
 	$(BIN)/noisynn ui $(UI_ARGS)
 
 ## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
-## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes.
+## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
+## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
+	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
 
 ## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 docs: $(STAMP)
