@@ -303,7 +303,7 @@ def test_afm_ablation_flags_reach_the_config(tmp_path, small, base):
     old = nat.parse(base)  # today's recipe: its recorded config is what it was before --recipe existed
     assert old.recipe is None and old.clip_sigma == 0.0 and old.weight_decay == 0.0 and old.data is None
     assert (old.epochs, old.max_samples) == (1, 6)
-    assert afm_run.afm_config(nat.parse(["--recipe", "afm"]), 64).steps == 32  # the default: 2 epochs of 64 windows
+    assert afm_run.afm_config(nat.parse(["--recipe", "afm"]), 32).steps == 16  # the default: 2 epochs of 32 windows
 
 
 BAD = [
