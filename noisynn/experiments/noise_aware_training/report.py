@@ -1,9 +1,15 @@
 """Report of a noise_aware_training run folder (no torch): doubling points per model variant,
-paired perplexity ratios on shared noise draws, the training loss; report, table and figure."""
+paired perplexity ratios on shared noise draws, the training loss; report, table and figure.
+A run of ``--recipe afm`` (run.json meta ``recipe``) has its own report: perplexity against the time
+after programming onto PCM, and the drift time at which each variant doubles its clean perplexity."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -125,10 +131,13 @@ def format_noise_aware_report(report: dict) -> str:
 
 
 def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Path]:
-    """Perplexity vs sigma for each model (bands), paired ratios vs sigma, and the training loss."""
+    """Perplexity vs sigma for each model (bands), paired ratios vs sigma, and the training loss
+    (an AFM-recipe run: ``plot_afm``)."""
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     meta, rows = run.meta, run.rows
+    if meta.get("recipe") == "afm":
+        return plot_afm(run_dir, name)
     report = noise_aware_report(run_dir)
     variants = list(report["variants"])
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -184,3 +193,180 @@ def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Pa
                  f"{report['n_trials']} shared noise draws per level, perplexity on {report['eval_tokens']} tokens",
                  fontsize=10)
     return [save_figure(fig, run_dir / name)]
+
+
+# ---------------------------------------------------------------------------------------------- run-folder files
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_training_csv(folder: Path, variant: str, history: list[dict], name: str = "training.csv") -> None:
+    """training.csv: one row per (variant, step); rewritten whole, other variants' rows kept."""
+    path = Path(folder) / name
+    rows = [r for r in read_rows(path) if r.get("variant") != variant] + [{"variant": variant, **h} for h in history]
+    fields = ["variant", "step", "loss", "lr", "grad_norm", "tokens", "seconds"]
+    fields += sorted({k for r in rows for k in r} - set(fields))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- the AFM recipe
+
+AFM_LABELS = {"original": "original", "finetuned": "AFM recipe", "control": "control (same training, analog off)"}
+
+
+def afm_report(run_dir: str | Path) -> dict:
+    """The numbers of an AFM-recipe run (also writes summary.csv).
+
+    Per variant: clean perplexity (digital, no converters); per read time the median perplexity over
+    the PCM trials with its CI; the read time at which perplexity reaches 2x the variant's own clean
+    value, per trial (log perplexity interpolated linearly in log time) with median and CI; and the
+    paired ratio control / AFM and original / AFM per time (same programming draw).
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    meta, rows = run.meta, run.rows
+    variants = [v for v in ("original", "finetuned", "control") if any(r["model_variant"] == v for r in rows)]
+    pcm = [r for r in rows if r["condition"] == "pcm"]
+    table = []
+    for v in variants:
+        table += [{"model_variant": v, **s} for s in summarize_levels([r for r in pcm if r["model_variant"] == v],
+                                                                         "perplexity", by="t_seconds")]
+    write_table(run_dir / "summary.csv", table)
+    times = sorted({r["t_seconds"] for r in pcm})
+    out = {}
+    for v in variants:
+        clean = [r["perplexity"] for r in rows if r["model_variant"] == v and r["condition"] == "clean"]
+        c = float(np.median(clean)) if clean else float("nan")
+        conv = [r["perplexity"] for r in rows if r["model_variant"] == v and r["condition"] == "converters"]
+        mine = [r for r in pcm if r["model_variant"] == v]
+        per_time = {}
+        for s in summarize_levels(mine, "perplexity", by="t_seconds"):
+            per_time[s["t_seconds"]] = {k: s[k] for k in ("median", "ci_low", "ci_high", "n_nonfinite")}
+        crossings = []
+        for trial in sorted({r["trial"] for r in mine}):
+            pts = sorted((r["t_seconds"], r["perplexity"]) for r in mine if r["trial"] == trial)
+            x = log_crossing([math.log10(max(t, 1e-9)) for t, _ in pts], [p for _, p in pts], 2 * c)
+            crossings.append(10 ** x if math.isfinite(x) else float("inf"))
+        entry = {"clean_perplexity": c, "converters_perplexity": float(np.median(conv)) if conv else float("nan"),
+                 "times": [{"t_seconds": t, **per_time[t]} for t in times if t in per_time],
+                 "t_2x_own_clean": {**_ci_dict(crossings), "beyond_last_time": sum(1 for x in crossings if not
+                                                                                  math.isfinite(x)),
+                                    "at_first_time": sum(1 for x in crossings if times and x == times[0])}}
+        if v != "finetuned" and "finetuned" in variants:
+            entry["over_afm"] = _paired_time_ratios(pcm, v, "finetuned")
+        out[v] = entry
+    tokens = sorted({r["eval_tokens"] for r in rows})
+    trials = sorted({r["trial"] for r in pcm})
+    return {"recipe": "afm", "eval_tokens": tokens[0] if len(tokens) == 1 else tokens, "n_trials": len(trials),
+            "coverage": round(median_ci([0.0] * len(trials)).coverage, 4) if trials else float("nan"),
+            "times_s": times, "train_tokens": meta.get("train_tokens"), "training": meta.get("training", {}),
+            "clean_cost": {v: out[v]["clean_perplexity"] / out["original"]["clean_perplexity"]
+                           for v in variants if v != "original" and "original" in out},
+            "variants": out}
+
+
+def _paired_time_ratios(rows, num: str, den: str) -> list[dict]:
+    by = {(r["model_variant"], r["t_seconds"], r["trial"]): r for r in rows}
+    out = []
+    for t in sorted({r["t_seconds"] for r in rows}):
+        vals = [math.exp(by[(num, t, k)]["nll"] - by[(den, t, k)]["nll"]) for k in sorted({r["trial"] for r in rows})
+                if (num, t, k) in by and (den, t, k) in by]
+        if vals:
+            out.append({"t_seconds": t, **_ci_dict(vals, nonfinite_as_inf=False)})
+    return out
+
+
+def _time_text(seconds: float) -> str:
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def format_afm_report(report: dict) -> str:
+    """Console table of ``afm_report``: clean and per-time perplexity with CIs, the 2x drift time."""
+    times = report["times_s"]
+    head = f"{'variant':>36} {'clean':>8} {'convert':>8} " + " ".join(f"{_time_text(t):>22}" for t in times) + f" {'2x clean at':>16}"
+    lines = [head, "-" * len(head)]
+    for v, e in report["variants"].items():
+        cells = [f"{AFM_LABELS.get(v, v):>36}", f"{e['clean_perplexity']:>8.3f}",
+                 f"{e.get('converters_perplexity', float('nan')):>8.4g}"]
+        per = {x["t_seconds"]: x for x in e["times"]}
+        for t in times:
+            x = per.get(t)
+            cells.append(f"{x['median']:.4g} [{x['ci_low']:.4g}, {x['ci_high']:.4g}]".rjust(22) if x else f"{'-':>22}")
+        d = e["t_2x_own_clean"]
+        if d["n_trials"] and d["at_first_time"] == d["n_trials"]:
+            cross = f"<= {_time_text(times[0])}"
+        elif not math.isfinite(d["median"]):
+            cross = f"> {_time_text(times[-1])}"
+        else:
+            cross = _time_text(d["median"])
+        cells.append(f"{cross:>16}")
+        lines.append(" ".join(cells))
+    for v, c in report["clean_cost"].items():
+        lines.append(f"clean-perplexity cost of {AFM_LABELS.get(v, v)}: x{c:.3f} ({(c - 1) * 100:+.1f}%)")
+    for v, e in report["variants"].items():
+        if e.get("over_afm"):
+            ratios = ", ".join(f"{_time_text(r['t_seconds'])}: {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                               for r in e["over_afm"])
+            lines.append(f"{AFM_LABELS.get(v, v)} / AFM (same PCM draw; > 1: AFM better): {ratios}")
+    lines.append("(clean: digital; convert: clean weights through the AFM converters, no PCM; times: PCM with drift "
+                 "compensation and the converters; 2x clean: read time at which perplexity reaches twice the clean value)")
+    lines.append(f"(PCM with drift compensation, AFM converters; medians over {report['n_trials']} programming draws "
+                 f"shared by all models, {report['coverage']:.0%} CI; perplexity on {report['eval_tokens']} held-out "
+                 f"tokens; {report.get('train_tokens')} training tokens)")
+    return "\n".join(lines)
+
+
+def plot_afm(run_dir: Path, name: str = "noise_aware_training.png") -> list[Path]:
+    """Perplexity against time after programming (one line per variant, CI bands, clean levels dashed),
+    and the training loss of both trained variants."""
+    run = read_run(run_dir)
+    meta, rows = run.meta, run.rows
+    report = afm_report(run_dir)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax = axes[0]
+    for v, e in report["variants"].items():
+        summary = summarize_levels([r for r in rows if r["model_variant"] == v and r["condition"] == "pcm"],
+                                   "perplexity", by="t_seconds")
+        band(ax, [s["t_seconds"] for s in summary], summary, AFM_LABELS[v], color=NAT_COLORS[v], log_y=True)
+        ax.axhline(e["clean_perplexity"], color=NAT_COLORS[v], ls=":", lw=1)
+        if math.isfinite(e.get("converters_perplexity", float("nan"))):
+            ax.axhline(e["converters_perplexity"], color=NAT_COLORS[v], ls="--", lw=0.8)
+    ax.set_xscale("log")
+    times = report["times_s"]
+    ax.set_xticks(times)
+    ax.set_xticklabels([_time_text(t) for t in times])
+    ax.set_xlabel("time after programming (PCM, drift compensation on)")
+    ax.set_ylabel("perplexity (held-out text)")
+    ax.set_title("PCM drift (dotted: clean digital; dashed: converters, no PCM)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    training = read_rows(run_dir / "training.csv")
+    for v in ("finetuned", "control"):
+        hist = [r for r in training if r["variant"] == v]
+        if hist:
+            steps = np.array([h["step"] for h in hist])
+            loss = np.array([h["loss"] for h in hist], dtype=float)
+            ax.plot(steps, loss, color=NAT_COLORS[v], lw=1.5, label=AFM_LABELS[v])
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (KL to the clean teacher, nats/token)")
+    ax.set_title("training")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    cfg, tc = meta.get("config", {}), meta.get("training_config", {})
+    fig.suptitle(f"{cfg.get('model', '?')}: AFM recipe vs control ({tc.get('steps')} steps x {tc.get('batch_size')} x "
+                 f"{tc.get('seq_len')} tokens of {meta.get('training_text', {}).get('source', '?')} data, lr "
+                 f"{tc.get('lr')}); {report['n_trials']} PCM draws per time, perplexity on {report['eval_tokens']} "
+                 "tokens", fontsize=10)
+    return [save_figure(fig, Path(run_dir) / name)]

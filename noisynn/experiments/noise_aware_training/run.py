@@ -16,32 +16,36 @@ clipping at 2.5 std per channel after each step. Here noise scale and level are
 ``--scale relative_channel --noise_level 0.03`` by default; clipping is ``--clip_sigma``
 (off by default: one-shot 2.5-std clipping of this 4-bit model raises its clean perplexity
 from 10.4 to ~7,600, which AFM's long distillation run can repair and a few dozen steps cannot).
+
+``--recipe afm`` (``afm_run.py``) trains the full AFM recipe instead (distillation from the clean
+model, self-generated data, the analog training forward with learned input ranges) and judges the
+models on PCM drift through AFM's converters; ``--recipe weight_noise`` (the default) is the above.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-
-import torch
 
 from ... import distributed
 from ...context import finish, start
-from ...corpus import SEPARATOR, embedded_split, load_text
-from ...errors import NoisyNNError
-from ...evaluation import compute_perplexity, tokenize
-from ...inject import NoiseInjector, noisy_weights, select_targets, untie_head
+from ...corpus import load_text
+from ...evaluation import compute_perplexity
+from ...inject import NoiseInjector, select_targets
 from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
                        positive_float, positive_int, script_main)
-from ...results import read_run, write_json_atomic
-from ...seeding import derive_seed, make_generator
+from ...results import write_json_atomic
 from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
-from . import report
+from . import afm_run, report
+# the recipe's pieces, under their historical names here (tests and users import them from run)
+from .data import check_disjoint, load_training_text, training_chunks  # noqa: F401
+from .training import (TrainConfig, batch_order, check_batch_split, check_launch, clip_weights, finetune,  # noqa: F401
+                       lr_factor, noisy_step, share_of_batch)
+from .weights import WEIGHTS, load_finetuned, read_weights, save_weights, set_weights  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -49,259 +53,6 @@ EXPERIMENT = "noise_aware_training"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "finite")
 VARIANTS = ("original", "finetuned", "control")
 TRAINING_CSV = "training.csv"
-WEIGHTS = "{variant}.safetensors"  # only the trained tensors (the targeted projections), float32
-
-
-@dataclass
-class TrainConfig:
-    """What one fine-tuning run does (recorded in run.json and in the weights' metadata)."""
-
-    noise_level: float = 0.03  # sigma of the training noise, in ``scale`` units; 0 = the no-noise control
-    noise_type: str = "gaussian"
-    scale: str = "relative_channel"
-    targets: str = "blocks"
-    include_bias: bool = False
-    noise_params: dict = field(default_factory=dict)
-    steps: int = 48
-    lr: float = 1e-4
-    warmup: float = 0.1  # fraction of steps with a linear warm-up; then linear decay to 0
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.98)  # as AFM
-    grad_clip: float = 1.0
-    clip_sigma: float = 0.0  # AFM weight clipping: |W| <= clip_sigma x std of its output channel; 0 = off
-    batch_size: int = 4
-    seq_len: int = 128
-    seed: int = 0
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-def check_disjoint(train_text: str, eval_text: str, min_chars: int = 40) -> None:
-    """Refuse training text that contains any paragraph (>= ``min_chars``) of the evaluation text."""
-    for para in eval_text.split(SEPARATOR):
-        para = para.strip()
-        if len(para) >= min_chars and para[:200] in train_text:
-            raise NoisyNNError(f"the training text contains evaluation text ({para[:60]!r}...); "
-                               "train and evaluate on disjoint texts")
-
-
-def training_chunks(tokenizer, text: str, n: int, seq_len: int) -> torch.Tensor:
-    """The first ``n`` consecutive, non-overlapping windows of ``seq_len`` tokens of ``text``: (n', seq_len)."""
-    need = n * seq_len
-    chars = need * 8 + 1000  # ~4.5 characters per token here; generous so one pass suffices
-    ids = tokenize(tokenizer, text[:chars])
-    usable = ids.numel() // seq_len
-    if usable == 0:
-        raise NoisyNNError(f"the training text has {ids.numel()} tokens, fewer than --seq_len {seq_len}")
-    if usable < n:
-        log.warning("training text gives %d windows of %d tokens, fewer than --max_samples %d", usable, seq_len, n)
-    n = min(n, usable)
-    return ids[: n * seq_len].view(n, seq_len).clone()
-
-
-def batch_order(n_samples: int, cfg: TrainConfig) -> list[torch.Tensor]:
-    """Index batches for ``cfg.steps`` steps: each epoch a fresh seeded permutation of the samples."""
-    batches, epoch = [], 0
-    while len(batches) < cfg.steps:
-        perm = torch.randperm(n_samples, generator=make_generator(derive_seed(cfg.seed, "train-data", epoch)))
-        batches += [perm[i: i + cfg.batch_size] for i in range(0, n_samples, cfg.batch_size)]
-        epoch += 1
-    return batches[: cfg.steps]
-
-
-# ---------------------------------------------------------------------------------------------- training
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup x steps`` steps, then linear decay towards 0 at the last step."""
-    warm = max(1, round(cfg.warmup * cfg.steps))
-    if step < warm:
-        return (step + 1) / warm
-    return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-
-@torch.no_grad()
-def clip_weights(targets, clip_sigma: float) -> None:
-    """AFM/aihwkit per-channel Gaussian clipping: |W_ij| <= clip_sigma x std(W_i.) for output channel i."""
-    for t in targets:
-        w = t.param.data
-        if w.dim() < 2:
-            continue
-        dims = [d for d in range(w.dim()) if d != t.out_axis]
-        bound = w.std(dim=dims, keepdim=True) * clip_sigma
-        torch.maximum(torch.minimum(w, bound), -bound, out=w)
-
-
-def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: int, accelerator=None,
-               module=None) -> tuple[float, float]:
-    """One optimizer step whose gradient is taken at freshly noised weights; returns (loss, grad norm).
-
-    The noise (``noisy_weights``: the library's injector, seeded from (seed, step)) is added
-    to the targeted weights for the forward *and* backward pass and removed, bit-exactly,
-    before the optimizer updates the clean weights; it never persists. With
-    ``cfg.noise_level == 0`` this is an ordinary step (the control).
-
-    Across processes (``accelerate launch``), ``module`` is the DDP-wrapped ``model``: every
-    process draws the *same* noise (same seed, drawn on the CPU), runs its equal share of the
-    batch, and DDP averages the gradients, so the step equals the single-process one on the
-    whole batch up to float summation order. The returned loss is the mean over processes.
-    """
-    accelerator = accelerator or distributed.accelerator()
-    optimizer.zero_grad(set_to_none=True)
-    noise = (noisy_weights(model, cfg.noise_level, cfg.noise_type, scale=cfg.scale, targets=cfg.targets,
-                           include_bias=cfg.include_bias, seed=derive_seed(cfg.seed, "train-noise", step),
-                           noise_params=cfg.noise_params)
-             if cfg.noise_level > 0 else contextlib.nullcontext())
-    with noise:
-        loss = (module or model)(input_ids=batch, labels=batch, use_cache=False).loss
-        accelerator.backward(loss)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
-    optimizer.step()
-    return float(accelerator.reduce(loss.detach(), "mean")), norm
-
-
-def check_launch(accelerator) -> None:
-    """DDP or one process only: FSDP/DeepSpeed shard the weights that the noise must address whole."""
-    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-        raise NoisyNNError(f"noise-aware training runs under DDP only; this launch uses {kind}, which shards the "
-                           "weights the noise must address whole (use an accelerate config without FSDP/DeepSpeed)")
-
-
-def check_batch_split(batch_size: int, world: int) -> None:
-    if batch_size % world:
-        raise NoisyNNError(f"--batch_size {batch_size} does not split evenly across {world} processes; "
-                           "make it a multiple of the number of processes")
-
-
-def share_of_batch(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This process's equal, contiguous share of a batch of windows (all of it in one process)."""
-    check_batch_split(batch.shape[0], world)
-    return batch.chunk(world)[rank] if world > 1 else batch
-
-
-def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tuple[dict, list[dict]]:
-    """Fine-tune the targeted weights of ``model`` on ``chunks``; returns (trained tensors, history).
-
-    Only the targeted tensors are trained (float32, AdamW); everything else is frozen. The
-    model is left exactly as it was given (weights restored bit-exactly, requires_grad and
-    train/eval mode as before): the trained tensors are returned, not kept in the model.
-    """
-    targets = select_targets(model, cfg.targets, include_bias=cfg.include_bias)
-    names = [t.name for t in targets]
-    original = {t.name: t.param.detach().clone() for t in targets}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    trained_ids = {id(t.param) for t in targets}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trained_ids)
-    optimizer = torch.optim.AdamW([t.param for t in targets], lr=cfg.lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    accelerator = distributed.accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    check_launch(accelerator)
-    # Across processes: DDP around the model (only the trained tensors need gradients). The
-    # optimizer stays a plain one on every process: the gradients it sees are already averaged.
-    module = accelerator.prepare_model(model) if world > 1 else None
-    history = []
-    model.train()
-    t0 = time.perf_counter()
-    try:
-        steps = batch_order(chunks.shape[0], cfg)
-        iterator = progress(range(len(steps))) if progress else range(len(steps))
-        for step in iterator:
-            lr = optimizer.param_groups[0]["lr"]
-            batch = share_of_batch(chunks[steps[step]], rank, world).to(next(model.parameters()).device)
-            loss, norm = noisy_step(model, batch, optimizer, cfg, step, accelerator, module)
-            schedule.step()
-            if cfg.clip_sigma > 0:
-                clip_weights(targets, cfg.clip_sigma)
-            history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": batch.numel() * world,
-                            "seconds": round(time.perf_counter() - t0, 3)})
-            if hasattr(iterator, "set_postfix"):
-                iterator.set_postfix(loss=f"{loss:.3f}")
-            if not math.isfinite(loss):
-                raise NoisyNNError(f"training diverged at step {step} (loss {loss}); lower --lr or --noise_level")
-        trained = {t.name: t.param.detach().clone() for t in targets}
-    finally:
-        with torch.no_grad():
-            for t in targets:
-                t.param.data.copy_(original[t.name])
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags.get(n, False))
-        model.train(was_training)
-        optimizer.zero_grad(set_to_none=True)
-        for t in targets:
-            t.param.grad = None
-        if module is not None:
-            accelerator.free_memory()  # drops Accelerate's reference to the DDP wrapper (and its hooks)
-    return {n: trained[n] for n in names}, history
-
-
-# ---------------------------------------------------------------------------------------------- weights
-
-def save_weights(path: Path, tensors: dict, metadata: dict) -> None:
-    """Atomically write the trained tensors as safetensors (metadata values become strings)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-
-
-def read_weights(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    tensors, meta = {}, {}
-    with safe_open(str(path), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-        for k in fh.keys():
-            tensors[k] = fh.get_tensor(k)
-    return tensors, meta
-
-
-@torch.no_grad()
-def set_weights(model, tensors: dict) -> None:
-    """Copy named tensors into ``model`` (unties a tied head first if the head is among them)."""
-    params = dict(model.named_parameters())
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and any(params.get(k) is head.weight for k in tensors):
-        untie_head(model)
-        params = dict(model.named_parameters())
-    missing = [k for k in tensors if k not in params]
-    if missing:
-        raise NoisyNNError(f"the saved weights name tensors the model lacks: {missing[:3]}")
-    for k, v in tensors.items():
-        if params[k].shape != v.shape:
-            raise NoisyNNError(f"saved tensor {k} has shape {tuple(v.shape)}, the model's is {tuple(params[k].shape)}")
-        params[k].data.copy_(v.to(params[k].dtype))
-
-
-def load_finetuned(run_dir: str | Path, variant: str = "finetuned", device: str = "cpu", dtype: str | None = None):
-    """The fine-tuned model of a run folder: its base model (from run.json) with the saved tensors copied in.
-
-    The run folder stores only the trained tensors (``finetuned.safetensors``, and
-    ``control.safetensors`` for the no-noise control); the base is loaded with ``load_model``
-    and its fingerprint checked against the one recorded in run.json.
-    """
-    from ...models import load_model
-
-    run_dir = Path(run_dir)
-    meta = read_run(run_dir).meta
-    path = run_dir / WEIGHTS.format(variant=variant)
-    if not path.is_file():
-        raise NoisyNNError(f"{path} does not exist (weights are saved only with --save_weights, and never "
-                           "committed; rerun the experiment with --save_weights)")
-    lm = load_model(meta["config"]["model"], device, dtype or meta["config"].get("dtype"))
-    want = meta.get("model", {}).get("fingerprint")
-    if want and lm.info.get("fingerprint") and want != lm.info["fingerprint"]:
-        raise NoisyNNError(f"the base model's fingerprint differs from the one in {run_dir / 'run.json'}")
-    tensors, _ = read_weights(path)
-    set_weights(lm.model, tensors)
-    lm.info.update(finetuned_from=str(path))
-    return lm
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -312,18 +63,21 @@ def add_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("training (noise uses --noise_type --scale --targets above)")
     g.add_argument("--noise_level", type=nonneg_float, default=0.03,
                    help="sigma of the training noise, in --scale units (default: %(default)s, AFM's 3%% of per-channel max|W|)")
-    g.add_argument("--epochs", type=positive_int, default=1, help="passes over the --max_samples windows (default: %(default)s)")
-    g.add_argument("--max_samples", type=positive_int, default=192,
-                   help="training windows of --seq_len tokens from the training split (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the --max_samples windows (default: 1; with --recipe afm 2, AFM's)")
+    g.add_argument("--max_samples", type=positive_int, default=None,
+                   help="training windows of --seq_len tokens (default: 192; with --recipe afm 32)")
     g.add_argument("--steps", type=positive_int, default=None,
                    help="optimizer steps (default: epochs x ceil(max_samples / batch_size)); overrides --epochs")
     g.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW peak learning rate (default: %(default)s)")
     g.add_argument("--seq_len", type=positive_int, default=128, help="tokens per training window (default: %(default)s)")
     g.add_argument("--batch_size", type=positive_int, default=4, help="windows per step (default: %(default)s)")
     g.add_argument("--warmup", type=nonneg_float, default=0.1, help="warm-up fraction of the steps (default: %(default)s)")
-    g.add_argument("--weight_decay", type=nonneg_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--clip_sigma", type=nonneg_float, default=0.0,
-                   help="AFM weight clipping at this many per-channel stds after each step; 0 = off (default)")
+    g.add_argument("--weight_decay", type=nonneg_float, default=None,
+                   help="AdamW weight decay (default: 0; with --recipe afm 0.01, AFM's)")
+    g.add_argument("--clip_sigma", type=nonneg_float, default=None,
+                   help="AFM weight clipping at this many per-channel stds after each step; 0 = off "
+                        "(default: 0; with --recipe afm 2.5, AFM's)")
     g.add_argument("--no_control", action="store_true", help="skip the control fine-tuned without noise (saves ~40%% of the time)")
     # default None (not False): run folders recorded before this flag existed resume unchanged
     g.add_argument("--save_weights", action="store_true", default=None,
@@ -336,6 +90,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--max_noise", type=nonneg_float, default=0.05, help="largest sigma (default: %(default)s)")
     g.add_argument("--n_levels", type=positive_int, default=6, help="levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="linear", help="level spacing (default: %(default)s)")
+    afm_run.add_afm_args(p)
     add_run_args(p)
 
 
@@ -350,6 +105,7 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.warmup > 1:
         p.error(f"argument --warmup: '{args.warmup}' must be <= 1")
+    afm_run.resolve_recipe(p, args)  # recipe-dependent defaults, and flags that belong to the other recipe
     return args
 
 
@@ -361,47 +117,16 @@ def train_config(args, n_samples: int) -> TrainConfig:
                        clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed)
 
 
-def load_training_text(args, eval_text) -> tuple[str, dict]:
-    """The training text and what run.json records about it; refuses overlap with the evaluation text."""
-    if args.train_file:
-        text = load_text(args.train_file)
-    else:
-        text = load_text(split="train")
-        if eval_text.info.get("source") == "embedded":
-            # the embedded splits are disjoint by construction (a prefix / the rest of one fixed order); check it
-            overlap = {t for t, _ in embedded_split("eval")} & {t for t, _ in embedded_split("train")}
-            if overlap:
-                raise NoisyNNError(f"embedded train and eval splits share articles: {sorted(overlap)[:3]}")
-    check_disjoint(text.text, eval_text.text)
-    return text.text, text.info
-
-
-def _write_training_csv(folder: Path, variant: str, history: list[dict]) -> None:
-    """training.csv: one row per (variant, step); rewritten whole, other variants' rows kept."""
-    import csv
-    import io
-
-    from ...results import read_rows
-
-    path = folder / TRAINING_CSV
-    rows = [r for r in read_rows(path) if r.get("variant") != variant] + [{"variant": variant, **h} for h in history]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["variant", "step", "loss", "lr", "grad_norm", "tokens", "seconds"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def run(argv=None) -> int:
     args = parse(argv)
+    if args.recipe == "afm":
+        return afm_run.run_afm(args)
     t_start = time.perf_counter()
     sigmas = levels(args.max_noise, args.n_levels, args.spacing)
     variants = [v for v in VARIANTS if not (v == "control" and args.no_control)]
     # The training text is read and checked against the evaluation text before the run folder is touched.
-    train_text, train_info = load_training_text(args, load_text(args.text_file, args.dataset))
+    train_text, train_info = load_training_text(args.train_file, load_text(args.text_file, args.dataset))
     check_batch_split(args.batch_size, distributed.world_size())
     data = {}  # the training windows, cut (and checked) before the run folder is touched
     if distributed.world_size() > 1:
@@ -447,7 +172,7 @@ def run(argv=None) -> int:
         training[variant] = {"seconds": seconds, "final_loss": round(final, 4), "steps": vcfg.steps,
                              "processes": folder.world}
         if folder.is_main:  # the trained tensors are the same on every process
-            _write_training_csv(folder.path, variant, history)
+            report.write_training_csv(folder.path, variant, history)
         if folder.is_main and args.save_weights:
             save_weights(path, tensors, {"variant": variant, "base_model": args.model,
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],

@@ -1,0 +1,246 @@
+"""The Analog Foundation Models recipe (``--recipe afm``): distillation from the clean model through
+the analog training forward, resumable from the last saved step.
+
+Loss (AFM ``src/analog_foundation_models/utils/train_utils.py`` l. 31-52 and l. 138-155, IBM/analog-foundation-
+models at 4f4c505): with student logits z_s, teacher logits z_t, temperature T, over B x S positions,
+
+    KL = T^2 / (B S) sum_{b,s} sum_v p_t(v) (log p_t(v) - log p_s(v)),  p = softmax(z / T)
+    loss = beta KL + (1 - beta) CE(next token)                           (AFM: T = 1, beta = 1)
+
+The teacher is the same model with the clean snapshot of the trained tensors swapped in for its
+forward pass (``torch.func.functional_call``: no second copy of the model, no copy of the trained
+tensors) and the analog forward off. Optimizer as AFM's config (``config.yaml``): AdamW betas
+(0.9, 0.98), eps 1e-6, weight decay 0.01, warm-up then decay, gradient-norm clipping 1.0; weights
+clipped at ``clip_sigma`` (2.5) per-channel stds after every step (``training.clip_weights``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ... import distributed
+from ...errors import NoisyNNError
+from ...inject import select_targets
+from .analog_train import AnalogTrainConfig, AnalogTraining
+from .training import batch_order, check_launch, clip_weights, lr_factor, share_of_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AFMConfig:
+    """One AFM-recipe training run (recorded in run.json). ``analog=None``: the analog forward is off
+    (the control); ``distill=False``: plain next-token loss."""
+
+    steps: int = 60
+    lr: float = 1e-4
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    clip_sigma: float = 2.5
+    batch_size: int = 4
+    seq_len: int = 128
+    seed: int = 0
+    targets: str = "blocks"
+    include_bias: bool = False
+    distill: bool = True
+    temperature: float = 1.0
+    beta: float = 1.0
+    analog: AnalogTrainConfig | None = field(default_factory=AnalogTrainConfig)
+    range_lr: float = 1e-2
+    grad_checkpointing: bool = False
+    save_every: int = 10
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions, mean over positions, times T^2 (module doc)."""
+    t = float(temperature)
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32  # never in half precision
+    log_s = F.log_softmax(student_logits.to(dtype) / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.to(dtype) / t, dim=-1)
+    positions = student_logits.numel() // student_logits.shape[-1]
+    return (log_t.exp() * (log_t - log_s)).sum() / positions * (t * t)
+
+
+def afm_loss(out, teacher_logits: torch.Tensor | None, cfg: AFMConfig) -> tuple[torch.Tensor, dict]:
+    """beta KL + (1 - beta) CE (or CE alone without distillation); and both parts for the log."""
+    parts = {}
+    if teacher_logits is None:
+        parts["ce"] = out.loss
+        return out.loss, parts
+    kl = distillation_loss(out.logits, teacher_logits, cfg.temperature)
+    parts["kl"] = kl
+    if cfg.beta >= 1.0:
+        return kl, parts
+    parts["ce"] = out.loss
+    return cfg.beta * kl + (1.0 - cfg.beta) * out.loss, parts
+
+
+def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, clean: dict,
+             analog: AnalogTraining | None, accelerator, module=None) -> dict:
+    """One optimizer step: teacher pass (clean snapshot, digital), student pass (analog), backward, step."""
+    optimizer.zero_grad(set_to_none=True)
+    teacher = None
+    if cfg.distill:
+        if analog is not None:
+            analog.enabled = False
+        with torch.no_grad():
+            teacher = torch.func.functional_call(model, clean, (), {"input_ids": batch, "use_cache": False}).logits
+    if analog is not None:
+        analog.enabled, analog.step = True, step
+    need_ce = not cfg.distill or cfg.beta < 1.0
+    out = (module or model)(input_ids=batch, labels=batch if need_ce else None, use_cache=False)
+    loss, parts = afm_loss(out, teacher, cfg)
+    del out, teacher
+    accelerator.backward(loss)
+    if analog is not None and analog.ranges.grad is not None and accelerator.num_processes > 1:
+        # the ranges live outside the DDP module: average their gradients by hand
+        analog.ranges.grad = accelerator.reduce(analog.ranges.grad, "mean")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
+    optimizer.step()
+    out = {"loss": float(accelerator.reduce(loss.detach(), "mean")), "grad_norm": norm}
+    out.update({k: float(accelerator.reduce(v.detach(), "mean")) for k, v in parts.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write a training checkpoint (torch.save to a temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | None, cfg: AFMConfig) -> dict | None:
+    if path is None or not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("config") != _config_record(cfg):
+        raise NoisyNNError(f"{path} is a checkpoint of another training configuration; remove it or use another --out")
+    return state
+
+
+def _config_record(cfg: AFMConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "save_every"}
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing of the HF model; non-reentrant, so frozen inputs are fine."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path | None = None, progress=None,
+                 on_step=None) -> tuple[dict, dict, list[dict]]:
+    """Train the targeted tensors with the AFM recipe; returns (trained tensors, input ranges, history).
+
+    The model is left as given (clean weights restored bit-exactly from the snapshot, plain forwards,
+    flags and mode restored). With ``checkpoint`` the state (trained tensors, ranges, optimizer,
+    schedule, history) is saved every ``cfg.save_every`` steps and at the end, and a rerun continues
+    from the last saved step: data order and noise depend on (seed, step) only, so the final weights
+    equal an uninterrupted run's. ``on_step(step, saved)`` is called after every step.
+    """
+    targets = select_targets(model, cfg.targets, include_bias=cfg.include_bias)
+    names = [t.name for t in targets]
+    clean = {t.name: t.param.detach().clone() for t in targets}  # the restore snapshot and the teacher's weights
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    trained_ids = {id(t.param) for t in targets}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained_ids)
+    accelerator = distributed.accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    check_launch(accelerator)
+    analog = AnalogTraining(model, targets, cfg.analog, cfg.seed) if cfg.analog else None
+    groups = [{"params": [t.param for t in targets], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if analog is not None and cfg.analog.input_ranges and cfg.analog.learn_ranges:
+        groups.append({"params": [analog.ranges], "lr": cfg.range_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    module = accelerator.prepare_model(model) if world > 1 else None
+    history, first = [], 0
+    state = load_checkpoint(checkpoint, cfg)
+    if state is not None:
+        with torch.no_grad():
+            for t in targets:
+                t.param.data.copy_(state["weights"][t.name])
+        if analog is not None:
+            analog.load_state_dict(state["analog"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        history, first = list(state["history"]), state["step"] + 1
+        log.info("resuming training from step %d of %s", first, checkpoint)
+    if cfg.grad_checkpointing:
+        _checkpointing(model, True)
+    model.train()
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    try:
+        steps = batch_order(chunks.shape[0], cfg)
+        todo = range(first, len(steps))
+        iterator = progress(todo) if progress else todo
+        for step in iterator:
+            lr = optimizer.param_groups[0]["lr"]
+            batch = share_of_batch(chunks[steps[step]], rank, world).to(next(model.parameters()).device)
+            logged = afm_step(model, batch, optimizer, cfg, step, clean, analog, accelerator, module)
+            schedule.step()
+            if cfg.clip_sigma > 0:
+                clip_weights(targets, cfg.clip_sigma)
+            history.append({"step": step, **logged, "lr": lr, "tokens": batch.numel() * world,
+                            "range_mean": float(analog.ranges.detach().mean()) if analog is not None else float("nan"),
+                            "seconds": round(time.perf_counter() - t0, 3)})
+            if hasattr(iterator, "set_postfix"):
+                iterator.set_postfix(loss=f"{logged['loss']:.4f}")
+            if not math.isfinite(logged["loss"]):
+                raise NoisyNNError(f"training diverged at step {step} (loss {logged['loss']}); lower --lr")
+            saved = checkpoint is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == len(steps))
+            if saved:
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint, {
+                        "step": step, "config": _config_record(cfg), "history": history,
+                        "weights": {t.name: t.param.detach().cpu().clone() for t in targets},
+                        "analog": analog.state_dict() if analog is not None else None,
+                        "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict()})
+                distributed.barrier()
+            if on_step is not None:
+                on_step(step, saved)
+        trained = {t.name: t.param.detach().clone() for t in targets}
+        ranges = analog.range_dict() if analog is not None and cfg.analog.input_ranges else {}
+    finally:
+        if analog is not None:
+            analog.remove()
+        if cfg.grad_checkpointing:
+            _checkpointing(model, False)
+        with torch.no_grad():
+            for t in targets:
+                t.param.data.copy_(clean[t.name])
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, False))
+        model.train(was_training)
+        optimizer.zero_grad(set_to_none=True)
+        for t in targets:
+            t.param.grad = None
+        if module is not None:
+            accelerator.free_memory()
+    return {n: trained[n] for n in names}, ranges, history
