@@ -111,6 +111,15 @@ def test_drift_over_time_presets_in_one_run(tmp_path, tiny):
     assert read_rows(out / "results.csv") == rows
 
 
+def test_drift_over_time_calibrated_preset_without_max_length(tmp_path, tiny):
+    """A calibrated input range (afm) is measured in windows of the fitted --max_length, also when none is given."""
+    i = tiny.index("--max_length")
+    args = tiny[:i] + tiny[i + 2:] + ["--times", "1d", "--n_trials", "1", "--digital_bits", "", "--compensation", "on"]
+    assert drift_over_time.main(args + ["--presets", "afm", "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["converters_by_preset"]["afm"]["calibration"]["tokens"] > 0
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--presets", "none,afm", "--analog_preset", "afm"], "not both"),
     (["--presets", "none", "--analog_io"], "not both"),

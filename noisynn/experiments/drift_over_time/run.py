@@ -188,6 +188,7 @@ def run(argv=None) -> int:
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
+    specs = preset_specs(args)  # again: start() has fitted --max_length (the calibration passes' window)
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     # One set of converter hooks per preset, all installed once (calibration included) and switched on one at a
     # time: each is built (and calibrated) while the others are off, so no preset sees another's forward.
