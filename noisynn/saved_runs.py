@@ -4,6 +4,7 @@ missing figure with its experiment's report (``registry.report_module``). No tor
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,12 +44,19 @@ def list_runs(roots: Sequence[str | Path] = RUN_ROOTS, depth: int = 2) -> list[s
     return sorted(found)
 
 
+def shown_value(value):
+    """A table cell as the page shows it: floats to 4 significant digits (the files keep full precision)."""
+    if isinstance(value, float):
+        return format_value(value) if not math.isfinite(value) else f"{value:.4g}"
+    return value
+
+
 def _read_table(path: Path) -> tuple[list[str], list[list]]:
     rows = read_rows(path)
     if not rows:
         return [], []
     columns = list(rows[0].keys())
-    return columns, [[format_value(r[c]) if isinstance(r[c], float) else r[c] for c in columns] for r in rows]
+    return columns, [[shown_value(r[c]) for c in columns] for r in rows]
 
 
 def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
@@ -67,7 +75,8 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
         raise NoisyNNError(f"{text} is not a folder")
     if not (path / RESULTS_CSV).is_file():
         raise NoisyNNError(f"{text} holds no {RESULTS_CSV}: not a run folder")
-    meta = read_run(path).meta
+    run = read_run(path)
+    meta = run.meta
     figures = sorted(path.glob("*.png"))
     note = ""
     table_path = path / "summary.csv"
@@ -80,6 +89,10 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
     columns, rows = _read_table(table_path)
     if not rows:
         raise NoisyNNError(f"{path / RESULTS_CSV} holds no rows yet")
+    if run.rows and "seed" in run.rows[0]:
+        base = meta.get("config", {}).get("seed")
+        note += (" The seed column of results.csv is each realization's derived seed, derive_seed(base seed, 'noise', target, "
+                 f"trial) (a 64-bit number), not the base seed{f' {base}' if base is not None else ''} of run.json.")
     if len(rows) > max_rows:
         note += f" Showing the first {max_rows} of {len(rows)} rows."
     return SavedRun(path, meta, table_path.name, columns, rows[:max_rows], figures, note.strip())

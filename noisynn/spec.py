@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 from .converters import AnalogIO
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, get_noise
+from .placements import read_digital
 
 SCALES = ("absolute", "relative", "relative_max", "relative_channel")
 KINDS = ("attention", "mlp", "head", "embedding", "other")
@@ -91,7 +92,8 @@ class NoiseSpec:
     ``noise_type``: the registered name; ``noise``: its instance, built once with ``params``;
     ``scale``: one of SCALES (the unit u of sigma); ``targets``: comma list of kinds, groups or
     projections; ``blocks``: block indices for attention/mlp weights (None: every block);
-    ``include_bias``: noise the targeted layers' biases too.
+    ``include_bias``: noise the targeted layers' biases too; ``digital``: parameter names kept digital
+    (``--digital placement.json``): left out of the targets, so they stay clean and get no converters.
     """
 
     noise_type: str
@@ -101,6 +103,7 @@ class NoiseSpec:
     targets: str = "blocks"
     blocks: tuple[int, ...] | None = None
     include_bias: bool = False
+    digital: frozenset = frozenset()
 
     def with_targets(self, targets: str | Sequence[str], blocks: Iterable[int] | str | None = None) -> "NoiseSpec":
         """The same noise (the same instance) on other weights, checked like the original."""
@@ -119,14 +122,18 @@ def _checked_targets(targets, blocks) -> tuple[str, tuple[int, ...] | None]:
 
 def make_noise_spec(noise_type: str | NoiseDistribution = "gaussian", params: dict | None = None,
                     scale: str = "absolute", targets: str | Sequence[str] = "blocks",
-                    blocks: Iterable[int] | str | None = None, include_bias: bool = False) -> NoiseSpec:
-    """The one check of a noise setting (call after plugins are loaded); raises NoisyNNError in one line."""
+                    blocks: Iterable[int] | str | None = None, include_bias: bool = False,
+                    digital: Iterable[str] = ()) -> NoiseSpec:
+    """The one check of a noise setting (call after plugins are loaded); raises NoisyNNError in one line.
+
+    ``digital``: tensor names kept digital (whether the model has them is checked by ``inject.select_targets``).
+    """
     params = {k: v for k, v in (params or {}).items() if v is not None}
     noise = get_noise(noise_type, **params)
     check_scale(noise, scale)  # also an unknown scale name
     spec, block_tuple = _checked_targets(targets, blocks)
     name = noise_type if isinstance(noise_type, str) else noise.name
-    return NoiseSpec(name, noise, params, scale, spec, block_tuple, bool(include_bias))
+    return NoiseSpec(name, noise, params, scale, spec, block_tuple, bool(include_bias), frozenset(digital))
 
 
 def noise_params(args) -> dict:
@@ -138,11 +145,13 @@ def noise_params(args) -> dict:
 
 
 def spec_from_args(args) -> NoiseSpec:
-    """NoiseSpec from the noise flags (options.add_noise_args; ``--blocks`` where the experiment has it)."""
+    """NoiseSpec from the noise flags (options.add_noise_args; ``--blocks`` and ``--digital`` where the
+    experiment has them)."""
     if args.scale not in SCALES:  # the same check as make_noise_spec's, worded with the flag's name
         raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
+    digital = read_digital(args.digital) if getattr(args, "digital", None) else ()
     return make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
-                           getattr(args, "blocks", None), args.include_bias)
+                           getattr(args, "blocks", None), args.include_bias, digital)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A (out x in) weight is split in each dimension the way aihwkit's ``TileModuleArray`` splits it
 (``simulator/tiles/array.py`` ``get_split_sizes`` l.94-97, via noisynn.noise.mapping.split_sizes, which the PCM
-mapping uses too); ``TileLayout`` packs the tiles for one batched product, padding uneven tiles with zeros.
+mapping uses too); ``TileLayout`` gives each tile's slices of the weight (the analog forward reads the tiles as
+views of the layer's weight, one input tile at a time).
 ``weight_scales``: c_w = max|W| / omega per tile (or per tile row), aihwkit's ``apply_weight_scaling``
 (``simulator/tiles/periphery.py`` l.436-496).
 """
@@ -63,11 +64,16 @@ class TileLayout:
             i0 += si
         return out
 
+    def in_slices(self) -> list[slice]:
+        """The input columns of each input tile."""
+        return _slices(self.in_sizes)
+
+    def out_slices(self) -> list[slice]:
+        """The output rows of each output tile."""
+        return _slices(self.out_sizes)
+
     def in_index(self, device):
         return _padded_index(self.in_sizes, self.i_max).to(device)
-
-    def out_index(self, device):
-        return _padded_index(self.out_sizes, self.o_max).to(device)
 
     def split_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) -> (n_in, N, i_max); padded inputs are 0."""
@@ -78,36 +84,13 @@ class TileLayout:
         padded[:, self.in_index(x.device)] = x
         return padded.view(n, self.n_in, self.i_max).transpose(0, 1)
 
-    def pack_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """(out, in) -> (n_in, n_out * o_max, i_max) (a view when the tiles are even); padding is 0."""
-        if self.even:
-            return w.view(self.out_features, self.n_in, self.i_max).transpose(0, 1)
-        padded = w.new_zeros(self.n_out * self.o_max, self.n_in * self.i_max)
-        rows, cols = self.out_index(w.device), self.in_index(w.device)
-        padded[rows[:, None], cols[None, :]] = w
-        return padded.view(self.n_out * self.o_max, self.n_in, self.i_max).transpose(0, 1)
 
-    def merge_outputs(self, y: torch.Tensor) -> torch.Tensor:
-        """(N, n_out * o_max) -> (N, out)."""
-        if len(set(self.out_sizes)) == 1:
-            return y
-        return y.index_select(1, self.out_index(y.device))
-
-    def in_mask(self, device) -> torch.Tensor | None:
-        """(n_in, 1, i_max) True where an input is real (None when there is no padding)."""
-        if len(set(self.in_sizes)) == 1:
-            return None
-        mask = torch.zeros(self.n_in * self.i_max, dtype=torch.bool, device=device)
-        mask[self.in_index(device)] = True
-        return mask.view(self.n_in, 1, self.i_max)
-
-    def out_mask(self, device) -> torch.Tensor | None:
-        """(n_out * o_max,) True where an output is real (None when there is no padding)."""
-        if len(set(self.out_sizes)) == 1:
-            return None
-        mask = torch.zeros(self.n_out * self.o_max, dtype=torch.bool, device=device)
-        mask[self.out_index(device)] = True
-        return mask
+def _slices(sizes: tuple[int, ...]) -> list[slice]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(slice(start, start + size))
+        start += size
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -117,16 +100,20 @@ def tile_layout(out_features: int, in_features: int, tile_size: tuple[int, int])
 
 
 def weight_scales(weight: torch.Tensor, io, layout: TileLayout | None = None) -> torch.Tensor | None:
-    """c_w of each tile output, (n_in, 1, n_out * o_max): max|W| / omega per tile (per tile row with
-    ``per_channel``), 1 where the tile is all zero; None when the weights are unscaled (omega = 0).
+    """c_w of each tile output, (n_in, 1, out): max|W| / omega over the tile (over each tile row with
+    ``per_channel``), 1 where that is 0; None when the weights are unscaled (omega = 0).
     ``io``: a noisynn.analog_mvm.AnalogIO (its ``omega``, ``per_channel``, ``tile_size``)."""
     if io.omega <= 0:
         return None
     lay = layout or tile_layout(*weight.shape, io.tile_size)
-    wt = lay.pack_weight(weight.detach()).abs().amax(dim=-1)  # (n_in, O): max per tile row
-    if not io.per_channel:
-        wt = wt.view(lay.n_in, lay.n_out, lay.o_max).amax(dim=-1, keepdim=True).expand(-1, -1, lay.o_max)
-        wt = wt.reshape(lay.n_in, lay.n_out * lay.o_max)
-    scale = wt / io.omega
+    w = weight.detach()
+    rows = []
+    for cols in lay.in_slices():
+        tile = w[:, cols]
+        peak = torch.maximum(tile.amax(dim=1), tile.amin(dim=1).neg_())  # (out,): max|W| per tile row, no |W| copy
+        if not io.per_channel:
+            peak = torch.cat([part.amax().expand(part.numel()) for part in peak.split(list(lay.out_sizes))])
+        rows.append(peak)
+    scale = torch.stack(rows) / io.omega
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return scale[:, None, :]

@@ -54,7 +54,11 @@ def same_state(a, b):
     ({"blocks": "x-1"}, "blocks take indices"),
     ({"blocks": "3-1"}, "runs backwards"),
     ({"targets": ("head",), "blocks": "0"}, "applies to attention/mlp"),
-    ({"noise_type": "student_t", "df": 0}, "df must be > 0"),
+    ({"noise_type": "student_t", "flags": (("df", "0"),)}, "--df: '0' must be > 0"),
+    ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("t_seconds", "-1"),)}, "--t_seconds"),
+    ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("stuck_fraction", "3"),)}, "must lie in"),
+    ({"flags": (("dac_bits", "1"),)}, "--dac_bits: '1' must be >= 2 bits"),
+    ({"flags": (("input_range", "wide"),)}, "input_range is dynamic, .*or a number, got .wide."),
     ({"eval_tokens": 0}, "evaluation tokens must be between"),
     ({"seed": -1}, "seed must be between"),
 ])
@@ -65,8 +69,8 @@ def test_bad_settings_raise_one_line(change, message):
 
 
 def test_check_setting_normalises_and_knows_block_count():
-    s = check_setting(setting(blocks=" 3, 0-1 ", seed=4.0, df=7, noise_type="gaussian"))
-    assert s.blocks == "0-1,3" and s.block_list == [0, 1, 3] and s.seed == 4 and s.df is None
+    s = check_setting(setting(blocks=" 3, 0-1 ", seed=4.0, noise_type="gaussian"))
+    assert s.blocks == "0-1,3" and s.block_list == [0, 1, 3] and s.seed == 4
     assert check_setting(setting(blocks="ALL")).blocks == "all"
     with pytest.raises(NoisyNNError, match="block 3 does not exist: this model has blocks 0-2"):
         check_setting(setting(blocks="3"), n_blocks=3)
@@ -323,3 +327,192 @@ def test_device_map_reaches_the_loader(text_file, tiny_model_dir):
 def test_a_setting_beyond_the_models_context_is_refused_before_it_runs(explorer, change, message):
     with pytest.raises(NoisyNNError, match=message):
         explorer.compare(setting(**change))
+
+
+# -- issue 17: the explorer's device controls, cancellation, the curve -----------------------------------
+def _cli_device_and_converter_flags():
+    """The flags of the CLI's groups that the page must offer: noise-constructor flags and every converter flag."""
+    import argparse
+
+    from noisynn.options import add_converter_args, add_noise_args
+    from noisynn.spec import NOISE_PARAMS
+
+    def actions(adder):
+        p = argparse.ArgumentParser(add_help=False)
+        adder(p)
+        return [a for a in p._actions if a.option_strings]
+
+    return ({a.dest for a in actions(add_noise_args) if a.dest in NOISE_PARAMS}
+            | {a.dest for a in actions(add_converter_args)})
+
+
+def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
+    pytest.importorskip("gradio")
+    from noisynn import ui
+    from noisynn.explore_flags import flag_controls
+
+    wanted = _cli_device_and_converter_flags()
+    assert {"t_seconds", "drift_compensation", "stuck_fraction", "clip_std", "dac_bits", "input_range"} <= wanted
+    assert {c.dest for c in flag_controls()} == wanted
+    config = ui.build_app(explorer, check_setting(setting()), run_roots=("nowhere",)).get_config_file()
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {f"flag-{d}" for d in wanted} <= ids, sorted({f"flag-{d}" for d in wanted} - ids)
+
+
+def test_controls_are_shown_for_the_noise_type_that_uses_them():
+    from noisynn.explore_flags import shown_for, sigma_meaning
+
+    converters = {"dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "analog_io"}
+    assert converters <= shown_for("gaussian") and "df" not in shown_for("gaussian")
+    assert "df" in shown_for("student_t") and "t_seconds" not in shown_for("student_t")
+    assert {"t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std"} <= shown_for("pcm")
+    assert "stuck_on_ratio" in shown_for("stuck_at") and "t_seconds" not in shown_for("stuck_at")
+    assert "multiplier of the PCM model" in sigma_meaning("pcm", "relative_channel")
+    assert "fraction of devices" in sigma_meaning("stuck_at", "relative_channel")
+    assert "quantization step" in sigma_meaning("quantize", "relative_channel")
+    assert "weight units" in sigma_meaning("gaussian", "absolute")
+
+
+def test_device_flags_change_the_computation_and_the_command(explorer):
+    from noisynn.explore_flags import given_flags
+
+    base = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)
+    flags = given_flags("pcm", {"t_seconds": "1e8", "drift_compensation": True, "df": "3", "dac_bits": ""})
+    assert flags == (("t_seconds", "1e8"), ("drift_compensation", "true"))  # df is not pcm's; empty = default
+    late = check_setting(replace(base, flags=flags))
+    early = check_setting(replace(base, flags=(("t_seconds", "1"),)))
+    assert late.spec.noise.t_seconds == 1e8 and late.spec.noise.drift_compensation
+    lm = explorer.model("tiny")
+    _, p_late = explorer.perplexity(late)
+    _, p_early = explorer.perplexity(early)
+    with noisy_weights(lm.model, 1.0, late.spec.noise, scale="relative_channel", seed=explore.noise_seed(0)):
+        ref = compute_perplexity(lm.model, lm.tokenizer, explorer.eval_ids(late), max_length=64)
+    assert p_late.perplexity == pytest.approx(ref.perplexity, rel=1e-5) != p_early.perplexity
+    argv = shlex.split(explore.cli_command(late))
+    assert argv[argv.index("--t_seconds") + 1] == "1e8" and "--drift_compensation" in argv
+    # A converter flag is used too: a 2-bit DAC on the targeted layers changes the noisy perplexity.
+    _, with_dac = explorer.perplexity(replace(setting(sigma=0.0), flags=(("dac_bits", "2"),)))
+    clean, plain = explorer.perplexity(setting(sigma=0.0))
+    assert plain.perplexity == pytest.approx(clean.perplexity) and with_dac.perplexity != plain.perplexity
+
+
+def test_ui_command_line_device_flags_reach_the_page():
+    from noisynn import ui
+    from noisynn.explore_flags import defaults_from_args
+
+    args = ui.build_parser().parse_args(["--noise_type", "pcm", "--scale", "relative_channel", "--t_seconds", "1e8",
+                                         "--dac_bits", "6", "--tile_size", "256x128"])
+    given = {"t_seconds": "100000000.0", "dac_bits": "6", "tile_size": "256x128"}
+    assert defaults_from_args(args) == given  # SUPPRESSed flags: only those given
+    s = ui.defaults_from(args)
+    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.flag_values().tile_size == [256, 128]
+
+
+@pytest.mark.parametrize("typed, want", [("-10", (-4.0, "clamped to -4")), ("3", (0.0, "clamped to 0")),
+                                         ("-2", (-2.0, "")), ("", (None, "empty: nothing changed")),
+                                         (None, (None, "empty")), ("x", (None, "must be a number")),
+                                         ("nan", (None, "finite"))])
+def test_typed_log_sigma_is_clamped_or_refused(typed, want):
+    value, note = explore.read_log_sigma(typed)
+    assert value == want[0] and want[1] in note and "\n" not in note
+
+
+def test_tokens_are_escaped_for_the_chart():
+    from noisynn.explore_figures import MAX_LABEL, probability_figure, token_label
+
+    assert token_label("\n") == "\\n" and token_label(" the") == "␣the" and token_label("  ") == "␣␣"
+    assert token_label("\t$x$") == "\\t\\$x\\$" and token_label("") == "''" and token_label("\x00") == "\\x00"
+    assert len(token_label(" " * 40)) == MAX_LABEL
+    fig = probability_figure([(token_label(t), 0.5, 0.4) for t in ("\n\n", " " * 30, "a\rb")], 0.1)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert all("\n" not in t and "\r" not in t and t.strip() and len(t) <= MAX_LABEL for t in labels), labels
+
+
+def test_a_newer_request_cancels_the_running_computation(explorer):
+    lm = explorer.model("tiny")
+    before = state(lm.model)
+    ticket = explorer.requests.ticket(0.5)
+    assert not ticket()
+    explorer.requests.want(0.7)  # a later release
+    assert ticket() and not explorer.requests.ticket(0.7)()
+    with pytest.raises(explore.Cancelled):
+        explorer.compare(setting(sigma=0.5), cancelled=ticket)
+    with pytest.raises(explore.Cancelled):
+        explorer.perplexity(setting(sigma=0.5), cancelled=ticket)
+    assert same_state(before, state(lm.model))  # restored, hooks gone
+    assert all(not m._forward_pre_hooks for m in lm.model.modules())
+    sweep_ticket = explorer.requests.ticket(None)
+    explorer.requests.want(0.9)
+    assert not sweep_ticket()
+    explorer.requests.stop()
+    assert sweep_ticket()
+    explorer.compare(setting(sigma=0.5), cancelled=explorer.requests.ticket(0.5))  # a fresh ticket runs
+
+
+def test_sweep_points_run_by_the_runner_and_stop(explorer, tmp_path):
+    s = setting(sigma=0.5)
+    got = list(explore.sweep_points(explorer, s, [0.1, 0.3, 0.5], tmp_path / "sweep"))
+    assert [(i, sig) for i, sig, _, _ in got] == [(0, 0.1), (1, 0.3), (2, 0.5)]
+    assert got[2][3].perplexity == pytest.approx(explorer.perplexity(s)[1].perplexity)
+    rows = read_rows(tmp_path / "sweep" / "results.csv")
+    assert [r["sigma"] for r in rows] == [0.1, 0.3, 0.5] and rows[0]["seed"] == explore.noise_seed(0)
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 40  # a few layers into the work: stops within the first points
+    assert len(list(explore.sweep_points(explorer, s, [0.1, 0.2, 0.3, 0.4], tmp_path / "stopped", cancelled))) < 4
+
+
+def test_the_curve_grows_per_setting_clears_and_exports_run_folders(explorer, tmp_path):
+    from noisynn import graphs
+    from noisynn.experiments.sweep import report
+    from noisynn.experiments.sweep.run import METRICS
+    from noisynn.explore_curve import SWEEP_METRICS, Curve
+
+    assert SWEEP_METRICS == METRICS
+    curve = Curve()
+    a, b = setting(sigma=0.2), setting(sigma=0.2, noise_type="laplacian")
+    for s in (a, replace(a, sigma=0.5), b):
+        clean, noisy = explorer.perplexity(s)
+        curve.add(s, noisy, clean)
+    curve.add(replace(a, sigma=0.5), noisy, clean)  # the same sigma again replaces, not adds
+    assert curve.n_points == 3 and len(curve.lines()) == 2 and len(curve.table()) == 3
+    assert all(len(row[2]) <= 7 for row in curve.table())  # 4 significant digits
+    fig = curve.figure()
+    assert len([ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) > 0 and ln.get_linestyle() == "-"]) == 2
+    out = curve.export(tmp_path / "runs")
+    folders = sorted(out.iterdir())
+    assert [f.name for f in folders] == ["01-gaussian", "02-laplacian"]
+    first = saved_runs.load_saved_run(folders[0])
+    assert first.meta["experiment"] == "sweep" and first.meta["status"] == "finished"
+    assert [r["sigma"] for r in read_rows(folders[0] / "results.csv")] == [0.0, 0.2, 0.5]
+    assert "derived seed" in first.note and report.plot(folders[0])
+    assert graphs.main(["--results_dir", str(out), "--output_dir", str(tmp_path / "figs")]) == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) >= 2
+    curve.clear()
+    assert curve.n_points == 0 and curve.figure().axes
+    with pytest.raises(NoisyNNError, match="the curve is empty"):
+        curve.export(tmp_path / "runs")
+
+
+def test_pcm_points_at_several_times_give_a_time_view(explorer):
+    from noisynn.explore_curve import Curve
+
+    curve = Curve()
+    base = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)
+    for t in ("1", "3600", "1e8"):
+        s = replace(base, flags=(("t_seconds", t),))
+        clean, noisy = explorer.perplexity(s)
+        curve.add(s, noisy, clean)
+    (label, sigma, pts), = curve.time_lines()
+    assert sigma == 1.0 and [t for t, _ in pts] == [1.0, 3600.0, 1e8] and "t_seconds" not in label
+    assert len(curve.figure().axes) == 2
+
+
+def test_saved_run_tables_show_four_significant_digits(saved_run):
+    run = saved_runs.load_saved_run(saved_run)
+    cells = [c for row in run.rows for c in row if isinstance(c, str)]
+    assert cells and all(len(c) <= 10 for c in cells if c.replace(".", "").replace("e", "").replace("-", "")
+                         .replace("+", "").isdigit()), cells
+    assert saved_runs.shown_value(0.123456789) == "0.1235" and saved_runs.shown_value(float("inf")) == "inf"

@@ -1,15 +1,21 @@
 """`noisynn ui` in a real browser: headless Debian Chromium driven by Playwright, the embedded model.
 
 Starts the app on a free loopback port in a subprocess that logs every non-loopback socket
-connect or DNS lookup, moves the sigma slider with the mouse, presses Generate, and checks that
-the noisy text and the probability chart changed while the clean text did not; bad input shows
-a message and the server keeps serving; the page fetched nothing but the app's own files. Saves
-the README screenshot images/ui.png. Every wait is on a concrete DOM condition.
+connect or DNS lookup (with ``--t_seconds 1e8``, which the page must honour), and drives it as a
+researcher would: the sigma slider with the mouse and its number box with the keyboard, Generate,
+releases during a computation (issue 17's defects 1-6 each have a section here), the PCM controls
+and the time slider, the growing curve (points of several settings, a sweep, Stop, export read back
+by generate_graphs and the Saved runs tab, clear), the narrow layout, noise during generation
+streaming its tokens. Checks what the page shows, then that the server logged no traceback and the
+page fetched nothing but the app's own files. Saves the screenshots images/ui.png and
+images/ui_narrow.png. Every wait is on a concrete DOM condition (two fixed pauses check that nothing
+more happens).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +27,7 @@ import pytest
 
 from conftest import ROOT
 from noisynn.explore import sigma_from_slider
+from noisynn.explore_flags import flag_controls
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +36,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 120_000
-SCREENSHOT = ROOT / "images" / "ui.png"
+SCREENSHOTS = ROOT / "images"
 
 # Runs the app with an audit hook that records any connection or name lookup off the loopback.
 LAUNCHER = r"""
@@ -62,6 +69,8 @@ def app_url(tmp_path_factory):
     pytest.importorskip("playwright")
     pytest.importorskip("gradio")
     tmp = tmp_path_factory.mktemp("ui")
+    runs = tmp / "runs"
+    runs.mkdir()
     port = free_port()
     outbound, server_log = tmp / "outbound.log", tmp / "server.log"
     outbound.touch()
@@ -71,7 +80,8 @@ def app_url(tmp_path_factory):
            "OMP_NUM_THREADS": "1"}
     with open(server_log, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(outbound), "--port", str(port), "--sigma", "0.001",
-                                 "--max_new_tokens", "20", "--eval_tokens", "256"],
+                                 "--max_new_tokens", "24", "--eval_tokens", "384", "--t_seconds", "1e8",
+                                 "--runs", str(runs)],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -88,7 +98,7 @@ def app_url(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"the ui did not answer within 240 s:\n{server_log.read_text()[-3000:]}")
             time.sleep(0.5)  # polling interval only, not an assertion
-        yield url, outbound, server_log
+        yield url, outbound, server_log, runs
         assert proc.poll() is None, f"the server died:\n{server_log.read_text()[-3000:]}"
     finally:
         proc.terminate()
@@ -98,11 +108,12 @@ def app_url(tmp_path_factory):
             proc.kill()
 
 
-def status_contains(page, text: str) -> None:
+def status_contains(page, text: str) -> str:
     start = time.monotonic()
     page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text,
                            timeout=WAIT_MS)
     print(f"{time.monotonic() - start:6.1f} s until status shows {text!r}")
+    return page.inner_text("#status")
 
 
 def set_slider(page, selector: str, value: float, exact: bool = True, lo: float = -4.0, hi: float = 0.0) -> float:
@@ -118,6 +129,18 @@ def set_slider(page, selector: str, value: float, exact: bool = True, lo: float 
     return float(track.input_value())
 
 
+def type_in_box(page, selector: str, text: str) -> None:
+    """Type into a slider's number box as a user does: select what is there, type, leave with Tab."""
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(text)
+    box.press("Tab")
+
+
+def choose(page, selector: str, option: str) -> None:
+    page.locator(f"{selector} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def chart_src(page, elem_id: str) -> str:
     page.wait_for_selector(f"#{elem_id} img", timeout=WAIT_MS)
     return page.get_attribute(f"#{elem_id} img", "src")
@@ -127,29 +150,45 @@ def texts(page):
     return page.input_value("#clean-text textarea"), page.input_value("#noisy-text textarea")
 
 
-def save_screenshot(page, tmp_path) -> None:
-    """The README's images/ui.png; rewritten only when the page looks different, so reruns leave git clean.
+def rows(page, elem_id: str) -> int:
+    """Rows of a Dataframe including its header."""
+    grid = page.locator(f"#{elem_id} [role=grid]")
+    return int(grid.get_attribute("aria-rowcount")) if grid.count() else 0
+
+
+def readout(page) -> str:
+    return page.inner_text("#sigma-value")
+
+
+def noisy_perplexity(status: str) -> float:
+    return float(re.search(r"clean, ([0-9.e+]+) noisy", status).group(1))
+
+
+def save_screenshot(page, tmp_path, name: str) -> None:
+    """images/<name>; rewritten only when the page looks different, so reruns leave git clean.
 
     (Chromium's antialiasing differs by a few pixels from run to run, so bytes never match.)
     """
     from PIL import Image, ImageChops
 
-    shot = tmp_path / "ui.png"
+    shot, target = tmp_path / name, SCREENSHOTS / name
     page.screenshot(path=str(shot), full_page=True)
-    if SCREENSHOT.is_file():
-        old, new = Image.open(SCREENSHOT).convert("L"), Image.open(shot).convert("L")
+    if target.is_file():
+        old, new = Image.open(target).convert("L"), Image.open(shot).convert("L")
         if old.size == new.size:
             changed = sum(ImageChops.difference(old, new).point(lambda v: 255 if v > 40 else 0).histogram()[255:])
             if changed <= 50:  # antialiasing only (a changed digit alone moves hundreds of pixels)
                 return
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, SCREENSHOT)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, target)
 
 
 def test_ui_in_chromium(app_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, outbound, server_log = app_url
+    from noisynn.explore_flags import shown_for
+
+    url, outbound, server_log, runs = app_url
     requests: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
@@ -160,9 +199,12 @@ def test_ui_in_chromium(app_url, tmp_path):
             page.wait_for_selector("#generate", timeout=WAIT_MS)
             page.locator("#live input").uncheck()
 
-            # Baseline at sigma = 0.001.
+            # Baseline at sigma = 0.001 (a preview point: 256 eval tokens, 20 new tokens).
+            start = time.monotonic()
             page.click("#generate")
             status_contains(page, "Done: sigma = 0.001,")
+            print(f"one preview point: {time.monotonic() - start:.1f} s")
+            assert "on 256 tokens" in page.inner_text("#status")
             clean_1, noisy_1 = texts(page)
             chart_1 = chart_src(page, "prob-chart")
             assert clean_1.strip() and noisy_1.strip()
@@ -180,29 +222,155 @@ def test_ui_in_chromium(app_url, tmp_path):
             assert noisy_2 != noisy_1, "the noisy continuation should change from sigma 0.001 to 0.0316"
             assert chart_2 != chart_1, "the probability chart should change with sigma"
             assert f"--max_noise {sigma!r}" in page.input_value("#cli-command textarea")
-            assert page.get_attribute("#metrics [role=grid]", "aria-rowcount") == "3"  # header, clean, noisy
+            assert rows(page, "metrics") == 3  # header, clean, noisy
             assert page.locator("#csv-file a").count() >= 1
-            save_screenshot(page, tmp_path)
+            # Defect 6 (page side): the derived seed in the CSV is explained next to it.
+            assert "derived seed" in page.inner_text("#seed-note")
 
-            # Bad input: a visible message, the outputs stay, no traceback.
-            page.fill("#prompt textarea", "   ")
+            # Defect 1: three releases while the first computes; the last one wins, and the slider,
+            # the readout and the results name the same sigma.
+            page.locator("#live input").check()
+            released = [set_slider(page, "#sigma-slider", v, exact=False) for v in (-2.6, -2.0, -1.0)]
+            final = sigma_from_slider(released[-1])
+            status_contains(page, f"Done: sigma = {final:g},")
+            page.wait_for_timeout(3000)  # a superseded computation would report here; none may
+            assert f"Done: sigma = {final:g}," in page.inner_text("#status")
+            assert readout(page) == f"sigma = {final:g}"
+            assert f"sigma = {final:g}" in page.inner_text("#results-sigma")
+            assert f"{final:g}" in page.inner_text("#metrics")
+            assert float(page.locator("#sigma-slider input[type=range]").input_value()) == released[-1]
+
+            # Defect 2: out-of-range values are clamped with a message; an empty box changes nothing.
+            page.locator("#live input").uncheck()
+            type_in_box(page, "#sigma-slider", "-10")
+            status_contains(page, "log10 sigma -10 is outside [-4, 0]: clamped to -4")
+            assert readout(page) == "sigma = 0.0001"
+            type_in_box(page, "#sigma-slider", "3")
+            status_contains(page, "clamped to 0")
+            assert readout(page) == "sigma = 1"
+            type_in_box(page, "#sigma-slider", "-2")
+            page.wait_for_function("() => document.querySelector('#sigma-value').innerText == 'sigma = 0.01'",
+                                   timeout=WAIT_MS)
+            type_in_box(page, "#sigma-slider", "")
+            status_contains(page, "the log10 sigma box is empty: nothing changed")
+            page.wait_for_function("() => document.querySelector('#sigma-slider input[type=range]').value == '-2'",
+                                   timeout=WAIT_MS)
+            assert readout(page) == "sigma = 0.01"
+            assert page.get_by_text("Error", exact=True).count() == 0
+            assert "Ready." not in page.inner_text("#status")
+
+            # Defect 4: tokens with newlines and spaces are shown escaped.
+            page.fill("#prompt textarea", "Shopping list:\n- milk\n- eggs\n- bread")
             page.click("#generate")
-            status_contains(page, "the prompt is empty")
-            page.locator("[data-testid=toast-text]", has_text="the prompt is empty").first.wait_for(timeout=WAIT_MS)
+            status_contains(page, "Done: sigma = 0.01,")
+            top = page.inner_text("#topk-tokens")
+            assert "\\n" in top and "␣" in top, top
+            chart_src(page, "prob-chart")
             page.fill("#prompt textarea", "The history of science shows that")
-            max_new = page.input_value("#max-new-tokens input")
-            page.fill("#max-new-tokens input", "100000")
-            page.click("#generate")
-            status_contains(page, "max new tokens must be between 1 and 256")
-            assert texts(page) == (clean_2, noisy_2)
-            page.fill("#max-new-tokens input", max_new)
 
-            # Drift: sigma grows token by token.
-            page.get_by_role("tab", name="Drift").click()
-            page.locator("#drift-tokens input").fill("12")
+            # Defect 3: every device parameter of pcm is a control, shown for pcm only; --t_seconds 1e8 holds.
+            choose(page, "#noise-type", "pcm")
+            page.wait_for_selector("#flag-t_seconds", state="visible", timeout=WAIT_MS)
+            assert page.input_value("#flag-t_seconds input") == "100000000.0"
+            assert page.input_value("#scale input") == "relative_channel"  # pcm maps by max|W|
+            assert "multiplier of the PCM model" in page.inner_text("#sigma-meaning")
+            assert page.locator("#time-slider").is_visible() and not page.locator("#flag-df").is_visible()
+            page.get_by_text("converters: DAC, output noise, ADC").click()
+            for c in flag_controls():
+                assert page.locator(f"#{c.elem_id}").is_visible() == (c.dest in shown_for("pcm")), c.flag
+            choose(page, "#noise-type", "student_t")
+            page.wait_for_selector("#flag-df", state="visible", timeout=WAIT_MS)
+            assert not page.locator("#flag-t_seconds").is_visible() and not page.locator("#time-slider").is_visible()
+            assert "student_t" in page.inner_text("#sigma-meaning")
+            choose(page, "#noise-type", "pcm")
+            page.wait_for_selector("#flag-t_seconds", state="visible", timeout=WAIT_MS)
+            type_in_box(page, "#sigma-slider", "0")  # sigma 1: the device as measured
+            page.wait_for_function("() => document.querySelector('#sigma-value').innerText == 'sigma = 1'",
+                                   timeout=WAIT_MS)
+            page.click("#generate")
+            ppl_late = noisy_perplexity(status_contains(page, "Done: sigma = 1,"))
+            command = page.input_value("#cli-command textarea")
+            assert "--noise_type pcm --t_seconds 100000000.0" in command and "--scale relative_channel" in command
+            # The time slider (log10 s) sets t_seconds: 1 s after programming.
+            type_in_box(page, "#time-slider", "0")
+            page.wait_for_function("() => document.querySelector('#flag-t_seconds input').value == '1'",
+                                   timeout=WAIT_MS)
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelector('#cli-command textarea').value"
+                                   ".includes('--t_seconds 1 ')", timeout=WAIT_MS)
+            ppl_early = noisy_perplexity(status_contains(page, "Done: sigma = 1,"))
+            assert ppl_early != ppl_late, "the read time must change the PCM model"
+
+            # The curve: gaussian at 0.001, 0.03162, the last release and 0.01; pcm at two times.
+            assert rows(page, "curve-table") == 1 + 6
+            table = page.inner_text("#curve-table")
+            assert "--t_seconds 1 " in table and "--t_seconds 100000000.0" in table
+            chart_src(page, "curve-chart")
+
+            # A sweep fills the curve for the current setting; Stop ends another one midway.
+            choose(page, "#noise-type", "gaussian")
+            page.locator("#sweep-levels input").fill("3")
+            page.click("#sweep")
+            status_contains(page, "Sweep: point 3 of 3")
+            assert rows(page, "curve-table") == 1 + 6 + 3
+            page.locator("#sweep-levels input").fill("6")
+            type_in_box(page, "#sigma-slider", "-0.5")
+            page.click("#sweep")
+            status_contains(page, "Sweep: point 1 of 6")
+            page.click("#stop")
+            status_contains(page, "Stopped")
+            n_after_stop = rows(page, "curve-table")
+            page.wait_for_timeout(8000)  # a sweep that kept running would add points here
+            assert rows(page, "curve-table") == n_after_stop < 1 + 6 + 3 + 6
+            assert "stopped" in page.inner_text("#status").lower()
+            save_screenshot(page, tmp_path, "ui.png")
+
+            # Export: one sweep run folder per setting, read by generate_graphs and the Saved runs tab.
+            page.click("#curve-export")
+            status_contains(page, "Exported to")
+            exported = sorted(runs.glob("ui-curve-*"))
+            assert len(exported) == 1
+            settings = sorted(p for p in exported[0].iterdir() if (p / "run.json").is_file())
+            assert len(settings) == 4  # gaussian absolute, pcm at two times, gaussian relative_channel
+            graphs = subprocess.run([sys.executable, "-m", "noisynn.cli", "generate_graphs", "--results_dir",
+                                     str(exported[0]), "--output_dir", str(tmp_path / "figures")], cwd=ROOT,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+            assert graphs.returncode == 0, graphs.stderr
+            assert len(list((tmp_path / "figures").glob("*.png"))) >= 4
+            page.get_by_role("tab", name="Saved runs").click()
+            page.click("#run-show")
+            status_contains(page, f"Showing {settings[0]}")
+            page.wait_for_selector("#run-figures img", timeout=WAIT_MS)
+            assert rows(page, "run-table") > 2
+            # Defect 6: sensible floats, and the seed explained.
+            assert not re.search(r"\d\.\d{6,}", page.inner_text("#run-table")), page.inner_text("#run-table")
+            assert "derived seed" in page.inner_text("#run-note")
+            page.get_by_role("tab", name="Explore").click()
+            page.click("#curve-clear")
+            status_contains(page, "The curve is cleared")
+            assert rows(page, "curve-table") <= 1
+
+            # Defect 5: at 800 px the columns stack and the charts keep their width.
+            page.set_viewport_size({"width": 800, "height": 1000})
+            page.wait_for_function("() => { const c = document.querySelector('#controls-col').getBoundingClientRect();"
+                                   " const r = document.querySelector('#results-col').getBoundingClientRect();"
+                                   " return r.top >= c.bottom - 2; }", timeout=WAIT_MS)
+            assert page.locator("#prob-chart").bounding_box()["width"] > 560
+            assert page.evaluate("() => { const m = document.querySelector('#metrics');"
+                                 " return m.getBoundingClientRect().right <= window.innerWidth + 1; }")
+            save_screenshot(page, tmp_path, "ui_narrow.png")
+            page.set_viewport_size({"width": 1400, "height": 1000})
+
+            # Noise during generation: the tokens stream as they are produced.
+            page.get_by_role("tab", name="Noise during generation").click()
+            page.evaluate("() => { window.seen = new Set(); window.poll = setInterval(() => { const t ="
+                          " document.querySelector('#drift-text textarea'); if (t) window.seen.add(t.value.length);"
+                          " }, 20); }")
+            page.locator("#drift-tokens input").fill("16")
             page.click("#drift-play")
-            status_contains(page, "Drift done: 12 tokens")
+            status_contains(page, "Generation done: 16 tokens")
             assert page.input_value("#drift-text textarea").strip()
+            assert page.evaluate("() => window.seen.size") >= 4, "the text should grow token by token"
             chart_src(page, "drift-chart")
 
             # Saved runs: a missing folder is a message; the committed sweep is shown (its figure redrawn).
@@ -214,15 +382,21 @@ def test_ui_in_chromium(app_url, tmp_path):
             page.click("#run-show")
             status_contains(page, "Showing results/sweep")
             page.wait_for_selector("#run-figures img", timeout=WAIT_MS)
-            assert int(page.get_attribute("#run-table [role=grid]", "aria-rowcount")) > 10
+            assert rows(page, "run-table") > 10
 
-            # Live mode, and the server still serves after the errors: releasing the slider regenerates.
+            # Bad input: a visible message, the outputs stay, the server keeps serving.
             page.get_by_role("tab", name="Explore").click()
-            page.locator("#live input").check()
-            released = set_slider(page, "#sigma-slider", -1.0, exact=False)
-            assert released != pytest.approx(-1.5)
-            status_contains(page, f"Done: sigma = {sigma_from_slider(released):g},")
-            assert texts(page)[0] == clean_2 and texts(page)[1] != noisy_2
+            outputs = texts(page)
+            page.fill("#prompt textarea", "   ")
+            page.click("#generate")
+            status_contains(page, "the prompt is empty")
+            page.locator("[data-testid=toast-text]", has_text="the prompt is empty").first.wait_for(timeout=WAIT_MS)
+            page.fill("#prompt textarea", "The history of science shows that")
+            page.locator("#preview input").uncheck()
+            page.fill("#max-new-tokens input", "100000")
+            page.click("#generate")
+            status_contains(page, "max new tokens must be between 1 and 256")
+            assert texts(page) == outputs
         finally:
             browser.close()
     assert "Traceback" not in server_log.read_text(), server_log.read_text()[-3000:]

@@ -12,8 +12,8 @@ from ...context import finish, start
 from ...converters import install_converters
 from ...inject import NoiseInjector, rounding_report
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
-from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
-                       positive_int, nonneg_float, prompt_text, script_main)
+from ...options import (ArgumentParser, add_converter_args, add_digital_arg, add_model_args, add_noise_args, add_run_args,
+                       block_list, positive_int, nonneg_float, prompt_text, script_main)
 from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from . import report
 
@@ -31,6 +31,7 @@ def add_args(p: ArgumentParser) -> None:
     # SUPPRESS: without --blocks the config (and so resuming older run folders) is unchanged.
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
                    help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
+    add_digital_arg(g)
     g.add_argument("--max_noise", type=nonneg_float, default=0.08, help="largest sigma (default: %(default)s)")
     g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
     g.add_argument("--spacing", choices=("log", "linear"), default="log",
@@ -71,7 +72,8 @@ def run(argv=None) -> int:
     injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
-                           **({"converters": hooks.describe()} if hooks else {}))
+                           **({"converters": hooks.describe()} if hooks else {}),
+                           **({"digital": sorted(ctx.spec.digital)} if ctx.spec.digital else {}))
     if rounding and rounding["levels_where_rounding_exceeds_threshold"]:
         log.warning("%s rounding of the targeted weights (std %.3g in weight units) exceeds 10%% of the noise at "
                     "sigma = %s; those levels measure rounding as much as noise", lm.info["dtype"],

@@ -1,0 +1,217 @@
+"""The explorer's setting: what is computed (noise, flags, sigma, text), its checks, the command that
+reproduces it, and which request is still wanted (``Requests``; a superseded computation is ``Cancelled``)."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .errors import NoisyNNError
+from .evaluation import DEFAULT_PROMPT
+from .explore_flags import flag_argv, parse_flags
+from .models import DEFAULT_MODEL
+from .runner import Point
+from .spec import NoiseSpec, converter_spec_from_args, make_noise_spec, noise_params, parse_blocks
+
+TARGET_CHOICES = ("attention", "mlp", "head")
+MAX_NEW_TOKENS = 256
+MAX_EVAL_TOKENS = 4096
+MAX_TOP_K = 50
+PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS = 256, 20  # the page's preview: a point in a few seconds on a CPU
+SIGMA_DIGITS = 4  # the UI's sigma is rounded to this many significant digits, so the CLI command is exact
+SIGMA_LOG_MIN, SIGMA_LOG_MAX = -4.0, 0.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything that determines what the explorer shows.
+
+    ``flags``: the device and converter flags given, ``(dest, text)`` pairs as typed (``explore_flags``).
+    """
+
+    model: str = DEFAULT_MODEL
+    noise_type: str = "gaussian"
+    sigma: float = 0.02
+    scale: str = "absolute"
+    targets: tuple[str, ...] = ("attention", "mlp")
+    blocks: str = "all"  # "0-9,20": attention/mlp weights of these blocks only
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = 30
+    top_k: int = 8
+    eval_tokens: int = 1024
+    max_length: int = 512
+    include_bias: bool = False
+    flags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target_spec(self) -> str:
+        return ",".join(self.targets)
+
+    @property
+    def block_list(self) -> list[int] | None:
+        return parse_blocks(self.blocks)
+
+    def flag_values(self):
+        """The flags parsed by the CLI's own parser (its types, bounds and messages)."""
+        return parse_flags(self.noise_type, self.scale, self.target_spec, self.flags, self.include_bias)
+
+    @property
+    def spec(self) -> NoiseSpec:
+        """The checked noise spec, by the same function as the command line's (``noisynn.spec``)."""
+        return make_noise_spec(self.noise_type, noise_params(self.flag_values()), self.scale, self.target_spec,
+                               self.blocks, self.include_bias)
+
+    def converter_spec(self, text_file: str | None = None, dataset: str | None = None):
+        """The converters the flags ask for (None: none), by the command line's ``converter_spec_from_args``."""
+        args = self.flag_values()
+        args.text_file, args.dataset, args.max_length = text_file, dataset, self.max_length
+        return converter_spec_from_args(args)
+
+    @property
+    def curve_key(self) -> tuple:
+        """What makes points lie on one curve: everything but sigma, the prompt and the chart."""
+        return (self.model, self.noise_type, self.scale, self.target_spec, self.blocks, self.include_bias,
+                self.flags, self.seed, self.eval_tokens, self.max_length)
+
+    @property
+    def label(self) -> str:
+        words = [self.noise_type, self.scale, self.target_spec] + ([f"blocks {self.blocks}"] if self.blocks != "all"
+                                                                   else [])
+        words += flag_argv(self.flags) + ([f"seed {self.seed}"] if self.seed else [])
+        return " ".join(words) + f" ({self.eval_tokens} tok)"
+
+
+def sigma_from_slider(log10_sigma: float) -> float:
+    """The log-scale slider's value (log10 sigma) as sigma, rounded to SIGMA_DIGITS significant digits."""
+    return float(f"{10 ** float(log10_sigma):.{SIGMA_DIGITS}g}")
+
+
+def read_log_sigma(value, lo: float = SIGMA_LOG_MIN, hi: float = SIGMA_LOG_MAX) -> tuple[float | None, str]:
+    """The slider's typed value -> (log10 sigma clamped to [lo, hi], note); (None, note) for an empty box."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, "the log10 sigma box is empty: nothing changed"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"log10 sigma must be a number, got {value!r}: nothing changed"
+    if not math.isfinite(number):
+        return None, f"log10 sigma must be a finite number, got {value!r}: nothing changed"
+    if number < lo or number > hi:
+        clamped = min(max(number, lo), hi)
+        return clamped, f"log10 sigma {number:g} is outside [{lo:g}, {hi:g}]: clamped to {clamped:g}"
+    return number, ""
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NoisyNNError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise NoisyNNError(f"{name} must be a whole number, got {value!r}")
+    if not lo <= number <= hi:
+        raise NoisyNNError(f"{name} must be between {lo} and {hi}, got {int(number)}")
+    return int(number)
+
+
+def check_setting(s: Setting, n_blocks: int | None = None) -> Setting:
+    """The setting with numbers normalised; raises NoisyNNError with a one-line reason if it is bad."""
+    if not (s.prompt or "").strip():
+        raise NoisyNNError("the prompt is empty: type a few words for the model to continue")
+    sigma = float(s.sigma) if s.sigma is not None else float("nan")
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise NoisyNNError(f"sigma must be a finite number >= 0, got {s.sigma}")
+    if not s.targets:
+        raise NoisyNNError("choose at least one target (attention, mlp or head)")
+    blocks = s.spec.blocks  # noise, its flags, scale, targets, blocks: the command line's checks
+    s.converter_spec()  # the converter flags: AnalogIO's checks
+    if blocks is not None and n_blocks is not None and blocks[-1] >= n_blocks:
+        raise NoisyNNError(f"block {blocks[-1]} does not exist: this model has blocks 0-{n_blocks - 1}")
+    return replace(
+        s, sigma=sigma, prompt=s.prompt, blocks=_format_blocks(None if blocks is None else list(blocks)),
+        seed=_int_in("seed", s.seed, 0, 2**31 - 1),
+        max_new_tokens=_int_in("max new tokens", s.max_new_tokens, 1, MAX_NEW_TOKENS),
+        top_k=_int_in("top-k", s.top_k, 1, MAX_TOP_K),
+        eval_tokens=_int_in("evaluation tokens", s.eval_tokens, 16, MAX_EVAL_TOKENS),
+        max_length=_int_in("perplexity window", s.max_length, 16, 8192))
+
+
+def _format_blocks(blocks: list[int] | None) -> str:
+    """[0, 1, 2, 3, 7] -> "0-3,7"; None -> "all"."""
+    if blocks is None:
+        return "all"
+    parts, start = [], blocks[0]
+    for prev, cur in zip(blocks, blocks[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(parts)
+
+
+def noise_seed(seed: int) -> int:
+    """Seed of the noise realization: the sweep's trial 0 at base seed ``seed`` (so its CLI reproduces it).
+
+    It is derived (``derive_seed(seed, "noise", target, trial)``, a 64-bit value): the ``seed`` column of
+    results.csv holds this, run.json's config holds the base seed typed in the page.
+    """
+    return Point(0, 0.0, 0).seed(int(seed))
+
+
+def cli_command(s: Setting, out: str = "runs/ui-export", text_file: str | None = None,
+                dataset: str | None = None) -> str:
+    """The ``thermal_noise_simulation.py`` command that reproduces this setting's noisy model and numbers.
+
+    One level (``--max_noise sigma --n_levels 1``), one trial (trial 0 of ``--seed``, the same noise
+    realization), the device and converter flags given, perplexity on the same tokens; its greedy sample
+    in samples.jsonl is the noisy continuation shown here.
+    """
+    argv = ["python", "thermal_noise_simulation.py", "--model", s.model]
+    argv += ["--text_file", str(text_file)] if text_file else ["--dataset", dataset] if dataset else []
+    argv += ["--noise_type", s.noise_type] + flag_argv(s.flags)
+    argv += ["--scale", s.scale, "--targets", s.target_spec]
+    if s.blocks != "all":
+        argv += ["--blocks", s.blocks]
+    if s.include_bias:
+        argv += ["--include_bias"]
+    argv += ["--max_noise", repr(float(s.sigma)), "--n_levels", "1", "--n_trials", "1", "--seed", str(s.seed),
+             "--prompt", s.prompt, "--max_new_tokens", str(s.max_new_tokens),
+             "--entropy_tokens", str(s.max_new_tokens), "--eval_tokens", str(s.eval_tokens),
+             "--max_length", str(s.max_length), "--out", out]
+    return shlex.join(argv)
+
+
+class Cancelled(Exception):
+    """A computation stopped because a newer request or the Stop button superseded it."""
+
+
+class Requests:
+    """Which computation is still wanted: the latest released sigma, and a stop counter.
+
+    A ticket (``ticket(sigma)``) is cancelled when Stop was pressed after it was taken, or when a
+    newer sigma was asked for (``want``) than the ticket's; ``sigma=None`` tickets (sweeps) only stop.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.wanted: float | None = None
+        self.stops = 0
+
+    def want(self, sigma: float) -> None:
+        with self._lock:
+            self.wanted = float(sigma)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stops += 1
+            self.wanted = None
+
+    def ticket(self, sigma: float | None = None) -> Callable[[], bool]:
+        stops = self.stops
+
+        def cancelled() -> bool:
+            return self.stops != stops or (sigma is not None and self.wanted is not None and self.wanted != sigma)
+        return cancelled
