@@ -238,8 +238,12 @@ class NoiseInjector:
         """Let drift compensation measure through these ``ConverterHooks`` (None: none), as aihwkit's tiles do:
         with a device model's ``compensation_method = "readout"``, each ``apply`` then sets a factor per tile of
         every converter layer (applied after its ADC) and folds the exact per-tile factor into the other targets
-        (noisynn.compensation). Without converters attached, every target gets the folded factor."""
-        self.compensation.converters = converters
+        (noisynn.compensation). Without converters attached, every target gets the folded factor.
+
+        Attaching other converters drops the cached reference readouts: they were measured through the old ones."""
+        if converters is not self.compensation.converters:
+            self.compensation.clear()
+            self.compensation = ReadoutCompensation(converters)
         self.compensation.clear()
         return self
 

@@ -25,8 +25,9 @@ def test_drift_over_time_run_folder(tmp_path, tiny, capsys):
     args = tiny + ["--times", "1s,1d,1y", "--n_trials", "2", "--digital_bits", "4", "--out", str(out)]
     assert drift_over_time.main(args) == 0
     rows = read_rows(out / "results.csv")
-    assert list(rows[0])[:13] == ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "condition",
-                                  "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean"]
+    assert list(rows[0])[:14] == ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "condition",
+                                  "preset", "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean"]
+    assert {r["preset"] for r in rows} == {"digital", "none"}  # one setting: the weights only, as before
     pcm = [r for r in rows if r["condition"] == "pcm"]
     assert [r["condition"] for r in rows if r["condition"] != "pcm"] == ["float", "int4"]
     assert len(pcm) == 3 * 2 * 2 and {r["t_label"] for r in pcm} == {"1 s", "1 d", "1 y"}
@@ -46,6 +47,7 @@ def test_drift_over_time_run_folder(tmp_path, tiny, capsys):
     assert "multiplier" in meta["sigma"] and "once per trial" in meta["programming"]
     assert meta["injection"]["noise"]["name"] == "pcm" and "Nandakumar" in meta["injection"]["noise"]["sources"]
     assert len(meta["drift_reference"]["factor"]) == 60
+    assert meta["presets"] == {"none": None} and meta["converters_by_preset"] == {"none": None}
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == len(rows) * 2 and {s["kind"] for s in samples} == {"greedy", "sampled"}
     assert (out / "drift_over_time.png").stat().st_size > 10_000 and (out / "summary.csv").is_file()
@@ -66,7 +68,63 @@ def test_drift_plot_redraws_from_the_folder_alone(tmp_path, tiny):
     assert {r["compensation"] for r in read_rows(out / "results.csv") if r["condition"] == "pcm"} == {True}
 
 
+def _pcm_by(rows, preset):
+    return {(r["trial"], r["t_seconds"], r["compensation"]): r for r in rows
+            if r["condition"] == "pcm" and r["preset"] == preset}
+
+
+def test_drift_over_time_presets_in_one_run(tmp_path, tiny):
+    """--presets reads the same programmings through each setting, and each preset's rows are the rows of a run of
+    that preset alone (so no preset's converters, calibration or compensation reference leak into another's)."""
+    common = tiny + ["--times", "1s,1y", "--n_trials", "2", "--digital_bits", ""]
+    out = tmp_path / "multi"
+    args = common + ["--presets", "none,aihwkit_default,afm", "--out", str(out)]
+    assert drift_over_time.main(args) == 0
+    rows = read_rows(out / "results.csv")
+    assert [r["preset"] for r in rows if r["condition"] != "pcm"] == ["digital"]
+    by = {p: _pcm_by(rows, p) for p in ("none", "aihwkit_default", "afm")}
+    assert all(len(b) == 2 * 2 * 2 for b in by.values()) and len(rows) == 1 + 3 * 8
+    for key, none in by["none"].items():  # one programming per trial, whatever the preset
+        assert by["aihwkit_default"][key]["drift_ratio"] == by["afm"][key]["drift_ratio"] == none["drift_ratio"]
+        assert by["aihwkit_default"][key]["seed"] == none["seed"]
+    assert any(by["aihwkit_default"][k]["perplexity"] != r["perplexity"] for k, r in by["none"].items())
+    assert any(by["afm"][k]["perplexity"] != by["aihwkit_default"][k]["perplexity"] for k in by["none"])
+    # compensated through the converters after the ADC: per-tile factors, not exactly the weights' factor
+    year_on = [k for k in by["none"] if k[1] > 1e7 and k[2]]
+    assert all(by["aihwkit_default"][k]["alpha_mean"] > 1.0 for k in year_on)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["presets"]["none"] is None and meta["presets"]["afm"]["dac_bits"] == 8
+    assert meta["presets"]["aihwkit_default"]["adc_bits"] == 9 and meta["converters_by_preset"]["afm"]["n_layers"] > 0
+    summary = read_rows(out / "summary.csv")
+    assert {r["preset"] for r in summary if r["condition"] == "pcm"} == {"none", "aihwkit_default", "afm"}
+    for preset, flags in (("none", []), ("aihwkit_default", ["--analog_preset", "aihwkit_default"])):
+        single = tmp_path / preset
+        assert drift_over_time.main(common + flags + ["--out", str(single)]) == 0
+        alone = read_rows(single / "results.csv")
+        assert {r["preset"] for r in alone if r["condition"] == "pcm"} == {preset}
+        for key, r in _pcm_by(alone, preset).items():
+            assert (r["perplexity"], r["alpha_mean"]) == (by[preset][key]["perplexity"], by[preset][key]["alpha_mean"])
+    # An interrupted run resumes: the rows it has are kept, the rest computed, the same as a whole run.
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:12]))
+    assert drift_over_time.main(args) == 0
+    assert read_rows(out / "results.csv") == rows
+
+
+def test_drift_over_time_calibrated_preset_without_max_length(tmp_path, tiny):
+    """A calibrated input range (afm) is measured in windows of the fitted --max_length, also when none is given."""
+    i = tiny.index("--max_length")
+    args = tiny[:i] + tiny[i + 2:] + ["--times", "1d", "--n_trials", "1", "--digital_bits", "", "--compensation", "on"]
+    assert drift_over_time.main(args + ["--presets", "afm", "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["converters_by_preset"]["afm"]["calibration"]["tokens"] > 0
+
+
 @pytest.mark.parametrize("extra,message", [
+    (["--presets", "none,afm", "--analog_preset", "afm"], "not both"),
+    (["--presets", "none", "--analog_io"], "not both"),
+    (["--presets", "none,hwa"], "comma list of none"),
+    (["--presets", "afm,afm"], "distinct"),
     (["--times", "abc"], "is not a time"),
     (["--times", "1h,3600"], "distinct"),
     (["--t_seconds", "5"], "use --times"),

@@ -6,6 +6,10 @@ Each trial programs the targeted weights once (programming noise and drift expon
 see noisynn.noise.pcm) and reads the same programmed conductances at every time on the list; read noise is
 drawn afresh at each time. Every time is evaluated without and with global drift compensation, which
 share the read. Digital references (float, and symmetric per-channel int-b weights) are evaluated once.
+
+``--presets none,aihwkit_default,aihwkit_hwa,afm`` reads the same programmed conductances through each analog
+setting in one run (a ``preset`` column): ``none`` = no preset (the weights only, unless converter flags are given),
+a name = ``--analog_preset NAME``; converter flags given override the fields of every entry.
 """
 
 from __future__ import annotations
@@ -21,26 +25,30 @@ from ...noise import bits_to_step, drift_factor, parse_time, time_label
 from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
                        nonneg_float, positive_int, prompt_text, script_main)
 from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
-from ...spec import converter_spec_from_args, spec_from_args
+from ...presets import PRESETS
+from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, converter_spec_from_args, make_converter_spec, spec_from_args
 from . import report
 
 EXPERIMENT = "drift_over_time"
 METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
            "repetition", "finite")
-EXTRA = ("condition", "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean")
-KEY = ("condition", "t_seconds", "compensation", "trial")
+EXTRA = ("condition", "preset", "t_seconds", "t_label", "compensation", "drift_ratio", "alpha_mean")
+KEY = ("condition", "preset", "t_seconds", "compensation", "trial")
+DIGITAL = "digital"  # the preset column of the digital reference rows (no converters)
 DEFAULT_TIMES = "1s,1min,1h,1d,1mo,1y"
 
 
 @dataclass(frozen=True)
 class DriftPoint(Point):
-    """A read at ``t_seconds`` (level = index of the time) with or without compensation, or a digital row.
+    """A read at ``t_seconds`` (level = index of the time) through analog setting ``preset``, with or without
+    compensation, or a digital row.
 
-    The noise seed depends on the trial only, so every time and both compensation settings read the
+    The noise seed depends on the trial only, so every preset, time and both compensation settings read the
     same programmed conductances.
     """
 
     condition: str = "pcm"
+    preset: str = DIGITAL
     t_seconds: float = 0.0
     compensation: bool = False
 
@@ -53,6 +61,11 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--times", default=DEFAULT_TIMES,
                    help="read times after programming, comma list of seconds or NUMBER+unit (s, min, h, d, "
                         "mo = 30 d, y = 365 d) (default: %(default)s)")
+    g.add_argument("--presets", default=None,
+                   help="analog settings to read every programming through, comma list of 'none' (no preset: the "
+                        f"weights only unless converter flags are given) and {', '.join(PRESETS)}; converter flags "
+                        "given override each entry's fields; not with --analog_preset / --analog_io (default: one "
+                        "setting, from the converter flags)")
     g.add_argument("--noise_scale", type=nonneg_float, default=1.0,
                    help="sigma: multiplier of the device noise and drift (1 = as measured) (default: %(default)s)")
     g.add_argument("--compensation", choices=("both", "off", "on"), default="both",
@@ -90,13 +103,43 @@ def parse_bits(text: str) -> list[int]:
     return bits
 
 
-def points(times: list[float], n_trials: int, compensation: str, bits: list[int]) -> list[DriftPoint]:
+def points(times: list[float], n_trials: int, compensation: str, bits: list[int],
+           presets: list[str] = ("none",)) -> list[DriftPoint]:
+    """Digital rows, then per trial (one programming), per preset, per time: off and / or on."""
     comps = {"both": (False, True), "off": (False,), "on": (True,)}[compensation]
     out = [DriftPoint(0, 0.0, 0, condition="float")]
     out += [DriftPoint(0, bits_to_step(b), 0, condition=f"int{b}") for b in bits]
-    out += [DriftPoint(i, 0.0, trial, condition="pcm", t_seconds=t, compensation=c)
-            for trial in range(n_trials) for i, t in enumerate(times) for c in comps]
+    out += [DriftPoint(i, 0.0, trial, condition="pcm", preset=preset, t_seconds=t, compensation=c)
+            for trial in range(n_trials) for preset in presets for i, t in enumerate(times) for c in comps]
     return out
+
+
+def preset_specs(args) -> dict:
+    """{preset label: ConverterSpec or None} of the run, in order.
+
+    Without ``--presets``: one entry from the converter flags as every experiment reads them, labelled with
+    ``--analog_preset`` (``aihwkit_default`` for ``--analog_io``) or ``none``. With ``--presets``: per entry,
+    ``none`` = the converter flags alone (None when no flag is given: the weights only), a preset name = the
+    preset with the given flags overriding its fields, as ``--analog_preset NAME`` would give.
+    """
+    if args.presets is None:
+        label = getattr(args, "analog_preset", None) or ("aihwkit_default" if getattr(args, "analog_io", False)
+                                                          else "none")
+        return {label: converter_spec_from_args(args)}
+    for flag in ("analog_preset", "analog_io"):
+        if getattr(args, flag, None):
+            raise NoisyNNError(f"give --presets or --{flag}, not both (name the preset in --presets)")
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    unknown = [n for n in names if n != "none" and n not in PRESETS]
+    if not names or unknown:
+        raise NoisyNNError(f"--presets takes a comma list of none, {', '.join(PRESETS)}; got '{args.presets}'")
+    if len(set(names)) != len(names):
+        raise NoisyNNError(f"--presets needs distinct names, got '{args.presets}'")
+    flags = {k: getattr(args, k, None) for k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS}
+    return {n: make_converter_spec(flags, preset=None if n == "none" else n,
+                                   per_channel=args.scale == "relative_channel", text_file=getattr(args, "text_file", None),
+                                   dataset=getattr(args, "dataset", None), max_length=getattr(args, "max_length", 512))
+            for n in names}
 
 
 def drift_reference(times: list[float], nu: float = 0.049, n: int = 60) -> dict:
@@ -106,7 +149,7 @@ def drift_reference(times: list[float], nu: float = 0.049, n: int = 60) -> dict:
     return {"nu": nu, "t_seconds": grid, "factor": [drift_factor(t, nu) for t in grid]}
 
 
-def check_args(args) -> tuple[list[float], list[int]]:
+def check_args(args) -> tuple[list[float], list[int], dict]:
     for flag in ("t_seconds", "drift_compensation"):
         if hasattr(args, flag):
             raise NoisyNNError(f"--{flag} is set by this experiment; use --times and --compensation")
@@ -117,12 +160,12 @@ def check_args(args) -> tuple[list[float], list[int]]:
     if not (hasattr(noise, "t_seconds") and hasattr(noise, "drift_compensation")):
         raise NoisyNNError(f"--noise_type {args.noise_type} has no read time; use a device model such as pcm")
     converter_spec_from_args(args)
-    return sorted(times), parse_bits(args.digital_bits)
+    return sorted(times), parse_bits(args.digital_bits), preset_specs(args)
 
 
 def run(argv=None) -> int:
     args = parse(argv)
-    times, bits = check_args(args)
+    times, bits, specs = check_args(args)
     ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
         "times_s": times, "time_labels": [time_label(t) for t in times],
         "sigma": "pcm rows: multiplier of the device's programming-noise std, drift exponents and read-noise std "
@@ -140,18 +183,41 @@ def run(argv=None) -> int:
             "exact": "sum|W_prog| / sum|W_t| per tile folded into the weights (before output noise and ADC)"},
         "drift_ratio": "sum|W_t| / sum|W_prog| over all targeted tensors before compensation",
         "digital_bits": bits,
+        "presets": {label: None if spec is None else spec.io.describe() for label, spec in specs.items()},
         "drift_reference": drift_reference(times),
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
+    specs = preset_specs(args)  # again: start() has fitted --max_length (the calibration passes' window)
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
-    hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
-    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
-    ctx.folder.update_meta(injection=injector.describe(), **({"converters": hooks.describe()} if hooks else {}))
+    # One set of converter hooks per preset, all installed once (calibration included) and switched on one at a
+    # time: each is built (and calibrated) while the others are off, so no preset sees another's forward.
+    converters = {}
+    for label, spec in specs.items():
+        converters[label] = install_converters(spec, lm, injector.targets, seed=args.seed)
+        if converters[label] is not None:
+            converters[label].set_enabled(False)
+    active = {"preset": None}
+
+    def use(preset: str | None) -> None:
+        """Switch on the converters of ``preset`` (None: none, the digital rows) and let drift compensation
+        measure through them (noisynn.compensation), as aihwkit's tiles do."""
+        if active["preset"] == preset:
+            return
+        for label, hooks in converters.items():
+            if hooks is not None:
+                hooks.set_enabled(label == preset)
+        injector.attach(converters.get(preset))
+        active["preset"] = preset
+
+    described = {label: None if hooks is None else hooks.describe() for label, hooks in converters.items()}
+    single = next(iter(converters.values())) if len(converters) == 1 else None
+    ctx.folder.update_meta(injection=injector.describe(), converters_by_preset=described,
+                           **({"converters": single.describe()} if single else {}))
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
         "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),
         "sigma": args.noise_scale if p.condition == "pcm" else p.sigma,
-        "condition": p.condition, "t_seconds": p.t_seconds,
+        "condition": p.condition, "preset": p.preset, "t_seconds": p.t_seconds,
         "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "digital", "compensation": p.compensation})
 
     def evaluate(point: DriftPoint) -> tuple[dict, list[dict]]:
@@ -165,16 +231,13 @@ def run(argv=None) -> int:
     def trial(point: DriftPoint) -> TrialResult:
         if point.condition != "pcm":  # digital reference: clean weights, optionally quantized, no converters
             injector.restore()
-            if hooks:
-                hooks.set_enabled(False)
-            try:
-                with noisy_weights(lm.model, point.sigma, "quantize", scale=args.scale, targets=args.targets,
-                                   include_bias=args.include_bias):
-                    metrics, samples = evaluate(point)
-            finally:
-                if hooks:
-                    hooks.set_enabled(True)
+            use(None)
+            with noisy_weights(lm.model, point.sigma, "quantize", scale=args.scale, targets=args.targets,
+                               include_bias=args.include_bias):
+                metrics, samples = evaluate(point)
             return TrialResult({**metrics, "drift_ratio": 1.0, "alpha_mean": 1.0}, samples)
+        use(point.preset)
+        hooks = converters[point.preset]
         if hooks:
             hooks.reseed(point.sample_seed(args.seed))
         injector.noise.t_seconds = point.t_seconds
@@ -188,12 +251,13 @@ def run(argv=None) -> int:
 
     bar = progress("drift", "point", args.quiet)
     try:
-        rows = run_sweep(ctx.folder, points(times, args.n_trials, args.compensation, bits), trial, leading,
-                         ctx.done_rows, bar)
+        rows = run_sweep(ctx.folder, points(times, args.n_trials, args.compensation, bits, list(specs)), trial,
+                         leading, ctx.done_rows, bar)
     finally:
         injector.restore()
-        if hooks:
-            hooks.remove()
+        for hooks in converters.values():
+            if hooks is not None:
+                hooks.remove()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
