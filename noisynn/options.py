@@ -374,7 +374,7 @@ def config_of(args) -> dict:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP received: unwinds like Ctrl-C (``finally`` blocks restore the model)."""
+    """SIGTERM, SIGHUP or SIGINT received: unwinds like Ctrl-C (``finally`` blocks restore the model)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -420,7 +420,9 @@ def script_main(run: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     prog = Path(sys.argv[0]).name
     previous = {}
     try:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too: a native library loaded earlier in the process (seen in the full test suite) can replace
+        # Python's C-level SIGINT handler, and Ctrl-C would then never reach the run; installing ours restores it.
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             previous[signum] = signal.signal(signum, _raise_interrupted)
     except ValueError:  # not the main thread: leave the handlers alone
         pass

@@ -286,6 +286,29 @@ def test_a_signal_marks_the_run_interrupted_and_says_how_to_resume(signum, files
     assert sweep.main(argv) == 0 and len(read_run(run).rows) == 6
 
 
+def test_ctrl_c_reaches_the_run_even_when_something_replaced_the_sigint_handler(files, tmp_path, capsys, monkeypatch):
+    """A library loaded earlier may replace Python's SIGINT handler (the full suite once swallowed Ctrl-C this
+    way); the script boundary installs its own for the run and puts the previous one back afterwards."""
+    run = tmp_path / "run"
+    real, rows_written = results._append_line, []
+
+    def append_then_signal(path, line):
+        real(path, line)
+        if path.name == "results.csv":
+            rows_written.append(line)
+            if len(rows_written) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(results, "_append_line", append_then_signal)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert sweep.main(sweep_argv(files, run, "--n_levels", "3", "--n_trials", "2")) == 128 + signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert read_run(run).meta["status"] == "interrupted"
+
+
 def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "thermal_noise_simulation.py"), "--help"], cwd=tmp_path,
