@@ -67,7 +67,7 @@ AFM_DEFAULTS = {"data": "self", "distill_temperature": 1.0, "distill_beta": 1.0,
                 "no_analog": False, "no_dac": False, "no_adc": False, "no_weight_noise": False,
                 "no_learned_ranges": False, "range_init_batches": 5, "range_lr": 1e-2, "grad_checkpointing": False,
                 "save_every": 10, "self_batch": 16, "times": DEFAULT_TIMES, "clip_sigma": 0.0, "weight_decay": 0.01,
-                "epochs": 2, "max_samples": 32}
+                "epochs": 2, "max_samples": 64}
 SHARED = ("clip_sigma", "weight_decay", "data", "epochs", "max_samples")
 
 

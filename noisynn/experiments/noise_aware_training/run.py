@@ -66,7 +66,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the --max_samples windows (default: 1; with --recipe afm 2, AFM's)")
     g.add_argument("--max_samples", type=positive_int, default=None,
-                   help="training windows of --seq_len tokens (default: 192; with --recipe afm 32)")
+                   help="training windows of --seq_len tokens (default: 192; with --recipe afm 64)")
     g.add_argument("--steps", type=positive_int, default=None,
                    help="optimizer steps (default: epochs x ceil(max_samples / batch_size)); overrides --epochs")
     g.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW peak learning rate (default: %(default)s)")
