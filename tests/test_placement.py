@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import byte_tokenizer, exits_2_with_one_line, tiny_llama
 from noisynn.converters import install_converters
@@ -107,6 +109,37 @@ def test_after_a_miss_scale_moves_units_until_the_rescaled_prediction_fits():
     # measured 0.06: meets
     assert seen == [["a", "b", "c", "d"], ["a", "b"]] and records[0]["moved_to_digital"] == ["d", "c"]
     assert len(records) == 2 and "moved_to_digital" not in records[1]
+
+
+def test_after_a_miss_bisect_finds_the_longest_prefix_that_meets():
+    order = [f"u{i}" for i in range(10)]
+    seen = []
+
+    def verify(record):  # any prefix longer than 6 units misses (measured 0.2 > budget 0.1)
+        seen.append(len(record["analog_units"]))
+        return 0.2 if len(record["analog_units"]) > 6 else 0.05
+
+    records = plan.verify_until_met(order, verify, budget=0.1, max_rounds=10, bisect=True)
+    # v1 all 10 (miss); then [0, 10): 5 meets, [5, 10): 7 misses, [5, 7): 6 meets, and the search is closed
+    assert seen == [10, 5, 7, 6]
+    assert records[0]["moved_to_digital"] == order[5:] and records[1]["moved_to_analog"] == order[5:7]
+    assert records[2]["moved_to_digital"] == order[6:7] and "moved_to_digital" not in records[3]
+    # a first set that meets is verified once; nothing that meets: the search ends at one unit
+    assert len(plan.verify_until_met(order, lambda r: 0.0, 0.1, 10, bisect=True)) == 1
+    last = plan.verify_until_met(order, lambda r: 1.0, 0.1, 10, bisect=True)
+    assert [len(r["analog_units"]) for r in last] == [10, 5, 2, 1]
+    assert len(plan.verify_until_met(order, lambda r: 1.0, 0.1, 2, bisect=True)) == 2
+    assert plan.verify_until_met([], verify, 0.1, 5, bisect=True) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), threshold=st.integers(0, 200))
+def test_bisect_finds_the_monotone_threshold_in_log2_verifications(n, threshold):
+    records = plan.verify_until_met(list(range(n)), lambda r: float(len(r["analog_units"]) > threshold), 0.5,
+                                    max_rounds=64, bisect=True)
+    met = [len(r["analog_units"]) for r in records if len(r["analog_units"]) <= threshold]
+    assert max(met, default=0) == min(n, threshold)  # the longest prefix that meets was verified (or none does)
+    assert len(records) <= 2 + math.ceil(math.log2(n + 1))
 
 
 def test_units_and_baselines_by_granularity():

@@ -140,17 +140,29 @@ def after_miss(analog: Sequence[str], damages: Mapping[str, float] | None = None
 
 
 def verify_until_met(analog: Sequence[str], verify: Callable[[dict], float], budget: float, max_rounds: int,
-                     damages: Mapping[str, float] | None = None) -> list[dict]:
-    """Verify the greedy's analog set; after each miss move units to digital and verify again, until a
-    verification meets the budget, nothing analog is left, or ``max_rounds`` were run.
+                     damages: Mapping[str, float] | None = None, bisect: bool = False) -> list[dict]:
+    """Verify the greedy's analog set; after a miss move units to digital and verify again, until a
+    verification meets the budget (or, with ``bisect``, the search has closed), nothing analog is left, or
+    ``max_rounds`` were run.
 
     ``verify(record)`` evaluates ``record["analog_units"]`` (label ``record["label"]``: v1, v2, ...) and returns
     the measured dNLL statistic m = ln(perplexity ratio); it meets the tolerance when m <= ``budget``. After a
-    miss, without ``damages`` one unit moves (``after_miss``); with them the additive model is rescaled by
-    the miss: units move until the predicted damage p of the rest is at most p_set x budget / m, the
-    prediction that would have met the budget had measured damage been proportional to predicted. Returns
-    every record, in order; a missed one lists ``moved_to_digital``.
+    miss:
+
+    - ``bisect``: a binary search over the prefixes of the greedy's set (in greedy order), between the
+      longest prefix known to meet (at first the empty one: all digital) and the shortest known to miss.
+      It assumes only that a prefix that meets has shorter prefixes that meet (nested sets: more analog,
+      more damage), not that damage adds; about log2(n) verifications find the longest prefix that meets;
+    - else, with ``damages``: the additive model is rescaled by the miss: units move until the predicted
+      damage p of the rest is at most p_set x budget / m (the prediction that would have met the budget had
+      measured damage been proportional to predicted);
+    - else exactly one unit moves (``after_miss``).
+
+    Returns every record, in order; each lists the units it moved to digital (``moved_to_digital``) or back to
+    analog (``moved_to_analog``) for the next one.
     """
+    if bisect:
+        return _bisect(list(analog), verify, budget, max_rounds)
     records: list[dict] = []
     analog = list(analog)
     for k in range(1, max_rounds + 1):
@@ -165,6 +177,28 @@ def verify_until_met(analog: Sequence[str], verify: Callable[[dict], float], bud
         if damages is not None and math.isfinite(measured):
             target = predicted_damage(damages, analog) * budget / measured
         analog, record["moved_to_digital"] = after_miss(analog, damages, target)
+    return records
+
+
+def _bisect(order: list[str], verify: Callable[[dict], float], budget: float, max_rounds: int) -> list[dict]:
+    """``verify_until_met`` with ``bisect``: lo = longest prefix known to meet, hi = shortest known to miss."""
+    records: list[dict] = []
+    lo, hi, n = 0, len(order) + 1, len(order)  # hi = n + 1: nothing is known to miss yet
+    while n > lo and len(records) < max_rounds:
+        record = {"label": f"v{len(records) + 1}", "analog_units": order[:n]}
+        if records:
+            prev = records[-1]["analog_units"]
+            key = "moved_to_digital" if n < len(prev) else "moved_to_analog"
+            records[-1][key] = order[min(n, len(prev)):max(n, len(prev))]
+        records.append(record)
+        measured = float(verify(record))
+        if measured <= budget:
+            lo = n
+        else:
+            hi = n
+        if hi - lo <= 1:
+            break
+        n = (lo + hi) // 2
     return records
 
 

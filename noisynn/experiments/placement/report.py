@@ -69,7 +69,7 @@ def verification_table(run) -> list[dict]:
     by_label = {u.label: u for u in ctx["units"]}
     table = []
 
-    def row(phase, label, title, names, moved=""):
+    def row(phase, label, title, names, moved="", back=""):
         s = set_summary(run.rows, phase, label)
         labels = list(dict.fromkeys(unit_of[n] for n in names))
         whole = all(set(by_label[u].tensors) <= set(names) for u in labels)  # else no unit sum predicts it
@@ -79,11 +79,11 @@ def verification_table(run) -> list[dict]:
                       "predicted_ppl_ratio": math.exp(predicted) if math.isfinite(predicted) else math.nan,
                       "median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
                       "n_trials": s.n, "meets": meets(s, ctx["max_ratio"], ctx["stat"]) if s.n else "",
-                      "moved_to_digital": moved})
+                      "moved_to_digital": moved, "moved_to_analog": back})
 
     for k, v in enumerate(run.meta.get("verifications", []), 1):
         row("verify", v["label"], f"greedy, verification {k}", plan.tensors_of(ctx["units"], v["analog_units"]),
-            " ".join(v.get("moved_to_digital", [])))
+            " ".join(v.get("moved_to_digital", [])), " ".join(v.get("moved_to_analog", [])))
     for label, names in run.meta.get("baselines", {}).items():
         row("baseline", label, plan.BASELINE_TITLES.get(label, label), names)
     return table

@@ -14,9 +14,10 @@ in digital (clean) memory so the rest can be analog, with as much of the network
 2. The additive prediction (plan.py) and the greedy choice by damage per weight (``--objective weights``) or
    per MAC: the largest analog set whose predicted dNLL <= ln(max_ppl_ratio).
 3. ``verify`` rows: the chosen set analog all at once, ``--n_trials`` fresh realizations; if the median
-   perplexity ratio (``--verify_stat``) misses the tolerance, the chosen units with the largest damage per
-   size move to digital (``--after_miss``: as many as the miss calls for, or one) and the set is verified
-   again (at most ``--max_verifications`` times).
+   perplexity ratio (``--verify_stat``) misses the tolerance, a binary search over the prefixes of the
+   chosen set in greedy order finds the longest that meets it (``--after_miss bisect``; or the units with
+   the largest damage per size move to digital: ``scale``, as many as the miss calls for, ``one``, one), at
+   most ``--max_verifications`` verifications.
    ``baseline`` rows: fixed placements on the same realizations (all analog; digital attention; digital
    MLP; first and last blocks digital). The placement kept is the most analog one that met the tolerance.
 
@@ -116,10 +117,12 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--unit_trials", type=positive_int, default=1,
                    help="evaluated realizations of each unit alone (antithetic: pairs; default: %(default)s); "
                         "--n_trials: realizations of each verification and baseline")
-    g.add_argument("--after_miss", choices=("scale", "one"), default="scale",
-                   help="after a verification misses: move the chosen units with the largest damage per size to "
-                        "digital until the prediction of the rest, scaled by the miss (measured / predicted), meets "
-                        "the tolerance (scale; at least one unit), or exactly one (default: %(default)s)")
+    g.add_argument("--after_miss", choices=("bisect", "scale", "one"), default="bisect",
+                   help="after a verification misses: bisect (a binary search over the prefixes of the chosen set in "
+                        "greedy order for the longest that meets the tolerance; assumes nested sets, not additivity), "
+                        "scale (move the chosen units with the largest damage per size to digital until the "
+                        "prediction of the rest, scaled by the miss, meets the tolerance; at least one unit) or one "
+                        "(exactly one unit) (default: %(default)s)")
     g.add_argument("--max_verifications", type=positive_int, default=10,
                    help="full evaluations of the chosen set at most (default: %(default)s)")
     add_run_args(p, n_trials=5)
@@ -274,8 +277,9 @@ def run(argv=None) -> int:
         "method": "1. each unit analog alone (all else digital), unit_trials realizations: damage = median dNLL; "
                   "2. predicted dNLL of a set = sum of its units' damages (negatives as 0); greedy by damage per "
                   "size: each unit that still fits ln(max_ppl_ratio) is taken; 3. the set verified with n_trials "
-                  "fresh realizations all analog together; after a miss the taken unit with the largest damage "
-                  "per size moves to digital and the set is verified again",
+                  "fresh realizations all analog together; after a miss (--after_miss) a binary search over the "
+                  "prefixes of the set in greedy order (bisect), or the taken units with the largest damage per "
+                  "size move to digital (scale, one), and the next set is verified",
         "budget_delta_nll": budget,
         "noise_realizations": "unit rows of trial t share one seed, set rows (baseline, verify) of trial t another; "
                               "each layer's noise is seeded from (seed, layer name): the sets read the same devices "
@@ -331,7 +335,7 @@ def run(argv=None) -> int:
             return math.log(statistic(set_summary(rows, "verify", record["label"]), args.verify_stat))
 
         plan.verify_until_met(analog, verify, budget, args.max_verifications,
-                              damages if args.after_miss == "scale" else None)
+                              damages if args.after_miss == "scale" else None, bisect=args.after_miss == "bisect")
         if not verifications:  # nothing fits the budget: the baselines still run, for the comparison
             rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows + rows, bar)
     finally:
