@@ -30,7 +30,7 @@ from ... import distributed
 from ...errors import NoisyNNError
 from ...inject import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining
-from .training import batch_order, check_launch, clip_weights, lr_factor, share_of_batch
+from .training import batch_order, check_launch, clip_weights, lr_factor, restore_model, share_of_batch
 
 log = logging.getLogger(__name__)
 
@@ -232,15 +232,5 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
             analog.remove()
         if cfg.grad_checkpointing:
             _checkpointing(model, False)
-        with torch.no_grad():
-            for t in targets:
-                t.param.data.copy_(clean[t.name])
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags.get(n, False))
-        model.train(was_training)
-        optimizer.zero_grad(set_to_none=True)
-        for t in targets:
-            t.param.grad = None
-        if module is not None:
-            accelerator.free_memory()
+        restore_model(model, targets, clean, flags, was_training, optimizer, accelerator if module is not None else None)
     return {n: trained[n] for n in names}, ranges, history

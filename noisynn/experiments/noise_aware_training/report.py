@@ -25,6 +25,15 @@ NAT_COLORS = {"original": "tab:blue", "finetuned": "tab:green", "control": "tab:
 NAT_LABELS = {"original": "original", "finetuned": "noise-aware fine-tuned", "control": "control (fine-tuned, no noise)"}
 
 
+
+def loss_histories(run_dir: str | Path):
+    """(variant, steps, loss) of each trained variant in training.csv, finetuned first."""
+    training = read_rows(Path(run_dir) / "training.csv")
+    for v in ("finetuned", "control"):
+        hist = [r for r in training if r["variant"] == v]
+        if hist:
+            yield v, np.array([h["step"] for h in hist]), np.array([h["loss"] for h in hist], dtype=float)
+
 def _ci_dict(values, nonfinite_as_inf: bool = True) -> dict:
     s = median_ci(values, nonfinite_as_inf=nonfinite_as_inf)
     return {"median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
@@ -169,17 +178,12 @@ def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Pa
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     ax = axes[2]
-    training = read_rows(run_dir / "training.csv")
-    for v in ("finetuned", "control"):
-        hist = [r for r in training if r["variant"] == v]
-        if hist:
-            steps = np.array([h["step"] for h in hist])
-            loss = np.array([h["loss"] for h in hist], dtype=float)
-            ax.plot(steps, loss, color=NAT_COLORS[v], alpha=0.3, lw=0.8)
-            k = max(1, len(loss) // 10)
-            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], smooth, color=NAT_COLORS[v], lw=2,
-                    label=f"{NAT_LABELS[v]} ({'noisy' if v == 'finetuned' else 'clean'} loss, mean of {k})")
+    for v, steps, loss in loss_histories(run_dir):
+        ax.plot(steps, loss, color=NAT_COLORS[v], alpha=0.3, lw=0.8)
+        k = max(1, len(loss) // 10)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, color=NAT_COLORS[v], lw=2,
+                label=f"{NAT_LABELS[v]} ({'noisy' if v == 'finetuned' else 'clean'} loss, mean of {k})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats/token)")
     ax.set_title("fine-tuning")
@@ -351,13 +355,8 @@ def plot_afm(run_dir: Path, name: str = "noise_aware_training.png") -> list[Path
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     ax = axes[1]
-    training = read_rows(run_dir / "training.csv")
-    for v in ("finetuned", "control"):
-        hist = [r for r in training if r["variant"] == v]
-        if hist:
-            steps = np.array([h["step"] for h in hist])
-            loss = np.array([h["loss"] for h in hist], dtype=float)
-            ax.plot(steps, loss, color=NAT_COLORS[v], lw=1.5, label=AFM_LABELS[v])
+    for v, steps, loss in loss_histories(run_dir):
+        ax.plot(steps, loss, color=NAT_COLORS[v], lw=1.5, label=AFM_LABELS[v])
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (KL to the clean teacher, nats/token)")

@@ -168,16 +168,23 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
                 raise NoisyNNError(f"training diverged at step {step} (loss {loss}); lower --lr or --noise_level")
         trained = {t.name: t.param.detach().clone() for t in targets}
     finally:
-        with torch.no_grad():
-            for t in targets:
-                t.param.data.copy_(original[t.name])
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags.get(n, False))
-        model.train(was_training)
-        optimizer.zero_grad(set_to_none=True)
-        for t in targets:
-            t.param.grad = None
-        if module is not None:
-            accelerator.free_memory()  # drops Accelerate's reference to the DDP wrapper (and its hooks)
+        restore_model(model, targets, original, flags, was_training, optimizer, accelerator if module is not None else None)
     return {n: trained[n] for n in names}, history
+
+
+def restore_model(model, targets, clean: dict, flags: dict, was_training: bool, optimizer, accelerator=None) -> None:
+    """Leave ``model`` as it was before training: the targeted tensors back to ``clean`` (bit-exact), every
+    parameter's requires_grad from ``flags``, the train/eval mode, no gradients; with ``accelerator`` (a
+    DDP run) drop Accelerate's reference to the DDP wrapper (and its hooks) too."""
+    with torch.no_grad():
+        for t in targets:
+            t.param.data.copy_(clean[t.name])
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags.get(n, False))
+    model.train(was_training)
+    optimizer.zero_grad(set_to_none=True)
+    for t in targets:
+        t.param.grad = None
+    if accelerator is not None:
+        accelerator.free_memory()
 
