@@ -189,6 +189,47 @@ def test_run_folder_placement_json_and_resume(tmp_path, small, capsys):
     assert {f: (out / f).read_bytes() for f in before} == before
 
 
+def test_accuracy_tolerance_scores_the_sets_and_bisects_by_points(tmp_path, small, monkeypatch, capsys):
+    """--max_acc_drop: clean and set rows carry the task accuracy (unit rows nan), the bisection is judged by
+    100 (clean - median accuracy), and the kept set is one that met it."""
+    from noisynn.experiments.placement import accuracy
+
+    scored = []
+    real_call = accuracy.TaskScorer.__call__
+
+    def call(self):  # the real lm-eval score, recorded
+        scored.append(real_call(self))
+        return scored[-1]
+
+    monkeypatch.setattr(accuracy.TaskScorer, "__call__", call)
+    out = tmp_path / "run"
+    argv = small + ["--noise_type", "gaussian", "--scale", "relative", "--noise_level", "0.5", "--max_acc_drop", "20",
+                    "--task_limit", "4", "--unit_trials", "1", "--n_trials", "2", "--out", str(out)]
+    assert pl.main(argv) == 0
+    rows = read_rows(out / "results.csv")
+    assert list(rows[0]) == list(LEADING_COLUMNS) + list(pl.EXTRA) + list(pl.METRICS) + list(pl.ACC_METRICS)
+    assert all(math.isnan(r["accuracy"]) and r["acc_items"] == 0 for r in rows if r["phase"] == "unit")
+    sets = [r for r in rows if r["phase"] in ("clean", "verify", "baseline")]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["acc_items"] == 4 for r in sets)
+    assert len(scored) == len(sets)  # every set realization scored once, the clean model once
+    meta = json.loads((out / "run.json").read_text())
+    clean = next(r["accuracy"] for r in rows if r["phase"] == "clean")
+    table = {r["label"]: r for r in read_rows(out / "verifications.csv")}
+    for v in meta["verifications"]:
+        acc = sorted(r["accuracy"] for r in rows if r["phase"] == "verify" and r["target"] == v["label"])
+        drop = 100 * (clean - (acc[0] + acc[1]) / 2)
+        assert table[v["label"]]["acc_drop"] == pytest.approx(drop)
+        assert table[v["label"]]["meets"] == (drop <= 20)
+    # the search starts from every unit (no NLL budget by accuracy) and is a bisection over its prefixes
+    first = meta["verifications"][0]["analog_units"]
+    assert len(first) == 14
+    assert all(v["analog_units"] == first[:len(v["analog_units"])] for v in meta["verifications"])
+    kept = meta["placement"]
+    if kept["verified"]:
+        assert kept["acc_drop"] <= 20 and kept["clean_accuracy"] == pytest.approx(clean)
+    assert "points of accuracy lost on noisynn_cloze" in capsys.readouterr().out
+
+
 def test_a_miss_in_the_run_moves_a_unit_and_verifies_again(tmp_path, small, monkeypatch):
     calls = []
 
@@ -345,6 +386,12 @@ BAD = [
     (["--targets", "embedding", "--objective", "macs", "--noise_type", "gaussian", "--scale", "relative"],
      "no candidate unit has any macs"),
     (["--blocks", "9"], "block 9 does not exist"),
+    (["--max_acc_drop", "2", "--max_ppl_ratio", "1.2"], "give one tolerance"),
+    (["--max_acc_drop", "0"], "must be > 0"),
+    (["--max_acc_drop", "2", "--after_miss", "scale"], "needs --after_miss bisect"),
+    (["--task", "noisynn_cloze"], "--task needs --max_acc_drop"),
+    (["--max_acc_drop", "2", "--task", "no_such_task"], "unknown lm-eval task 'no_such_task'"),
+    (["--max_acc_drop", "2", "--task", "arc_easy"], "could not be fetched"),
 ]
 
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from ... import distributed
 from ...context import finish, start

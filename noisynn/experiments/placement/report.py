@@ -45,6 +45,25 @@ def meets(summary: Summary, max_ratio: float, stat: str = "median") -> bool:
     return statistic(summary, stat) <= max_ratio
 
 
+def clean_accuracy(rows: Sequence[dict]) -> float:
+    """The clean model's task accuracy (the clean row; nan without --max_acc_drop)."""
+    return next((float(r.get("accuracy", math.nan)) for r in rows if r["phase"] == "clean"), math.nan)
+
+
+def accuracy_summary(rows: Sequence[dict], phase: str, label: str) -> Summary:
+    """Median and CI of the task accuracy (fraction of items) of one verified set or baseline."""
+    return median_ci([r["accuracy"] for r in rows if r["phase"] == phase and r["target"] == label],
+                     nonfinite_as_inf=False)
+
+
+def acc_drop_statistic(rows: Sequence[dict], phase: str, label: str, stat: str = "median") -> float:
+    """The accuracy drop a verification is judged by, in points: 100 (clean - median), or with ``ci_high`` the
+    pessimistic end, 100 (clean - CI low); inf when nothing was measured."""
+    s = accuracy_summary(rows, phase, label)
+    value = s.median if stat == "median" else s.low
+    return 100.0 * (clean_accuracy(rows) - value) if s.n > 0 and math.isfinite(value) else math.inf
+
+
 def _context(run) -> dict:
     meta, cfg = run.meta, run.config
     objective = cfg.get("objective", "weights")
@@ -52,7 +71,8 @@ def _context(run) -> dict:
     tensors = {t["name"]: t for t in meta.get("tensors", [])}
     totals = {k: sum(t[k] for t in tensors.values()) or 1 for k in ("weights", "macs")}
     return {"cfg": cfg, "objective": objective, "units": units, "tensors": tensors, "totals": totals,
-            "max_ratio": float(cfg.get("max_ppl_ratio", 1.1)), "stat": cfg.get("verify_stat", "median"),
+            "max_ratio": float(cfg.get("max_ppl_ratio") or 1.1), "stat": cfg.get("verify_stat", "median"),
+            "max_acc_drop": cfg.get("max_acc_drop"), "clean_acc": clean_accuracy(run.rows),
             "damages": unit_damages(run.rows)}
 
 
@@ -74,12 +94,19 @@ def verification_table(run) -> list[dict]:
         labels = list(dict.fromkeys(unit_of[n] for n in names))
         whole = all(set(by_label[u].tensors) <= set(names) for u in labels)  # else no unit sum predicts it
         predicted = plan.predicted_damage(damages, labels) if whole and all(u in damages for u in labels) else math.nan
-        table.append({"phase": phase, "label": label, "title": title, "analog_tensors": len(names),
-                      "analog_weights": sum(ctx["tensors"][n]["weights"] for n in names), **_shares(ctx, names),
-                      "predicted_ppl_ratio": math.exp(predicted) if math.isfinite(predicted) else math.nan,
-                      "median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
-                      "n_trials": s.n, "meets": meets(s, ctx["max_ratio"], ctx["stat"]) if s.n else "",
-                      "moved_to_digital": moved, "moved_to_analog": back})
+        r = {"phase": phase, "label": label, "title": title, "analog_tensors": len(names),
+             "analog_weights": sum(ctx["tensors"][n]["weights"] for n in names), **_shares(ctx, names),
+             "predicted_ppl_ratio": math.exp(predicted) if math.isfinite(predicted) else math.nan,
+             "median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
+             "n_trials": s.n, "meets": meets(s, ctx["max_ratio"], ctx["stat"]) if s.n else ""}
+        if ctx["max_acc_drop"] is not None:  # the tolerance is in accuracy points: drop = 100 (clean - accuracy)
+            a = accuracy_summary(run.rows, phase, label)
+            drop = acc_drop_statistic(run.rows, phase, label, ctx["stat"])
+            r.update({"accuracy": a.median, "acc_ci_low": a.low, "acc_ci_high": a.high,
+                      "acc_drop": 100 * (ctx["clean_acc"] - a.median), "acc_drop_ci_low": 100 * (ctx["clean_acc"] - a.high),
+                      "acc_drop_ci_high": 100 * (ctx["clean_acc"] - a.low),
+                      "meets": drop <= float(ctx["max_acc_drop"]) if a.n else ""})
+        table.append({**r, "moved_to_digital": moved, "moved_to_analog": back})
 
     for k, v in enumerate(run.meta.get("verifications", []), 1):
         row("verify", v["label"], f"greedy, verification {k}", plan.tensors_of(ctx["units"], v["analog_units"]),
@@ -107,9 +134,13 @@ def decide(run_dir: str | Path) -> dict:
         names = plan.tensors_of(ctx["units"], v["analog_units"])
     else:
         names = list(run.meta["baselines"][best["label"]])
-    return {"chosen": best["label"], "title": best["title"], "phase": best["phase"], "analog_tensors": sorted(names),
-            "share": best[key], "share_weights": best["share_weights"], "share_macs": best["share_macs"],
-            "verified": True, "median_ppl_ratio": best["median"], "ci": [best["ci_low"], best["ci_high"]]}
+    out = {"chosen": best["label"], "title": best["title"], "phase": best["phase"], "analog_tensors": sorted(names),
+           "share": best[key], "share_weights": best["share_weights"], "share_macs": best["share_macs"],
+           "verified": True, "median_ppl_ratio": best["median"], "ci": [best["ci_low"], best["ci_high"]]}
+    if "acc_drop" in best:
+        out.update(acc_drop=best["acc_drop"], acc_drop_ci=[best["acc_drop_ci_low"], best["acc_drop_ci_high"]],
+                   clean_accuracy=ctx["clean_acc"])
+    return out
 
 
 def unit_table(run, analog: set[str] | None = None) -> list[dict]:
@@ -148,38 +179,46 @@ def plot(run_dir: str | Path, name: str = "placement.png") -> list[Path]:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.5, 1]})
     damages = {u: s.median for u, s in ctx["damages"].items()}
     sizes = {u.label: u.size(objective) for u in ctx["units"] if u.label in damages}
-    if damages:
+    by_acc = ctx["max_acc_drop"] is not None  # the left panel in accuracy points lost (no NLL frontier then)
+    col, low, high = ("acc_drop", "acc_drop_ci_low", "acc_drop_ci_high") if by_acc else ("median", "ci_low", "ci_high")
+    tolerance = float(ctx["max_acc_drop"]) if by_acc else ctx["max_ratio"]
+    if damages and not by_acc:
         front = plan.frontier(damages, sizes)
         ax.step([100 * f["share"] for f in front], [math.exp(f["predicted_delta_nll"]) for f in front], where="post",
                 color="tab:gray", lw=1.5, label="greedy frontier (predicted: sum of single-unit damages)")
-    ax.axhline(ctx["max_ratio"], color="black", ls="--", lw=1, label=f"tolerance {ctx['max_ratio']:g} x clean")
+    ax.axhline(tolerance, color="black", ls="--", lw=1,
+               label=f"tolerance {tolerance:g} points" if by_acc else f"tolerance {tolerance:g} x clean")
     markers = iter("sDP^vX")
     shown: set[str] = set()
     for r in table:
         if not r["n_trials"]:
             continue
-        x, y = 100 * r[key], r["median"]
-        err = [[max(y - r["ci_low"], 0)], [max(r["ci_high"] - y, 0) if math.isfinite(r["ci_high"]) else 0]]
+        x, y = 100 * r[key], r[col]
+        err = [[max(y - r[low], 0)], [max(r[high] - y, 0) if math.isfinite(r[high]) else 0]]
         if r["phase"] == "verify":
             color = "tab:green" if r["meets"] else "tab:red"
             outcome = "meets the tolerance" if r["meets"] else "misses"
-            label = None if outcome in shown else f"greedy, verified: {outcome} (open circle: its prediction)"
+            label = None if outcome in shown else (f"greedy, verified: {outcome}"
+                                                   + ("" if by_acc else " (open circle: its prediction)"))
             shown.add(outcome)
             ax.errorbar([x], [y], yerr=err, fmt="o", color=color, ms=6, capsize=3, label=label)
-            ax.plot([x], [r["predicted_ppl_ratio"]], "o", mfc="none", color=color, ms=9)
+            if not by_acc:
+                ax.plot([x], [r["predicted_ppl_ratio"]], "o", mfc="none", color=color, ms=9)
             ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color)
         else:
             ax.errorbar([x], [y], yerr=err, fmt=next(markers, "o"), color="tab:blue", ms=7, capsize=3,
                         label=f"baseline: {r['title']}")
     if decision["verified"]:
-        ax.plot([100 * decision["share"]], [decision["median_ppl_ratio"]], "*", color="gold", mec="black", ms=16,
+        ax.plot([100 * decision["share"]], [decision["acc_drop" if by_acc else "median_ppl_ratio"]], "*",
+                color="gold", mec="black", ms=16,
                 label=f"kept: {decision['title']} ({100 * decision['share']:.1f}% analog)", zorder=5)
     tops = [r["ci_high"] for r in table if r["n_trials"]] + [ctx["max_ratio"]]
-    if max((t for t in tops if math.isfinite(t)), default=1.0) > 4:  # a log axis only for a wide range
+    if not by_acc and max((t for t in tops if math.isfinite(t)), default=1.0) > 4:  # log only for a wide range
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
     ax.set_xlabel(f"analog share of the candidate {objective} (%)")
-    ax.set_ylabel("perplexity / clean perplexity")
+    ax.set_ylabel(f"accuracy lost on {ctx['cfg'].get('task')} (points, clean {100 * ctx['clean_acc']:.1f}%)"
+                  if by_acc else "perplexity / clean perplexity")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
     # the raw medians (a unit that measured below 0 shows below the axis; the prediction counts it as 0)
@@ -215,12 +254,20 @@ def format_placement_table(run_dir: str | Path) -> str:
     for r in verification_table(run):
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["n_trials"] else "-"
         pred = f"{r['predicted_ppl_ratio']:.3f}" if math.isfinite(r["predicted_ppl_ratio"]) else "-"
+        acc = (f"  acc drop {r['acc_drop']:.1f} [{r['acc_drop_ci_low']:.1f}, {r['acc_drop_ci_high']:.1f}] points"
+               if "acc_drop" in r and r["n_trials"] else "")
         lines.append(f"{r['title'][:34]:<34} {r['analog_tensors']:>7} {100 * r[key]:>6.1f}% {pred:>9} "
-                     f"{r['median']:>17.3f} {ci:>17} {('yes' if r['meets'] else 'no') if r['n_trials'] else '-':>5}")
+                     f"{r['median']:>17.3f} {ci:>17} {('yes' if r['meets'] else 'no') if r['n_trials'] else '-':>5}{acc}")
     n_total = len(ctx["tensors"])
     digital = sorted(set(ctx["tensors"]) - set(decision["analog_tensors"]))
-    lines.append(f"(perplexity / clean perplexity; tolerance {ctx['max_ratio']:g} on the {stat}; analog = share of "
-                 f"the candidate {ctx['objective']})")
+    if ctx["max_acc_drop"] is not None:
+        lines.append(f"(perplexity / clean perplexity; tolerance: at most {ctx['max_acc_drop']:g} points of accuracy lost "
+                     f"on {ctx['cfg'].get('task')} (clean {100 * ctx['clean_acc']:.1f}%), on the "
+                     f"{'median' if ctx['stat'] == 'median' else 'CI low'}; analog = share of the candidate "
+                     f"{ctx['objective']})")
+    else:
+        lines.append(f"(perplexity / clean perplexity; tolerance {ctx['max_ratio']:g} on the {stat}; analog = share "
+                     f"of the candidate {ctx['objective']})")
     lines.append(f"kept: {decision['title']}: {100 * decision['share']:.1f}% of the candidate {ctx['objective']} "
                  f"analog, {len(digital)} of {n_total} tensors digital")
     by_kind: dict[str, int] = {}

@@ -21,6 +21,10 @@ in digital (clean) memory so the rest can be analog, with as much of the network
    ``baseline`` rows: fixed placements on the same realizations (all analog; digital attention; digital
    MLP; first and last blocks digital). The placement kept is the most analog one that met the tolerance.
 
+``--max_acc_drop POINTS`` puts the tolerance in accuracy points on ``--task`` (lm-eval; accuracy.py): the
+clean model and every set realization are scored on it too, the units stay ranked by NLL, and the
+bisection starts from every unit (there is no NLL budget to choose a first set by).
+
 Every point runs on the runner (resumable, split across processes). The run folder holds placement.json
 (every candidate tensor analog or digital; ``--digital placement.json`` on the sweep keeps those clean).
 """
@@ -45,8 +49,8 @@ from ...placements import write_placement
 from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, spec_from_args
-from . import plan, report
-from .report import set_summary, statistic, unit_damages
+from . import accuracy, plan, report
+from .report import acc_drop_statistic, set_summary, statistic, unit_damages
 
 EXPERIMENT = "placement"
 EXTRA = ("phase", "target", "n_tensors", "analog_weights", "analog_macs")
@@ -54,6 +58,8 @@ METRICS = ("perplexity", "nll", "delta_nll", "ppl_ratio", "bits_per_byte", "eval
            "damage")
 KEY = ("phase", "target", "trial")
 CLEAN = "clean"
+DEFAULT_PPL_RATIO = 1.10
+ACC_METRICS = ("accuracy", "acc_items")  # with --max_acc_drop only (a perplexity run keeps its columns)
 DEFAULT_PRESET = "afm"  # Analog Foundation Models' evaluation converters (noisynn.presets)
 
 
@@ -93,12 +99,19 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--objective", choices=plan.OBJECTIVES, default="weights",
                    help="what 'as much analog as possible' counts: weights, or multiply-accumulates per token "
                         "(default: %(default)s)")
-    g.add_argument("--max_ppl_ratio", type=positive_float, default=1.10,
+    g.add_argument("--max_ppl_ratio", type=positive_float, default=None,
                    help="tolerance: perplexity at most this multiple of the clean perplexity, > 1 "
-                        "(default: %(default)s)")
+                        f"(default: {DEFAULT_PPL_RATIO})")
+    g.add_argument("--max_acc_drop", type=positive_float, default=None,
+                   help="tolerance instead in accuracy points on --task: the sets verified (and the baselines) "
+                        "lose at most this many points against the clean model; units are still ranked by NLL")
+    g.add_argument("--task", default=None,
+                   help=f"with --max_acc_drop: the lm-eval task scored (default: {accuracy.DEFAULT_TASK}, offline)")
+    g.add_argument("--task_limit", type=positive_int, default=None,
+                   help=f"with --max_acc_drop: items of --task scored per realization (default: {accuracy.DEFAULT_LIMIT})")
     g.add_argument("--verify_stat", choices=("median", "ci_high"), default="median",
-                   help="a verification meets the tolerance when this statistic of its perplexity ratios does: "
-                        "the median, or the upper end of its confidence interval (default: %(default)s)")
+                   help="a verification meets the tolerance when this statistic of its realizations does: "
+                        "the median, or the pessimistic end of its confidence interval (default: %(default)s)")
     g.add_argument("--noise_level", type=positive_float, default=1.0,
                    help="sigma of the analog setting: for pcm the multiplier of the device noise and drift "
                         "(1 = as measured); for a distribution its scale (default: %(default)s)")
@@ -136,8 +149,21 @@ def build_parser() -> ArgumentParser:
 
 def parse(argv=None):
     args = build_parser().parse_args(argv)
-    if not args.max_ppl_ratio > 1:
-        raise NoisyNNError(f"--max_ppl_ratio must be > 1 (a multiple of the clean perplexity), got {args.max_ppl_ratio}")
+    if args.max_acc_drop is not None:
+        if args.max_ppl_ratio is not None:
+            raise NoisyNNError("give one tolerance: --max_ppl_ratio or --max_acc_drop")
+        if args.after_miss != "bisect":
+            raise NoisyNNError(f"--max_acc_drop needs --after_miss bisect (--after_miss {args.after_miss} moves units "
+                               "by the NLL prediction, which has no budget in accuracy points)")
+        args.task = args.task or accuracy.DEFAULT_TASK
+        args.task_limit = args.task_limit or accuracy.DEFAULT_LIMIT
+    else:
+        if args.task is not None or args.task_limit is not None:
+            raise NoisyNNError(f"--{'task' if args.task is not None else 'task_limit'} needs --max_acc_drop")
+        args.max_ppl_ratio = DEFAULT_PPL_RATIO if args.max_ppl_ratio is None else args.max_ppl_ratio
+        if not args.max_ppl_ratio > 1:
+            raise NoisyNNError(f"--max_ppl_ratio must be > 1 (a multiple of the clean perplexity), got "
+                               f"{args.max_ppl_ratio}")
     if args.no_drift_compensation and getattr(args, "drift_compensation", False):
         raise NoisyNNError("give either --drift_compensation or --no_drift_compensation, not both")
     converter_flags = sorted(k for k in vars(args) if k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS
@@ -178,8 +204,9 @@ class PlacementTrials:
     """
 
     def __init__(self, lm, ids, spec, targets, hooks, sets: dict, sigma: float, base_seed: int, max_length,
-                 mean_draws: int = 0):
+                 mean_draws: int = 0, scorer=None):
         self.lm, self.ids, self.spec, self.hooks = lm, ids, spec, hooks
+        self.scorer = scorer  # --max_acc_drop: the clean row and every set row are also scored on the task
         self.by_name = {t.name: t for t in targets}
         self.sets, self.sigma, self.base_seed, self.max_length = sets, sigma, base_seed, max_length
         self.mean_draws = mean_draws  # > 0: unit rows are antithetic pairs around the mean of this many draws
@@ -187,6 +214,7 @@ class PlacementTrials:
         self.current: tuple | None = None
         self.mean: list | None = None
         self._clean = None
+        self._clean_acc: dict | None = None
 
     def release(self) -> None:
         if self.injector is not None:
@@ -256,13 +284,31 @@ class PlacementTrials:
         ratio = result.perplexity / clean.perplexity if result.finite else math.inf
         delta = result.nll - clean.nll
         damage = delta if math.isnan(mirror) else (delta + mirror) / 2
-        return TrialResult({**result.metrics(), "delta_nll": delta, "ppl_ratio": ratio, "delta_nll_mirror": mirror,
-                            "damage": damage})
+        metrics = {**result.metrics(), "delta_nll": delta, "ppl_ratio": ratio, "delta_nll_mirror": mirror,
+                   "damage": damage}
+        if self.scorer is not None:
+            metrics.update(self.task_accuracy(point))
+        return TrialResult(metrics)
+
+    def task_accuracy(self, point: PlacementPoint) -> dict:
+        """The task accuracy of the weights as they are now (a set row) or of the clean model (cached); nan for a
+        unit row (units are ranked by NLL)."""
+        if point.phase == "unit":
+            return {"accuracy": math.nan, "acc_items": 0}
+        if point.phase == CLEAN:
+            if self._clean_acc is None:
+                self._clean_acc = {"accuracy": self.scorer(), "acc_items": self.scorer.n_items}
+            return self._clean_acc
+        if self.hooks:
+            self.hooks.reseed(derive_seed(point.sample_seed(self.base_seed), "task"))
+        return {"accuracy": self.scorer(), "acc_items": self.scorer.n_items}
 
 
 def run(argv=None) -> int:
     args = parse(argv)
-    budget = math.log(args.max_ppl_ratio)
+    by_accuracy = args.max_acc_drop is not None
+    budget = args.max_acc_drop if by_accuracy else math.log(args.max_ppl_ratio)
+    prepared = accuracy.prepare(args.task, args.task_limit) if by_accuracy else None  # before the run folder
     found: dict = {}
 
     def check(lm, text):  # candidates that bring nothing to the objective fail here, before the run folder
@@ -273,14 +319,17 @@ def run(argv=None) -> int:
                                "lookup); choose other --targets or --objective weights")
         found.update(tensors=tensors, units=units)
 
-    ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, check=check, meta={
+    metrics = METRICS + ACC_METRICS if by_accuracy else METRICS
+    ctx = start(args, EXPERIMENT, metrics, key=KEY, extra_columns=EXTRA, check=check, meta={
         "method": "1. each unit analog alone (all else digital), unit_trials realizations: damage = median dNLL; "
                   "2. predicted dNLL of a set = sum of its units' damages (negatives as 0); greedy by damage per "
                   "size: each unit that still fits ln(max_ppl_ratio) is taken; 3. the set verified with n_trials "
                   "fresh realizations all analog together; after a miss (--after_miss) a binary search over the "
                   "prefixes of the set in greedy order (bisect), or the taken units with the largest damage per "
                   "size move to digital (scale, one), and the next set is verified",
-        "budget_delta_nll": budget,
+        **({"tolerance": f"accuracy drop <= {args.max_acc_drop} points on {args.task} (first {args.task_limit} "
+                            "items), clean and set rows scored; units ranked by NLL",
+            "budget_acc_drop_points": budget} if by_accuracy else {"budget_delta_nll": budget}),
         "noise_realizations": "unit rows of trial t share one seed, set rows (baseline, verify) of trial t another; "
                               "each layer's noise is seeded from (seed, layer name): the sets read the same devices "
                               "in trial t, independent of the unit rows",
@@ -288,6 +337,9 @@ def run(argv=None) -> int:
     lm = ctx.lm
     tensors, units = found["tensors"], found["units"]
     sizes = {u.label: u.size(args.objective) for u in units}
+    scorer = accuracy.TaskScorer(lm, prepared, args.task_limit) if by_accuracy else None
+    if scorer is not None:
+        ctx.folder.update_meta(task=scorer.describe())
     hooks = install_converters(ctx.converters, lm, ctx.targets, seed=args.seed)
     if hooks:
         hooks.set_enabled(False)
@@ -312,7 +364,7 @@ def run(argv=None) -> int:
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed,
                               lambda p: {"sigma": args.noise_level, **columns(p)})
     trials = PlacementTrials(lm, ctx.eval_ids, ctx.spec, ctx.targets, hooks, sets, args.noise_level, args.seed,
-                             args.max_length, args.mean_draws if args.unit_estimator == "antithetic" else 0)
+                             args.max_length, args.mean_draws if args.unit_estimator == "antithetic" else 0, scorer)
     points = [PlacementPoint(0, args.noise_level, 0, CLEAN, CLEAN)]
     points += [PlacementPoint(0, args.noise_level, t, u.label, "unit") for u in units for t in range(args.unit_trials)]
     bar = progress(EXPERIMENT, "point", args.quiet)
@@ -320,7 +372,8 @@ def run(argv=None) -> int:
     try:
         rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows, bar)
         damages = {u: s.median for u, s in unit_damages(rows).items()}
-        analog = plan.greedy_choice(damages, sizes, budget)
+        # by accuracy there is no NLL budget: the bisection starts from every unit, in greedy order
+        analog = plan.greedy_choice(damages, sizes, math.inf if by_accuracy else budget)
         points += [PlacementPoint(0, args.noise_level, t, label, "baseline") for label in base
                    for t in range(args.n_trials)]
 
@@ -332,6 +385,8 @@ def run(argv=None) -> int:
             ctx.folder.update_meta(verifications=verifications)
             points.extend(PlacementPoint(0, args.noise_level, t, record["label"], "verify") for t in range(args.n_trials))
             rows = run_sweep(ctx.folder, points, trials, leading, ctx.done_rows + rows, bar)
+            if by_accuracy:
+                return acc_drop_statistic(rows, "verify", record["label"], args.verify_stat)
             return math.log(statistic(set_summary(rows, "verify", record["label"]), args.verify_stat))
 
         plan.verify_until_met(analog, verify, budget, args.max_verifications,
@@ -354,6 +409,7 @@ def run(argv=None) -> int:
                     noise=ctx.spec.noise.describe(), scale=args.scale, targets=args.targets, sigma=args.noise_level,
                     converters=hooks.describe() if hooks else None, granularity=args.granularity,
                     objective=args.objective, max_ppl_ratio=args.max_ppl_ratio, verify_stat=args.verify_stat,
+                    **({"max_acc_drop": args.max_acc_drop, "task": scorer.describe()} if scorer else {}),
                     chosen=decision["chosen"], analog_share=decision["share"], verified=decision["verified"],
                     eval_tokens=args.eval_tokens, seed=args.seed)
     figures = report.plot(ctx.folder.path)

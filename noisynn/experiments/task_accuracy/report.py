@@ -11,14 +11,8 @@ from typing import Sequence
 from ...plotting import band, level_ticks, plt, save_figure, sigma_axis, write_table
 from ...results import read_run
 from ...stats import group_by, median_ci, summarize_levels
+from ...task_sets import is_accuracy
 
-# lm-eval's accuracy metrics (higher is better, fractions of items); other metrics (perplexity) are
-# summarized but not drawn or thresholded.
-ACCURACY = ("acc", "acc_norm", "exact_match")
-
-
-def is_accuracy(metric: str) -> bool:
-    return metric.split("/")[0] in ACCURACY
 
 
 def summary_table(rows: Sequence[dict]) -> list[dict]:

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from ...context import finish, start
-from ...errors import NoisyNNError
 from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
                         name_list, nonneg_float, nonneg_int, positive_float, positive_int, script_main)
 from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...task_sets import TaskSet, metric_name, prepare_tasks, single_process_view
 from . import report
 
 EXPERIMENT = "task_accuracy"
@@ -90,106 +87,6 @@ def parse(argv=None):
     return build_parser().parse_args(argv)
 
 
-@dataclass
-class TaskSet:
-    """The loaded lm-eval tasks and what the rows and run.json need to know about them."""
-
-    manager: object
-    tasks: dict  # name -> lm-eval Task
-    metrics: list[tuple[str, str, str]] = field(default_factory=list)  # (task, metric, lm-eval filter)
-    info: dict = field(default_factory=dict)  # name -> config, sha256, chance, n_items
-
-    def parts(self) -> list[dict]:
-        return [{"task": t, "metric": metric_name(m, f)} for t, m, f in self.metrics]
-
-
-def metric_name(metric: str, filter_name: str) -> str:
-    """``acc`` for lm-eval's ``acc,none``; ``exact_match/strict-match`` for a named filter."""
-    return metric if filter_name == "none" else f"{metric}/{filter_name}"
-
-
-def _yaml_task_name(path: Path) -> str:
-    import yaml
-
-    class Loader(yaml.SafeLoader):  # task YAMLs use !function tags; only the name is needed here
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    try:
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise NoisyNNError(f"task file {path} cannot be read ({str(err).splitlines()[0]})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
-        raise NoisyNNError(f"task file {path} has no 'task:' name")
-    return config["task"]
-
-
-def _sha256_file(path: str) -> str | None:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-
-
-def _fingerprint(config: dict) -> tuple[str, dict]:
-    """sha256 of a task's config with local data file paths replaced by their contents' sha256 (so the
-    hash is the same wherever the cache lives), and those file hashes."""
-    files = {}
-    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(data_files, dict):
-        for split, path in data_files.items():
-            if isinstance(path, str) and (digest := _sha256_file(path)):
-                files[split] = digest
-    payload = {**config, "dataset_kwargs": {**(config.get("dataset_kwargs") or {}), "data_files": files}} if files else config
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest(), files
-
-
-def _chance(task, limit: int) -> float | None:
-    """Chance accuracy: the offline tasks' own; a multiple-choice task's mean 1/n_choices over the scored
-    items; 0 for loglikelihood / generation tasks (greedy or exact match); None when unknown."""
-    from ...tasks import CHANCE
-
-    if task.task_name in CHANCE:
-        return CHANCE[task.task_name]
-    if task.OUTPUT_TYPE == "multiple_choice":
-        docs = list(task.eval_docs)[:limit]
-        counts = [len(task.doc_to_choice(d)) for d in docs]
-        return float(sum(1 / c for c in counts) / len(counts)) if counts else None
-    return 0.0 if task.OUTPUT_TYPE in ("loglikelihood", "generate_until") else None
-
-
-def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
-    """Resolve task names and YAML paths, load the tasks and their datasets (one NoisyNNError line on failure)."""
-    from ...harness import load_tasks, task_manager
-
-    folders, resolved = [str(Path(d).expanduser()) for d in include], []
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise NoisyNNError(f"--include_path {folder} is not a folder")
-    for name in names:
-        if name.endswith((".yaml", ".yml")):
-            path = Path(name).expanduser()
-            if not path.is_file():
-                raise NoisyNNError(f"task file {name} does not exist")
-            folders.append(str(path.resolve().parent))
-            resolved.append(_yaml_task_name(path))
-        else:
-            resolved.append(name)
-    manager = task_manager(folders)
-    loaded = load_tasks(resolved, manager)
-    tasks = dict(sorted(loaded["tasks"].items()))
-    out = TaskSet(manager, tasks)
-    for name, task in tasks.items():
-        # the (metric, filter) pairs lm-eval will report: every metric of the task under every filter
-        for filt in [f.name for f in task._filters]:
-            out.metrics += [(name, m, filt) for m in task._metric_fn_list]
-        config = task.dump_config()
-        digest, files = _fingerprint(config)
-        out.info[name] = {"sha256": digest, "data_sha256": files, "chance": _chance(task, limit),
-                          "output_type": task.OUTPUT_TYPE, "n_docs": len(task.eval_docs),
-                          "config": json.loads(json.dumps(config, default=str))}
-    return out
-
-
 def tidy_rows(result: dict, tasks: TaskSet) -> list[dict]:
     """One row per (task, metric): lm-eval's value, its stderr (nan where lm-eval gives none), items."""
     rows = []
@@ -220,23 +117,6 @@ def sample_records(result: dict, tasks: TaskSet) -> list[dict]:
     return out
 
 
-@contextlib.contextmanager
-def _single_process_view():
-    """The runner splits points across processes and each process scores all items of its points, so
-    each lm-eval call is a single-process evaluation (NoisyLM: rank 0 of 1). lm-eval also reads the
-    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call.
-    (The redirect around it drops lm-eval's "bootstrapping for stddev" prints.)"""
-    saved = os.environ.get("LOCAL_RANK")
-    os.environ["LOCAL_RANK"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("LOCAL_RANK", None)
-        else:
-            os.environ["LOCAL_RANK"] = saved
-
-
 def run(argv=None) -> int:
     args = parse(argv)
     # lm-eval bootstraps with a multiprocessing pool per metric unless told not to: slower than serial here
@@ -265,7 +145,7 @@ def run(argv=None) -> int:
         if point.sigma == 0 and clean and lm.hooks is None and not args.log_samples:
             return clean[0]
         lm.set_noise(point.sigma, point.seed(args.seed), point.sample_seed(args.seed))
-        with contextlib.redirect_stdout(io.StringIO()), _single_process_view():
+        with contextlib.redirect_stdout(io.StringIO()), single_process_view():
             result = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.tasks.values()), task_manager=tasks.manager,
                                              num_fewshot=args.num_fewshot, limit=args.limit,
                                              bootstrap_iters=args.bootstrap_iters, log_samples=args.log_samples,
