@@ -271,6 +271,11 @@ def test_afm_run_folder(tmp_path, small, capsys):
     stamps = {f: (out / f).stat().st_mtime_ns for f in ("training.csv", "self_data.jsonl", "input_ranges.json")}
     assert nat.main(small + ["--out", str(out)]) == 0 and read_rows(out / "results.csv") == rows
     assert stamps == {f: (out / f).stat().st_mtime_ns for f in stamps}
+    # ... and what the first session recorded about training and evaluation is kept
+    again = json.loads((out / "run.json").read_text())
+    assert {k: again.get(k) for k in ("training", "converters", "eval_seconds")} == {
+        k: meta[k] for k in ("training", "converters", "eval_seconds")} and again["training"]["finetuned"]["steps"]
+    assert json.loads((out / "report.json").read_text()) == report
 
 
 def test_afm_run_with_lost_rows_trains_again_to_the_same_rows(tmp_path, small):

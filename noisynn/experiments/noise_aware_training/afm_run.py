@@ -48,6 +48,7 @@ VARIANTS = ("original", "finetuned", "control")
 RANGES = "input_ranges.json"
 SELF_DATA = "self_data.jsonl"
 DEFAULT_TIMES = "1s,1h,1d,1y"
+FINISHED_META = ("training", "converters", "injection", "eval_seconds")  # run.json keys training and evaluation write
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,11 @@ def run_afm(args) -> int:
                        trained_params=sum(t.numel for t in targets),
                        train_tokens=cfg.steps * cfg.batch_size * cfg.seq_len)
     plan = points(variants, times, args.n_trials)
-    if len(ctx.done_rows) < len(plan):  # a finished run is only reported again
+    if len(ctx.done_rows) < len(plan):
         weights, ranges = train_variants(args, lm, folder, chunks, cfg, targets, variants)
         evaluate(args, ctx, plan, weights, ranges, targets, pcm)
+    elif folder.is_main:  # a finished run is only reported again: keep what its sessions recorded
+        folder.update_meta(**{k: folder.previous_meta[k] for k in FINISHED_META if k in folder.previous_meta})
     if not folder.is_main:
         return 0
     figures = report.plot(folder.path)
