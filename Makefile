@@ -45,7 +45,7 @@ test-fast: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/python generate_graphs.py --results_dir results --output_dir images
 
-## Re-create results/ (the sweep, the noise-type comparison, llama_scaling, task_accuracy, placement; resumes what exists), then the figures.
+## Re-create results/ (the sweep, the noise-type comparison, llama_scaling, task_accuracy, placement, the AFM recipe; resumes what exists), then the figures.
 NOISE_TYPES := gaussian uniform cauchy laplacian student_t
 NOISE_TYPE_FLAGS := --scale relative --max_noise 0.5 --n_levels 7 --n_trials 3 --eval_tokens 256 --n_samples 1 --max_new_tokens 8 --entropy_tokens 4
 runs: $(STAMP)
@@ -54,6 +54,7 @@ runs: $(STAMP)
 	$(BIN)/python llama_scaling.py --out results/llama_scaling --quiet
 	$(BIN)/python task_accuracy.py --out results/task_accuracy --quiet
 	$(BIN)/python placement.py --out results/placement --quiet
+	$(BIN)/python noise_aware_training.py --recipe afm --out results/noise_aware_training_afm --quiet
 	$(MAKE) figures
 
 ## Optional: Gemma-3-270M (Gemma terms of use, 253 MB GGUF in four PyPI parts) for llama_scaling.
