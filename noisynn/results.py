@@ -338,8 +338,7 @@ class RunFolder:
         self.csv = self.path / RESULTS_CSV
         self.run_json = self.path / RUN_JSON
         self.samples = self.path / SAMPLES_JSONL
-        self.meta: dict = {}
-        self.previous_meta: dict = {}
+        self.meta, self.previous_meta = {}, {}  # this session's run.json; the one the last session left
         # Under a multi-process launch each process appends to its own shard files; the main
         # process merges them into results.csv / samples.jsonl (see sweep.run_sweep). The main
         # process alone holds the folder's lock: the ranks of one launch share it.
@@ -396,7 +395,7 @@ class RunFolder:
             try:
                 self.check(config, meta)  # again under the lock: a writer may have finished in between
                 previous = read_meta(self.run_json)
-                self.previous_meta = previous  # what the last session recorded (an experiment may keep parts of it)
+                self.previous_meta = previous  # an experiment may keep parts of it
                 self.meta = {**meta, "config": config, "status": "running",
                              "started": previous.get("started", now()), "resumed": bool(previous),
                              "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
