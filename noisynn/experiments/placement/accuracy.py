@@ -71,9 +71,3 @@ class TaskScorer:
     def describe(self) -> dict:
         return {"task": self.task, "metric": self.metric, "limit": self.limit,
                 "sha256": self.tasks.info[self.task]["sha256"]}
-
-
-def acc_drop(clean_acc: float, acc: float) -> float:
-    """Points of accuracy lost: 100 (clean - acc); +inf when either is not a number."""
-    value = 100.0 * (float(clean_acc) - float(acc))
-    return value if value == value else float("inf")
