@@ -26,7 +26,9 @@ noisynn.converters puts it on the targeted layers of a model as forward hooks. S
     noise   y += out_noise xi
     ADC     y = round(y / e) e, e = 2 out_bound / (2^adc_bits - 2), then clipped to [-out_bound, out_bound]
             (``analog_mvm.py`` ``_finalize_output`` l.230-276)
-    bound management  "iterative": while an output of the vector saturates (|y| > out_bound), the vector is
+    bound management  "iterative": while an output of the vector saturates (|y| > out_bound in aihwkit's float32
+            arithmetic: an output on the top ADC level counts where that level rounds above the bound, as with 9 bits
+            and bound 12; ``AnalogIO.saturation_level``), the vector is
             redone with r doubled and fresh noise, until r > max_bm_factor or r > max_bm_res / d
             (``analog_mvm.py`` l.116-160, the loop at l.128). The test is per vector, as in rpucuda's CPU
             ``forwardVector`` (``rpu_forward_backward_pass.cpp`` l.901-987) and CUDA's per-batch scale values (``cuda/io_manager.cu``
@@ -162,6 +164,22 @@ class AnalogIO:
     def adc_step(self) -> float | None:
         return 2 * self.out_bound / (2 ** self.adc_bits - 2) if self.adc_bits else None
 
+    def saturation_level(self) -> float:
+        """The output, in ADC steps (tile units without an ADC), above which iterative bound management redoes a
+        vector. aihwkit tests ``value > out_bound`` on the discretized output in float32
+        (``src/rpucuda/rpu_forward_backward_pass.cpp`` ``finalizeOutputImplStage5`` l.700-708), the step being
+        res = float32(1 / (2^bits - 2)) x float32(2 out_bound) (``rpu_pulsed_meta_parameter.cpp`` l.31-37, l.56).
+        Where the top level h x res rounds above the bound in float32 (9 bits, bound 12: 255 x 0.04705883 =
+        12.000001) an output on the top level already counts as saturated: the level is h - 0.5; else h."""
+        bound = float(self.out_bound)
+        if not self.adc_bits:
+            return bound
+        h = (2 ** self.adc_bits - 2) / 2
+        f32 = torch.float32
+        res = torch.tensor(1 / (2 ** self.adc_bits - 2), dtype=f32) * torch.tensor(2 * bound, dtype=f32)
+        top = torch.tensor(h, dtype=f32) * res
+        return h - 0.5 if bool(top > torch.tensor(bound, dtype=f32)) else h
+
     def bm_limit(self) -> float:
         """Largest reduction r tried by iterative bound management: the first power of 2 above
         min(max_bm_factor, max_bm_res / d) (d = the DAC step over [-1, 1]), as aihwkit's loop stops."""
@@ -279,7 +297,7 @@ def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, genera
     with a saturated output tile (``over``, (N, n_out)) are redone with the input divided by s r, r = 2, 4, ...,
     and fresh noise; the output tiles that saturated take the new output (times r), until none saturates or r
     reaches ``io.bm_limit()``."""
-    bound = io.out_bound / (io.adc_step or 1.0)
+    bound = io.saturation_level()
     sizes = torch.tensor(out_sizes, device=y.device)
     limit, r, fail = io.bm_limit(), 1.0, over
     while r < limit and bool(fail.any()):
@@ -300,7 +318,7 @@ def _input_tile(x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes)
     with iterative bound management, the redone vectors."""
     y = _tile_pass(x, used, w, scale, io, generator)
     iterative = io.out_bound and io.bound_management == "iterative"
-    over = _saturated(y, io.out_bound / (io.adc_step or 1.0), out_sizes) if iterative else None
+    over = _saturated(y, io.saturation_level(), out_sizes) if iterative else None
     y = _clip_and_rescale(y, col, row, io)
     if over is not None and bool(over.any()):
         y = _bound_management(y, over, x, used, col, w, scale, row, io, generator, out_sizes)

@@ -20,7 +20,7 @@ from .inject import Target, select
 from .models import LoadedModel, fit_context, load_model, parse_max_memory, resolve_device, resolve_dtype
 from .options import config_of, context_needs, default_out, load_plugins
 from .results import LEADING_COLUMNS, RunFolder
-from .spec import ConverterSpec, NoiseSpec, converter_spec_from_args, spec_from_args
+from .spec import ConverterSpec, NoiseSpec, converter_spec_from_args, resolve_preset, spec_from_args
 
 
 @dataclass
@@ -76,6 +76,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     if converters is not None:  # the resolved analog settings (presets, defaults): a run resumes only under the same
         config["analog"] = asdict(converters.io)
     meta = dict(meta or {})
+    if noise and resolve_preset(args):  # which preset fields came from the preset, which from flags
+        meta.setdefault("preset_resolution", resolve_preset(args))
     if plugins:  # the content, not only the path: a changed plugin file is a different run
         config["plugin_sha256"] = [p["sha256"] for p in plugins]
         meta["plugins"] = plugins

@@ -247,6 +247,22 @@ class NoiseInjector:
         self.compensation.clear()
         return self
 
+    def set_mapping(self, scale: str, **params) -> None:
+        """Map the same targets another way (an analog preset's device fields): the noise rebuilt with ``params``
+        over the spec's, units from ``scale``. Nothing changes when both are as they are; otherwise the next
+        ``realize`` draws again (the same seed gives the same unit draws: common random numbers across mappings)."""
+        merged = {**self.spec.params, **params}
+        if "tile_size" in merged:
+            merged["tile_size"] = tuple(merged["tile_size"])
+        if scale == self.spec.scale and merged == self.spec.params:
+            return
+        spec = make_noise_spec(self.spec.noise_type, merged, scale, self.spec.targets, self.spec.blocks,
+                               self.spec.include_bias, self.spec.digital)
+        self.spec, self.noise, self.scale = spec, spec.noise, spec.scale
+        self.units = [unit_scale(c, spec.scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
+        self.seed, self._states = None, None
+        self.compensation.clear()
+
     @property
     def n_params(self) -> int:
         return sum(t.numel for t in self.targets)

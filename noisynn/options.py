@@ -117,6 +117,13 @@ class ArgumentParser(argparse.ArgumentParser):
             message = bound_error(dest, value)
             if message:
                 self.error(message)
+        defaulted = set(getattr(parsed, "_defaulted", ()))
+        for action in self._actions:  # flags whose default a preset may replace: filled in after parsing
+            if hasattr(action, "deferred_default") and not hasattr(parsed, action.dest):
+                setattr(parsed, action.dest, action.deferred_default)
+                defaulted.add(action.dest)
+        if defaulted:
+            parsed._defaulted = defaulted  # not in run.json's config (config_of skips "_" names)
         return parsed, rest
 
 
@@ -231,9 +238,14 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
                    help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
                         "quantize, or a plugin's (default: %(default)s)")
     g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
-    g.add_argument("--scale", default=scale,
-                   help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|) | "
-                        "relative_channel (x per-output-channel max|W|) (default: %(default)s)")
+    # SUPPRESS, then filled in after parsing (``deferred_default``): an analog preset's mapping replaces the
+    # experiment's default but never a --scale that was given (noisynn.spec.resolve_preset).
+    scale_flag = g.add_argument(
+        "--scale", default=argparse.SUPPRESS,
+        help="absolute (sigma in weight units) | relative (x weight std) | relative_max (x max|W|; per tile for "
+             "device models) | relative_channel (x per-output-channel max|W|) (default: " + scale + "; with "
+             "--analog_preset and a device model, the preset's mapping)")
+    scale_flag.deferred_default = scale
     g.add_argument("--targets", default=targets,
                    help="comma list of attention, mlp, head, embedding, blocks, all, or q,k,v,o,qkv,gate,up,down "
                         "(default: %(default)s; the tied head is untied before it is noised)")

@@ -1,7 +1,11 @@
-"""Named analog settings (``--analog_preset NAME``): documented sets of IO and mapping parameters with sources.
+"""Named analog settings (``--analog_preset NAME``): whole settings, as aihwkit's ``InferenceRPUConfig`` is one object.
 
-Each preset is an ``AnalogIO`` (noisynn.converters) plus where its values come from. Explicit converter
-flags override a preset's fields; run.json records the resolved parameters (``AnalogIO.describe()``).
+A preset holds the converters and tiles (an ``AnalogIO``: DAC, ADC, noise and bound management, units) and the
+device side (``device``: the weight-to-conductance mapping ``scale``, the ``pair`` through drift, the drift
+``compensation_method``, and the device model it was written for). A flag given with a preset overrides that one
+field; run.json records which fields came from the preset and which from flags (``noisynn.spec.resolve_preset``).
+The device fields apply where the noise is a device model (pcm, pcm_afm, stuck_at): for an additive
+distribution ``--scale`` is the unit of sigma, not a conductance mapping, and stays the experiment's.
 Sources: IBM/aihwkit at commit 4545f11 (``src/aihwkit/...``), IBM/analog-foundation-models (AFM) at its
 published commit (``data/training_files/meta-llama/Llama-3.2-1B-Instruct/config.yaml``, ``apply_noise_model.py``),
 IBM/aihwkit-lightning 2.1.0 (``src/aihwkit_lightning/nn/modules/torch_utils/torch_linear.py``).
@@ -24,13 +28,14 @@ class Preset:
     values: dict
     sources: tuple[str, ...]
     notes: str = ""
-    extra: dict = field(default_factory=dict)
+    device: dict = field(default_factory=dict)
 
     def io(self, **overrides) -> AnalogIO:
         return AnalogIO(**{**self.values, **overrides, "preset": self.name})
 
     def describe(self) -> dict:
-        return {"name": self.name, "summary": self.summary, "sources": list(self.sources), "notes": self.notes}
+        return {"name": self.name, "summary": self.summary, "sources": list(self.sources), "notes": self.notes,
+                "device": dict(self.device)}
 
 
 PRESETS: dict[str, Preset] = {}
@@ -53,7 +58,11 @@ _register(Preset(
      "aihwkit src/aihwkit/simulator/parameters/mapping.py l.46 weight_scaling_omega 0, l.53 columnwise False, "
      "l.79 max_input_size 512, l.91 max_output_size 512"),
     "out_noise and out_bound are in units of (normalized input) x (raw weight): weights are not rescaled in the "
-    "tile (omega = 0)"))
+    "tile (omega = 0). Drift compensation on or off stays the experiment's choice (drift_over_time reads both).",
+    device=dict(noise_type="pcm", scale="relative_max", pair="tile", compensation_method="readout",
+                source="aihwkit InferenceRPUConfig (simulator/configs/configs.py l.152-240: noise_model l.187, drift_compensation l.195, clip/remap/modifier off): PCMLikeNoiseModel (g_max 25 "
+                       "uS), GlobalDriftCompensation, SinglePairConductanceConverter: one abs-max per tile maps to "
+                       "g_max (inference/converter/conductance.py l.55)")))
 
 _register(Preset(
     "aihwkit_hwa",
@@ -71,7 +80,11 @@ _register(Preset(
      "aihwkit src/aihwkit/simulator/presets/utils.py l.24-63 PresetIOParameters (the rest of the forward)"),
     "IR drop (ir_drop 1.0) is not modelled. The input range is learned during HWA training in aihwkit; here it is "
     "measured on calibration text as aihwkit initialises it (3 x std of the tile's input, averaged over windows). "
-    "weight_scaling_omega 1 = out_noise_units normalized; learned out scales (1 at start) are not modelled."))
+    "weight_scaling_omega 1 = out_noise_units normalized; learned out scales (1 at start) are not modelled.",
+    device=dict(noise_type="pcm", scale="relative_channel", pair="tile", compensation_method="readout",
+                source="aihwkit presets/inference.py l.78-88: weights scaled per column (output row) to omega 1, so "
+                       "the tile's abs-max mapping puts each row's max|W| at g_max; PCMLikeNoiseModel, "
+                       "GlobalDriftCompensation")))
 
 _register(Preset(
     "afm",
@@ -88,7 +101,15 @@ _register(Preset(
      "slices, static range, DAC), l.217-222 and l.285-300 (out_bound in units of input range x per-channel "
      "max|W| of the slice), no bound management"),
     "AFM learns its input ranges during training; here they are measured on calibration text with AFM's init "
-    "rule (18 x std). Weight noise is the device model's (--noise_type), not a converter setting."))
+    "rule (18 x std). Weight noise is the device model's (--noise_type), not a converter setting. AFM's own "
+    "hardware model is --noise_type pcm_afm (no read time); the drift studies read AFM's converters over pcm.",
+    device=dict(noise_type="pcm_afm", scale="relative_channel", pair="tile", compensation_method="readout",
+                source="analog-foundation-models apply_noise_model.py l.92-102: per output row, abs-max over each "
+                       "tile of 512 inputs maps to G_MAX")))
+
+
+# The preset fields that are device flags (options.add_noise_args), applied where the noise is a device model.
+DEVICE_FIELDS = ("scale", "pair", "compensation_method", "tile_size")  # tile_size: the AnalogIO's, for the mapping too
 
 
 def get_preset(name: str, **overrides) -> AnalogIO:

@@ -144,9 +144,72 @@ def noise_params(args) -> dict:
     return params
 
 
+def preset_name(args) -> str | None:
+    """The analog preset the flags name: ``--analog_preset``, or ``aihwkit_default`` for ``--analog_io``."""
+    return getattr(args, "analog_preset", None) or ("aihwkit_default" if getattr(args, "analog_io", False) else None)
+
+
+def preset_device_flags(preset: str | None, noise_type, given: dict) -> tuple[dict, dict]:
+    """(device flags to use, record) for analog preset ``preset`` over a device model.
+
+    ``given``: the device flags (DEVICE_FIELDS) the user gave; ``noise_type``: the experiment's noise (name or
+    instance). A preset's mapping, pair and compensation method apply only where the noise is a device model
+    (a class with ``scales``: it maps weights to conductances); a flag given overrides its field. The record says
+    per field where its value came from ("preset" or "flag"), or why the preset's device fields did not apply.
+    """
+    from .presets import DEVICE_FIELDS, PRESETS
+
+    if not preset:
+        return dict(given), {}
+    device = PRESETS[preset].device
+    noise = get_noise(noise_type) if isinstance(noise_type, str) else noise_type
+    if not getattr(noise, "scales", None):
+        return dict(given), {"preset": preset, "device_fields": f"not applied: '{noise.name}' is not a device model "
+                                                                f"(--scale is the unit of sigma)"}
+    import inspect
+
+    accepted = set(inspect.signature(type(noise).__init__).parameters)
+    device = {**device, "tile_size": list(PRESETS[preset].values["tile_size"])}
+    values, skipped = {}, {}
+    for k in DEVICE_FIELDS:
+        if k == "scale" and device[k] not in noise.scales:
+            skipped[k] = f"{device[k]} (not a mapping of '{noise.name}', which takes {', '.join(noise.scales)})"
+        elif k != "scale" and k not in accepted:
+            skipped[k] = f"{device[k]} ('{noise.name}' has no such parameter)"
+        else:
+            values[k] = device[k]
+    values.update(given)
+    record = {"preset": preset, "device_model": device.get("noise_type"),
+              "fields": {k: ("flag" if k in given else "preset") for k in values}}
+    if skipped:
+        record["not_applied"] = skipped
+    return values, record
+
+
+def resolve_preset(args) -> dict:
+    """Apply the analog preset's device fields to the parsed flags (in place; idempotent) and return the record.
+
+    ``--scale`` filled in by its experiment default (``args._defaulted``) counts as not given; ``--pair`` and
+    ``--compensation_method`` are absent unless given. The record goes to run.json (``preset_resolution``).
+    """
+    preset = preset_name(args)
+    if not preset or not hasattr(args, "noise_type"):
+        return {}
+    from .presets import DEVICE_FIELDS
+
+    defaulted = getattr(args, "_defaulted", set())
+    given = {k: getattr(args, k) for k in DEVICE_FIELDS if hasattr(args, k) and k not in defaulted}
+    values, record = preset_device_flags(preset, args.noise_type, given)
+    for k, v in values.items():
+        setattr(args, k, v)
+    args._defaulted = set(defaulted) | {k for k in values if k not in given}  # a second call gives the same record
+    return record
+
+
 def spec_from_args(args) -> NoiseSpec:
     """NoiseSpec from the noise flags (options.add_noise_args; ``--blocks`` and ``--digital`` where the
-    experiment has them)."""
+    experiment has them), after the analog preset's device fields (``resolve_preset``)."""
+    resolve_preset(args)
     if args.scale not in SCALES:  # the same check as make_noise_spec's, worded with the flag's name
         raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
     digital = read_digital(args.digital) if getattr(args, "digital", None) else ()

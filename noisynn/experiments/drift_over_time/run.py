@@ -14,6 +14,7 @@ a name = ``--analog_preset NAME``; converter flags given override the fields of 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from ...context import finish, start
@@ -25,8 +26,9 @@ from ...noise import bits_to_step, drift_factor, parse_time, time_label
 from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
                        nonneg_float, positive_int, prompt_text, script_main)
 from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
-from ...presets import PRESETS
-from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, converter_spec_from_args, make_converter_spec, spec_from_args
+from ...presets import DEVICE_FIELDS, PRESETS
+from ...spec import (CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, converter_spec_from_args, make_converter_spec,
+                     preset_device_flags, spec_from_args)
 from . import report
 
 EXPERIMENT = "drift_over_time"
@@ -142,6 +144,24 @@ def preset_specs(args) -> dict:
             for n in names}
 
 
+def preset_mappings(args) -> dict:
+    """{preset label: (scale, device params, record)}: each entry's weight-to-conductance mapping.
+
+    A preset is a whole setting (noisynn.presets): its mapping, pair, compensation method and tiles, unless the
+    flag was given (``noisynn.spec.preset_device_flags``); ``none`` keeps the flags (and the experiment's
+    default ``--scale``) as they are.
+    """
+    defaulted = getattr(args, "_defaulted", set())
+    given = {k: getattr(args, k) for k in DEVICE_FIELDS if hasattr(args, k) and k not in defaulted}
+    out = {}
+    for label in preset_specs(args):
+        name = None if label == "none" else label
+        values, record = preset_device_flags(name, args.noise_type, given) if name else (dict(given), {})
+        scale = values.pop("scale", args.scale)
+        out[label] = (scale, values, record)
+    return out
+
+
 def drift_reference(times: list[float], nu: float = 0.049, n: int = 60) -> dict:
     """The drift factor of a device at gT = 1 with nu fixed at its mean, on a log grid (for the figure)."""
     lo, hi = max(min(times), 1.0), max(max(times), 2.0)
@@ -160,7 +180,12 @@ def check_args(args) -> tuple[list[float], list[int], dict]:
     if not (hasattr(noise, "t_seconds") and hasattr(noise, "drift_compensation")):
         raise NoisyNNError(f"--noise_type {args.noise_type} has no read time; use a device model such as pcm")
     converter_spec_from_args(args)
-    return sorted(times), parse_bits(args.digital_bits), preset_specs(args)
+    specs = preset_specs(args)
+    mappings = preset_mappings(args)
+    for label, (scale, params, _) in mappings.items():  # every entry's mapping is checked before the folder exists
+        spec_from_args(argparse.Namespace(**{**vars(args), **params, "scale": scale, "analog_preset": None,
+                                             "analog_io": False}))
+    return sorted(times), parse_bits(args.digital_bits), specs
 
 
 def run(argv=None) -> int:
@@ -184,11 +209,14 @@ def run(argv=None) -> int:
         "drift_ratio": "sum|W_t| / sum|W_prog| over all targeted tensors before compensation",
         "digital_bits": bits,
         "presets": {label: None if spec is None else spec.io.describe() for label, spec in specs.items()},
+        "mappings": {label: {"scale": scale, **params, **({"resolution": record} if record else {})}
+                     for label, (scale, params, record) in preset_mappings(args).items()},
         "drift_reference": drift_reference(times),
         "sampling": {"temperature": args.temperature, "top_k": 50, "n_samples": args.n_samples,
                      "max_new_tokens": args.max_new_tokens}})
     lm = ctx.lm
     specs = preset_specs(args)  # again: start() has fitted --max_length (the calibration passes' window)
+    mappings = preset_mappings(args)
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     # One set of converter hooks per preset, all installed once (calibration included) and switched on one at a
     # time: each is built (and calibrated) while the others are off, so no preset sees another's forward.
@@ -204,6 +232,9 @@ def run(argv=None) -> int:
         measure through them (noisynn.compensation), as aihwkit's tiles do."""
         if active["preset"] == preset:
             return
+        if preset is not None:  # the preset's mapping (a new draw of the same seed when it differs)
+            scale, params, _ = mappings[preset]
+            injector.set_mapping(scale, **params)
         for label, hooks in converters.items():
             if hooks is not None:
                 hooks.set_enabled(label == preset)
@@ -217,6 +248,7 @@ def run(argv=None) -> int:
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed, lambda p: {
         "noise_type": {"pcm": args.noise_type, "float": "none"}.get(p.condition, "quantize"),
         "sigma": args.noise_scale if p.condition == "pcm" else p.sigma,
+        "scale": mappings[p.preset][0] if p.condition == "pcm" else args.scale,
         "condition": p.condition, "preset": p.preset, "t_seconds": p.t_seconds,
         "t_label": time_label(p.t_seconds) if p.condition == "pcm" else "digital", "compensation": p.compensation})
 
