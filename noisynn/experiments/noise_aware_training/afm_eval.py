@@ -15,9 +15,9 @@ with that script's 512-input rows for the conductance mapping, afm:184). The row
               measured through the analog forward of the other layers at their own ranges (the head is not
               trained by the recipe unless --targets names it) | digital
   dtype       ``--eval_dtype float16`` (default) | float32: the model (weights, converters, noise) in that dtype
-              for these rows; float32 is restored bit-exactly afterwards from a copy of the state dict and buffers. On a CPU
-              float16 matmuls work but run about 4x slower than float32 (torch 2.13, AVX2, measured here), so
-              these rows cost more than the float32 ones.
+              for these rows; the model's dtype is restored bit-exactly afterwards (a copy of its state dict and
+              buffers). On a CPU float16 matmuls work but run about 4x slower than float32 (torch 2.13, AVX2,
+              measured here), so these rows cost more than the float32 ones.
 No drift and no drift compensation: ``pcm_afm`` is the chip as measured, without time.
 """
 
@@ -74,6 +74,17 @@ def add_eval_args(g) -> None:
                    help="skip the evaluation under AFM's own hardware model (the pcm_afm rows)")
 
 
+def set_ranges(hooks: ConverterHooks, ranges: dict) -> None:
+    """Give every converter layer its static input range (the same for each of its input tiles)."""
+    missing = [t.name for t in hooks.tiles if t.name not in ranges]
+    if missing:
+        raise NoisyNNError(f"no input range for layers {missing[:3]}")
+    for layer in hooks.tiles:
+        r = float(ranges[layer.name])
+        layer.input_range = torch.full((layer.layout.n_in,), r, dtype=torch.float32)
+        layer.fixed = r
+
+
 def settings(args) -> AFMEval:
     def pick(name, default):
         value = getattr(args, name, None)
@@ -107,8 +118,6 @@ class AFMSetting:
     """The model switched into the pcm_afm setting for one variant (dtype, converters, injector) and back."""
 
     def __init__(self, lm, ev: AFMEval, spec, ranges: dict, seed: int):
-        from .afm_run import set_ranges
-
         self.lm, self.ev = lm, ev
         model = lm.model
         self.saved, self.dtype = None, next(model.parameters()).dtype

@@ -7,7 +7,8 @@ Evaluation: each trial programs the targeted weights once (PCM, seeded by the tr
 for every variant) and reads them at every time; converters: 8-bit DAC with static per-layer ranges
 (the learned ones where the model has them, else the recipe's data initialisation of the same
 ranges), 8-bit ADC, bound 14, 512-input tiles: ``noisynn.presets`` ``afm``; drift compensation per tile after
-the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order).
+the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order). Then (unless
+``--no_pcm_afm``) each variant again in AFM's own setting: ``afm_converters`` and ``pcm_afm`` rows (afm_eval).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import make_noise_spec
 from . import afm_eval, report
+from .afm_eval import set_ranges
 from .afm import AFMConfig, afm_finetune
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .data import load_training_text, self_generated_chunks, self_prompt, training_chunks
@@ -48,7 +50,8 @@ VARIANTS = ("original", "finetuned", "control")
 RANGES = "input_ranges.json"
 SELF_DATA = "self_data.jsonl"
 DEFAULT_TIMES = "1s,1h,1d,1y"
-FINISHED_META = ("training", "converters", "injection", "eval_seconds")  # run.json keys training and evaluation write
+# run.json keys training and evaluation write
+FINISHED_META = ("training", "converters", "injection", "eval_seconds", "afm_evaluation")
 
 
 @dataclass(frozen=True)
@@ -136,17 +139,6 @@ def eval_io() -> AnalogIO:
     """AFM's evaluation converters: ``noisynn.presets`` ``afm`` (8-bit DAC with static ranges, 8-bit ADC, bound 14,
     no output noise, 512-input tiles); the static ranges are set per layer by ``set_ranges``."""
     return get_preset("afm")
-
-
-def set_ranges(hooks: ConverterHooks, ranges: dict) -> None:
-    """Give every converter layer its static input range (the same for each of its input tiles)."""
-    missing = [t.name for t in hooks.tiles if t.name not in ranges]
-    if missing:
-        raise NoisyNNError(f"no input range for layers {missing[:3]}")
-    for layer in hooks.tiles:
-        r = float(ranges[layer.name])
-        layer.input_range = torch.full((layer.layout.n_in,), r, dtype=torch.float32)
-        layer.fixed = r
 
 
 def analog_config(args) -> AnalogTrainConfig | None:
