@@ -379,10 +379,13 @@ def test_afm_recipe_on_the_embedded_model(tmp_path, embedded):
     assert nat.main(args) == 0
     meta = json.loads((out / "run.json").read_text())
     assert meta["training_text"]["source"] == "self" and meta["text"]["split"] == "eval"
-    assert meta["trained_tensors"] == 30 and len(json.loads((out / "input_ranges.json").read_text())["finetuned"]) == 30
+    assert meta["trained_tensors"] == 30 and len(json.loads((out / "input_ranges.json").read_text())["finetuned"]) == 31  # + lm_head
     rows = read_rows(out / "results.csv")
-    assert len(rows) == 3 * (2 + 1)
+    assert len(rows) == 3 * (2 + 1 + 2)  # clean, converters, 1 y; afm_converters, pcm_afm (float16, head analog)
     by = {(r["model_variant"], r["condition"], r["t_seconds"]): r["perplexity"] for r in rows}
+    assert all(0 < by[(v, "pcm_afm", 0.0)] < float("inf") for v in ("original", "finetuned", "control"))
+    assert meta["afm_evaluation"]["dtype"] == "float16" and "lm_head" in json.loads(
+        (out / "input_ranges.json").read_text())["finetuned"]
     assert by[("original", "clean", 0.0)] < 100 and by[("finetuned", "clean", 0.0)] != by[("original", "clean", 0.0)]
     assert all(by[(v, "pcm", 3.1536e7)] > by[(v, "clean", 0.0)] for v in ("original", "finetuned", "control"))
 
