@@ -39,9 +39,13 @@ def add_converter_args(p: argparse.ArgumentParser) -> None:
                         "relative_channel; aihwkit weight_scaling_omega 1)")
     g.add_argument("--input_range", default=argparse.SUPPRESS,
                    help="dynamic (per-token abs-max per input tile, default) | none (inputs clipped to [-1, 1]) | "
-                        "calibrated (static per input tile, on 512 training tokens) | a number")
+                        "calibrated (static per input tile, on 512 training tokens; see --range_calibration) | a number")
     g.add_argument("--range_std", type=nonneg_float, default=argparse.SUPPRESS,
                    help="calibrated ranges: K x std of the tile's input (aihwkit's init_std_alpha) instead of max|x|")
+    g.add_argument("--range_calibration", choices=("analog", "digital"), default=argparse.SUPPRESS,
+                   help="calibrated ranges are measured through the analog forward, each layer converting with its "
+                        "running range (default, as aihwkit-lightning initialises them) | digital: layers digital "
+                        "while measured (the former way)")
     g.add_argument("--bound_management", choices=("iterative", "none"), default=argparse.SUPPRESS,
                    help="iterative (aihwkit's default): a vector whose output saturates the ADC is redone with its "
                         "input halved, up to --max_bm_factor | none: outputs are clipped")

@@ -62,6 +62,7 @@ BOUND_MANAGEMENT = ("iterative", "none")
 W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
 OUT_NOISE_UNITS = ("tile", "normalized")
 DEFAULT_TILE = (512, 512)
+RANGE_CALIBRATIONS = ("analog", "digital")
 
 
 def parse_tile_size(value) -> tuple[int, int]:
@@ -92,7 +93,10 @@ class AnalogIO:
 
     ``input_range``: "dynamic" (per-token abs-max per input tile), "none" (inputs used as they are, clipped to
     [-1, 1]), "calibrated" (one static range per input tile, measured by ``ConverterHooks.calibrate``: max|x|, or
-    ``range_std`` x std(x) averaged over the calibration windows as aihwkit's input-range init) or a number.
+    ``range_std`` x std(x) averaged over the calibration windows, weighted by their tokens, as aihwkit's input-range
+    init) or a number. ``range_calibration``: "analog" (the calibration passes run through the analog forward, each
+    layer converting with its running range, as aihwkit-lightning's init_from_data) or "digital" (layers digital
+    while measured).
     ``per_channel``: with scaled weights, the scale c_w is max|W| per row of each tile (else per tile).
     ``tile_size``: (max inputs, max outputs) of a tile, 0 = the whole layer in that dimension.
     ``out_noise_units``: "tile" (weights as stored, scaled only when ``weight_scaling_omega`` > 0) or
@@ -115,6 +119,7 @@ class AnalogIO:
     out_noise_units: str = "tile"
     weight_scaling_omega: float = 0.0
     range_std: float = 0.0
+    range_calibration: str = "analog"
     preset: str | None = None
 
     def __post_init__(self):
@@ -140,7 +145,7 @@ class AnalogIO:
             raise NoisyNNError(f"a fixed input_range must be > 0, got {self.input_range}")
         self.tile_size = parse_tile_size(self.tile_size)
         for name, known in (("bound_management", BOUND_MANAGEMENT), ("w_noise_type", W_NOISE_TYPES),
-                            ("out_noise_units", OUT_NOISE_UNITS)):
+                            ("out_noise_units", OUT_NOISE_UNITS), ("range_calibration", RANGE_CALIBRATIONS)):
             if getattr(self, name) not in known:
                 raise NoisyNNError(f"{name} is one of {', '.join(known)}, got '{getattr(self, name)}'")
         if not self.max_bm_factor >= 1 or not self.max_bm_res > 0:

@@ -86,9 +86,10 @@ class AnalogLayer:
         if not self.enabled:
             return None
         x = args[0]
-        if self.record is not None:  # calibration pass: observe, do not convert
+        if self.record is not None:  # calibration pass: observe; "digital" calibration does not convert
             self._observe(x)
-            return None
+            if not self.record["analog"]:
+                return None
         self._out = self.forward(x)
         # The layer's own product is not needed: hand it an empty batch (the post hook returns the analog output).
         return (x.new_empty((0, x.shape[-1])),) + tuple(args[1:])
@@ -102,17 +103,26 @@ class AnalogLayer:
         return out
 
     def _observe(self, x: torch.Tensor) -> None:
+        """Fold one window into the running range of each input tile (see ``ConverterHooks.calibrate``)."""
         x = x.detach()
         xt = self.layout.split_inputs(x.reshape(-1, x.shape[-1]).to(torch.float64 if x.dtype == torch.float64
                                                                      else torch.float32))
-        if self.io.range_std > 0:  # aihwkit: range = mean over batches of alpha std(x) (periphery.py l.817-826)
+        rec, n = self.record, int(xt.shape[1])  # n: the window's tokens (vectors)
+        if self.io.range_std > 0:  # token-weighted mean over windows of range_std x std(x)
             value = xt.std(dim=(1, 2)) * self.io.range_std
-            n = self.record["n"]
-            self.record["value"] = value if n == 0 else (self.record["value"] * n + value) / (n + 1)
+            total = rec["tokens"] + n
+            rec["value"] = value if rec["value"] is None else (rec["value"] * rec["tokens"] + value * n) / total
         else:
             value = xt.abs().amax(dim=(1, 2))
-            self.record["value"] = value if self.record["n"] == 0 else torch.maximum(self.record["value"], value)
-        self.record["n"] += 1
+            rec["value"] = value if rec["value"] is None else torch.maximum(rec["value"], value)
+        rec["tokens"] += n
+        if rec["analog"]:  # this window converts with the range so far, itself included (lightning's order)
+            self.input_range = _usable(rec["value"])
+
+
+def _usable(value: torch.Tensor) -> torch.Tensor:
+    """A measured range with zeros (a tile that saw only zeros) replaced by 1."""
+    return torch.where(value > 0, value, torch.ones_like(value))
 
 
 class ConverterHooks:
@@ -162,12 +172,32 @@ class ConverterHooks:
 
     @torch.no_grad()
     def calibrate(self, model: nn.Module, input_ids: torch.Tensor, max_length: int = 512) -> dict:
-        """Static input ranges per input tile over ``input_ids`` (in windows): max|x|, or ``io.range_std`` x std(x)
-        averaged over the windows. Returns {layer: [range per input tile]}."""
+        """Static input ranges per input tile over ``input_ids``, in windows of ``max_length`` tokens.
+
+        Per input tile, from window w of n_w tokens (x: its inputs to the tile, all tokens):
+            max|x| rule (``io.range_std`` 0):  range = max_w max|x_w|
+            std rule (``io.range_std`` K):     range = sum_w n_w K std(x_w) / sum_w n_w
+        (a window counts by its tokens: a one-token tail window weighs 1/512 of a full one, not as much).
+        aihwkit-lightning 2.1.0's init_from_data (``nn/modules/torch_utils/torch_linear.py``) is the std rule over
+        equal batches: per input slice, std over the whole batch (l.334), a plain running mean over the first
+        init_from_data batches, r = (r idx + alpha std) / (idx + 1) (l.336-343; decay enters only the range's
+        gradient, l.98-104), abs'd (l.344); the same pass then clips the slice at the updated range (l.346-349)
+        and quantizes it (l.174-182). It runs in the training forward (``nn/modules/linear.py`` l.131-144 pass
+        ``self.training`` as update_from_data, torch_linear.py l.145, l.161), so every earlier layer is already
+        analog with its own running range. ``io.range_calibration``: "analog" follows that: each layer converts
+        every window (clip, DAC, ADC, the converters' noise from a calibration stream of its own) with its
+        running range, this window included; "digital": every layer digital while measured (the former way).
+        Not followed: lightning's training-time weight noise during the init (the weights here are as given).
+        Records ``self.calibration`` (tokens, windows, rule); returns {layer: [range per input tile]}.
+        """
+        analog = self.io.range_calibration == "analog"
         for tile in self.tiles:
-            tile.record = {"n": 0, "value": None}
+            tile.record = {"tokens": 0, "value": None, "analog": analog}
+        ids = input_ids.flatten()
+        windows = [int(ids[s:s + max_length].numel()) for s in range(0, ids.numel(), max_length)]
+        seed = self.generators.seed
+        self.reseed(derive_seed(seed, "calibration"))  # the analog forward's noise: a stream of its own
         try:
-            ids = input_ids.flatten()
             device = next(model.parameters()).device
             for start in range(0, ids.numel(), max_length):
                 model(input_ids=ids[start:start + max_length][None].to(device), use_cache=False)
@@ -175,12 +205,15 @@ class ConverterHooks:
             ranges = {}
             for tile in self.tiles:
                 value = tile.record["value"]
-                if value is None:
-                    value = torch.ones(tile.layout.n_in)
-                value = torch.where(value > 0, value, torch.ones_like(value))
+                value = _usable(torch.ones(tile.layout.n_in) if value is None else value)
                 tile.input_range, tile.record = value, None
                 tile.fixed = float(value.max())
                 ranges[tile.name] = [float(v) for v in value]
+            self.reseed(seed)
+        self.calibration = {"tokens": int(ids.numel()), "windows": windows,
+                            "rule": f"{self.io.range_std:g} x std" if self.io.range_std else "max|x|",
+                            "over_windows": "mean weighted by tokens" if self.io.range_std else "max",
+                            "range_calibration": self.io.range_calibration}
         return ranges
 
     def remove(self) -> None:
@@ -217,8 +250,8 @@ def install_converters(spec: "ConverterSpec | None", lm, targets, seed: int = 0)
         from .evaluation import tokenize
 
         text = load_text(spec.text_file, spec.dataset, split="train")
-        ids = tokenize(lm.tokenizer, text.text, spec.calibration_tokens)
+        # exactly calibration_tokens ids (tokenize keeps one more, for perplexity's shifted labels)
+        ids = tokenize(lm.tokenizer, text.text, spec.calibration_tokens)[: spec.calibration_tokens]
         hooks.calibrate(lm.model, ids, spec.max_length)
-        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), "tokens": int(ids.numel()),
-                             "rule": f"{spec.io.range_std:g} x std" if spec.io.range_std else "max|x|"}
+        hooks.calibration = {"text": text.info.get("split", text.info.get("source")), **hooks.calibration}
     return hooks

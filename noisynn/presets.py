@@ -79,7 +79,8 @@ _register(Preset(
      "init_std_alpha 3.0",
      "aihwkit src/aihwkit/simulator/presets/utils.py l.24-63 PresetIOParameters (the rest of the forward)"),
     "IR drop (ir_drop 1.0) is not modelled. The input range is learned during HWA training in aihwkit; here it is "
-    "measured on calibration text as aihwkit initialises it (3 x std of the tile's input, averaged over windows). "
+    "measured on calibration text as aihwkit initialises it (3 x std of the tile's input, averaged over "
+    "windows by their tokens, through the analog forward). "
     "weight_scaling_omega 1 = out_noise_units normalized; learned out scales (1 at start) are not modelled.",
     device=dict(noise_type="pcm", scale="relative_channel", pair="tile", compensation_method="readout",
                 source="aihwkit presets/inference.py l.78-88: weights scaled per column (output row) to omega 1, so "

@@ -28,7 +28,8 @@ NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuc
                 "pair", "compensation_method")
 # Converter settings (noisynn.converters.AnalogIO fields); any of them given turns the converters on.
 CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "bound_management", "max_bm_factor",
-                   "inp_noise", "w_noise", "w_noise_type", "out_noise_units", "range_std")
+                   "inp_noise", "w_noise", "w_noise_type", "out_noise_units", "range_std",
+                   "range_calibration")
 # Shared with the device mapping (PCM tiles): sets the converters' tiles but does not turn them on.
 SHARED_CONVERTER_FLAGS = ("tile_size",)
 

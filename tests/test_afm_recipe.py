@@ -248,7 +248,7 @@ def test_afm_run_folder(tmp_path, small, capsys):
     out = tmp_path / "run"
     assert nat.main(small + ["--out", str(out)]) == 0
     rows = read_rows(out / "results.csv")
-    assert len(rows) == 3 * (2 + 2 * 2) and {r["model_variant"] for r in rows} == {"original", "finetuned", "control"}
+    assert len(rows) == 3 * (2 + 2 * 2 + 1 + 2) and {r["model_variant"] for r in rows} == {"original", "finetuned", "control"}
     by = {(r["model_variant"], r["condition"], r["t_seconds"], r["trial"]): r for r in rows}
     # the same programming draw for every variant; clean rows: the original is the untouched model
     assert by[("original", "pcm", 1.0, 1)]["seed"] == by[("finetuned", "pcm", 1.0, 1)]["seed"] != by[
@@ -276,6 +276,39 @@ def test_afm_run_folder(tmp_path, small, capsys):
     assert {k: again.get(k) for k in ("training", "converters", "eval_seconds")} == {
         k: meta[k] for k in ("training", "converters", "eval_seconds")} and again["training"]["finetuned"]["steps"]
     assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_afm_evaluation_in_afms_own_setting(tmp_path, small):
+    """pcm_afm rows: AFM's hardware noise, one tile per layer, the head analog (untied, its own range), float16;
+    today's columns are the same with and without them (float32 restored bit-exactly after the float16 rows);
+    with today's converter setting (512-input tiles, head digital, float32) afm_converters = converters."""
+    from noisynn.experiments.noise_aware_training import run as nat
+    from noisynn.results import read_rows
+
+    runs = {}
+    for name, extra in (("afm", []), ("off", ["--no_pcm_afm"]),
+                        ("today", ["--eval_tile_size", "512", "--eval_head", "digital", "--eval_dtype", "float32"])):
+        assert nat.main(small + ["--n_trials", "1", "--times", "1d", "--out", str(tmp_path / name)] + extra) == 0
+        runs[name] = {(r["model_variant"], r["condition"], r["trial"]): r for r in read_rows(tmp_path / name / "results.csv")}
+    afm, off, today = runs["afm"], runs["off"], runs["today"]
+    assert {k: v for k, v in afm.items() if k[1] in ("clean", "converters", "pcm")} == off
+    assert len(afm) == 3 * 5 and afm[("finetuned", "pcm_afm", 0)]["noise_type"] == "pcm_afm"
+    for v in ("original", "finetuned", "control"):
+        assert today[(v, "afm_converters", 0)]["perplexity"] == today[(v, "converters", 0)]["perplexity"]
+        assert afm[(v, "afm_converters", 0)]["perplexity"] != afm[(v, "converters", 0)]["perplexity"]
+        assert afm[(v, "pcm_afm", 0)]["perplexity"] != afm[(v, "afm_converters", 0)]["perplexity"]
+    meta = json.loads((tmp_path / "afm" / "run.json").read_text())
+    ev = meta["afm_evaluation"]
+    assert (ev["tile_size"], ev["head"], ev["dtype"], ev["on"]) == (0, "analog", "float16", True)
+    assert ev["converters"]["tile_size"] == [0, 0] and "head" in ev["targets"]
+    assert json.loads((tmp_path / "today" / "run.json").read_text())["afm_evaluation"]["dtype"] == "float32"
+    assert "afm_evaluation" not in json.loads((tmp_path / "off" / "run.json").read_text())
+    ranges = json.loads((tmp_path / "afm" / "input_ranges.json").read_text())
+    assert all(ranges[v]["lm_head"] > 0 for v in ranges)
+    assert "lm_head" not in json.loads((tmp_path / "today" / "input_ranges.json").read_text())["original"]
+    report = json.loads((tmp_path / "afm" / "report.json").read_text())
+    assert report["variants"]["control"]["pcm_afm_over_afm"]["n_trials"] == 1
+    assert report["variants"]["original"]["pcm_afm"]["median"] > 0
 
 
 def test_afm_run_with_lost_rows_trains_again_to_the_same_rows(tmp_path, small):
@@ -314,6 +347,7 @@ def test_afm_ablation_flags_reach_the_config(tmp_path, small, base):
 BAD = [
     (["--recipe", "weight_noise", "--times", "1s"], "--times needs --recipe afm"),
     (["--recipe", "weight_noise", "--data", "self"], "--data self needs --recipe afm"),
+    (["--recipe", "weight_noise", "--eval_dtype", "float32"], "--eval_dtype needs --recipe afm"),
     (["--train_file", "x.txt"], "use --data PATH with --recipe afm"),
     (["--distill_beta", "2"], "must lie in [0, 1]"),
     (["--times", "1s,1s"], "distinct times"),
@@ -345,10 +379,13 @@ def test_afm_recipe_on_the_embedded_model(tmp_path, embedded):
     assert nat.main(args) == 0
     meta = json.loads((out / "run.json").read_text())
     assert meta["training_text"]["source"] == "self" and meta["text"]["split"] == "eval"
-    assert meta["trained_tensors"] == 30 and len(json.loads((out / "input_ranges.json").read_text())["finetuned"]) == 30
+    assert meta["trained_tensors"] == 30 and len(json.loads((out / "input_ranges.json").read_text())["finetuned"]) == 31  # + lm_head
     rows = read_rows(out / "results.csv")
-    assert len(rows) == 3 * (2 + 1)
+    assert len(rows) == 3 * (2 + 1 + 2)  # clean, converters, 1 y; afm_converters, pcm_afm (float16, head analog)
     by = {(r["model_variant"], r["condition"], r["t_seconds"]): r["perplexity"] for r in rows}
+    assert all(0 < by[(v, "pcm_afm", 0.0)] < float("inf") for v in ("original", "finetuned", "control"))
+    assert meta["afm_evaluation"]["dtype"] == "float16" and "lm_head" in json.loads(
+        (out / "input_ranges.json").read_text())["finetuned"]
     assert by[("original", "clean", 0.0)] < 100 and by[("finetuned", "clean", 0.0)] != by[("original", "clean", 0.0)]
     assert all(by[(v, "pcm", 3.1536e7)] > by[(v, "clean", 0.0)] for v in ("original", "finetuned", "control"))
 

@@ -172,7 +172,7 @@ def test_sweep_with_converters(tmp_path, tiny):
     meta = json.loads((out / "run.json").read_text())
     conv = meta["converters"]
     assert conv["dac_bits"] == 4 and conv["adc_bits"] == 9 and conv["out_noise"] == 0.06 and conv["n_layers"] == 14
-    assert conv["calibration"]["tokens"] == 513 and conv["calibration"]["range_max"] > 0
+    assert conv["calibration"]["tokens"] == 512 and conv["calibration"]["range_max"] > 0
     plain = tmp_path / "plain"
     assert sweep.main(tiny + ["--n_levels", "2", "--n_trials", "1", "--out", str(plain)]) == 0
     assert "converters" not in json.loads((plain / "run.json").read_text())

@@ -7,7 +7,8 @@ Evaluation: each trial programs the targeted weights once (PCM, seeded by the tr
 for every variant) and reads them at every time; converters: 8-bit DAC with static per-layer ranges
 (the learned ones where the model has them, else the recipe's data initialisation of the same
 ranges), 8-bit ADC, bound 14, 512-input tiles: ``noisynn.presets`` ``afm``; drift compensation per tile after
-the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order).
+the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order). Then (unless
+``--no_pcm_afm``) each variant again in AFM's own setting: ``afm_converters`` and ``pcm_afm`` rows (afm_eval).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ...results import write_json_atomic
 from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import make_noise_spec
-from . import report
+from . import afm_eval, report
+from .afm_eval import set_ranges
 from .afm import AFMConfig, afm_finetune
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .data import load_training_text, self_generated_chunks, self_prompt, training_chunks
@@ -48,7 +50,8 @@ VARIANTS = ("original", "finetuned", "control")
 RANGES = "input_ranges.json"
 SELF_DATA = "self_data.jsonl"
 DEFAULT_TIMES = "1s,1h,1d,1y"
-FINISHED_META = ("training", "converters", "injection", "eval_seconds")  # run.json keys training and evaluation write
+# run.json keys training and evaluation write
+FINISHED_META = ("training", "converters", "injection", "eval_seconds", "afm_evaluation")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def add_afm_args(p) -> None:
                    help="save a training checkpoint every N steps; a rerun continues from it (default: 10)")
     g.add_argument("--self_batch", type=positive_int, default=None, help="sequences per decoding batch for --data self (default: 16)")
     g.add_argument("--times", default=None, help=f"PCM read times after programming (default: {DEFAULT_TIMES})")
+    afm_eval.add_eval_args(g)
 
 
 def resolve_recipe(p, args) -> None:
@@ -114,7 +118,7 @@ def resolve_recipe(p, args) -> None:
             if getattr(args, k) is None:
                 setattr(args, k, v)
         return
-    given = [k for k in AFM_DEFAULTS if k not in SHARED and getattr(args, k) is not None]
+    given = [k for k in (*AFM_DEFAULTS, *afm_eval.EVAL_FLAGS) if k not in SHARED and getattr(args, k) is not None]
     if given:
         p.error(f"--{given[0]} needs --recipe afm")
     if args.data == "self":
@@ -135,17 +139,6 @@ def eval_io() -> AnalogIO:
     """AFM's evaluation converters: ``noisynn.presets`` ``afm`` (8-bit DAC with static ranges, 8-bit ADC, bound 14,
     no output noise, 512-input tiles); the static ranges are set per layer by ``set_ranges``."""
     return get_preset("afm")
-
-
-def set_ranges(hooks: ConverterHooks, ranges: dict) -> None:
-    """Give every converter layer its static input range (the same for each of its input tiles)."""
-    missing = [t.name for t in hooks.tiles if t.name not in ranges]
-    if missing:
-        raise NoisyNNError(f"no input range for layers {missing[:3]}")
-    for layer in hooks.tiles:
-        r = float(ranges[layer.name])
-        layer.input_range = torch.full((layer.layout.n_in,), r, dtype=torch.float32)
-        layer.fixed = r
 
 
 def analog_config(args) -> AnalogTrainConfig | None:
@@ -175,13 +168,18 @@ def parse_times(text: str) -> list[float]:
     return sorted(times)
 
 
-def points(variants, times, n_trials) -> list[AFMPoint]:
+def points(variants, times, n_trials, pcm_afm: bool = False) -> list[AFMPoint]:
+    """Per variant: clean, converters, pcm (trials x times); with ``pcm_afm`` then afm_converters and pcm_afm
+    (trials) in AFM's own setting (afm_eval)."""
     out = []
     for v in variants:
         out.append(AFMPoint(0, 0.0, 0, v, condition="clean"))
         out.append(AFMPoint(0, 0.0, 0, v, condition="converters"))
         out += [AFMPoint(i, 1.0, trial, v, condition="pcm", t_seconds=t)
                 for trial in range(n_trials) for i, t in enumerate(times)]
+        if pcm_afm:
+            out.append(AFMPoint(0, 0.0, 0, v, condition="afm_converters"))
+            out += [AFMPoint(0, 1.0, trial, v, condition="pcm_afm") for trial in range(n_trials)]
     return out
 
 
@@ -213,6 +211,7 @@ def run_afm(args) -> int:
     if distributed.world_size() > 1:
         check_launch(distributed.accelerator())
     afm_config(args, args.max_samples)  # flag combinations are checked before the folder is touched
+    ev = afm_eval.settings(args)
     ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
         "recipe": "afm", "variants": variants, "times_s": times, "time_labels": [time_label(t) for t in times],
         "reference": "Analog Foundation Models (Buechel et al., NeurIPS 2025; IBM/analog-foundation-models "
@@ -221,8 +220,9 @@ def run_afm(args) -> int:
                  "rows: 0 (clean weights through the evaluation converters)",
         "programming": "once per trial, seeded by the trial only: every variant and time reads the same draw",
         "compensation": "global drift compensation on at every read",
-        "head": "not trained or programmed unless --targets names head/all"})
+        "head": "not trained or programmed unless --targets names head/all (the pcm_afm rows: --eval_head)"})
     lm, folder = ctx.lm, ctx.folder
+    afm_eval.check(ev, lm.model)
     chunks, data_info = training_data(args, lm, folder, eval_text)
     cfg = afm_config(args, chunks.shape[0])
     pcm = make_noise_spec("pcm", {"t_seconds": times[0], "drift_compensation": True}, "relative_channel",
@@ -233,10 +233,14 @@ def run_afm(args) -> int:
                        training_config=asdict(cfg), trained_tensors=len(targets),
                        trained_params=sum(t.numel for t in targets),
                        train_tokens=cfg.steps * cfg.batch_size * cfg.seq_len)
-    plan = points(variants, times, args.n_trials)
+    plan = points(variants, times, args.n_trials, ev.on)
     if len(ctx.done_rows) < len(plan):
-        weights, ranges = train_variants(args, lm, folder, chunks, cfg, targets, variants)
-        evaluate(args, ctx, plan, weights, ranges, targets, pcm)
+        head = select(lm.model, afm_eval.noise_spec(args, ev).with_targets("head")) if (
+            ev.on and ev.head == "analog") else []
+        weights, ranges = train_variants(args, lm, folder, chunks, cfg, targets, variants, head)
+        if ev.on:
+            folder.update_meta(afm_evaluation=ev.describe(args.targets))
+        evaluate(args, ctx, plan, weights, ranges, targets, pcm, ev)
     elif folder.is_main:  # a finished run is only reported again: keep what its sessions recorded
         folder.update_meta(**{k: folder.previous_meta[k] for k in FINISHED_META if k in folder.previous_meta})
     if not folder.is_main:
@@ -252,8 +256,9 @@ def run_afm(args) -> int:
     return 0
 
 
-def train_variants(args, lm, folder, chunks, cfg, targets, variants) -> tuple[dict, dict]:
-    """The trained tensors and the static input ranges of every variant (trained here, or read back)."""
+def train_variants(args, lm, folder, chunks, cfg, targets, variants, head=()) -> tuple[dict, dict]:
+    """The trained tensors and the static input ranges of every variant (trained here, or read back); with
+    ``head`` (its targets, for the pcm_afm rows' analog head) the head's range too (afm_eval.head_ranges)."""
     weights = {"original": {t.name: t.param.detach().clone() for t in targets}}
     ranges_path = folder.path / RANGES
     ranges = report.read_json(ranges_path)
@@ -282,12 +287,14 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants) -> tuple[di
     # models without learned ranges get the recipe's data initialisation of them (same rule, same data)
     init_cfg = replace(cfg.analog or AnalogTrainConfig(), weight_noise=0.0, input_ranges=True)
     n_init = min(init_cfg.init_batches, chunks.shape[0] // cfg.batch_size or 1)
+    batches = [chunks[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(n_init)]
     for variant in variants:
         if variant not in ranges:
             set_weights(lm.model, weights[variant])
             with AnalogTraining(lm.model, targets, init_cfg, cfg.seed) as probe:
-                ranges[variant] = probe.calibrate(lm.model, [chunks[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                                                             for i in range(n_init)])
+                ranges[variant] = probe.calibrate(lm.model, batches)
+    if head:
+        afm_eval.head_ranges(lm, weights, ranges, targets, head, cfg, batches)
     set_weights(lm.model, weights["original"])
     if folder.is_main:
         write_json_atomic(ranges_path, ranges)
@@ -296,12 +303,30 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants) -> tuple[di
     return weights, ranges
 
 
-def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
-    """Every point of ``plan``: clean, converters only, and PCM reads at each time, variant by variant."""
+def evaluate(args, ctx, plan, weights, ranges, targets, pcm, ev=None) -> None:
+    """Every point of ``plan``: clean, converters only, and PCM reads at each time, variant by variant; then
+    (``ev``) the afm_converters and pcm_afm rows in AFM's own setting (afm_eval.AFMSetting)."""
     lm, folder = ctx.lm, ctx.folder
-    state = {"variant": None, "hooks": None, "injector": None}
+    state = {"variant": None, "hooks": None, "injector": None, "afm": None}
+    afm_spec = afm_eval.noise_spec(args, ev) if ev is not None and ev.on else None
+
+    def afm_trial(point: AFMPoint) -> TrialResult:
+        if state["afm"] is None:
+            state["afm"] = afm_eval.AFMSetting(lm, ev, afm_spec, ranges[point.target], args.seed)
+        setting = state["afm"]
+        if point.condition == "afm_converters":
+            setting.injector.restore()
+        else:
+            setting.hooks.reseed(point.sample_seed(args.seed))
+            setting.injector.realize(point.seed(args.seed), 1.0)
+        return TrialResult(compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length).metrics())
 
     def trial(point: AFMPoint) -> TrialResult:
+        afm_row = point.condition in ("afm_converters", "pcm_afm")
+        if state["afm"] is not None and (not afm_row or state["variant"] != point.target):
+            state["afm"].close()
+            state["afm"] = None
+            state["hooks"].set_enabled(True)
         if state["variant"] != point.target:  # the injector snapshots (and restores) this variant's weights
             if state["injector"] is not None:
                 state["injector"].restore()
@@ -315,6 +340,10 @@ def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
             set_ranges(state["hooks"], ranges[point.target])
             state["injector"].attach(state["hooks"])  # drift compensation per tile, after the ADC (aihwkit's order)
             state["variant"] = point.target
+        if afm_row:  # today's injector and converters stand aside while AFM's setting is on
+            state["injector"].restore()
+            state["hooks"].set_enabled(False)
+            return afm_trial(point)
         hooks, injector = state["hooks"], state["injector"]
         if point.condition != "pcm":  # clean: digital; converters: clean weights through the converters
             injector.restore()
@@ -331,7 +360,8 @@ def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
         return TrialResult(compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length).metrics())
 
     leading = leading_columns(EXPERIMENT, args.model, "pcm", "relative_channel", args.seed, lambda p: {
-        "noise_type": "pcm" if p.condition == "pcm" else "none", "sigma": p.sigma, "seed": p.seed(args.seed),
+        "noise_type": p.condition if p.condition in ("pcm", "pcm_afm") else "none", "sigma": p.sigma,
+        "seed": p.seed(args.seed),
         "model_variant": p.target, "condition": p.condition, "t_seconds": p.t_seconds,
         "t_label": time_label(p.t_seconds) if p.condition == "pcm" else p.condition})
     t0 = time.perf_counter()
@@ -339,6 +369,8 @@ def evaluate(args, ctx, plan, weights, ranges, targets, pcm) -> None:
         run_sweep(folder, plan, trial, leading, ctx.done_rows,
                   progress("evaluate", "point", args.quiet))
     finally:
+        if state["afm"] is not None:
+            state["afm"].close()
         if state["injector"] is not None:
             state["injector"].restore()
         if state["hooks"] is not None:

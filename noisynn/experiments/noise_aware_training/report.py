@@ -265,6 +265,7 @@ def afm_report(run_dir: str | Path) -> dict:
                                     "at_first_time": sum(1 for x in crossings if times and x == times[0])}}
         if v != "finetuned" and "finetuned" in variants:
             entry["over_afm"] = _paired_time_ratios(pcm, v, "finetuned")
+        entry.update(_pcm_afm_entry(rows, v, "finetuned" in variants))
         out[v] = entry
     tokens = sorted({r["eval_tokens"] for r in rows})
     trials = sorted({r["trial"] for r in pcm})
@@ -274,6 +275,23 @@ def afm_report(run_dir: str | Path) -> dict:
             "clean_cost": {v: out[v]["clean_perplexity"] / out["original"]["clean_perplexity"]
                            for v in variants if v != "original" and "original" in out},
             "variants": out}
+
+
+def _pcm_afm_entry(rows, v: str, has_afm: bool) -> dict:
+    """The rows in AFM's own setting (afm_eval): clean weights through its converters, and pcm_afm over the
+    trials (median, CI; paired ratio to the AFM model on the same draw). Empty without such rows."""
+    conv = [r["perplexity"] for r in rows if r["model_variant"] == v and r["condition"] == "afm_converters"]
+    mine = {r["trial"]: r for r in rows if r["model_variant"] == v and r["condition"] == "pcm_afm"}
+    if not mine and not conv:
+        return {}
+    out = {"afm_converters_perplexity": float(np.median(conv)) if conv else float("nan"),
+           "pcm_afm": _ci_dict([r["perplexity"] for r in mine.values()])}
+    if v != "finetuned" and has_afm:
+        afm = {r["trial"]: r for r in rows if r["model_variant"] == "finetuned" and r["condition"] == "pcm_afm"}
+        vals = [math.exp(mine[k]["nll"] - afm[k]["nll"]) for k in sorted(mine) if k in afm]
+        if vals:
+            out["pcm_afm_over_afm"] = _ci_dict(vals, nonfinite_as_inf=False)
+    return out
 
 
 def _paired_time_ratios(rows, num: str, den: str) -> list[dict]:
@@ -297,7 +315,9 @@ def _time_text(seconds: float) -> str:
 def format_afm_report(report: dict) -> str:
     """Console table of ``afm_report``: clean and per-time perplexity with CIs, the 2x drift time."""
     times = report["times_s"]
+    afm = any("pcm_afm" in e for e in report["variants"].values())
     head = f"{'variant':>36} {'clean':>8} {'convert':>8} " + " ".join(f"{_time_text(t):>22}" for t in times) + f" {'2x clean at':>16}"
+    head += f" {'afm conv':>8} {'pcm_afm':>22}" if afm else ""
     lines = [head, "-" * len(head)]
     for v, e in report["variants"].items():
         cells = [f"{AFM_LABELS.get(v, v):>36}", f"{e['clean_perplexity']:>8.3f}",
@@ -314,6 +334,10 @@ def format_afm_report(report: dict) -> str:
         else:
             cross = _time_text(d["median"])
         cells.append(f"{cross:>16}")
+        if afm:
+            x = e.get("pcm_afm")
+            cells.append(f"{e.get('afm_converters_perplexity', float('nan')):>8.4g}")
+            cells.append(f"{x['median']:.4g} [{x['ci_low']:.4g}, {x['ci_high']:.4g}]".rjust(22) if x else f"{'-':>22}")
         lines.append(" ".join(cells))
     for v, c in report["clean_cost"].items():
         lines.append(f"clean-perplexity cost of {AFM_LABELS.get(v, v)}: x{c:.3f} ({(c - 1) * 100:+.1f}%)")
@@ -322,8 +346,15 @@ def format_afm_report(report: dict) -> str:
             ratios = ", ".join(f"{_time_text(r['t_seconds'])}: {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
                                for r in e["over_afm"])
             lines.append(f"{AFM_LABELS.get(v, v)} / AFM (same PCM draw; > 1: AFM better): {ratios}")
+        r = e.get("pcm_afm_over_afm")
+        if r:
+            lines.append(f"{AFM_LABELS.get(v, v)} / AFM under pcm_afm (same draw): {r['median']:.3f} "
+                         f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     lines.append("(clean: digital; convert: clean weights through the AFM converters, no PCM; times: PCM with drift "
                  "compensation and the converters; 2x clean: read time at which perplexity reaches twice the clean value)")
+    if afm:
+        lines.append("(afm conv / pcm_afm: AFM's own setting, run.json afm_evaluation: its converters with one tile "
+                     "per layer by default, the head analog, float16; pcm_afm = the PCM noise AFM measured on chip)")
     lines.append(f"(PCM with drift compensation, AFM converters; medians over {report['n_trials']} programming draws "
                  f"shared by all models, {report['coverage']:.0%} CI; perplexity on {report['eval_tokens']} held-out "
                  f"tokens; {report.get('train_tokens')} training tokens)")
