@@ -105,7 +105,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
 	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
 	if $(BIN)/python -c "import aihwkit" 2>/dev/null; then \
-		OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_aihwkit.py --out benchmarks/results/aihwkit.json; \
+		OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_aihwkit.py --out benchmarks/results/aihwkit.json; \
 	else echo "bench_aihwkit skipped: aihwkit is not installed (make aihwkit builds it)"; fi
 
 ## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.

@@ -22,6 +22,10 @@ The embedded SmolLM2-135M scores the same tokens (the first --tokens of the embe
   machinery (``noisynn.experiments.drift_over_time.run.trial``). Programming k = ``realize(k, 1)``; the
   converters' noise is reseeded per programming and time.
 
+Run it with ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` on a shared machine (as ``make bench`` does): aihwkit's
+programming and drift are thousands of small torch operations and per-tile C++ readouts (30 tiles a block), which
+slowed down about 5x with 2 threads each under load from other jobs.
+
 Reported per time and side: every programming's perplexity, the median, [min, max], and whether noisynn's median
 lies inside aihwkit's [min, max]; the clean (digital) perplexity; the machine, load averages and wall times.
 aihwkit is a benchmark / test reference only (``make install`` puts the shared wheel in when it is there;
@@ -111,8 +115,9 @@ class AihwkitSide:
             t0 = time.perf_counter()
             out[t] = score(self.model)
             self.walls["perplexity"].append(time.perf_counter() - t0)
-            log(f"aihwkit  programming {k} t={t:g}s: perplexity {out[t]:.3f} (program {self.walls['program'][-1]:.0f} s, "
-                f"drift {self.walls['drift'][-1]:.0f} s, score {self.walls['perplexity'][-1]:.0f} s)")
+            log(f"aihwkit  programming {k} t={t:g}s: perplexity {out[t]:.3f} "
+                f"(program {self.walls['program'][-1]:.0f} s, drift {self.walls['drift'][-1]:.0f} s, "
+                f"score {self.walls['perplexity'][-1]:.0f} s)")
         return out
 
 
@@ -233,7 +238,8 @@ def main(argv=None) -> int:
             print(f"{key:>8} {side:>8} {s['median']:9.2f} {'[%.2f, %.2f]' % (s['min'], s['max']):>22}  "
                   + " ".join(f"{v:.2f}" for v in s["perplexities"]))
         print(f"{'':>8} noisynn median inside aihwkit's [min, max]: {r['noisynn_median_inside_aihwkit_range']}")
-    print(f"clean perplexity {clean:.2f}; total {info['wall_seconds']['total']:.0f} s; load {info['load_average_after']}")
+    print(f"clean perplexity {clean:.2f}; total {info['wall_seconds']['total']:.0f} s; "
+          f"load {info['load_average_after']}")
     if args.out:
         print(f"wrote {args.out}")
     return 0

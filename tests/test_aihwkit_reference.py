@@ -24,6 +24,7 @@ it is there; ``make aihwkit`` builds it). Each test takes a few seconds (aihwkit
 
 from __future__ import annotations
 
+import re
 import statistics
 
 import pytest
@@ -32,9 +33,8 @@ import torch
 from aihwkit_map import aihwkit_available, aihwkit_forward, aihwkit_linear, analog_io, analog_tiles, capture_inputs, \
     rpu_config
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not aihwkit_available(), reason="aihwkit is not installed (make install puts in the "
-                                 "prebuilt wheel of ../shared/wheels when it is there; make aihwkit builds it)")]
+needs_aihwkit = pytest.mark.skipif(not aihwkit_available(), reason="aihwkit is not installed (make install puts in "
+                                   "the prebuilt wheel of ../shared/wheels when it is there; make aihwkit builds it)")
 
 DOWN, Q = "model.layers.10.mlp.down_proj", "model.layers.0.self_attn.q_proj"
 LAYERS = (DOWN, Q)
@@ -105,8 +105,19 @@ def assert_agree_up_to_ties(got, expected, x, w, reduction: float = 1.0):
     assert float(ratio.max()) <= 1.0, f"an output differs by {float(ratio.max()):.3g} rounding ties"
 
 
+def test_the_library_never_imports_aihwkit():
+    """aihwkit is a test and benchmark reference: no module of noisynn/ imports it (nor aihwkit_lightning)."""
+    from conftest import ROOT
+
+    offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "noisynn").rglob("*.py")
+                 if re.search(r"^\s*(import|from)\s+aihwkit", path.read_text(encoding="utf-8"), re.M)]
+    assert not offenders, offenders
+
+
 # ------------------------------------------------------------------------------------------------ converters alone
 
+@pytest.mark.integration
+@needs_aihwkit
 @pytest.mark.parametrize("name", LAYERS)
 def test_converters_alone_agree_with_aihwkit(layers, name):
     """DAC 7 bits, ADC 9 bits, out_bound 12, out_noise 0, ABS_MAX, bound management none, 512 x 512 tiles.
@@ -119,8 +130,8 @@ def test_converters_alone_agree_with_aihwkit(layers, name):
     of the token vectors differ (measured: 0 of 1,024 on down_proj, 2 on q_proj, 152 of 589,824 outputs), each output
     by at most one rounding tie (measured: 0.08 of ``tie_bound``): aihwkit computes in float32 with
     res = float32(1/126) x 2, noisynn in the input's dtype with the exact step, so a value within float32
-    precision of a rounding boundary may round to the neighbouring level. The setting is not a no-op: outputs differ from x W^T by far more,
-    and block 0's q_proj clips (its outputs reach the bound)."""
+    precision of a rounding boundary may round to the neighbouring level. The setting is not a no-op: outputs differ
+    from x W^T by far more, and block 0's q_proj clips (its outputs reach the bound)."""
     x, w = layers[name]
     expected = aihwkit_out(x, w)
     got = noisynn_forward(x, w)
@@ -177,6 +188,8 @@ def redone_vectors_noisynn(x, w) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(redone, dim=1), first_pass_levels(x, w) == STEPS
 
 
+@pytest.mark.integration
+@needs_aihwkit
 @pytest.mark.parametrize("name", LAYERS)
 def test_iterative_bound_management_redoes_the_vectors_aihwkit_redoes(layers, name):
     """ITERATIVE bound management (out_noise 0): the same token vectors are redone on every tile.
@@ -201,6 +214,8 @@ def test_iterative_bound_management_redoes_the_vectors_aihwkit_redoes(layers, na
                           f"{int(on_top.sum())} land exactly on the top ADC level")
 
 
+@pytest.mark.integration
+@needs_aihwkit
 @pytest.mark.parametrize("name", LAYERS)
 def test_iterative_bound_management_outputs_agree_with_aihwkit(layers, name):
     """ITERATIVE bound management, out_noise 0, the whole layer: the outputs, with the tolerance of the converters
@@ -234,6 +249,8 @@ def error_std(x, w, settings, draws: int = 1) -> tuple[float, float]:
     return float(res_a.std()), float(res_n.std())
 
 
+@pytest.mark.integration
+@needs_aihwkit
 def test_output_noise_std_agrees_with_aihwkit(layers):
     """out_noise 0.06 (aihwkit's default): N(0, 0.06^2) added to every tile output before the ADC
     (finalizeOutputImplStage5 l.695-698), per tile and token, then times max|x_t|. Std of the output error against
@@ -246,6 +263,8 @@ def test_output_noise_std_agrees_with_aihwkit(layers):
     assert abs(std_n / std_a - 1) < 0.02, (std_n, std_a)
 
 
+@pytest.mark.integration
+@needs_aihwkit
 @pytest.mark.parametrize("w_noise_type, w_noise", [("additive_constant", 0.02), ("pcm_read", 0.0175)])
 def test_weight_noise_std_agrees_with_aihwkit(layers, w_noise_type, w_noise):
     """Per-MVM weight noise, fresh at every token (applyOutputWeightNoise l.326-380): additive_constant adds
@@ -335,6 +354,8 @@ def rel_out_error(x, w_ref, w_new) -> float:
     return float((x @ w_new.T - ref).norm() / ref.norm())
 
 
+@pytest.mark.integration
+@needs_aihwkit
 def test_pcm_programming_and_drift_agree_with_aihwkit(layers, embedded):
     """PCM programming noise and drift at 1 day, block 10's down_proj, 5 programmings a side, no compensation.
 
@@ -360,6 +381,8 @@ def test_pcm_programming_and_drift_agree_with_aihwkit(layers, embedded):
     assert_medians_close(*out_ratio, 0.02, "output ratio mean|y_1d| / mean|y_prog|")
 
 
+@pytest.mark.integration
+@needs_aihwkit
 def test_pcm_read_noise_agrees_with_aihwkit(layers, embedded):
     """Read (1/f) noise alone at 1 day (drift off: aihwkit PCMLikeNoiseModel(drift_scale=0), noisynn pcm
     drift_scale 0), block 0's q_proj, 5 programmings a side: the relative weight error ||W_t - W_prog|| / ||W_prog||
@@ -377,6 +400,8 @@ def test_pcm_read_noise_agrees_with_aihwkit(layers, embedded):
     assert_medians_close(*out, 0.03, "read noise in the output")
 
 
+@pytest.mark.integration
+@needs_aihwkit
 def test_global_drift_compensation_alpha_per_tile_agrees_with_aihwkit(layers, embedded):
     """GlobalDriftCompensation at 1 day, block 10's down_proj (6 tiles), 5 programmings a side: the factor of each
     tile. aihwkit: alpha = mean|y_prog| / mean|y_t| of the one-hot probes eye(in) sent through the tile's own noisy
