@@ -10,8 +10,15 @@ export TOKENIZERS_PARALLELISM ?= false
 # Debian's Chromium, for the browser test of `noisynn ui` (installed by `make test` only when missing).
 CHROMIUM ?= /usr/bin/chromium
 SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
+# Real IBM aihwkit (the C++ simulator, CPU build): the tests' and benchmarks' reference, never imported by noisynn.
+# PyPI has no wheel for it; `make install` / `make test` install a prebuilt one from this folder when it holds
+# aihwkit-*.whl (`make aihwkit` builds one from the sdist, 20-30 minutes); without it those tests skip.
+AIHWKIT_WHEELS ?= ../shared/wheels
+AIHWKIT_VERSION ?= 1.2.0
+AIHWKIT_WHEEL = $(lastword $(sort $(wildcard $(AIHWKIT_WHEELS)/aihwkit-*.whl)))
+AIHWKIT_STAMP := $(VENV)/.aihwkit-stamp
 
-.PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean
+.PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean aihwkit
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +29,29 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.tx
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(if $(AIHWKIT_WHEEL),$(AIHWKIT_STAMP))
+
+# The prebuilt aihwkit wheel (when $(AIHWKIT_WHEELS) holds one) and its runtime BLAS (apt, only when missing).
+$(AIHWKIT_STAMP): $(STAMP) $(AIHWKIT_WHEEL)
+	@if ! PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread; fi
+	$(BIN)/python -m pip install --quiet --no-deps $(AIHWKIT_WHEEL)
+	touch $@
+
+## Build aihwkit $(AIHWKIT_VERSION) for CPU from its PyPI sdist and install it (20-30 minutes on 2 cores; only
+## needed without a prebuilt wheel in $(AIHWKIT_WHEELS)); the wheel is left in build/aihwkit/dist.
+aihwkit: $(STAMP)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev
+	$(BIN)/python -m pip install --quiet "scikit-build>=0.18.1" "pybind11>=3.0.1" ninja "cmake>=4.2.1" mypy wheel
+	rm -rf build/aihwkit && mkdir -p build/aihwkit
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d build/aihwkit aihwkit==$(AIHWKIT_VERSION)
+	tar -xzf build/aihwkit/aihwkit-$(AIHWKIT_VERSION).tar.gz -C build/aihwkit
+	cd build/aihwkit/aihwkit-$(AIHWKIT_VERSION) && USE_CUDA=OFF \
+		SKBUILD_CONFIGURE_OPTIONS="-DUSE_CUDA=OFF -DRPU_BLAS=OpenBLAS -DBUILD_TEST=OFF -DCMAKE_BUILD_TYPE=Release" \
+		$(abspath $(BIN))/python -m pip wheel --no-deps --no-build-isolation -w ../dist .
+	$(BIN)/python -m pip install --quiet --no-deps build/aihwkit/dist/aihwkit-$(AIHWKIT_VERSION)-*.whl
 
 ## The main sweep on the embedded SmolLM2-135M (2-6 minutes on a 2-core CPU; longer when shared); rerun resumes.
 demo: $(STAMP)
@@ -34,11 +63,11 @@ $(CHROMIUM):
 
 ## The whole test suite: unit tests on tiny random models + integration runs on the embedded model
 ## (one of them drives the explorer in headless Chromium).
-test: $(STAMP) $(CHROMIUM)
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 ## Unit tests only (no embedded model).
-test-fast: $(STAMP)
+test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration"
 
 ## Redraw every figure under images/ from the saved run folders under results/ (no model is run).
@@ -67,13 +96,17 @@ ui: $(STAMP)
 
 ## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
 ## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
-## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's.
-bench: $(STAMP)
+## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's,
+## and whole-model perplexity under aihwkit's defaults against real aihwkit (when installed: 15-30 minutes).
+bench: install
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_hooks.py --out benchmarks/results/hooks.json
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
 	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
+	if $(BIN)/python -c "import aihwkit" 2>/dev/null; then \
+		OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_aihwkit.py --out benchmarks/results/aihwkit.json; \
+	else echo "bench_aihwkit skipped: aihwkit is not installed (make aihwkit builds it)"; fi
 
 ## The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 docs: $(STAMP)
@@ -84,4 +117,4 @@ cli-docs: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py
 
 clean:
-	rm -rf $(VENV) runs site
+	rm -rf $(VENV) runs site build/aihwkit
