@@ -1,6 +1,6 @@
 """Whole-model perplexity under aihwkit's inference defaults: real IBM aihwkit 1.2.0 against noisynn, one run.
 
-    python benchmarks/bench_aihwkit.py [--programmings 5] [--times 1 86400] [--tokens 1024]
+    python benchmarks/bench_aihwkit.py [--programmings 5] [--times 1 3600 86400 31536000] [--tokens 1024]
                                        [--out benchmarks/results/aihwkit.json]
 
 The embedded SmolLM2-135M scores the same tokens (the first --tokens of the embedded evaluation text, noisynn's
@@ -165,7 +165,7 @@ class NoisynnSide:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--programmings", type=int, default=5, help="programmings per side (default: %(default)s)")
-    p.add_argument("--times", type=float, nargs="+", default=[1.0, 86400.0],
+    p.add_argument("--times", type=float, nargs="+", default=[1.0, 3600.0, 86400.0, 31536000.0],
                    help="read times after programming, seconds (default: 1 s and 1 day)")
     p.add_argument("--tokens", type=int, default=1024, help="evaluation tokens (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the results as JSON here")

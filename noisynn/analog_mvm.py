@@ -166,6 +166,15 @@ class AnalogIO:
         return (2 ** self.dac_bits - 2) / 2 if self.dac_bits else None
 
     @property
+    def dac_res(self) -> float | None:
+        """The DAC step over [-1, 1] as aihwkit holds it: float32(1 / (2^bits - 2)) x float32(2)
+        (``rpu_pulsed_meta_parameter.cpp`` l.31-37, l.57); d h = 1 up to float32 rounding."""
+        if not self.dac_bits:
+            return None
+        f32 = torch.float32
+        return float(torch.tensor(1 / (2 ** self.dac_bits - 2), dtype=f32) * torch.tensor(2.0, dtype=f32))
+
+    @property
     def adc_step(self) -> float | None:
         return 2 * self.out_bound / (2 ** self.adc_bits - 2) if self.adc_bits else None
 
@@ -225,12 +234,16 @@ def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _dac(x: torch.Tensor, divisor, io: AnalogIO) -> torch.Tensor:
-    """DAC levels of x / divisor (noise management x bound-management reduction): round(x / divisor h) clipped
-    to [-h, h], h = dac_half (a new tensor); without a DAC, x / divisor clipped to [-1, 1]."""
-    xn = x / divisor if not (isinstance(divisor, float) and divisor == 1.0) else x
+    """DAC levels of x / divisor (noise management x bound-management reduction): round(x (1 / divisor) / d)
+    clipped to [-h, h], h = dac_half, d = ``io.dac_res`` (a new tensor); without a DAC, x / divisor clipped to
+    [-1, 1]. Multiplied by the reciprocal and divided by the float32 step, as rpucuda's ``prepareInputImplStage4``
+    (``value *= scale``, then ``round(value / res)``, ``rpu_forward_backward_pass.cpp`` l.583-588): a tie such
+    as 0.5 / 0.015873017 = 31.4999986 then rounds as aihwkit rounds it (31), not as the exact 0.5 x 63 (32)."""
+    xn = x * divisor.reciprocal() if isinstance(divisor, torch.Tensor) else (
+        x * (1.0 / divisor) if divisor != 1.0 else x)
     if io.dac_half:
         half = io.dac_half
-        return (xn.mul_(half) if xn is not x else xn * half).round_().clamp_(-half, half)
+        return (xn.div_(io.dac_res) if xn is not x else xn / io.dac_res).round_().clamp_(-half, half)
     return xn.clamp(-1.0, 1.0) if xn is x else xn.clamp_(-1.0, 1.0)
 
 
