@@ -24,6 +24,7 @@ it is there; ``make aihwkit`` builds it). Each test takes a few seconds (aihwkit
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 
@@ -421,3 +422,46 @@ def test_global_drift_compensation_alpha_per_tile_agrees_with_aihwkit(layers, em
     for tile in range(a.shape[1]):
         assert_medians_close(a[:, tile].tolist(), b[:, tile].tolist(), 0.01, f"alpha of tile {tile}")
     assert abs(float(b.mean()) / float(a.mean()) - 1) < 0.01, (float(b.mean()), float(a.mean()))
+
+
+def _bits(res: float) -> int:
+    """aihwkit's resolution (1 / steps, or the number of steps when > 1) as bits: steps = 2^bits - 2."""
+    steps = res if res > 1 else 1 / res
+    return int(round(math.log2(steps + 2)))
+
+
+@needs_aihwkit
+@pytest.mark.parametrize("preset, factory", [("aihwkit_default", "InferenceRPUConfig"),
+                                             ("aihwkit_hwa", "StandardHWATrainingPreset")])
+def test_presets_equal_aihwkits_own_configs(preset, factory):
+    """Each field a preset takes from aihwkit equals aihwkit's own object (not our reading of its source):
+    forward IOParameters, MappingParameter, the noise model and drift compensation, and the weight-to-conductance
+    mapping (one abs-max per tile, or per row where weights are scaled per column)."""
+    from aihwkit.simulator import configs, presets as aihwkit_presets
+    from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightNoiseType
+
+    from noisynn.presets import PRESETS
+
+    cfg = getattr(configs, factory, None) or getattr(aihwkit_presets, factory)
+    cfg = cfg()
+    ours, device = PRESETS[preset].io(), PRESETS[preset].device
+    f, m = cfg.forward, cfg.mapping
+    assert (ours.dac_bits, ours.adc_bits) == (_bits(f.inp_res), _bits(f.out_res))
+    assert (ours.out_bound, ours.out_noise, ours.inp_noise) == (f.out_bound, f.out_noise, f.inp_noise)
+    assert ours.bound_management == {BoundManagementType.ITERATIVE: "iterative",
+                                     BoundManagementType.NONE: "none"}[f.bound_management]
+    assert (ours.max_bm_factor, ours.max_bm_res) == (f.max_bm_factor, f.max_bm_res) or ours.bound_management == "none"
+    if f.noise_management == NoiseManagementType.ABS_MAX:
+        assert ours.input_range == "dynamic"
+    else:  # CONSTANT with a static input range learned from data (pre_post), initialised at init_std_alpha std
+        assert f.noise_management == NoiseManagementType.CONSTANT and cfg.pre_post.input_range.enable
+        assert ours.input_range == "calibrated" and ours.range_std == cfg.pre_post.input_range.init_std_alpha
+    assert ours.w_noise == f.w_noise and ours.w_noise_type == {
+        WeightNoiseType.NONE: "none", WeightNoiseType.PCM_READ: "pcm_read",
+        WeightNoiseType.ADDITIVE_CONSTANT: "additive_constant"}[f.w_noise_type]
+    assert ours.tile_size == (m.max_input_size, m.max_output_size)
+    assert ours.omega == m.weight_scaling_omega and ours.per_channel == bool(m.weight_scaling_columnwise)
+    assert type(cfg.noise_model).__name__ == "PCMLikeNoiseModel" and cfg.noise_model.g_max == 25.0
+    assert device["noise_type"] == "pcm" and type(cfg.drift_compensation).__name__ == "GlobalDriftCompensation"
+    # SinglePairConductanceConverter maps the tile's abs-max; scaled per column first, that is each row's max
+    assert device["scale"] == ("relative_channel" if m.weight_scaling_columnwise else "relative_max")
