@@ -35,17 +35,15 @@ import csv
 import io
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import distributed
+from .provenance import git_hash, versions
 from .errors import NoisyNNError
 from .files import (LOCK_FILE, FolderLock, _append_line, _repair_torn_tail, check_writable,  # noqa: F401
                     replace_atomic, write_json_atomic)
@@ -271,27 +269,6 @@ def read_run(path: str | Path) -> Run:
     if path.exists() and not path.is_dir():
         raise NoisyNNError(f"{path} is not a folder")
     return Run(path, read_meta(path / RUN_JSON), read_rows(path / RESULTS_CSV))
-
-
-def git_hash() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("noisynn", "torch", "transformers", "numpy", "gguf", "accelerate", "datasets"):
-        try:
-            found[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 # Folders opened for writing by this process and not yet finished: the script boundary marks

@@ -1,5 +1,6 @@
 import json
 import math
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -136,3 +137,29 @@ def test_results_writer_roundtrip(tmp_path_factory, rows):
 
     for (a, b), r in zip(rows, back):
         assert same(a, r["a"]) and same(b, r["b"]), (a, b, r)
+
+
+def test_git_hash_ignores_run_outputs_but_not_code(tmp_path):
+    """A run whose folder replaces a committed one (results/ deleted first) is not '-dirty': only code counts."""
+    import shutil
+    import subprocess
+
+    from noisynn import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "noisynn").mkdir(parents=True)
+    shutil.copy(provenance.__file__, repo / "noisynn" / "provenance.py")
+    (repo / "results" / "run").mkdir(parents=True)
+    (repo / "results" / "run" / "results.csv").write_text("a\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["-C", str(repo), "add", "."], check=True)
+    subprocess.run(git + ["-C", str(repo), "commit", "-qm", "x"], check=True)
+    probe = [sys.executable, "-c", "import sys; sys.path.insert(0, 'noisynn'); import provenance; "
+                                   "print(provenance.git_hash())"]
+    clean = subprocess.run(probe, cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    assert len(clean) == 40
+    shutil.rmtree(repo / "results")  # a rerun deletes the committed folder first
+    assert subprocess.run(probe, cwd=repo, capture_output=True, text=True).stdout.strip() == clean
+    (repo / "noisynn" / "provenance.py").write_text((repo / "noisynn" / "provenance.py").read_text() + "\n# edit\n")
+    assert subprocess.run(probe, cwd=repo, capture_output=True, text=True).stdout.strip() == clean + "-dirty"
