@@ -166,9 +166,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--programmings", type=int, default=5, help="programmings per side (default: %(default)s)")
     p.add_argument("--times", type=float, nargs="+", default=[1.0, 3600.0, 86400.0, 31536000.0],
-                   help="read times after programming, seconds (default: 1 s and 1 day)")
+                   help="read times after programming, seconds (default: 1 s, 1 h, 1 d, 1 y)")
     p.add_argument("--tokens", type=int, default=1024, help="evaluation tokens (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the cut-short run in --out (same programmings and times): its programmings are "
+                        "kept and the next ones run (programming k is seeded by k on both sides)")
     args = p.parse_args(argv)
     try:
         import aihwkit  # noqa: F401
@@ -212,8 +215,21 @@ def main(argv=None) -> int:
     ai = AihwkitSide(lm.model, log)  # a deep copy: converted before noisynn touches the model
     nn_ = NoisynnSide(lm.model, times)
     got = {"aihwkit": {t: [] for t in times}, "noisynn": {t: [] for t in times}}
+    first = 0
+    if args.resume and args.out and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        if old.get("programmings") != args.programmings or sorted(float(k) for k in old["results"]) != times:
+            print(f"--resume: {args.out} has other programmings or times", file=sys.stderr)
+            return 2
+        first = int(old["programmings_done"])
+        for key, r in old["results"].items():
+            for side in got:
+                got[side][float(key)] = list(r[side]["perplexities"])
+        info["resumed"] = {"programmings_kept": first, "from_command": old["command"],
+                           "their_uptime_before": old["uptime_before"], "their_uptime_after": old["uptime_after"]}
+        log(f"resuming after {first} programmings")
     try:
-        for k in range(args.programmings):  # interleaved: a change in machine load hits both sides
+        for k in range(first, args.programmings):  # interleaved: a change in machine load hits both sides
             for side, runner in (("aihwkit", ai), ("noisynn", nn_)):
                 for t, ppl in runner.programming(k, times, score, log).items():
                     got[side][t].append(ppl)
