@@ -35,7 +35,6 @@ aihwkit is a benchmark / test reference only (``make install`` puts the shared w
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
