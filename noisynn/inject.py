@@ -225,6 +225,7 @@ class NoiseInjector:
         if not isinstance(spec, NoiseSpec):
             spec = make_noise_spec(spec, noise_params, scale, targets, blocks, include_bias)
         self.model, self.spec = model, spec
+        self._base_spec = spec  # set_mapping's params replace this spec's, never a previous mapping's
         self.noise = spec.noise
         self.scale = spec.scale
         self.targets = list(selected) if selected is not None else select(model, spec)
@@ -249,9 +250,9 @@ class NoiseInjector:
 
     def set_mapping(self, scale: str, **params) -> None:
         """Map the same targets another way (an analog preset's device fields): the noise rebuilt with ``params``
-        over the spec's, units from ``scale``. Nothing changes when both are as they are; otherwise the next
+        over the spec the injector was built with, units from ``scale``. Nothing changes when both are as they are; otherwise the next
         ``realize`` draws again (the same seed gives the same unit draws: common random numbers across mappings)."""
-        merged = {**self.spec.params, **params}
+        merged = {**self._base_spec.params, **params}  # over the spec it was built with, not the last mapping
         if "tile_size" in merged:
             merged["tile_size"] = tuple(merged["tile_size"])
         if scale == self.spec.scale and merged == self.spec.params:

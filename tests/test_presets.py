@@ -123,3 +123,26 @@ def test_an_output_on_the_top_level_is_redone_where_aihwkit_redoes_it(bits, boun
     expected = 2 * round((2 ** bits - 2) / 4) * step if redone else bound
     assert float(y) == pytest.approx(expected, rel=1e-9)
     assert (float(y) > bound) == redone
+
+
+def test_set_mapping_starts_from_the_injectors_own_spec(llama):
+    """Switching presets in one run: a preset that names no tile size gets the injector's, not the tiles of the
+    preset read before it (found in the issue-22 drift rerun: `none` after `afm` kept afm's 512 x whole tiles)."""
+    from noisynn.inject import NoiseInjector
+    from noisynn.spec import make_noise_spec
+
+    inj = NoiseInjector(llama, make_noise_spec("pcm", {"t_seconds": 3600.0}, scale="relative_channel"))
+    base = dict(inj.spec.params)
+    inj.set_mapping("relative_channel", tile_size=(16, 0), pair="independent")
+    assert inj.spec.params["tile_size"] == (16, 0) and inj.noise.tile_size == (16, 0)
+    inj.set_mapping("relative_channel")
+    assert inj.spec.params == base and inj.noise.tile_size == (512, 512) and inj.noise.pair == "tile"
+    inj.realize(0, 1.0)
+    first = [t.param.detach().clone() for t in inj.targets]
+    inj.set_mapping("relative_max")
+    inj.realize(0, 1.0)
+    assert any(not torch.equal(a, t.param) for a, t in zip(first, inj.targets))  # another mapping, same seed
+    inj.set_mapping("relative_channel")
+    inj.realize(0, 1.0)
+    assert all(torch.equal(a, t.param) for a, t in zip(first, inj.targets))  # back: the same programming
+    inj.restore()
