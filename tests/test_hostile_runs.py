@@ -383,7 +383,10 @@ def test_the_last_level_is_max_noise_and_committed_runs_keep_their_levels():
         if "levels" not in meta or "max_noise" not in cfg or "n_levels" not in cfg:
             continue
         frac = MIN_FRACTION if cfg.get("experiment") == "layer_sensitivity" else 1 / 30
-        assert levels(cfg["max_noise"], cfg["n_levels"], cfg.get("spacing", "log"), frac) == meta["levels"], path
+        # equal up to the last bit of numpy's geomspace, which differs by one ulp between CPUs (seen on this one)
+        got = levels(cfg["max_noise"], cfg["n_levels"], cfg.get("spacing", "log"), frac)
+        assert len(got) == len(meta["levels"]) and all(
+            math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) for a, b in zip(got, meta["levels"])), path
         checked += 1
     assert checked >= 5
 
