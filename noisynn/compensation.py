@@ -35,8 +35,9 @@ def uses_readout(noise) -> bool:
 class ReadoutCompensation:
     """Per-tile drift compensation of one NoiseInjector's targets (and of its converters, when attached).
 
-    ``apply(injector, level)`` runs after the injector has written the uncompensated W_t; it sets each converter
-    layer's ``alpha`` (n_in, n_out) and folds the exact per-block factor into the other targets. ``factors``:
+    ``apply_target(injector, target, clean, state, level)`` runs after the injector has written one target's
+    uncompensated W_t; it sets a converter layer's ``alpha`` (n_in, n_out) or folds the exact per-block factor
+    into another target. The injector calls ``clear`` before its first target. ``factors``:
     the mean alpha of each target at the last apply (also written to the device state's ``alpha``).
     """
 
@@ -58,46 +59,47 @@ class ReadoutCompensation:
         return self.converters.by_name.get(target.name[: -len(".weight")])
 
     @torch.no_grad()
-    def apply(self, injector, level: float) -> None:
+    def apply_target(self, injector, t, clean: torch.Tensor, state, level: float) -> None:
+        """Compensate target ``t`` just written (uncompensated W_t) by the injector from ``clean`` and ``state``."""
         noise = injector.noise
-        self.clear()
         if not uses_readout(noise) or level == 0:
             return
         seed = injector.seed
         when = repr(float(getattr(noise, "t_seconds", 0.0)))
-        for t, clean, state in zip(injector.targets, injector.clean, injector.states):
-            layer = self._layer(t)
-            key = (seed, float(level))
-            cached = self._baseline.get(t.name)
-            if layer is not None:
-                if cached is None or cached[0] != key:
-                    w_prog = noise.programmed_weights(clean, state, level)
-                    w_prog = w_prog if t.out_axis == 0 else w_prog.t()
-                    ref = tile_readout(w_prog.to(clean.dtype), layer.io, scales=layer.scales,
-                                       generator=_generator(seed, t.name, "baseline", device=clean.device))
-                    cached = self._baseline[t.name] = (key, ref)
-                current = tile_readout(layer.weight().detach(), layer.io, scales=layer.scales,
-                                       generator=_generator(seed, t.name, "readout", when, device=clean.device))
-                layer.alpha = cached[1] / current
-                alpha = float(layer.alpha.mean())
-            else:
-                from .noise.mapping import tile_index
+        layer = self._layer(t)
+        key = (seed, float(level))
+        cached = self._baseline.get(t.name)
+        if layer is not None:
+            if cached is None or cached[0] != key:
+                w_prog = noise.programmed_weights(clean, state, level)
+                w_prog = w_prog if t.out_axis == 0 else w_prog.t()
+                ref = tile_readout(w_prog.to(clean.dtype), layer.io, scales=layer.scales,
+                                   generator=_generator(seed, t.name, "baseline", device=clean.device))
+                cached = self._baseline[t.name] = (key, ref)
+                del w_prog
+            current = tile_readout(layer.weight().detach(), layer.io, scales=layer.scales,
+                                   generator=_generator(seed, t.name, "readout", when, device=clean.device))
+            layer.alpha = cached[1] / current
+            alpha = float(layer.alpha.mean())
+        else:
+            from .noise.mapping import tile_index
 
-                blocks = tile_index(clean.shape, getattr(noise, "tile_size", (0, 0)), t.out_axis)
-                if cached is None or cached[0] != key:
-                    w_prog = noise.programmed_weights(clean, state, level)
-                    cached = self._baseline[t.name] = (key, [_l1(w_prog[idx]) for idx in blocks])
-                w = t.param.data
-                alphas = []
-                for idx, ref in zip(blocks, cached[1]):
-                    cur = _l1(w[idx])
-                    alphas.append(ref / cur if cur > 0 else 1.0)
-                    if alphas[-1] != 1.0:
-                        w[idx] *= alphas[-1]
-                alpha = sum(alphas) / len(alphas)
-            self.factors[t.name] = alpha
-            if hasattr(state, "alpha"):
-                state.alpha = alpha
+            blocks = tile_index(clean.shape, getattr(noise, "tile_size", (0, 0)), t.out_axis)
+            if cached is None or cached[0] != key:
+                w_prog = noise.programmed_weights(clean, state, level)
+                cached = self._baseline[t.name] = (key, [_l1(w_prog[idx]) for idx in blocks])
+                del w_prog
+            w = t.param.data
+            alphas = []
+            for idx, ref in zip(blocks, cached[1]):
+                cur = _l1(w[idx])
+                alphas.append(ref / cur if cur > 0 else 1.0)
+                if alphas[-1] != 1.0:
+                    w[idx] *= alphas[-1]
+            alpha = sum(alphas) / len(alphas)
+        self.factors[t.name] = alpha
+        if hasattr(state, "alpha"):
+            state.alpha = alpha
 
 
 def _l1(x: torch.Tensor) -> float:

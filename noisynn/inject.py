@@ -10,6 +10,11 @@ where ``Z`` is a unit-scale draw of the chosen distribution and ``u`` is the lay
 over the tensor; ``relative_channel``: max|W_clean| over each output channel, as analog arrays
 map one row of conductances). Each layer's ``Z`` comes from its own generator seeded from
 (seed, layer name), so noise does not depend on the order in which layers are visited.
+
+Memory: the model plus one tensor's working set. The clean weights wait outside the model's memory
+(noisynn.clean_weights: a spill file for CPU weights, host memory for GPU weights) and each tensor's noise
+(``Z``, or a device model's programmed conductances) is formed again from its seeded stream at every
+``apply``, one tensor at a time, then dropped: the same numbers as a stored draw, without storing it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from .clean_weights import CleanWeights
 from .compensation import ReadoutCompensation
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
@@ -203,21 +209,23 @@ def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tens
 
 
 class NoiseInjector:
-    """Applies noise to a model's targeted weights from a snapshot, and restores them exactly.
+    """Applies noise to a model's targeted weights, and restores them exactly.
 
-    Usage: ``NoiseInjector(model, spec)`` with a ``noisynn.spec.NoiseSpec``; ``realize(seed, sigma)``
-    at each point (it draws once per noise realization, ``draw(seed)``, and reuses it across levels:
-    common random numbers; then ``apply(sigma)``), then ``restore()``. Memory: one clean copy plus the noise's per-tensor state (for the built-in
-    distributions one unit-noise buffer of the targeted weights). Device models (``pcm``,
-    ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
+    Usage: ``NoiseInjector(model, spec)`` with a ``noisynn.spec.NoiseSpec``; ``realize(seed, sigma)`` at each
+    point (``draw(seed)`` picks the realization, ``apply(sigma)`` writes it), then ``restore()``. Every level
+    of one seed uses the same unit draws (common random numbers), formed again per tensor at each ``apply``.
+    Memory: the model, one tensor's working set, and the clean weights where ``clean_weights`` says
+    (noisynn.clean_weights; default: a spill file for CPU weights, host memory for GPU weights). Device models
+    (``pcm``, ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
     """
 
     def __init__(self, model: nn.Module, spec: NoiseSpec | str | NoiseDistribution = "gaussian",
                  scale: str = "absolute", targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
                  include_bias: bool = False, noise_params: dict | None = None, *,
-                 selected: Sequence[Target] | None = None):
+                 selected: Sequence[Target] | None = None, clean_weights: str = "auto"):
         """``NoiseInjector(model, spec)`` with a checked ``noisynn.spec.NoiseSpec``; ``selected``: its targets
-        already selected on this model (``select(model, spec)``), to skip selecting them again.
+        already selected on this model (``select(model, spec)``), to skip selecting them again;
+        ``clean_weights``: where the clean weights wait (auto, disk, cpu, memory; noisynn.clean_weights).
 
         The original keyword form ``NoiseInjector(model, "gaussian", "absolute", "blocks", ...)`` builds the
         spec with ``make_noise_spec`` (the same checks).
@@ -229,11 +237,16 @@ class NoiseInjector:
         self.noise = spec.noise
         self.scale = spec.scale
         self.targets = list(selected) if selected is not None else select(model, spec)
-        self.clean = [t.param.detach().clone() for t in self.targets]
-        self.units = [unit_scale(c, spec.scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
+        self.units = self._units()
+        self.clean = CleanWeights([t.param for t in self.targets], clean_weights)
         self._states: list | None = None
         self.seed: int | None = None
         self.compensation = ReadoutCompensation()
+
+    def _units(self, clean=None) -> list:
+        """Each target's unit u, from ``clean`` (the clean store) or, at construction, the weights themselves."""
+        tensors = clean if clean is not None else (t.param for t in self.targets)
+        return [unit_scale(c, self.spec.scale, t.out_axis) for c, t in zip(tensors, self.targets)]
 
     def attach(self, converters) -> "NoiseInjector":
         """Let drift compensation measure through these ``ConverterHooks`` (None: none), as aihwkit's tiles do:
@@ -259,8 +272,9 @@ class NoiseInjector:
             return
         spec = make_noise_spec(self.spec.noise_type, merged, scale, self.spec.targets, self.spec.blocks,
                                self.spec.include_bias, self.spec.digital)
-        self.spec, self.noise, self.scale = spec, spec.noise, spec.scale
-        self.units = [unit_scale(c, spec.scale, t.out_axis) for c, t in zip(self.clean, self.targets)]
+        self.spec = replace(spec, draw_on=self.spec.draw_on)
+        self.noise, self.scale = spec.noise, spec.scale
+        self.units = self._units(self.clean)
         self.seed, self._states = None, None
         self.compensation.clear()
 
@@ -270,50 +284,63 @@ class NoiseInjector:
 
     @property
     def states(self) -> list:
-        """Each target's state from the last ``draw`` (device models keep per-read statistics there)."""
+        """Each target's state at the last ``apply``, emptied of tensors (a device model keeps its per-read
+        statistics there, e.g. ``PCMState.l1_read``; its conductances are formed again on demand from the seed).
+        None for the additive noises, whose state is the unit draw itself."""
         return list(self._states or [])
 
     def _generator(self, param: torch.Tensor, *keys) -> torch.Generator:
-        # Always a CPU stream (``draw`` moves samples to the weight's device), so a model sharded
-        # across devices gets the same noise as the same model on one device.
-        return make_generator(derive_seed(self.seed, *keys), "cpu")
+        # A CPU stream by default (``draw`` moves samples to the weight's device), so a model sharded across
+        # devices gets the same noise as the same model on one device; ``draw_on="device"``: the weight's own
+        # device's stream (fast on a GPU, other numbers than the CPU's: see docs/scaling_out.md).
+        where = param.device if self.spec.draw_on == "device" else "cpu"
+        return make_generator(derive_seed(self.seed, *keys), where)
 
     def draw(self, seed: int) -> None:
-        """Draw one realization: each tensor's state from ``noise.program`` (for the built-in
-        distributions the unit-scale noise; for device models the programmed conductances),
-        seeded per layer from ``seed`` and its name."""
+        """Choose realization ``seed``: each tensor's state (``noise.program``: for the built-in distributions
+        the unit-scale noise, for device models the programming) is seeded per layer from it and its name, and
+        formed at each ``apply``."""
         self.seed = int(seed)
-        self._states = [self.noise.program(c, u, self._generator(c, t.name), t.out_axis)
-                        for t, c, u in zip(self.targets, self.clean, self.units)]
+        self._states = [None] * len(self.targets)
 
     def realize(self, seed: int, sigma: float) -> None:
-        """Realization ``seed`` at level ``sigma``: draw only if the seed changed (the common random numbers
-        of a sweep: one draw per trial, every level), then ``apply(sigma)``."""
+        """Realization ``seed`` at level ``sigma``: ``draw(seed)`` (when the seed changed), then ``apply(sigma)``."""
         if self.seed != int(seed):
             self.draw(seed)
         self.apply(sigma)
 
+    def _state(self, i: int, clean: torch.Tensor):
+        t = self.targets[i]
+        return self.noise.program(clean, self.units[i], self._generator(clean, t.name), t.out_axis)
+
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
         """Set every targeted weight to ``noise.weights`` at ``sigma`` (``W_clean + sigma * u * Z`` for the
-        built-in distributions), always from the clean snapshot; exactly ``W_clean`` at 0."""
+        built-in distributions), always from the clean weights; exactly ``W_clean`` at 0. One tensor at a time:
+        its clean values and its state are formed, written into the weight, and dropped."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
-        for t, c, u, state in zip(self.targets, self.clean, self.units, self._states):
+        self.compensation.clear()
+        for i, t in enumerate(self.targets):
             w = t.param.data
             if sigma == 0:
-                w.copy_(c)
+                self.clean.restore(i, w)
+                self._states[i] = None
                 continue
-            self.noise.weights(c, state, sigma, u, self._generator(c, t.name, float(sigma)), out=w)
-        self.compensation.apply(self, sigma)  # readout drift compensation (a no-op unless the noise asks for it)
+            c = self.clean[i]
+            state = self._state(i, c)
+            self.noise.weights(c, state, sigma, self.units[i], self._generator(c, t.name, float(sigma)), out=w)
+            self.compensation.apply_target(self, t, c, state, sigma)  # readout drift compensation, if asked for
+            self._states[i] = _emptied(state)
+            del c, state
 
     @torch.no_grad()
     def accumulate(self, sigma: float) -> None:
         """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step.
 
         Unlike ``apply``, successive calls stack: after draws Z_1..Z_k with steps s_1..s_k the
-        weights are ``W_clean + u * sum_i s_i Z_i``. ``u`` is still taken from the clean snapshot,
-        and ``restore()`` still returns to it bit-exactly. Used by temporal_drift ``--accumulate``.
+        weights are ``W_clean + u * sum_i s_i Z_i``. ``u`` is still taken from the clean weights,
+        and ``restore()`` still returns to them bit-exactly. Used by temporal_drift ``--accumulate``.
         """
         if self.seed is None:
             raise RuntimeError("call draw(seed) before accumulate(sigma)")
@@ -322,15 +349,18 @@ class NoiseInjector:
                                "(it programs conductances once)")
         if sigma == 0:
             return
-        for t, c, u, state in zip(self.targets, self.clean, self.units, self._states):
-            z, level = unit_draw(self.noise, state, c, sigma, self._generator(c, t.name, float(sigma)))
-            add_scaled(t.param.data, z, level, u, out=t.param.data)
+        for i, t in enumerate(self.targets):
+            w = t.param.data
+            state = self._state(i, w if type(self.noise).program is NoiseDistribution.program else self.clean[i])
+            z, level = unit_draw(self.noise, state, w, sigma, self._generator(w, t.name, float(sigma)))
+            add_scaled(w, z, level, self.units[i], out=w)
+            del state, z
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the clean snapshot back: bit-exact (and drop the compensation factors)."""
-        for t, c in zip(self.targets, self.clean):
-            t.param.data.copy_(c)
+        """Copy the clean weights back: bit-exact (and drop the compensation factors)."""
+        for i, t in enumerate(self.targets):
+            self.clean.restore(i, t.param.data)
         self.compensation.clear()
 
     def weight_unit_rms(self) -> float:
@@ -349,6 +379,17 @@ class NoiseInjector:
         return {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
                 "n_params": self.n_params, "params_by_kind": kinds,
                 "head_untied": not _is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
+
+
+def _emptied(state):
+    """What an injector keeps of one tensor's state after ``apply``: nothing of a tensor (the unit draw), a device
+    state with its conductances dropped (``release``), anything else as it is."""
+    if isinstance(state, torch.Tensor):
+        return None
+    release = getattr(state, "release", None)
+    if callable(release):
+        release()
+    return state
 
 
 @contextmanager

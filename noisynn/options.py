@@ -252,6 +252,10 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--include_bias", action="store_true", help="noise biases of the targeted layers too")
     g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first (it may register noise classes); repeatable")
+    # SUPPRESS: left out of the config unless given (older run folders resume unchanged).
+    g.add_argument("--noise_draw", choices=("cpu", "device"), default=argparse.SUPPRESS,
+                   help="where additive noise is drawn: cpu (default: one stream, the same noise on every device) "
+                        "or device (the weight's device; on a GPU much faster, other random numbers)")
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
     d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")

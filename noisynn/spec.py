@@ -95,6 +95,8 @@ class NoiseSpec:
     projections; ``blocks``: block indices for attention/mlp weights (None: every block);
     ``include_bias``: noise the targeted layers' biases too; ``digital``: parameter names kept digital
     (``--digital placement.json``): left out of the targets, so they stay clean and get no converters.
+    ``draw_on``: where the additive noise is drawn, "cpu" (one stream for every device: the same noise on a
+    CPU and a GPU) or "device" (the weight's own device: on a GPU its Philox stream, fast, other numbers).
     """
 
     noise_type: str
@@ -105,6 +107,7 @@ class NoiseSpec:
     blocks: tuple[int, ...] | None = None
     include_bias: bool = False
     digital: frozenset = frozenset()
+    draw_on: str = "cpu"
 
     def with_targets(self, targets: str | Sequence[str], blocks: Iterable[int] | str | None = None) -> "NoiseSpec":
         """The same noise (the same instance) on other weights, checked like the original."""
@@ -214,8 +217,9 @@ def spec_from_args(args) -> NoiseSpec:
     if args.scale not in SCALES:  # the same check as make_noise_spec's, worded with the flag's name
         raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
     digital = read_digital(args.digital) if getattr(args, "digital", None) else ()
-    return make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
+    spec = make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
                            getattr(args, "blocks", None), args.include_bias, digital)
+    return replace(spec, draw_on=getattr(args, "noise_draw", "cpu"))
 
 
 @dataclass(frozen=True)

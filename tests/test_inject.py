@@ -113,8 +113,7 @@ def test_noise_does_not_depend_on_which_other_layers_are_noised():
 
 
 def test_reversed_target_order_gives_same_noise(llama):
-    inj = NoiseInjector(llama)
-    inj.targets.reverse(), inj.clean.reverse(), inj.units.reverse()
+    inj = NoiseInjector(llama, selected=list(reversed(select_targets(llama, "blocks"))))
     inj.draw(3)
     inj.apply(0.1)
     reversed_state = state(llama)
