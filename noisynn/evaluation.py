@@ -142,11 +142,12 @@ def compute_perplexity(model, tokenizer, text: str | torch.Tensor, device=None, 
             batch = group[i: i + batch_size]
             x = torch.stack([ids[s:e] for s, e, _ in batch]).to(device)
             y = torch.stack([ids[s + 1:e + 1] for s, e, _ in batch]).to(device)
-            logits = model(input_ids=x, use_cache=False).logits.float()
-            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-            for row, (_, _, skip) in enumerate(batch):
-                total += nll[row, skip:].double().sum().cpu()
-                scored += nll.shape[1] - skip
+            logits = model(input_ids=x, use_cache=False).logits
+            for row, (_, _, skip) in enumerate(batch):  # one window at a time: the log-softmax buffer is a window's
+                nll = F.cross_entropy(logits[row:row + 1].float().transpose(1, 2), y[row:row + 1], reduction="none")[0]
+                total += nll[skip:].double().sum().cpu()
+                scored += nll.shape[0] - skip
+            del logits, nll
             if progress is not None:
                 progress(scored, n - 1)
     mean_nll = float(total) / scored
