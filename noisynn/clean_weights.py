@@ -18,6 +18,7 @@ injector used to keep). Here they are kept, by ``where``:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import weakref
@@ -100,7 +101,7 @@ def resolve_where(where: str | None, tensors: Sequence[torch.Tensor]) -> str:
 
 
 class CleanWeights:
-    """The clean values of ``tensors`` (in their order), read back one at a time.
+    """The clean values of ``tensors`` (in their order, then those ``append``-ed), read back one at a time.
 
     ``store[i]``: a fresh tensor on the i-th tensor's device; ``restore(i, dest)``: the clean values into
     ``dest`` (for ``disk`` and a contiguous CPU ``dest`` read straight into it, no buffer). ``resident_bytes``:
@@ -109,16 +110,20 @@ class CleanWeights:
 
     def __init__(self, tensors: Sequence[torch.Tensor], where: str | None = "auto", folder: str | None = None):
         self.where = resolve_where(where, tensors)
-        self._meta = [(tuple(t.shape), t.dtype, t.device) for t in tensors]
-        self._copies: list[torch.Tensor] | None = None
-        self._spill, self._offsets = None, []
-        with torch.no_grad():
-            if self.where == "disk":
-                self._spill = _Spill(folder)
-                self._offsets = [self._spill.write(t) for t in tensors]
-            else:
-                self._copies = [t.detach().to("cpu", copy=True) if self.where == "cpu" else t.detach().clone()
-                                for t in tensors]
+        self._meta: list[tuple] = []
+        self._copies: list[torch.Tensor] | None = None if self.where == "disk" else []
+        self._spill, self._offsets = (_Spill(folder), []) if self.where == "disk" else (None, [])
+        for t in tensors:
+            self.append(t)
+
+    @torch.no_grad()
+    def append(self, t: torch.Tensor) -> None:
+        """Keep one more tensor (its values now), as the next index."""
+        self._meta.append((tuple(t.shape), t.dtype, t.device))
+        if self._spill is not None:
+            self._offsets.append(self._spill.write(t))
+        else:
+            self._copies.append(t.detach().to("cpu", copy=True) if self.where == "cpu" else t.detach().clone())
 
     def __len__(self) -> int:
         return len(self._meta)
@@ -127,13 +132,24 @@ class CleanWeights:
         return (self[i] for i in range(len(self)))
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        return self.read(i)
+
+    def read(self, i: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """The i-th tensor (do not write to it); from a spill file into ``scratch`` when given (a flat CPU
+        buffer of the dtype, at least as long: reusing one saves the page faults of a fresh buffer)."""
         shape, dtype, device = self._meta[i]
         if self._copies is not None:
             c = self._copies[i]
             return c if c.device == device else c.to(device)
-        buf = torch.empty(shape, dtype=dtype)
+        n = math.prod(shape)
+        usable = scratch is not None and scratch.dtype == dtype and scratch.device.type == "cpu" and scratch.numel() >= n
+        buf = scratch[:n].view(shape) if usable else torch.empty(shape, dtype=dtype)
         self._spill.read_into(buf, self._offsets[i])
         return buf if device.type == "cpu" else buf.to(device)
+
+    def largest(self) -> int:
+        """The most elements of one kept tensor (the size of a scratch buffer)."""
+        return max((math.prod(m[0]) for m in self._meta), default=0)
 
     @torch.no_grad()
     def restore(self, i: int, dest: torch.Tensor) -> None:

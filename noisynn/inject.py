@@ -240,6 +240,9 @@ class NoiseInjector:
         self.units = self._units()
         self.clean = CleanWeights([t.param for t in self.targets], clean_weights)
         self._states: list | None = None
+        self._draws: CleanWeights | None = None  # the current seed's unit draws, kept beside the clean weights
+        # Kept unless they would cross to the GPU from host memory: its own stream draws them faster than that.
+        self._keep_draws = not (spec.draw_on == "device" and self.clean.where == "cpu")
         self.seed: int | None = None
         self.compensation = ReadoutCompensation()
 
@@ -275,6 +278,7 @@ class NoiseInjector:
         self.spec = replace(spec, draw_on=self.spec.draw_on)
         self.noise, self.scale = spec.noise, spec.scale
         self.units = self._units(self.clean)
+        self.draw(0)  # drop the kept draws: the rebuilt noise draws again
         self.seed, self._states = None, None
         self.compensation.clear()
 
@@ -298,20 +302,34 @@ class NoiseInjector:
 
     def draw(self, seed: int) -> None:
         """Choose realization ``seed``: each tensor's state (``noise.program``: for the built-in distributions
-        the unit-scale noise, for device models the programming) is seeded per layer from it and its name, and
-        formed at each ``apply``."""
+        the unit-scale noise, for device models the programming) is seeded per layer from it and its name. A
+        device model's is formed again at each ``apply``; unit draws are formed at the first and kept where the
+        clean weights are kept (a spill file for CPU weights), so later levels read them instead of drawing."""
         self.seed = int(seed)
         self._states = [None] * len(self.targets)
+        if self._draws is not None:
+            self._draws.close()
+        self._draws = None
+
+    def _state(self, i: int, clean: torch.Tensor, scratch: torch.Tensor | None = None):
+        """Target i's state for the current seed: a kept unit draw (read into ``scratch`` when given), or
+        ``noise.program`` (kept when a tensor)."""
+        if self._draws is not None and i < len(self._draws):
+            return self._draws.read(i, scratch)
+        t = self.targets[i]
+        state = self.noise.program(clean, self.units[i], self._generator(clean, t.name), t.out_axis)
+        if isinstance(state, torch.Tensor) and self._keep_draws:
+            if self._draws is None:
+                self._draws = CleanWeights([], self.clean.where)
+            if len(self._draws) == i:  # targets are visited in order: index i is the i-th tensor kept
+                self._draws.append(state)
+        return state
 
     def realize(self, seed: int, sigma: float) -> None:
         """Realization ``seed`` at level ``sigma``: ``draw(seed)`` (when the seed changed), then ``apply(sigma)``."""
         if self.seed != int(seed):
             self.draw(seed)
         self.apply(sigma)
-
-    def _state(self, i: int, clean: torch.Tensor):
-        t = self.targets[i]
-        return self.noise.program(clean, self.units[i], self._generator(clean, t.name), t.out_axis)
 
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
@@ -321,14 +339,15 @@ class NoiseInjector:
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
         self.compensation.clear()
+        scratch = _Scratch(self.clean.largest())
         for i, t in enumerate(self.targets):
             w = t.param.data
             if sigma == 0:
                 self.clean.restore(i, w)
                 self._states[i] = None
                 continue
-            c = self.clean[i]
-            state = self._state(i, c)
+            c = self.clean.read(i, scratch.get("clean", w.dtype))
+            state = self._state(i, c, scratch.get("draw", w.dtype))
             self.noise.weights(c, state, sigma, self.units[i], self._generator(c, t.name, float(sigma)), out=w)
             self.compensation.apply_target(self, t, c, state, sigma)  # readout drift compensation, if asked for
             self._states[i] = _emptied(state)
@@ -379,6 +398,19 @@ class NoiseInjector:
         return {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
                 "n_params": self.n_params, "params_by_kind": kinds,
                 "head_untied": not _is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
+
+
+class _Scratch:
+    """Flat CPU buffers reused across one ``apply``'s tensors, by role and dtype (``n`` elements each)."""
+
+    def __init__(self, n: int):
+        self.n, self._bufs = n, {}
+
+    def get(self, role: str, dtype: torch.dtype) -> torch.Tensor:
+        key = (role, dtype)
+        if key not in self._bufs:
+            self._bufs[key] = torch.empty(self.n, dtype=dtype)
+        return self._bufs[key]
 
 
 def _emptied(state):

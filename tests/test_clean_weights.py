@@ -125,3 +125,25 @@ def test_noise_draw_flag_reaches_the_spec_and_is_left_out_of_the_config_unless_g
 
     assert spec_from_args(parse([])).draw_on == "cpu" and "noise_draw" not in vars(parse([]))
     assert spec_from_args(parse(["--noise_draw", "device"])).draw_on == "device"
+
+
+@pytest.mark.parametrize("where,draw_on,programs_per_level", [("disk", "cpu", 0), ("memory", "cpu", 0),
+                                                              ("cpu", "device", 1)])
+def test_unit_draws_are_formed_once_per_seed_and_kept_beside_the_clean_weights(where, draw_on, programs_per_level,
+                                                                                monkeypatch):
+    model = tiny_llama()
+    spec = replace(make_noise_spec("gaussian", None, "absolute", "blocks"), draw_on=draw_on)
+    inj = NoiseInjector(model, spec, clean_weights=where)
+    calls = []
+    original = type(spec.noise).program
+    monkeypatch.setattr(type(spec.noise), "program", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    n = len(inj.targets)
+    inj.realize(1, 0.1)
+    first = {t.name: t.param.detach().clone() for t in inj.targets}
+    inj.realize(1, 0.0)
+    inj.realize(1, 0.1)
+    assert len(calls) == n + n * programs_per_level
+    assert all(torch.equal(t.param.detach(), first[t.name]) for t in inj.targets)
+    inj.realize(2, 0.1)  # a new seed draws anew
+    assert len(calls) == 2 * n + n * programs_per_level
+    inj.restore()
