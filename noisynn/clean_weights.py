@@ -157,6 +157,8 @@ class CleanWeights:
         if self._spill is not None and dest.device.type == "cpu" and dest.is_contiguous() \
                 and (tuple(dest.shape), dest.dtype) == self._meta[i][:2]:
             self._spill.read_into(dest, self._offsets[i])
+        elif self._copies is not None:
+            dest.copy_(self._copies[i])  # across devices too, without a temporary on the device
         else:
             dest.copy_(self[i])
 
