@@ -171,3 +171,16 @@ class CleanWeights:
         self._copies = None
         if self._spill is not None:
             self._spill.close()
+
+
+class Scratch:
+    """Flat CPU buffers reused across one ``apply``'s tensors, by role and dtype (``n`` elements each)."""
+
+    def __init__(self, n: int):
+        self.n, self._bufs = n, {}
+
+    def get(self, role: str, dtype: torch.dtype) -> torch.Tensor:
+        key = (role, dtype)
+        if key not in self._bufs:
+            self._bufs[key] = torch.empty(self.n, dtype=dtype)
+        return self._bufs[key]

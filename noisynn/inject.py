@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .clean_weights import CleanWeights
+from .clean_weights import CleanWeights, Scratch
 from .compensation import ReadoutCompensation
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
@@ -211,12 +211,9 @@ def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tens
 class NoiseInjector:
     """Applies noise to a model's targeted weights, and restores them exactly.
 
-    Usage: ``NoiseInjector(model, spec)`` with a ``noisynn.spec.NoiseSpec``; ``realize(seed, sigma)`` at each
-    point (``draw(seed)`` picks the realization, ``apply(sigma)`` writes it), then ``restore()``. Every level
-    of one seed uses the same unit draws (common random numbers), formed again per tensor at each ``apply``.
-    Memory: the model, one tensor's working set, and the clean weights where ``clean_weights`` says
-    (noisynn.clean_weights; default: a spill file for CPU weights, host memory for GPU weights). Device models
-    (``pcm``, ``stuck_at``) accept only the scales in their ``scales`` attribute, which set the mapping.
+    Usage: ``NoiseInjector(model, spec)``; ``realize(seed, sigma)`` at each point (``draw(seed)`` picks the
+    realization, ``apply(sigma)`` writes it: every level of a seed has the same unit draws), then ``restore()``.
+    Memory: see the module doc. Device models (``pcm``, ``stuck_at``) accept only their ``scales``.
     """
 
     def __init__(self, model: nn.Module, spec: NoiseSpec | str | NoiseDistribution = "gaussian",
@@ -255,9 +252,7 @@ class NoiseInjector:
         """Let drift compensation measure through these ``ConverterHooks`` (None: none), as aihwkit's tiles do:
         with a device model's ``compensation_method = "readout"``, each ``apply`` then sets a factor per tile of
         every converter layer (applied after its ADC) and folds the exact per-tile factor into the other targets
-        (noisynn.compensation). Without converters attached, every target gets the folded factor.
-
-        Attaching other converters drops the cached reference readouts: they were measured through the old ones."""
+        (noisynn.compensation). Other converters drop the cached reference readouts (measured through the old)."""
         if converters is not self.compensation.converters:
             self.compensation.clear()
             self.compensation = ReadoutCompensation(converters)
@@ -339,7 +334,7 @@ class NoiseInjector:
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
         self.compensation.clear()
-        scratch = _Scratch(self.clean.largest())
+        scratch = Scratch(self.clean.largest())
         for i, t in enumerate(self.targets):
             w = t.param.data
             if sigma == 0:
@@ -355,12 +350,9 @@ class NoiseInjector:
 
     @torch.no_grad()
     def accumulate(self, sigma: float) -> None:
-        """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step.
-
-        Unlike ``apply``, successive calls stack: after draws Z_1..Z_k with steps s_1..s_k the
-        weights are ``W_clean + u * sum_i s_i Z_i``. ``u`` is still taken from the clean weights,
-        and ``restore()`` still returns to them bit-exactly. Used by temporal_drift ``--accumulate``.
-        """
+        """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step (temporal_drift
+        ``--accumulate``). Calls stack: after draws Z_1..Z_k with steps s_1..s_k the weights are
+        ``W_clean + u * sum_i s_i Z_i``; ``u`` is the clean weights', and ``restore()`` is still bit-exact."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before accumulate(sigma)")
         if not is_additive(self.noise):
@@ -398,19 +390,6 @@ class NoiseInjector:
         return {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
                 "n_params": self.n_params, "params_by_kind": kinds,
                 "head_untied": not _is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
-
-
-class _Scratch:
-    """Flat CPU buffers reused across one ``apply``'s tensors, by role and dtype (``n`` elements each)."""
-
-    def __init__(self, n: int):
-        self.n, self._bufs = n, {}
-
-    def get(self, role: str, dtype: torch.dtype) -> torch.Tensor:
-        key = (role, dtype)
-        if key not in self._bufs:
-            self._bufs[key] = torch.empty(self.n, dtype=dtype)
-        return self._bufs[key]
 
 
 def _emptied(state):
@@ -505,12 +484,8 @@ def inject_thermal_noise(model: nn.Module, noise_level: float, noise_type: str |
 
 
 def rounding_report(rounding_std: dict, injector: NoiseInjector, sigmas: Sequence[float], ratio: float = 0.1) -> dict | None:
-    """Compare the low-precision rounding error of the targeted weights with each noise level.
-
-    ``rounding_std`` is ``LoadedModel.rounding_std``. Returns None for float32 models, else the
-    pooled rounding std (weight units) and the levels whose noise scale (sigma x RMS unit) is
-    less than ``1 / ratio`` times it, i.e. where rounding exceeds ``ratio`` of the noise.
-    """
+    """The low-precision rounding of the targeted weights (``LoadedModel.rounding_std``; None for float32) against
+    each level's noise scale (sigma x RMS unit): the levels where rounding exceeds ``ratio`` of the noise."""
     if not rounding_std:
         return None
     n = sq = 0.0
