@@ -41,7 +41,7 @@ def test_default_path_gives_the_numbers_of_the_code_before_the_lean_options():
 def test_config_record_of_older_checkpoints_is_unchanged():
     record = afm._config_record(CFG)
     assert "teacher" not in record and "optimizer" not in record  # a checkpoint written before them still resumes
-    assert afm._config_record(with_(teacher="shared"))["teacher"] == "shared"
+    assert afm._config_record(with_(teacher="shared", clip_sigma=0.0))["teacher"] == "shared"
 
 
 # ---------------------------------------------------------------------------------------------- gradient checkpointing
@@ -104,8 +104,8 @@ def count_during_training(cfg, tmp_path) -> tuple[int, int]:
 
 def test_shared_teacher_holds_no_copy_of_the_trained_tensors(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    copy, n = count_during_training(with_(save_every=100), tmp_path / "a")
-    shared, _ = count_during_training(with_(save_every=100, teacher="shared"), tmp_path / "b")
+    copy, n = count_during_training(with_(save_every=100, clip_sigma=0.0), tmp_path / "a")
+    shared, _ = count_during_training(with_(save_every=100, clip_sigma=0.0, teacher="shared"), tmp_path / "b")
     assert copy - shared == n  # exactly the teacher's copy, one per trained tensor
     assert shared == 3 * n  # on top of the weights only their gradients and AdamW's two moments
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["x.ckpt"]  # the restore snapshot's file is gone
@@ -114,10 +114,10 @@ def test_shared_teacher_holds_no_copy_of_the_trained_tensors(tmp_path):
 def test_shared_teacher_restores_the_model_and_starts_as_the_copy_teacher(tmp_path):
     model = tiny_llama()
     full = {k: v.clone() for k, v in model.state_dict().items()}
-    _, _, shared = afm.afm_finetune(model, chunks(), with_(teacher="shared"))
+    _, _, shared = afm.afm_finetune(model, chunks(), with_(teacher="shared", clip_sigma=0.0))
     assert all(torch.equal(full[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    _, _, copy = afm.afm_finetune(tiny_llama(), chunks(), CFG)
+    _, _, copy = afm.afm_finetune(tiny_llama(), chunks(), with_(clip_sigma=0.0))
     assert shared[0]["kl"] == copy[0]["kl"]  # step 0: the student's weights are the clean ones
     assert shared[-1]["kl"] != copy[-1]["kl"]  # then the shared teacher follows the student
 
@@ -168,7 +168,9 @@ def test_missing_bitsandbytes_and_paged_on_cpu_are_one_line_errors(monkeypatch):
     with pytest.raises(NoisyNNError, match="needs a CUDA device"):
         lean.check_optimizer("paged_adamw8bit", "cpu")
     with pytest.raises(NoisyNNError, match="needs distillation"):
-        afm.afm_finetune(tiny_llama(), chunks(), with_(teacher="shared", distill=False))
+        afm.afm_finetune(tiny_llama(), chunks(), with_(teacher="shared", distill=False, clip_sigma=0.0))
+    with pytest.raises(NoisyNNError, match="clipped student"):
+        afm.afm_finetune(tiny_llama(), chunks(), with_(teacher="shared"))
     with pytest.raises(NoisyNNError, match="unknown optimizer"):
         afm.afm_finetune(tiny_llama(), chunks(), with_(optimizer="sgd"))
 
@@ -176,6 +178,7 @@ def test_missing_bitsandbytes_and_paged_on_cpu_are_one_line_errors(monkeypatch):
 BAD = [
     (["--teacher", "shared", "--no_distill"], "--teacher shared needs distillation"),
     (["--optimizer", "paged_adamw8bit"], "paged_adamw8bit"),
+    (["--teacher", "shared", "--clip_sigma", "2.5"], "would distil from the clipped student"),
     (["--recipe", "weight_noise", "--teacher", "shared"], "--teacher needs --recipe afm"),
     (["--recipe", "weight_noise", "--optimizer", "adamw8bit"], "--optimizer needs --recipe afm"),
 ]

@@ -175,7 +175,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
     from the last saved step: data order and noise depend on (seed, step) only, so the final weights
     equal an uninterrupted run's. ``on_step(step, saved)`` is called after every step.
     """
-    check_choice(cfg.teacher, cfg.optimizer, cfg.distill)
+    check_choice(cfg.teacher, cfg.optimizer, cfg.distill, cfg.clip_sigma)
     targets = select_targets(model, cfg.targets, include_bias=cfg.include_bias)
     names = [t.name for t in targets]
     # the restore snapshot; with the copy teacher also the teacher's weights, else it waits on disk

@@ -179,7 +179,7 @@ def afm_config(args, n_samples: int) -> AFMConfig:
 def lean_options(args) -> dict:
     """--teacher and --optimizer (their defaults where not given), checked: a bad combination is a NoisyNNError."""
     lean = {k: getattr(args, k) or v for k, v in LEAN.items()}
-    check_choice(lean["teacher"], lean["optimizer"], not args.no_distill)
+    check_choice(lean["teacher"], lean["optimizer"], not args.no_distill, args.clip_sigma)
     cpu = getattr(args, "device", "auto") == "cpu" or not torch.cuda.is_available()
     check_optimizer(lean["optimizer"], "cpu" if cpu else None)
     return lean

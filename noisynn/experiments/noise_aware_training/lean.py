@@ -36,14 +36,20 @@ OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 BITSANDBYTES = {"adamw8bit": "AdamW8bit", "paged_adamw8bit": "PagedAdamW8bit"}
 
 
-def check_choice(teacher: str, optimizer: str, distill: bool) -> None:
-    """Refuse unknown names and a shared teacher without distillation (one-line NoisyNNError)."""
+def check_choice(teacher: str, optimizer: str, distill: bool, clip_sigma: float = 0.0) -> None:
+    """Refuse unknown names, a shared teacher without distillation, and a shared teacher with weight clipping
+    (one-line NoisyNNError): clipping changes the student at once, whatever the lr, so the shared teacher would
+    be the clipped model (on the embedded model: KL ~8 nats per token from the clean one after 2 steps at
+    ``clip_sigma`` 2.5, ``benchmarks/results/afm_memory.json``), not a negligible drift."""
     if teacher not in TEACHERS:
         raise NoisyNNError(f"unknown teacher '{teacher}'; known: {', '.join(TEACHERS)}")
     if optimizer not in OPTIMIZERS:
         raise NoisyNNError(f"unknown optimizer '{optimizer}'; known: {', '.join(OPTIMIZERS)}")
     if teacher == "shared" and not distill:
         raise NoisyNNError("--teacher shared needs distillation: --no_distill trains without a teacher")
+    if teacher == "shared" and clip_sigma > 0:
+        raise NoisyNNError("--teacher shared with --clip_sigma > 0 would distil from the clipped student, far from the "
+                           "clean model; use --teacher copy, or --clip_sigma 0")
 
 
 def check_optimizer(name: str, device: torch.device | str | None = None) -> None:
