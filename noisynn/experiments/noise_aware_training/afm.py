@@ -152,6 +152,15 @@ def _config_record(cfg: AFMConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+def _release(targets, optimizer) -> None:
+    """Free the trained tensors' gradients and the optimizer's moments (training is over): at the end of
+    ``afm_finetune`` the trained tensors are copied out and the snapshot restored, which would otherwise
+    stack on top of the training peak."""
+    for t in targets:
+        t.param.grad = None
+    optimizer.state.clear()
+
+
 def _checkpointing(model, on: bool) -> None:
     """Activation (gradient) checkpointing of the HF model; non-reentrant, so frozen inputs are fine."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
@@ -242,6 +251,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
                 distributed.barrier()
             if on_step is not None:
                 on_step(step, saved)
+        _release(targets, optimizer)  # gradients and moments go before the trained tensors are copied out
         trained = {t.name: t.param.detach().clone() for t in targets}
         ranges = analog.range_dict() if analog is not None and cfg.analog.input_ranges else {}
     finally:
@@ -249,10 +259,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
             analog.remove()
         if cfg.grad_checkpointing:
             _checkpointing(model, False)
-        if clean is None:  # the disk snapshot is read back: free the gradients and moments first
-            for t in targets:
-                t.param.grad = None
-            optimizer.state.clear()
+        _release(targets, optimizer)  # (again, after an error) before a disk snapshot is read back
         try:
             restore_model(model, targets, snapshot.load(), flags, was_training, optimizer,
                           accelerator if module is not None else None)
