@@ -97,6 +97,7 @@ ui: $(STAMP)
 ## Benchmarks (numbers in benchmarks/results/*.json and the README): the sweep against the naive
 ## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
 ## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's,
+## the AFM recipe's training memory at 1B with its lean options (20-40 minutes; options that would not fit are estimated),
 ## and whole-model perplexity under aihwkit's defaults against real aihwkit (when installed: 15-30 minutes).
 bench: install
 	$(BIN)/python benchmarks/bench_sweep.py
@@ -104,6 +105,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
 	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_afm_memory.py --out benchmarks/results/afm_memory.json
 	if $(BIN)/python -c "import aihwkit" 2>/dev/null; then \
 		OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_aihwkit.py --out benchmarks/results/aihwkit.json; \
 	else echo "bench_aihwkit skipped: aihwkit is not installed (make aihwkit builds it)"; fi

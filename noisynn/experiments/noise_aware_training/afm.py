@@ -8,8 +8,9 @@ models at 4f4c505): with student logits z_s, teacher logits z_t, temperature T, 
     loss = beta KL + (1 - beta) CE(next token)                           (AFM: T = 1, beta = 1)
 
 The teacher is the same model with the clean snapshot of the trained tensors swapped in for its
-forward pass (``torch.func.functional_call``: no second copy of the model, no copy of the trained
-tensors) and the analog forward off. Optimizer as AFM's config (``config.yaml``): AdamW betas
+forward pass (``torch.func.functional_call``: no second copy of the model, one copy of the trained
+tensors) and the analog forward off; ``teacher="shared"`` uses the student's current weights instead
+(no copy; ``lean.py``). Optimizer as AFM's config (``config.yaml``): AdamW betas
 (0.9, 0.98), eps 1e-6, weight decay 0.01, warm-up then decay, gradient-norm clipping 1.0; weights
 clipped at ``clip_sigma`` (2.5) per-channel stds after every step (``training.clip_weights``).
 """
@@ -30,6 +31,7 @@ from ... import distributed
 from ...errors import NoisyNNError
 from ...inject import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining
+from .lean import Snapshot, check_choice, make_optimizer
 from .training import batch_order, check_launch, clip_weights, lr_factor, restore_model, share_of_batch
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class AFMConfig:
     range_lr: float = 1e-2
     grad_checkpointing: bool = False
     save_every: int = 10
+    teacher: str = "copy"  # copy: the clean snapshot; shared: the student's own weights, analog off (lean.py)
+    optimizer: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (lean.py)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -87,16 +91,20 @@ def afm_loss(out, teacher_logits: torch.Tensor | None, cfg: AFMConfig) -> tuple[
     return cfg.beta * kl + (1.0 - cfg.beta) * out.loss, parts
 
 
-def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, clean: dict,
+def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, clean: dict | None,
              analog: AnalogTraining | None, accelerator, module=None) -> dict:
-    """One optimizer step: teacher pass (clean snapshot, digital), student pass (analog), backward, step."""
+    """One optimizer step: teacher pass (digital: the ``clean`` snapshot swapped in, or with ``clean=None``
+    the student's own current weights), student pass (analog), backward, step."""
     optimizer.zero_grad(set_to_none=True)
     teacher = None
     if cfg.distill:
         if analog is not None:
             analog.enabled = False
         with torch.no_grad():
-            teacher = torch.func.functional_call(model, clean, (), {"input_ids": batch, "use_cache": False}).logits
+            if clean is None:  # shared teacher: the student's weights, digital
+                teacher = model(input_ids=batch, use_cache=False).logits
+            else:
+                teacher = torch.func.functional_call(model, clean, (), {"input_ids": batch, "use_cache": False}).logits
     if analog is not None:
         analog.enabled, analog.step = True, step
     need_ce = not cfg.distill or cfg.beta < 1.0
@@ -133,11 +141,25 @@ def load_checkpoint(path: Path | None, cfg: AFMConfig) -> dict | None:
     return state
 
 
+# fields added later: left out of the record at their defaults, so older checkpoints still resume
+_LATER_DEFAULTS = {"teacher": "copy", "optimizer": "adamw"}
+
+
 def _config_record(cfg: AFMConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "save_every"}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+            if k != "save_every" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+
+def _release(targets, optimizer) -> None:
+    """Free the trained tensors' gradients and the optimizer's moments (training is over): at the end of
+    ``afm_finetune`` the trained tensors are copied out and the snapshot restored, which would otherwise
+    stack on top of the training peak."""
+    for t in targets:
+        t.param.grad = None
+    optimizer.state.clear()
+
 
 def _checkpointing(model, on: bool) -> None:
     """Activation (gradient) checkpointing of the HF model; non-reentrant, so frozen inputs are fine."""
@@ -162,9 +184,13 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
     from the last saved step: data order and noise depend on (seed, step) only, so the final weights
     equal an uninterrupted run's. ``on_step(step, saved)`` is called after every step.
     """
+    check_choice(cfg.teacher, cfg.optimizer, cfg.distill, cfg.clip_sigma)
     targets = select_targets(model, cfg.targets, include_bias=cfg.include_bias)
     names = [t.name for t in targets]
-    clean = {t.name: t.param.detach().clone() for t in targets}  # the restore snapshot and the teacher's weights
+    # the restore snapshot; with the copy teacher also the teacher's weights, else it waits on disk
+    snapshot = Snapshot(targets, "memory" if cfg.teacher == "copy" else "disk",
+                        Path(checkpoint).parent if checkpoint is not None else None)
+    clean = snapshot.tensors
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     trained_ids = {id(t.param) for t in targets}
@@ -177,7 +203,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
     groups = [{"params": [t.param for t in targets], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     if analog is not None and cfg.analog.input_ranges and cfg.analog.learn_ranges:
         groups.append({"params": [analog.ranges], "lr": cfg.range_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = make_optimizer(groups, cfg.optimizer, cfg.betas, cfg.eps, targets[0].param.device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     module = accelerator.prepare_model(model) if world > 1 else None
     history, first = [], 0
@@ -225,6 +251,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
                 distributed.barrier()
             if on_step is not None:
                 on_step(step, saved)
+        _release(targets, optimizer)  # gradients and moments go before the trained tensors are copied out
         trained = {t.name: t.param.detach().clone() for t in targets}
         ranges = analog.range_dict() if analog is not None and cfg.analog.input_ranges else {}
     finally:
@@ -232,5 +259,10 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
             analog.remove()
         if cfg.grad_checkpointing:
             _checkpointing(model, False)
-        restore_model(model, targets, clean, flags, was_training, optimizer, accelerator if module is not None else None)
+        _release(targets, optimizer)  # (again, after an error) before a disk snapshot is read back
+        try:
+            restore_model(model, targets, snapshot.load(), flags, was_training, optimizer,
+                          accelerator if module is not None else None)
+        finally:
+            snapshot.close()
     return {n: trained[n] for n in names}, ranges, history

@@ -36,6 +36,7 @@ from . import afm_eval, report
 from .afm_eval import set_ranges
 from .afm import AFMConfig, afm_finetune
 from .analog_train import AnalogTrainConfig, AnalogTraining
+from .lean import OPTIMIZERS as LEAN_OPTIMIZERS, TEACHERS as LEAN_TEACHERS, check_choice, check_optimizer
 from .data import load_training_text, self_generated_chunks, self_prompt, training_chunks
 from .training import check_batch_split, check_launch
 from .weights import WEIGHTS, read_weights, save_weights, set_weights
@@ -73,6 +74,8 @@ AFM_DEFAULTS = {"data": "self", "distill_temperature": 1.0, "distill_beta": 1.0,
                 "save_every": 10, "self_batch": 16, "times": DEFAULT_TIMES, "clip_sigma": 0.0, "weight_decay": 0.01,
                 "epochs": 2, "max_samples": 64}
 SHARED = ("clip_sigma", "weight_decay", "data", "epochs", "max_samples")
+# lean options of the AFM recipe: left None when not given (a run folder written before them resumes)
+LEAN = {"teacher": "copy", "optimizer": "adamw"}
 
 
 def add_afm_args(p) -> None:
@@ -101,7 +104,19 @@ def add_afm_args(p) -> None:
     g.add_argument("--range_init_batches", type=positive_int, default=None,
                    help="batches the input ranges are initialised from, 18 x std(x) averaged (default: 5; AFM: 500)")
     g.add_argument("--range_lr", type=positive_float, default=None, help="AdamW learning rate of the input ranges (default: 0.01)")
-    g.add_argument("--grad_checkpointing", action="store_true", default=None, help="activation checkpointing (bigger models)")
+    g.add_argument("--grad_checkpointing", "--gradient_checkpointing", dest="grad_checkpointing", action="store_true",
+                   default=None, help="activation checkpointing (HF, non-reentrant; bigger models): the forward is run "
+                                      "again in the backward pass, with the same weight-noise draw (seeded by step and "
+                                      "layer); same loss and gradients up to float rounding")
+    g.add_argument("--teacher", choices=LEAN_TEACHERS, default=None,
+                   help="copy: distil from the clean model (a copy of the trained tensors; AFM's) | shared: from the "
+                        "student's own current weights with the analog forward and weight noise off, no copy held "
+                        "(distils from the current student, not the frozen clean model; at lr 5e-7 the two differ "
+                        "negligibly over a few hundred steps) (default: copy)")
+    g.add_argument("--optimizer", choices=LEAN_OPTIMIZERS, default=None,
+                   help="adamw: torch, float32 moments | adamw8bit: bitsandbytes AdamW8bit, 8-bit blockwise moments "
+                        "(CPU or GPU) | paged_adamw8bit: bitsandbytes PagedAdamW8bit (CUDA only); the 8-bit ones need "
+                        "bitsandbytes (requirements-optional.txt) (default: adamw)")
     g.add_argument("--save_every", type=positive_int, default=None,
                    help="save a training checkpoint every N steps; a rerun continues from it (default: 10)")
     g.add_argument("--self_batch", type=positive_int, default=None, help="sequences per decoding batch for --data self (default: 16)")
@@ -118,7 +133,7 @@ def resolve_recipe(p, args) -> None:
             if getattr(args, k) is None:
                 setattr(args, k, v)
         return
-    given = [k for k in (*AFM_DEFAULTS, *afm_eval.EVAL_FLAGS) if k not in SHARED and getattr(args, k) is not None]
+    given = [k for k in (*AFM_DEFAULTS, *LEAN, *afm_eval.EVAL_FLAGS) if k not in SHARED and getattr(args, k) is not None]
     if given:
         p.error(f"--{given[0]} needs --recipe afm")
     if args.data == "self":
@@ -158,7 +173,16 @@ def afm_config(args, n_samples: int) -> AFMConfig:
                      targets=args.targets, include_bias=args.include_bias, distill=not args.no_distill,
                      temperature=args.distill_temperature, beta=args.distill_beta, analog=analog_config(args),
                      range_lr=args.range_lr, grad_checkpointing=bool(args.grad_checkpointing),
-                     save_every=args.save_every)
+                     save_every=args.save_every, **lean_options(args))
+
+
+def lean_options(args) -> dict:
+    """--teacher and --optimizer (their defaults where not given), checked: a bad combination is a NoisyNNError."""
+    lean = {k: getattr(args, k) or v for k, v in LEAN.items()}
+    check_choice(lean["teacher"], lean["optimizer"], not args.no_distill, args.clip_sigma)
+    cpu = getattr(args, "device", "auto") == "cpu" or not torch.cuda.is_available()
+    check_optimizer(lean["optimizer"], "cpu" if cpu else None)
+    return lean
 
 
 def parse_times(text: str) -> list[float]:
