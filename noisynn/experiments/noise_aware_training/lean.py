@@ -22,13 +22,11 @@ moments, works on the CPU too; tensors under 4,096 values keep 32-bit moments), 
 
 from __future__ import annotations
 
-import os
-import tempfile
-import weakref
 from pathlib import Path
 
 import torch
 
+from ...clean_weights import CleanWeights
 from ...errors import NoisyNNError
 
 TEACHERS = ("copy", "shared")
@@ -90,33 +88,23 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 class Snapshot:
-    """The targeted tensors before training, to restore the model afterwards (bit-exact).
+    """The targeted tensors before training, to restore the model afterwards (bit-exact): a
+    ``noisynn.clean_weights.CleanWeights`` store.
 
     ``where="memory"``: clones on the model's device (``tensors`` is also the copy teacher's weights).
-    ``where="disk"``: written once to a temporary file (``folder``, else the system's temporary folder) and
-    read back, memory-mapped, only by ``restore``: while the model trains, no copy is held in memory.
+    ``where="disk"``: an unlinked spill file (in ``folder``, else ``$NOISYNN_SPILL_DIR`` or the temporary folder),
+    read back only by ``load``: while the model trains, no copy is held in memory.
     """
 
     def __init__(self, targets, where: str = "memory", folder: Path | None = None):
-        self.where, self.path = where, None
-        self.tensors: dict[str, torch.Tensor] | None = None
-        if where == "memory":
-            self.tensors = {t.name: t.param.detach().clone() for t in targets}
-            return
-        fd, name = tempfile.mkstemp(prefix=".afm-snapshot-", suffix=".pt", dir=folder)
-        os.close(fd)
-        self.path = Path(name)
-        self._remove = weakref.finalize(self, self.path.unlink, missing_ok=True)  # even if training never starts
-        torch.save({t.name: t.param.detach() for t in targets}, self.path)
+        self.where, self.names = where, [t.name for t in targets]
+        self.store = CleanWeights([t.param for t in targets], where, str(folder) if folder is not None else None)
+        self.tensors: dict[str, torch.Tensor] | None = dict(zip(self.names, self.store)) if where == "memory" else None
 
     def load(self) -> dict[str, torch.Tensor]:
-        """The snapshot's tensors (memory-mapped from disk for ``where="disk"``)."""
-        if self.tensors is not None:
-            return self.tensors
-        return torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        """The snapshot's tensors (read back from the spill file for ``where="disk"``)."""
+        return self.tensors if self.tensors is not None else dict(zip(self.names, self.store))
 
     def close(self) -> None:
-        """Remove the file of a disk snapshot (nothing for a memory one)."""
-        if self.path is not None:
-            self._remove()
-            self.path = None
+        """Drop the copies or the spill file."""
+        self.store.close()
