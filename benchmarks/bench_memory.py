@@ -9,7 +9,9 @@ noisynn and the experiment's module (lm_eval too for the task paths), reads its 
 module, or the explorer's session API) and reports its peak RSS (VmHWM), the RSS right after the
 model load, the wall time, the sweep loop's time and the number of points (rows of results.csv).
 
-    ratio       = (peak RSS - base) / weights' bytes     (target: <= 1.3)
+    ratio       = (peak RSS - base) / weights' bytes     (target: <= 1.3), split into
+    load_ratio  = the same with the peak reached during ``load_model`` (VmHWM right after it), and
+    run_ratio   = the same with the peak after the load (VmHWM reset through /proc/self/clear_refs)
     floor       = the clean evaluation a sweep point runs (``quality_metrics`` on the sweep's eval ids,
                   prompt and settings, one call per point), no injector: what the plain forward costs
     time ratio  = seconds per point / the floor's seconds per point   (target for the sweep: <= 1.1)
@@ -83,11 +85,26 @@ def weights_bytes(model) -> int:
     return total
 
 
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: ``5`` into /proc/self/clear_refs); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class LoadProbe:
-    """Wraps ``load_model`` to record the weights' bytes and the RSS right after the (first) load."""
+    """Wraps ``load_model``: the weights' bytes, the RSS and its peak right after the (first) load.
+
+    Then the peak is reset, so that VmHWM at the end is the peak of the run after the load (the
+    process's overall peak stays in ru_maxrss).
+    """
 
     def __init__(self, load):
         self.load, self.after_load, self.weights_bytes, self.n_params = load, None, None, None
+        self.peak_reset = False
 
     def __call__(self, *args, **kwargs):
         lm = self.load(*args, **kwargs)
@@ -95,6 +112,7 @@ class LoadProbe:
             self.after_load = proc_status()
             self.weights_bytes = weights_bytes(lm.model)
             self.n_params = sum(p.numel() for p in lm.model.parameters())
+            self.peak_reset = reset_peak()
         return lm
 
 
@@ -217,8 +235,10 @@ def child(path: str, model: str, workdir: Path) -> dict:
         got = run_experiment(entry, ["--model", model, *argv], workdir / entry)
     wall = time.perf_counter() - begin
     end = proc_status()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
     return {**got, "wall_seconds": wall, "base": base, "after_load": probe.after_load, "end": end,
-            "peak_rss_bytes": end["VmHWM"], "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak, "load_peak_rss_bytes": probe.after_load["VmHWM"],
+            "run_peak_rss_bytes": end["VmHWM"] if probe.peak_reset else None,
             "weights_bytes": probe.weights_bytes, "n_params": probe.n_params, "torch_threads": torch.get_num_threads()}
 
 
@@ -251,8 +271,12 @@ def run_child(path: str, model: str) -> dict:
 
 def derive(rec: dict, floor: dict | None) -> dict:
     """Ratios of one record: peak above base over weights; seconds per point and its ratio to the floor's."""
-    peak_above = rec["peak_rss_bytes"] - rec["base"]["VmRSS"]
-    out = {"peak_above_base_bytes": peak_above, "ratio": peak_above / rec["weights_bytes"],
+    base, weights = rec["base"]["VmRSS"], rec["weights_bytes"]
+    peak_above = rec["peak_rss_bytes"] - base
+    run_peak = rec.get("run_peak_rss_bytes")
+    out = {"peak_above_base_bytes": peak_above, "ratio": peak_above / weights,
+           "load_ratio": (rec["load_peak_rss_bytes"] - base) / weights,
+           "run_ratio": None if run_peak is None else (run_peak - base) / weights,
            "seconds_per_point": (rec["loop_seconds"] / rec["points"]) if rec.get("points") else None}
     if floor is not None:
         out["floor_ratio"] = floor["ratio"]
@@ -346,16 +370,16 @@ def num(x: float | None, fmt: str = ".2f") -> str:
 
 def table(results: dict) -> str:
     """Markdown table of every record in ``results['runs']``."""
-    head = ("| model / path | weights GB | base GB | after load GB | peak above base GB | ratio | floor ratio "
-            "| points | s / point | vs floor | load avg (1 min) before, after |")
+    head = ("| model / path | weights GB | base GB | peak above base GB | ratio | load's ratio | after-load ratio "
+            "| floor ratio | points | s / point | vs floor | load avg (1 min) before, after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, r in results["runs"].items():
-        after = r["after_load"]["VmRSS"] - r["base"]["VmRSS"] if r.get("after_load") else None
         extra = ""
         if r.get("growth_10th_to_last_bytes") is not None:
             extra = f" (RSS 10th->last setting {r['growth_10th_to_last_bytes'] / 1e6:+.0f} MB)"
-        lines.append(f"| {key}{extra} | {gb(r['weights_bytes'])} | {gb(r['base']['VmRSS'])} | {gb(after)} "
-                     f"| {gb(r['peak_above_base_bytes'])} | {num(r['ratio'])} | {num(r.get('floor_ratio'))} "
+        lines.append(f"| {key}{extra} | {gb(r['weights_bytes'])} | {gb(r['base']['VmRSS'])} "
+                     f"| {gb(r['peak_above_base_bytes'])} | {num(r['ratio'])} | {num(r['load_ratio'])} "
+                     f"| {num(r['run_ratio'])} | {num(r.get('floor_ratio'))} "
                      f"| {r['points']} | {num(r['seconds_per_point'], '.1f')} | {num(r.get('time_vs_floor'))} "
                      f"| {r['load_before'][0]:.2f}, {r['load_after'][0]:.2f} |")
     return "\n".join(lines)
