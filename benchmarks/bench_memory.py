@@ -235,7 +235,8 @@ def child(path: str, model: str, workdir: Path) -> dict:
         got = run_experiment(entry, ["--model", model, *argv], workdir / entry)
     wall = time.perf_counter() - begin
     end = proc_status()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    # ru_maxrss (KiB on Linux) is the same high-water mark as VmHWM: the reset after the load resets it too.
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, probe.after_load["VmHWM"])
     return {**got, "wall_seconds": wall, "base": base, "after_load": probe.after_load, "end": end,
             "peak_rss_bytes": peak, "load_peak_rss_bytes": probe.after_load["VmHWM"],
             "run_peak_rss_bytes": end["VmHWM"] if probe.peak_reset else None,
@@ -272,7 +273,7 @@ def run_child(path: str, model: str) -> dict:
 def derive(rec: dict, floor: dict | None) -> dict:
     """Ratios of one record: peak above base over weights; seconds per point and its ratio to the floor's."""
     base, weights = rec["base"]["VmRSS"], rec["weights_bytes"]
-    peak_above = rec["peak_rss_bytes"] - base
+    peak_above = max(rec["peak_rss_bytes"], rec["load_peak_rss_bytes"]) - base
     run_peak = rec.get("run_peak_rss_bytes")
     out = {"peak_above_base_bytes": peak_above, "ratio": peak_above / weights,
            "load_ratio": (rec["load_peak_rss_bytes"] - base) / weights,
@@ -283,6 +284,15 @@ def derive(rec: dict, floor: dict | None) -> dict:
         if out["seconds_per_point"] and floor.get("seconds_per_point"):
             out["time_vs_floor"] = out["seconds_per_point"] / floor["seconds_per_point"]
     return out
+
+
+def rederive(results: dict) -> None:
+    """Recompute every record's derived fields from its raw ones (kept records follow fixes of ``derive``)."""
+    for key, rec in sorted(results["runs"].items(), key=lambda kv: not kv[0].endswith("/floor")):
+        model, path = key.rsplit("/", 1)
+        floor = results["runs"].get(f"{model}/floor")
+        rec.pop("floor_ratio", None), rec.pop("time_vs_floor", None)
+        rec.update(derive(rec, floor if path != "floor" else None))
 
 
 def machine_info() -> dict:
@@ -328,12 +338,25 @@ def save_results(results: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def run_all(model_names: list[str], paths: list[str], out: Path, resume: bool) -> dict:
+def mem_available() -> int:
+    """MemAvailable of /proc/meminfo, in bytes."""
+    return next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable"))
+
+
+def model_bytes(model: str) -> int:
+    """Bytes of a model folder's safetensors files (0 for an alias: not checked)."""
+    folder = Path(model).expanduser()
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
+
+def run_all(model_names: list[str], paths: list[str], out: Path, resume: bool, need: float = 0.0) -> dict:
     """Every path (floor first) on every model, one subprocess each; the JSON is saved after each."""
     results = load_results(out, resume)
     session = {"machine": machine_info(), "commit": git_commit(), "argv": sys.argv, "load_start": os.getloadavg(),
                "date_start": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     results.setdefault("sessions", []).append(session)
+    rederive(results)
     order = ["floor"] + [p for p in paths if p != "floor"]
     for name in model_names:
         model = resolve_model(name)
@@ -343,6 +366,10 @@ def run_all(model_names: list[str], paths: list[str], out: Path, resume: bool) -
             old = results["runs"].get(key)
             if resume and old and old.get("settings") == settings:
                 print(f"{key}: kept from {out}", file=sys.stderr)
+                continue
+            if need and mem_available() < need * model_bytes(model):  # a shared machine: do not start an OOM
+                print(f"{key}: skipped, MemAvailable {mem_available() / 1e9:.1f} GB < {need} x the weights' "
+                      f"{model_bytes(model) / 1e9:.1f} GB", file=sys.stderr)
                 continue
             print(f"{key}: running ...", file=sys.stderr, flush=True)
             load_before = os.getloadavg()
@@ -391,6 +418,9 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default=",".join(PATHS), help="comma list of %(default)s (the floor always runs)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     p.add_argument("--resume", action="store_true", help="keep records of the JSON run with the same settings")
+    p.add_argument("--min_free", type=float, default=3.5,
+                   help="skip a path on a model folder when MemAvailable is below this many times its weights' "
+                        "bytes (0: never; default: %(default)s)")
     p.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     p.add_argument("--model_path", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -402,7 +432,7 @@ def main(argv=None) -> int:
     unknown = [x for x in paths if x not in PATHS]
     if unknown:
         raise SystemExit(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}")
-    results = run_all([m for m in args.models.split(",") if m], paths, Path(args.out), args.resume)
+    results = run_all([m for m in args.models.split(",") if m], paths, Path(args.out), args.resume, args.min_free)
     print(table(results))
     return 0
 
