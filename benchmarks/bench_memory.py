@@ -61,6 +61,7 @@ PATHS: dict[str, tuple[str, list[str]]] = {
 PRE_IMPORTS = {"task_accuracy": ["lm_eval", "noisynn.harness"], "placement": ["lm_eval", "noisynn.harness"]}
 MODELS = {"embedded": "smollm2-135m"}  # others: a preset of benchmarks/random_model.py
 EXPLORER_CHANGES = 30
+EXPLORER_PPL_EVERY = 3  # one perplexity per noise type's block of settings (types change every 3)
 
 
 # --- inside the child: measurements -----------------------------------------------------------------
@@ -191,15 +192,17 @@ def explorer_settings(model: str, n: int) -> list:
 
 
 def run_explorer(model: str, probe: LoadProbe) -> dict:
-    """Drive the explorer's session (no browser): compare + perplexity for each setting; RSS after each."""
+    """Drive the explorer's session (no browser): compare for each setting, perplexity for every
+    EXPLORER_PPL_EVERY-th (a point's full evaluation takes ~40 s on the loaded 2-core machine); RSS after each."""
     from noisynn.explore import Explorer
 
     explorer = Explorer(device="cpu", loader=probe)
     rss = []
     begin = time.perf_counter()
-    for s in explorer_settings(model, EXPLORER_CHANGES):
+    for i, s in enumerate(explorer_settings(model, EXPLORER_CHANGES)):
         explorer.compare(s)
-        explorer.perplexity(s)
+        if i % EXPLORER_PPL_EVERY == 0:
+            explorer.perplexity(s)
         rss.append(proc_status()["VmRSS"])
     return {"points": len(rss), "loop_seconds": time.perf_counter() - begin, "rss_after_each": rss,
             "growth_10th_to_last_bytes": rss[-1] - rss[9] if len(rss) >= 10 else None}
@@ -322,7 +325,7 @@ def settings_of(path: str, model_name: str, model: str) -> dict:
     """What a resumed record must match to be reused: the model and the path's entry and argv."""
     entry, argv = PATHS[path]
     return {"model": model_name, "model_path": model, "entry": entry, "argv": argv,
-            "explorer_changes": EXPLORER_CHANGES if entry == "explorer" else None}
+            "explorer_changes": [EXPLORER_CHANGES, EXPLORER_PPL_EVERY] if entry == "explorer" else None}
 
 
 def load_results(out: Path, resume: bool) -> dict:
