@@ -1,7 +1,7 @@
 """Which weights get noise, how it is scaled, and how it is applied and undone.
 
-Noise is always computed from a snapshot of the clean weights (as aihwkit does), so levels
-never stack: at level ``sigma`` a targeted weight is
+Noise is always computed from the clean weights (as aihwkit does), so levels never stack: at level
+``sigma`` a targeted weight is
 
     W_noisy = W_clean + sigma * u * Z
 
@@ -11,15 +11,14 @@ over the tensor; ``relative_channel``: max|W_clean| over each output channel, as
 map one row of conductances). Each layer's ``Z`` comes from its own generator seeded from
 (seed, layer name), so noise does not depend on the order in which layers are visited.
 
-Memory: the model plus one tensor's working set. The clean weights wait outside the model's memory
-(noisynn.clean_weights: a spill file for CPU weights, host memory for GPU weights) and each tensor's noise
-(``Z``, or a device model's programmed conductances) is formed again from its seeded stream at every
-``apply``, one tensor at a time, then dropped: the same numbers as a stored draw, without storing it.
+Memory: the model plus one tensor's working set. The clean weights and each seed's unit draws wait outside
+it (noisynn.clean_weights); device states are formed again from their seed at every ``apply``, per tensor.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -220,13 +219,9 @@ class NoiseInjector:
                  scale: str = "absolute", targets: str | Sequence[str] = "blocks", blocks: Iterable[int] | None = None,
                  include_bias: bool = False, noise_params: dict | None = None, *,
                  selected: Sequence[Target] | None = None, clean_weights: str = "auto"):
-        """``NoiseInjector(model, spec)`` with a checked ``noisynn.spec.NoiseSpec``; ``selected``: its targets
-        already selected on this model (``select(model, spec)``), to skip selecting them again;
-        ``clean_weights``: where the clean weights wait (auto, disk, cpu, memory; noisynn.clean_weights).
-
-        The original keyword form ``NoiseInjector(model, "gaussian", "absolute", "blocks", ...)`` builds the
-        spec with ``make_noise_spec`` (the same checks).
-        """
+        """``NoiseInjector(model, spec)`` (or the keyword form ``NoiseInjector(model, "gaussian", "absolute",
+        "blocks", ...)``: the same checks); ``selected``: its targets already selected on this model;
+        ``clean_weights``: where the clean weights wait (auto, disk, cpu, memory; noisynn.clean_weights)."""
         if not isinstance(spec, NoiseSpec):
             spec = make_noise_spec(spec, noise_params, scale, targets, blocks, include_bias)
         self.model, self.spec = model, spec
@@ -284,7 +279,7 @@ class NoiseInjector:
     @property
     def states(self) -> list:
         """Each target's state at the last ``apply``, emptied of tensors (a device model keeps its per-read
-        statistics there, e.g. ``PCMState.l1_read``; its conductances are formed again on demand from the seed).
+        statistics there, e.g. ``PCMState.l1_read``; ``state(i)`` forms the whole state again from the seed).
         None for the additive noises, whose state is the unit draw itself."""
         return list(self._states or [])
 
@@ -296,15 +291,17 @@ class NoiseInjector:
         return make_generator(derive_seed(self.seed, *keys), where)
 
     def draw(self, seed: int) -> None:
-        """Choose realization ``seed``: each tensor's state (``noise.program``: for the built-in distributions
-        the unit-scale noise, for device models the programming) is seeded per layer from it and its name. A
-        device model's is formed again at each ``apply``; unit draws are formed at the first and kept where the
-        clean weights are kept (a spill file for CPU weights), so later levels read them instead of drawing."""
+        """Choose realization ``seed`` (each tensor's ``noise.program`` seeded from it and the tensor's name). Unit
+        draws are formed at the first ``apply`` and kept where the clean weights are; device states at each."""
         self.seed = int(seed)
         self._states = [None] * len(self.targets)
         if self._draws is not None:
             self._draws.close()
         self._draws = None
+
+    def state(self, i: int):
+        """Target i's whole state for the current seed (e.g. for ``programmed_weights``), formed again."""
+        return self._state(i, self.clean[i])
 
     def _state(self, i: int, clean: torch.Tensor, scratch: torch.Tensor | None = None):
         """Target i's state for the current seed: a kept unit draw (read into ``scratch`` when given), or
@@ -328,9 +325,8 @@ class NoiseInjector:
 
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
-        """Set every targeted weight to ``noise.weights`` at ``sigma`` (``W_clean + sigma * u * Z`` for the
-        built-in distributions), always from the clean weights; exactly ``W_clean`` at 0. One tensor at a time:
-        its clean values and its state are formed, written into the weight, and dropped."""
+        """Every targeted weight at ``sigma`` (``W_clean + sigma * u * Z`` for the built-in distributions), from the
+        clean weights, one tensor at a time; exactly ``W_clean`` at 0."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
         self.compensation.clear()
@@ -393,13 +389,16 @@ class NoiseInjector:
 
 
 def _emptied(state):
-    """What an injector keeps of one tensor's state after ``apply``: nothing of a tensor (the unit draw), a device
-    state with its conductances dropped (``release``), anything else as it is."""
+    """What ``states`` keeps of one tensor's state: its numbers (e.g. ``l1_read``), none of its tensors."""
     if isinstance(state, torch.Tensor):
         return None
     release = getattr(state, "release", None)
     if callable(release):
         release()
+    if dataclasses.is_dataclass(state):
+        for f in dataclasses.fields(state):
+            if isinstance(getattr(state, f.name), torch.Tensor):
+                setattr(state, f.name, None)
     return state
 
 

@@ -327,7 +327,7 @@ def noisynn_programmings(embedded, name, t: float, *, drift_compensation: bool, 
     try:
         for seed in seeds:
             injector.realize(seed, 1.0)
-            target, clean, state = injector.targets[0], injector.clean[0], injector.states[0]
+            target, clean, state = injector.targets[0], injector.clean[0], injector.state(0)
             w_prog = injector.noise.programmed_weights(clean, state, 1.0).float()
             alphas = hooks.by_name[name].alpha.flatten().float() if drift_compensation else None
             out.append((w_prog, target.param.detach().float().clone(), alphas))

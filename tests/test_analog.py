@@ -318,7 +318,7 @@ def test_readout_without_converters_is_the_exact_per_tile_factor():
         state = inj.states[0]
         assert 1.2 < state.alpha < 3.0  # a year of drift: g(t) / g_prog about 0.5
         if method == "readout":
-            w_prog = inj.noise.programmed_weights(inj.clean[0], state)
+            w_prog = inj.noise.programmed_weights(inj.clean[0], inj.state(0), 1.0)
             for o, i in ((slice(0, 48), slice(0, 32)), (slice(0, 48), slice(32, 64))):  # 2 tiles of 32 inputs
                 assert float(weights[method][o, i].abs().sum()) == pytest.approx(float(w_prog[o, i].abs().sum()))
     assert torch.allclose(weights["readout"], weights["exact"], rtol=1e-6, atol=1e-9)

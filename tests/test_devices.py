@@ -130,14 +130,14 @@ def test_one_programming_per_realization_and_restore_is_bit_exact():
     # The injector keeps no conductances (they would double the weights): each read forms them again from the
     # programming seed, so both reads see one programming.
     assert all(s.g_on is None and s.nu_on is None for s in inj.states)
-    programmed = [inj.noise.programmed_weights(c, s, 1.0).clone() for c, s in zip(inj.clean, inj.states)]
+    programmed = [inj.noise.programmed_weights(c, inj.state(i), 1.0).clone() for i, c in enumerate(inj.clean)]
     seeds = [s.seed for s in inj.states]
     inj.noise.t_seconds = YEAR
     inj.apply(1.0)
     at_t2 = snapshot(model)
     assert [s.seed for s in inj.states] == seeds
-    for c, s, w_prog in zip(inj.clean, inj.states, programmed):
-        assert torch.equal(inj.noise.programmed_weights(c, s, 1.0), w_prog)  # not reprogrammed
+    for i, (c, w_prog) in enumerate(zip(inj.clean, programmed)):
+        assert torch.equal(inj.noise.programmed_weights(c, inj.state(i), 1.0), w_prog)  # not reprogrammed
     name = inj.targets[0].name
     assert not torch.equal(at_t1[name], at_t2[name])
     # Drift shrinks the weights: a year after programming they are about half as large.
