@@ -38,13 +38,14 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_model import build as build_random  # noqa: E402  (the one random-model builder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,8 +54,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GB = 1e9
 MODEL_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-MARKER = "noisynn_random_model.json"  # the folder is complete (shared with benchmarks/random_model.py's convention)
 # option -> (teacher, optimizer, gradient checkpointing); run in this order, leanest first
 OPTIONS = {
     "lean8_shared_ckpt": ("shared", "adamw8bit", True),
@@ -99,57 +98,10 @@ def available_bytes() -> int:
 
 # ---------------------------------------------------------------------------------------------- the model folder
 
-def embedded_folder() -> Path:
-    """The embedded SmolLM2-135M's float folder (its config.json and tokenizer files)."""
-    from noisynn.models import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
-
-    return _dequantized_cache(embedded_gguf_path(DEFAULT_MODEL), DEFAULT_MODEL)[0]
-
-
 def model_folder() -> Path:
     from noisynn.models import cache_root
 
     return cache_root() / "random-models" / "1b"
-
-
-def complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and (
-        folder / MARKER).is_file()
-
-
-def build_1b(folder: Path, seed: int = 0) -> Path:
-    """Write the random 1B folder (reused if complete): under a temporary name, renamed when complete."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if complete(folder):
-        return folder
-    source = embedded_folder()
-    base = json.loads((source / "config.json").read_text())
-    for key in ("_model_name_or_path", "transformers_version", "architectures"):
-        base.pop(key, None)
-    config = LlamaConfig(**{**base, **MODEL_1B, "dtype": "float32"})
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)  # transformers' init: normal(0, initializer_range), norms at 1
-        model.save_pretrained(tmp, max_shard_size="20GB")
-        n_params = sum(p.numel() for p in model.parameters())
-        del model
-        for name in TOKENIZER_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, tmp / name)
-        (tmp / MARKER).write_text(json.dumps({"preset": "1b", "seed": seed, "n_params": n_params,
-                                              "built_by": "benchmarks/bench_afm_memory.py"}, indent=2))
-        if folder.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------- one option
@@ -331,7 +283,7 @@ def main(argv=None) -> int:
               "estimate": "base + 4 P + 4 N + {8 N adamw | 2.03 N 8-bit} + {4 N copy | 0 shared} + 1 GB",
               "options": {}}
     if not args.no_1b:
-        args.model = args.model or build_1b(model_folder())
+        args.model = args.model or build_random("1b", model_folder())
         n_all, n_trained = parameter_counts(args.model)
         result.update(model=str(args.model), params=n_all, trained_params=n_trained)
         for name in args.options:
