@@ -99,7 +99,7 @@ def available_bytes() -> int:
 # ---------------------------------------------------------------------------------------------- the model folder
 
 def model_folder() -> Path:
-    from noisynn.models import cache_root
+    from noisynn.models.embedded import cache_root
 
     return cache_root() / "random-models" / "1b"
 
@@ -218,7 +218,7 @@ def teacher_drift(steps: int, seq_len: int = 128, batch_size: int = 2, clip_sigm
     from noisynn.experiments.noise_aware_training import afm
     from noisynn.experiments.noise_aware_training.analog_train import AnalogTrainConfig
     from noisynn.inject import select_targets
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
     ids = lm.tokenizer(load_text(split="train").text[:200_000], return_tensors="pt").input_ids[0]

@@ -125,7 +125,8 @@ class NoisynnSide:
     ``programming(k)`` = realize(k, 1) at each time (one programming, read at each time), score."""
 
     def __init__(self, model, times):
-        from noisynn.converters import AnalogIO, ConverterHooks
+        from noisynn.analog.mvm import AnalogIO
+        from noisynn.analog.hooks import ConverterHooks
         from noisynn.inject import NoiseInjector
         from noisynn.spec import make_noise_spec
 
@@ -180,8 +181,8 @@ def main(argv=None) -> int:
         return 2
     from noisynn.corpus import load_text
     from noisynn.evaluation import compute_perplexity, tokenize
-    from noisynn.model_checks import fit_context
-    from noisynn.models import load_model
+    from noisynn.models.checks import fit_context
+    from noisynn.models.loading import load_model
 
     def log(msg):
         print(msg, flush=True)

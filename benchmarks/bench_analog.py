@@ -111,7 +111,7 @@ def capture_inputs(lm, ids) -> dict[str, torch.Tensor]:
 
 def layer_cases(x, weight, tiles, reps):
     """Every setting on one layer: rows of {impl, tiles, n_tiles, bound_management, w_noise, seconds, ratio}."""
-    from noisynn.converters import analog_matmul
+    from noisynn.analog.mvm import analog_matmul
 
     out_f, in_f = weight.shape
     cases = [({"impl": "plain", "tiles": "-", "n_tiles": 1, "bound_management": "-", "w_noise": 0.0},
@@ -135,7 +135,7 @@ def layer_cases(x, weight, tiles, reps):
 
 def profile(x, weight, tile, reps=5):
     """torch.profiler's operators by self CPU time, noisynn against lightning, one setting both support."""
-    from noisynn.converters import analog_matmul
+    from noisynn.analog.mvm import analog_matmul
 
     io = analog_io(**IO, tile_in=tile, bound_management="none")
     lit = lightning_linear(weight, train=True, tile_in=tile, **IO)
@@ -156,7 +156,7 @@ def model_cases(lm, ids, reps, tile=512):
     swapped in for them (built once; each timed call installs its setting, runs, and takes it off again)."""
     from aihwkit_lightning.nn import AnalogLinear
 
-    from noisynn.converters import ConverterHooks
+    from noisynn.analog.hooks import ConverterHooks
     from noisynn.inject import select_targets
 
     model = lm.model
@@ -222,7 +222,7 @@ def main() -> int:
         return 2
     from noisynn.corpus import load_text
     from noisynn.evaluation import tokenize
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     torch.set_num_threads(args.threads)
     report = {"machine": machine(), "threads": args.threads, "tokens": args.tokens, "reps": args.reps,

@@ -25,11 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from noisynn.corpus import load_text  # noqa: E402
-from noisynn.converters import AnalogIO, ConverterHooks  # noqa: E402
-from noisynn.evaluation import tokenize  # noqa: E402
-from noisynn.inject import select_targets  # noqa: E402
-from noisynn.models import load_model  # noqa: E402
+from noisynn.corpus import load_text
+from noisynn.analog.mvm import AnalogIO
+from noisynn.analog.hooks import ConverterHooks
+from noisynn.evaluation import tokenize
+from noisynn.inject import select_targets
+from noisynn.models.loading import load_model
 
 SETTINGS = {
     "aihwkit defaults: DAC 7b dynamic, out_noise 0.06, ADC 9b, bound 12": AnalogIO(),

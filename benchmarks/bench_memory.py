@@ -118,12 +118,12 @@ class LoadProbe:
 
 
 def install_load_probe() -> LoadProbe:
-    """Replace ``load_model`` where the experiments look it up (noisynn.models and noisynn.context)."""
-    import noisynn.context
-    import noisynn.models
+    """Replace ``load_model`` where the experiments look it up (noisynn.models and noisynn.runs.context)."""
+    import noisynn.runs.context
+    import noisynn.models.loading
 
-    probe = LoadProbe(noisynn.models.load_model)
-    noisynn.models.load_model = noisynn.context.load_model = probe
+    probe = LoadProbe(noisynn.models.loading.load_model)
+    noisynn.models.loading.load_model = noisynn.runs.context.load_model = probe
     return probe
 
 
@@ -157,10 +157,10 @@ def run_floor(argv: list[str], out: Path) -> dict:
     """The sweep's clean evaluation, once per point of its grid, on the sweep's own eval ids: no injector."""
     import torch
 
-    from noisynn.context import start
+    from noisynn.runs.context import start
     from noisynn.evaluation import quality_metrics
     from noisynn.experiments.sweep.run import METRICS, parse
-    from noisynn.runner import grid, levels
+    from noisynn.runs.runner import grid, levels
 
     args = parse([*argv, "--out", str(out)])
     ctx = start(args, "floor", METRICS)
@@ -177,7 +177,7 @@ def run_floor(argv: list[str], out: Path) -> dict:
 
 def explorer_settings(model: str, n: int) -> list:
     """``n`` explorer settings that change noise level and type in turn (gaussian, uniform, pcm)."""
-    from noisynn.explore_setting import Setting
+    from noisynn.ui.setting import Setting
 
     base = Setting(model=model, max_new_tokens=8, eval_tokens=256, max_length=256, top_k=5)
     kinds = [dict(noise_type="gaussian", scale="absolute"), dict(noise_type="uniform", scale="absolute"),
@@ -194,7 +194,7 @@ def explorer_settings(model: str, n: int) -> list:
 def run_explorer(model: str, probe: LoadProbe) -> dict:
     """Drive the explorer's session (no browser): compare for each setting, perplexity for every
     EXPLORER_PPL_EVERY-th (a point's full evaluation takes ~40 s on the loaded 2-core machine); RSS after each."""
-    from noisynn.explore import Explorer
+    from noisynn.ui.explore import Explorer
 
     explorer = Explorer(device="cpu", loader=probe)
     rss = []
@@ -226,7 +226,7 @@ def child(path: str, model: str, workdir: Path) -> dict:
     for name in PRE_IMPORTS.get(path, ()):
         importlib.import_module(name)
     if entry == "explorer":
-        importlib.import_module("noisynn.explore")
+        importlib.import_module("noisynn.ui.explore")
     probe = install_load_probe()
     base = proc_status()
     begin = time.perf_counter()

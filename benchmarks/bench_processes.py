@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         loop = {k: json.loads((d / "run.json").read_text())["last_session"]["seconds"]
                 for k, d in (("one", one), ("many", many))}
         sys.path.insert(0, str(ROOT))
-        from noisynn.results import read_rows
+        from noisynn.runs.read import read_rows
 
         a, b = read_rows(one / "results.csv"), read_rows(many / "results.csv")
         rows = len(a)

@@ -64,7 +64,7 @@ def mode_toolkit(dtype: str) -> dict:
 
     from noisynn.evaluation import tokenize
     from noisynn.experiments.sweep import run as sweep
-    from noisynn.models import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
+    from noisynn.models.embedded import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
 
     base = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +92,7 @@ def mode_floor(dtype: str) -> dict:
     import torch
 
     from noisynn.evaluation import quality_metrics, tokenize
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     base = rss_mb()
     lm = load_model(dtype=dtype)
@@ -111,7 +111,7 @@ def mode_naive(dtype: str) -> dict:
 
     import torch
 
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     base = rss_mb()
     lm = load_model(dtype=dtype)

@@ -28,8 +28,8 @@ os.environ.setdefault("DISABLE_MULTIPROC", "1")
 import lm_eval  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from noisynn.harness import NoisyLM, load_tasks, task_manager  # noqa: E402
-from noisynn.models import load_model  # noqa: E402
+from noisynn.harness import NoisyLM, load_tasks, task_manager
+from noisynn.models.loading import load_model
 
 
 def evaluate(lm, tasks, manager, limit) -> float:

@@ -253,9 +253,9 @@ def section_noise_generation(state: dict, cfg: dict, dev: Device) -> dict:
 
 
 def section_analog_forward(state: dict, cfg: dict, dev: Device) -> dict:
-    from noisynn.converters import ConverterHooks
+    from noisynn.analog.hooks import ConverterHooks
     from noisynn.inject import select_targets
-    from noisynn.presets import get_preset
+    from noisynn.analog.presets import get_preset
 
     model = state["model"]
     ids = random_ids(model.config.vocab_size, cfg["analog_batch"], cfg["seq"], dev.device)

@@ -45,14 +45,14 @@ DONE_MARKER = "noisynn_random_model.json"
 
 def default_folder(preset: str) -> Path:
     """``<noisynn cache>/random-models/<preset>`` (the cache is $NOISYNN_CACHE or ~/.cache/noisynn)."""
-    from noisynn.models import cache_root
+    from noisynn.models.embedded import cache_root
 
     return cache_root() / "random-models" / preset
 
 
 def embedded_folder() -> Path:
     """The embedded SmolLM2-135M's float cache folder (its config.json and tokenizer files)."""
-    from noisynn.models import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
+    from noisynn.models.embedded import DEFAULT_MODEL, _dequantized_cache, embedded_gguf_path
 
     return _dequantized_cache(embedded_gguf_path(DEFAULT_MODEL), DEFAULT_MODEL)[0]
 

@@ -28,14 +28,14 @@ _EXPORTS = {
     **{name: "inject" for name in (
         "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "original_targets",
         "select_targets", "untie_head")},
-    "load_model": "models",
+    "load_model": "models.loading",
     **{name: "noise" for name in (
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",
         "UniformNoise", "get_noise", "register_noise", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
     **{name: "spec" for name in ("NoiseSpec", "ConverterSpec", "make_noise_spec")},
     "set_seed": "seeding",
-    **{name: "converters" for name in ("AnalogIO", "ConverterHooks", "analog_matmul")},
-    **{name: "presets" for name in ("PRESETS", "get_preset")},
+    "AnalogIO": "analog.mvm", "analog_matmul": "analog.mvm", "ConverterHooks": "analog.hooks",
+    **{name: "analog.presets" for name in ("PRESETS", "get_preset")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from . import registry
 from .errors import NoisyNNError
-from .options import EXIT_USAGE, ArgumentParser, output_file, script_main
-from .results import RUN_JSON, read_meta, read_run
+from .options.parser import EXIT_USAGE, ArgumentParser
+from .options.flags import output_file
+from .options.script import script_main
+from .runs.schema import RUN_JSON
+from .runs.read import read_meta, read_run
 
 
 def add_args(p: ArgumentParser) -> None:

@@ -26,7 +26,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from .errors import NoisyNNError
-from .models import LoadedModel, load_model
+from .models.loaded import LoadedModel
+from .models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class NoisyLM(HFLM):
                  scale: str = "absolute", targets: str = "blocks", blocks: str | None = None,
                  include_bias: bool = False, sigma: float = 0.0, seed: int = 0, device: str = "auto",
                  dtype: str | None = None, spec=None, converters=None, analog_io: bool = False, **kwargs):
-        from .converters import install_converters
+        from .analog.hooks import install_converters
         from .inject import NoiseInjector
         from .spec import CONVERTER_FLAGS, NOISE_PARAMS, make_converter_spec
 

@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from .clean_weights import CleanWeights, Scratch
-from .compensation import ReadoutCompensation
+from .analog.compensation import ReadoutCompensation
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
 from .placements import check_names
 from .seeding import derive_seed, make_generator
-from .spec import (KINDS, PROJECTIONS, SCALES, TARGET_GROUPS, NoiseSpec, check_scale, make_noise_spec,  # noqa: F401
-                   parse_blocks, parse_targets)
+from .spec import SCALES, NoiseSpec, make_noise_spec, parse_targets
 
 try:  # GPT-2 style layers store weights as (in, out)
     from transformers.pytorch_utils import Conv1D
@@ -247,7 +246,7 @@ class NoiseInjector:
         """Let drift compensation measure through these ``ConverterHooks`` (None: none), as aihwkit's tiles do:
         with a device model's ``compensation_method = "readout"``, each ``apply`` then sets a factor per tile of
         every converter layer (applied after its ADC) and folds the exact per-tile factor into the other targets
-        (noisynn.compensation). Other converters drop the cached reference readouts (measured through the old)."""
+        (noisynn.analog.compensation). Other converters drop the cached reference readouts (measured through the old)."""
         if converters is not self.compensation.converters:
             self.compensation.clear()
             self.compensation = ReadoutCompensation(converters)

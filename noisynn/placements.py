@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import NoisyNNError
-from .files import write_json_atomic
+from .runs.files import write_json_atomic
 from .paths import readable_file
 
 FORMAT = "noisynn-placement/1"

@@ -26,8 +26,10 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .results import Run, format_value, read_rows, replace_atomic  # noqa: E402
-from .stats import group_by, summarize_levels  # noqa: E402
+from .runs.read import Run, read_rows
+from .runs.schema import format_value
+from .runs.files import replace_atomic
+from .stats import group_by, summarize_levels
 
 # Quality labels of the original toolkit, assigned from median perplexity / clean perplexity.
 QUALITY_LABELS = ((1.5, "coherent"), (3.0, "creative jitter"), (10.0, "degraded"), (math.inf, "gibberish"))

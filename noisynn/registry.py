@@ -32,7 +32,7 @@ EXPERIMENTS: dict[str, str] = {
 # name -> module with build_parser() and main(argv): commands that are not experiments (no run folder)
 TOOLS: dict[str, str] = {
     "generate_graphs": "noisynn.graphs",
-    "ui": "noisynn.ui",
+    "ui": "noisynn.ui.app",
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
-from .converters import AnalogIO
+from .analog.mvm import AnalogIO
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, get_noise
 from .placements import read_digital
@@ -26,7 +26,7 @@ TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "he
 # Flags passed to the noise class's constructor (when given); the rest of a noise flag set is the spec's.
 NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std", "tile_size",
                 "pair", "compensation_method")
-# Converter settings (noisynn.converters.AnalogIO fields); any of them given turns the converters on.
+# Converter settings (noisynn.analog.mvm.AnalogIO fields); any of them given turns the converters on.
 CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "bound_management", "max_bm_factor",
                    "inp_noise", "w_noise", "w_noise_type", "out_noise_units", "range_std",
                    "range_calibration")
@@ -161,7 +161,7 @@ def preset_device_flags(preset: str | None, noise_type, given: dict) -> tuple[di
     (a class with ``scales``: it maps weights to conductances); a flag given overrides its field. The record says
     per field where its value came from ("preset" or "flag"), or why the preset's device fields did not apply.
     """
-    from .presets import DEVICE_FIELDS, PRESETS
+    from .analog.presets import DEVICE_FIELDS, PRESETS
 
     if not preset:
         return dict(given), {}
@@ -199,7 +199,7 @@ def resolve_preset(args) -> dict:
     preset = preset_name(args)
     if not preset or not hasattr(args, "noise_type"):
         return {}
-    from .presets import DEVICE_FIELDS
+    from .analog.presets import DEVICE_FIELDS
 
     defaulted = getattr(args, "_defaulted", set())
     given = {k: getattr(args, k) for k in DEVICE_FIELDS if hasattr(args, k) and k not in defaulted}
@@ -243,7 +243,7 @@ def make_converter_spec(flags: dict, analog_io: bool = False, per_channel: bool 
     """ConverterSpec from converter settings (``flags``: CONVERTER_FLAGS and tile_size given), or None when no
     converter setting, ``analog_io`` or ``preset`` is given.
 
-    ``preset`` (noisynn.presets) starts from a named setting, ``analog_io`` from aihwkit's defaults (DAC 7, ADC 9,
+    ``preset`` (noisynn.analog.presets) starts from a named setting, ``analog_io`` from aihwkit's defaults (DAC 7, ADC 9,
     out_noise 0.06, out_bound 12, iterative bound management, 512 x 512 tiles, weights unscaled); without either
     each setting turns on only its own effect. Given flags override the start. An ADC without a bound gets the
     default bound 12. ``per_channel`` (``--scale relative_channel``) applies unless a preset sets it.
@@ -254,7 +254,7 @@ def make_converter_spec(flags: dict, analog_io: bool = False, per_channel: bool 
     if analog_io and preset:
         raise NoisyNNError("give --analog_preset or --analog_io (= --analog_preset aihwkit_default), not both")
     if preset:
-        from .presets import get_preset
+        from .analog.presets import get_preset
 
         base = get_preset(preset)
     else:

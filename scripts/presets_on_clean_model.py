@@ -2,7 +2,7 @@
 
     python scripts/presets_on_clean_model.py [--tokens 256] [--seeds 3] [--out FILE.json]
 
-The converters of ``--analog_preset NAME`` (noisynn.presets) on all 210 block projections of SmolLM2-135M,
+The converters of ``--analog_preset NAME`` (noisynn.analog.presets) on all 210 block projections of SmolLM2-135M,
 static ranges calibrated as the experiments calibrate them (512 training tokens, through the analog forward),
 perplexity on the first ``--tokens`` tokens of the embedded evaluation text; each seed reseeds the converters'
 noise (the calibration is the same for every seed). Prints one line per setting: median [min, max] over the seeds
@@ -30,12 +30,12 @@ def main() -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    from noisynn.converters import install_converters
+    from noisynn.analog.hooks import install_converters
     from noisynn.corpus import load_text
     from noisynn.evaluation import compute_perplexity, tokenize
     from noisynn.inject import select
-    from noisynn.models import load_model
-    from noisynn.presets import get_preset
+    from noisynn.models.loading import load_model
+    from noisynn.analog.presets import get_preset
     from noisynn.spec import ConverterSpec, make_noise_spec
 
     lm = load_model()

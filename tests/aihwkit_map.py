@@ -42,7 +42,7 @@ def aihwkit_available() -> bool:
 
 def analog_io(**settings):
     """noisynn's AnalogIO: ``CONVERTERS`` with ``settings`` replacing fields."""
-    from noisynn.converters import AnalogIO
+    from noisynn.analog.mvm import AnalogIO
 
     return AnalogIO(**{**CONVERTERS, **settings})
 

@@ -86,7 +86,7 @@ def text_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M (dequantized and cached on first use)."""
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     return load_model("smollm2-135m", device="cpu")
 

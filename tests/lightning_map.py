@@ -48,7 +48,7 @@ def analog_io(dac_bits=None, adc_bits=None, out_bound=None, out_noise=0.0, tile_
     outputs on one tile (lightning never splits outputs); the cross-check uses
     bound_management "none" (lightning only clips); the benchmark also times "iterative" and output tiles.
     """
-    from noisynn.converters import AnalogIO
+    from noisynn.analog.mvm import AnalogIO
 
     return AnalogIO(dac_bits=dac_bits, adc_bits=adc_bits, out_bound=out_bound, out_noise=out_noise,
                     input_range=input_range, per_channel=False, tile_size=(tile_in, tile_out),

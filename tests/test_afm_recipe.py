@@ -243,7 +243,7 @@ def small(base):
 
 def test_afm_run_folder(tmp_path, small, capsys):
     from noisynn.experiments.noise_aware_training import run as nat
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     out = tmp_path / "run"
     assert nat.main(small + ["--out", str(out)]) == 0
@@ -283,7 +283,7 @@ def test_afm_evaluation_in_afms_own_setting(tmp_path, small):
     today's columns are the same with and without them (float32 restored bit-exactly after the float16 rows);
     with today's converter setting (512-input tiles, head digital, float32) afm_converters = converters."""
     from noisynn.experiments.noise_aware_training import run as nat
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     runs = {}
     for name, extra in (("afm", []), ("off", ["--no_pcm_afm"]),
@@ -313,7 +313,7 @@ def test_afm_evaluation_in_afms_own_setting(tmp_path, small):
 
 def test_afm_run_with_lost_rows_trains_again_to_the_same_rows(tmp_path, small):
     from noisynn.experiments.noise_aware_training import run as nat
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     out = tmp_path / "run"
     assert nat.main(small + ["--out", str(out)]) == 0
@@ -370,7 +370,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, small, base, text_file, capsy
 @pytest.mark.integration
 def test_afm_recipe_on_the_embedded_model(tmp_path, embedded):
     from noisynn.experiments.noise_aware_training import run as nat
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     out = tmp_path / "run"
     args = ["--recipe", "afm", "--steps", "2", "--batch_size", "1", "--seq_len", "24", "--max_samples", "2",
@@ -396,7 +396,7 @@ def test_afm_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
     weights and ranges as one, up to float summation order."""
     from safetensors.torch import load_file
 
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]

@@ -59,7 +59,7 @@ def layers(embedded):
 
 
 def noisynn_forward(x, w, generator=None, **settings):
-    from noisynn.converters import analog_matmul
+    from noisynn.analog.mvm import analog_matmul
 
     return analog_matmul(x, w, analog_io(**settings), generator=generator)
 
@@ -69,7 +69,7 @@ def aihwkit_out(x, w, **settings):
 
 
 def in_tiles(n_in: int, max_in: int = 512) -> list[slice]:
-    from noisynn.noise import split_sizes
+    from noisynn.tiling import split_sizes
 
     out, start = [], 0
     for size in split_sizes(n_in, max_in):
@@ -163,7 +163,7 @@ def redone_vectors_aihwkit(x, w) -> torch.Tensor:
 def first_pass_levels(x, w) -> torch.Tensor:
     """(N, n_in, n_out): max |ADC level| of each token vector on each tile before clipping (noisynn's first pass,
     no noise): above 255 the output clips (saturates)."""
-    from noisynn.analog_mvm import _noise_management, _tile_pass
+    from noisynn.analog.mvm import _noise_management, _tile_pass
 
     io = analog_io()
     rows = []
@@ -199,7 +199,7 @@ def test_iterative_bound_management_redoes_the_vectors_aihwkit_redoes(layers, na
     finalizeOutputImplStage5 reports a saturated output, ``if (value > bound)`` *after* the ADC (l.700-708). In
     float32 the ADC step is res = float32(1/510) x 24 = 0.04705883 (rpu_pulsed_meta_parameter.cpp l.31-37, l.56), so
     the top level 255 x res = 12.000001 > 12: an output ON the top level already counts as saturated. noisynn's
-    ``_saturated`` (noisynn/analog_mvm.py) counts only outputs above it, so it does not redo those vectors
+    ``_saturated`` (noisynn/analog/mvm.py) counts only outputs above it, so it does not redo those vectors
     (a known difference, being fixed to follow aihwkit; this test expects aihwkit's behaviour). Block 0's q_proj has
     first-pass vectors exactly on the top level on these tokens (asserted, so the case is exercised)."""
     x, w = layers[name]
@@ -310,8 +310,9 @@ def noisynn_programmings(embedded, name, t: float, *, drift_compensation: bool, 
     """The same from noisynn's ``--noise_type pcm --scale relative_max`` (pair tile, 512 x 512 tiles) through a
     NoiseInjector on the embedded model's layer ``name`` (restored after); with drift compensation, ConverterHooks
     with AnalogIO() (aihwkit's IOParameters()) are attached so the factor is measured through the tile
-    (noisynn.compensation), and alphas are that layer's (n_in x n_out) factors, flattened in aihwkit's order."""
-    from noisynn.converters import AnalogIO, ConverterHooks
+    (noisynn.analog.compensation), and alphas are that layer's (n_in x n_out) factors, flattened in aihwkit's order."""
+    from noisynn.analog.mvm import AnalogIO
+    from noisynn.analog.hooks import ConverterHooks
     from noisynn.inject import NoiseInjector
     from noisynn.spec import make_noise_spec
 
@@ -409,8 +410,8 @@ def test_global_drift_compensation_alpha_per_tile_agrees_with_aihwkit(layers, em
     forward (inference/compensation/drift.py l.28-38, compensation/base.py l.25-61, inference.py l.104-159 and
     l.255-266; the IOParameters() forward, out_noise 0.06 and the ADC included, which is why alpha, 1.47-1.56 by
     tile, is below sum|W_prog| / sum|W_t| = 1 / 0.6035 = 1.66), applied after the ADC (inference.py l.268-282).
-    noisynn: the readout compensation through ConverterHooks(AnalogIO()) (noisynn.compensation,
-    noisynn.analog_mvm.tile_readout). Per tile, the median over seeds of each side within the other's [min, max]
+    noisynn: the readout compensation through ConverterHooks(AnalogIO()) (noisynn.analog.compensation,
+    noisynn.analog.mvm.tile_readout). Per tile, the median over seeds of each side within the other's [min, max]
     widened by 1% (alpha's spread over seeds is about 0.5%); and the mean over tiles and seeds within 1%."""
     x, w = layers[DOWN]
     ai = aihwkit_programmings(x, w, DAY, drift_compensation=True)
@@ -440,7 +441,7 @@ def test_presets_equal_aihwkits_own_configs(preset, factory):
     from aihwkit.simulator import configs, presets as aihwkit_presets
     from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightNoiseType
 
-    from noisynn.presets import PRESETS
+    from noisynn.analog.presets import PRESETS
 
     cfg = getattr(configs, factory, None) or getattr(aihwkit_presets, factory)
     cfg = cfg()

@@ -1,4 +1,4 @@
-"""The analog forward as aihwkit computes it (noisynn.converters, noisynn.presets, noisynn.compensation).
+"""The analog forward as aihwkit computes it (noisynn.analog.hooks, noisynn.analog.presets, noisynn.analog.compensation).
 
 Each of issue 13's differences 3-7 has a test here that fails on the earlier whole-layer, clip-only,
 frozen-read-noise, pre-ADC-compensation, normalized-units code. Sources cited are IBM/aihwkit at commit 4545f11.
@@ -11,8 +11,10 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from noisynn.converters import (AnalogIO, ConverterHooks, analog_matmul, parse_tile_size, split_sizes, tile_layout,
-                                tile_readout, weight_scales)
+from noisynn.analog.mvm import AnalogIO, analog_matmul, tile_readout
+from noisynn.analog.hooks import ConverterHooks
+from noisynn.tiling import parse_tile_size, split_sizes
+from noisynn.analog.tiles import tile_layout, weight_scales
 from noisynn.errors import NoisyNNError
 
 F64 = torch.float64
@@ -379,7 +381,7 @@ def test_readout_probe_goes_through_the_noisy_forward():
 # ---------------------------------------------------------------- presets, flags, run.json
 
 def test_presets_resolve_to_their_documented_values():
-    from noisynn.presets import PRESETS, get_preset
+    from noisynn.analog.presets import PRESETS, get_preset
 
     assert set(PRESETS) == {"aihwkit_default", "aihwkit_hwa", "afm"}
     assert get_preset("aihwkit_default") == AnalogIO(preset="aihwkit_default")  # IOParameters() defaults
@@ -526,7 +528,7 @@ def test_drift_over_time_with_a_preset_compensates_through_the_converters(tmp_pa
     import json
 
     from noisynn.experiments.drift_over_time import run as drift
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     out = tmp_path / "run"
     assert drift.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",
@@ -557,6 +559,6 @@ def test_run_config_holds_the_resolved_analog_settings(tmp_path, tiny_model_dir,
 
 @pytest.mark.parametrize("shape,tile", [((1536, 576), (512, 512)), ((50, 1025), (512, 16)), ((7, 9), (0, 0))])
 def test_converters_and_device_mapping_tile_a_layer_identically(shape, tile):
-    from noisynn.noise.mapping import tile_blocks
+    from noisynn.tiling import tile_blocks
 
     assert tile_layout(shape[0], shape[1], tile).blocks() == tile_blocks(shape, tile)

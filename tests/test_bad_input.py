@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, exits_2_with_one_line
-from noisynn import cli, registry, ui
+from noisynn import cli, registry
+from noisynn.ui import app as ui
 from noisynn import graphs as generate_graphs
 
 (drift_over_time, layer_sensitivity, llama_scaling, noise_aware_training, optimal_jitter, sweep, temporal_drift) = (

@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
 
 
 def test_random_model_folder_loads_with_its_config_and_a_tied_head(tiny):
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     meta = json.loads((tiny / random_model.DONE_MARKER).read_text())
     lm = load_model(str(tiny), device="cpu")

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from conftest import byte_tokenizer, tiny_llama
-from noisynn.converters import AnalogIO, ConverterHooks, install_converters
+from noisynn.analog.mvm import AnalogIO
+from noisynn.analog.hooks import ConverterHooks, install_converters
 from noisynn.errors import NoisyNNError
 from noisynn.inject import select_targets
 from noisynn.spec import ConverterSpec

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, exits_2_with_one_line
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 SCHEMA = ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "perplexity", "nll",
           "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2", "repetition", "finite"]

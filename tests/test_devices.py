@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
-from noisynn.converters import AnalogIO, ConverterHooks, dac_levels
+from noisynn.analog.mvm import AnalogIO, dac_levels
+from noisynn.analog.hooks import ConverterHooks
 from noisynn.noise import (PCMNoise, StuckAtFaults, bits_to_step, drift_factor, drift_nu_params, parse_time,
                            programming_noise_std, read_noise_q, read_noise_std, time_label)
 from noisynn.errors import NoisyNNError
@@ -178,7 +179,7 @@ def test_drift_compensation_restores_output_magnitude():
     x = torch.randn(256, 512)
     out = {}
     for comp in (False, True):
-        # "exact": the factor folded into the weights (the default "readout" leaves it to noisynn.compensation)
+        # "exact": the factor folded into the weights (the default "readout" leaves it to noisynn.analog.compensation)
         noise = PCMNoise(t_seconds=YEAR, drift_compensation=comp, compensation_method="exact")
         state = noise.program(w, unit, gen(4))
         out[comp] = torch.empty_like(w)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # port 0: a free one

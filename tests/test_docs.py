@@ -191,10 +191,10 @@ def dotted_name_exists(name: str) -> bool:
 
 
 def test_import_finder_joins_parenthesised_imports_and_skips_prose():
-    text = ("```python\nfrom noisynn import (a,  # first\n    b)\nimport noisynn.runner\nx = 1\n"
+    text = ("```python\nfrom noisynn import (a,  # first\n    b)\nimport noisynn.runs.runner\nx = 1\n"
             "from evaluation import compute_perplexity\nimport torch\n```\n"
             "from noisynn import not_in_a_block\n```bash\nfrom noisynn import shell\n```\n")
-    assert python_imports(text) == ["from noisynn import (a, b)", "import noisynn.runner",
+    assert python_imports(text) == ["from noisynn import (a, b)", "import noisynn.runs.runner",
                                     "from evaluation import compute_perplexity"]
 
 
@@ -226,12 +226,12 @@ def test_every_import_in_the_python_snippets_of_the_docs_works():
 
 
 def test_code_name_finder_sees_paths_and_dotted_names_in_code_spans_only():
-    text = ("See `noisynn/results.py` and `noisynn.results.read_run(path)`, `~/.cache/noisynn/gguf/`,\n"
+    text = ("See `noisynn/runs/` and `noisynn.runs.read.read_run(path)`, `~/.cache/noisynn/gguf/`,\n"
             "`noisynn/experiments/sweep/`; not noisynn/plain.py.\n```python\nimport noisynn.x\n```\n")
-    assert named_code(text) == (["noisynn/results.py", "noisynn/experiments/sweep/"], ["noisynn.results.read_run"])
-    assert dotted_name_exists("noisynn.results.read_run") and dotted_name_exists("noisynn.experiments.sweep")
+    assert named_code(text) == (["noisynn/runs/", "noisynn/experiments/sweep/"], ["noisynn.runs.read.read_run"])
+    assert dotted_name_exists("noisynn.runs.read.read_run") and dotted_name_exists("noisynn.experiments.sweep")
     assert dotted_name_exists("noisynn.load_model")  # a lazy re-export
-    assert not dotted_name_exists("noisynn.results.no_such_reader") and not dotted_name_exists("noisynn.sweep")
+    assert not dotted_name_exists("noisynn.runs.no_such_reader") and not dotted_name_exists("noisynn.sweep")
 
 
 def test_every_package_path_and_module_named_in_the_docs_exists():

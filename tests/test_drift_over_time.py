@@ -8,7 +8,7 @@ import pytest
 from noisynn.experiments.drift_over_time import report as drift_report
 from noisynn.experiments.drift_over_time import run as drift_over_time
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 SWEEP_SCHEMA = ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "perplexity", "nll",
                 "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2", "repetition", "finite"]

@@ -5,8 +5,8 @@ import torch
 
 from conftest import tiny_gpt2, tiny_llama
 from noisynn.evaluation import (compute_distinct_n, compute_output_entropy, compute_perplexity,
-                                compute_repetition_ratio, decode, entropy_bits, generate_text_samples,
-                                quality_metrics, tokenize)
+                                compute_repetition_ratio, decode, entropy_bits, generate_text_samples, quality_metrics,
+                                tokenize)
 
 TEXT = "Noise in analog hardware perturbs every weight of the network a little. " * 6
 

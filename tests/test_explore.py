@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama
-from noisynn import explore, saved_runs
+from noisynn.ui import explore, saved_runs
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, decode, tokenize
-from noisynn.explore import Explorer, Setting, check_setting
-from noisynn.inject import noisy_weights, parse_blocks
-from noisynn.models import LoadedModel
+from noisynn.ui.explore import Explorer
+from noisynn.ui.setting import Setting, check_setting
+from noisynn.inject import noisy_weights
+from noisynn.spec import parse_blocks
+from noisynn.models.loaded import LoadedModel
 from noisynn.noise import NOISE_REGISTRY, NoiseDistribution
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 
 def tiny_loader(name, device="cpu", dtype=None):
@@ -275,7 +277,7 @@ def test_bad_run_folders(tmp_path, make, message):
 
 def test_app_builds_and_lists_every_registered_noise(explorer):
     pytest.importorskip("gradio")
-    from noisynn import ui
+    from noisynn.ui import app as ui
 
     class Pink(NoiseDistribution):
         def sample(self, shape, scale, device=None, generator=None):
@@ -334,7 +336,7 @@ def _cli_device_and_converter_flags():
     """The flags of the CLI's groups that the page must offer: noise-constructor flags and every converter flag."""
     import argparse
 
-    from noisynn.options import add_converter_args, add_noise_args
+    from noisynn.options.flags import add_converter_args, add_noise_args
     from noisynn.spec import NOISE_PARAMS
 
     def actions(adder):
@@ -348,8 +350,8 @@ def _cli_device_and_converter_flags():
 
 def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
     pytest.importorskip("gradio")
-    from noisynn import ui
-    from noisynn.explore_flags import flag_controls
+    from noisynn.ui import app as ui
+    from noisynn.ui.controls import flag_controls
 
     wanted = _cli_device_and_converter_flags()
     assert {"t_seconds", "drift_compensation", "stuck_fraction", "clip_std", "dac_bits", "input_range"} <= wanted
@@ -360,7 +362,7 @@ def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
 
 
 def test_controls_are_shown_for_the_noise_type_that_uses_them():
-    from noisynn.explore_flags import shown_for, sigma_meaning
+    from noisynn.ui.controls import shown_for, sigma_meaning
 
     converters = {"dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "analog_io"}
     assert converters <= shown_for("gaussian") and "df" not in shown_for("gaussian")
@@ -374,7 +376,7 @@ def test_controls_are_shown_for_the_noise_type_that_uses_them():
 
 
 def test_device_flags_change_the_computation_and_the_command(explorer):
-    from noisynn.explore_flags import given_flags
+    from noisynn.ui.controls import given_flags
 
     base = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)
     flags = given_flags("pcm", {"t_seconds": "1e8", "drift_compensation": True, "df": "3", "dac_bits": ""})
@@ -397,8 +399,8 @@ def test_device_flags_change_the_computation_and_the_command(explorer):
 
 
 def test_ui_command_line_device_flags_reach_the_page():
-    from noisynn import ui
-    from noisynn.explore_flags import defaults_from_args
+    from noisynn.ui import app as ui
+    from noisynn.ui.controls import defaults_from_args
 
     args = ui.build_parser().parse_args(["--noise_type", "pcm", "--scale", "relative_channel", "--t_seconds", "1e8",
                                          "--dac_bits", "6", "--tile_size", "256x128"])
@@ -418,7 +420,7 @@ def test_typed_log_sigma_is_clamped_or_refused(typed, want):
 
 
 def test_tokens_are_escaped_for_the_chart():
-    from noisynn.explore_figures import MAX_LABEL, probability_figure, token_label
+    from noisynn.ui.figures import MAX_LABEL, probability_figure, token_label
 
     assert token_label("\n") == "\\n" and token_label(" the") == "␣the" and token_label("  ") == "␣␣"
     assert token_label("\t$x$") == "\\t\\$x\\$" and token_label("") == "''" and token_label("\x00") == "\\x00"
@@ -468,7 +470,7 @@ def test_the_curve_grows_per_setting_clears_and_exports_run_folders(explorer, tm
     from noisynn import graphs
     from noisynn.experiments.sweep import report
     from noisynn.experiments.sweep.run import METRICS
-    from noisynn.explore_curve import SWEEP_METRICS, Curve
+    from noisynn.ui.curve import SWEEP_METRICS, Curve
 
     assert SWEEP_METRICS == METRICS
     curve = Curve()
@@ -497,7 +499,7 @@ def test_the_curve_grows_per_setting_clears_and_exports_run_folders(explorer, tm
 
 
 def test_pcm_points_at_several_times_give_a_time_view(explorer):
-    from noisynn.explore_curve import Curve
+    from noisynn.ui.curve import Curve
 
     curve = Curve()
     base = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)

@@ -15,7 +15,7 @@ from noisynn.errors import NoisyNNError
 from noisynn.experiments.llama_scaling import report as llama_report
 from noisynn.experiments.sweep import report as sweep_report
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 from noisynn.stats import summarize_levels
 
 

@@ -97,7 +97,7 @@ def test_sigma0_equals_lm_evals_plain_hf_model(tiny_model_dir, manager):
     from lm_eval.models.huggingface import HFLM
 
     from noisynn.harness import NoisyLM
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     plain = load_model(str(tiny_model_dir), device="cpu")
     expected = _evaluate(HFLM(pretrained=plain.model, tokenizer=plain.tokenizer, batch_size=4), manager)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, byte_tokenizer, exits_2_with_one_line
-from noisynn import ui
+from noisynn.ui import app as ui
 from noisynn.errors import NoisyNNError
 from test_bad_input import MAIN, files, no_server, prepared, snapshot, substitute, with_run  # noqa: F401 - fixtures
 
@@ -408,7 +408,7 @@ def test_an_empty_value_is_allowed_only_where_it_means_none():
 def test_causality_is_measured(gpt2, llama):
     from transformers import BertConfig, BertLMHeadModel
 
-    from noisynn.model_checks import is_causal
+    from noisynn.models.checks import is_causal
 
     encoder = BertLMHeadModel(BertConfig(vocab_size=258, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                          intermediate_size=64, max_position_embeddings=64)).eval()
@@ -421,7 +421,7 @@ def test_causality_is_measured(gpt2, llama):
 def test_context_limit_reads_each_config_family(gpt2, llama):
     from transformers import GPT2Config
 
-    from noisynn.model_checks import context_limit, context_window
+    from noisynn.models.checks import context_limit, context_window
 
     assert context_limit(llama.config) == 256 and context_limit(gpt2.config) == 256
     assert context_limit(GPT2Config(n_positions=64)) == 64
@@ -434,7 +434,7 @@ def test_context_limit_reads_each_config_family(gpt2, llama):
 def test_every_bounded_flag_exists_in_some_script():
     """FLAG_BOUNDS names real destinations (a typo would bound nothing)."""
     from noisynn import registry
-    from noisynn.options import FLAG_BOUNDS
+    from noisynn.options.parser import FLAG_BOUNDS
 
     parsers = [registry.parser(name) for name in [*registry.names(), *registry.TOOLS]]
     dests = {a.dest for p in parsers for a in p._actions}
@@ -470,7 +470,7 @@ def test_an_encoder_without_is_decoder_in_its_config_is_measured_non_causal(tmp_
     """The measured check (not the config flag) refuses a bidirectional model whose config has no is_decoder."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     folder = tmp_path / "bert"
     BertForMaskedLM(BertConfig(vocab_size=258, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -479,7 +479,7 @@ def test_an_encoder_without_is_decoder_in_its_config_is_measured_non_causal(tmp_
     config = json.loads((folder / "config.json").read_text())
     config.pop("is_decoder", None)
     (folder / "config.json").write_text(json.dumps(config))
-    from noisynn import model_checks
+    from noisynn.models import checks as model_checks
 
     monkeypatch.setattr(model_checks, "check_causal_config", lambda config, name: None)  # a config that states nothing
     with pytest.raises(NoisyNNError, match="its prediction at a position changes with later tokens"):

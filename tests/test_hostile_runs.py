@@ -28,12 +28,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, exits_2_with_one_line, tiny_llama
-from noisynn import options, results
+from noisynn.options import script as options
+from noisynn.runs import folder as results
 from noisynn import graphs as generate_graphs
 from noisynn.experiments.sweep import report as sweep_report
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import RunFolder, read_run
-from noisynn.runner import levels
+from noisynn.runs.folder import RunFolder
+from noisynn.runs.read import read_run
+from noisynn.runs.runner import levels
 from test_bad_input import base_args, files, prepared, snapshot  # noqa: F401 (fixtures)
 
 

@@ -9,7 +9,7 @@ from noisynn.corpus import embedded_split, load_text
 from noisynn.evaluation import compute_perplexity, tokenize
 from noisynn.experiments.sweep import run as sweep
 from noisynn.inject import noisy_weights
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from noisynn.evaluation import tokenize
 from noisynn.experiments.layer_sensitivity import run as ls
 from noisynn.inject import classify_weight
 from noisynn.experiments.layer_sensitivity.report import layer_sensitivity_crossings
-from noisynn.results import LEADING_COLUMNS, read_rows
-from noisynn.runner import Point
+from noisynn.runs.schema import LEADING_COLUMNS
+from noisynn.runs.read import read_rows
+from noisynn.runs.runner import Point
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 

@@ -18,7 +18,7 @@ LONG_REASON = "Why this module is long:"  # a module over MODULE_MAX_LINES says 
 
 def test_import_graph_resolves_an_experiments_relative_imports():
     deps = import_graph()["noisynn.experiments.sweep.run"]
-    assert {"noisynn.runner", "noisynn.context", "noisynn.experiments.sweep.report"} <= deps
+    assert {"noisynn.runs.runner", "noisynn.runs.context", "noisynn.experiments.sweep.report"} <= deps
 
 
 def test_experiments_never_import_each_other():
@@ -31,7 +31,7 @@ def test_experiments_never_import_each_other():
 
 
 def test_reports_registry_and_plotting_import_no_torch():
-    modules = ["noisynn.registry", "noisynn.plotting", "noisynn.graphs", "noisynn.saved_runs"] + [
+    modules = ["noisynn.registry", "noisynn.plotting", "noisynn.graphs", "noisynn.ui.saved_runs"] + [
         f"{package}.report" for package in registry.EXPERIMENTS.values()]
     code = ("import importlib, sys\n"
             "for name in sys.argv[1:]:\n"

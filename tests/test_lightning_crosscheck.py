@@ -1,4 +1,4 @@
-"""noisynn's analog forward (``noisynn.converters.analog_matmul``) against aihwkit-lightning 2.1.0's on one layer.
+"""noisynn's analog forward (``noisynn.analog.mvm.analog_matmul``) against aihwkit-lightning 2.1.0's on one layer.
 
 Same weights, same inputs, lightning configured from the same settings by ``tests/lightning_map.py``
 (its module doc lists the mapping, setting by setting, and what lightning does not have):
@@ -52,16 +52,16 @@ DETERMINISTIC = {
 
 
 def noisynn_forward(x, weight, generator=None, **settings):
-    from noisynn.converters import analog_matmul
+    from noisynn.analog.mvm import analog_matmul
 
     return analog_matmul(x, weight, analog_io(**settings), generator=generator)
 
 
 def needs_analog_matmul():
     try:
-        from noisynn.converters import analog_matmul  # noqa: F401
+        from noisynn.analog.mvm import analog_matmul
     except ImportError:
-        pytest.skip("noisynn.converters.analog_matmul is not on this branch yet (issue 13, analog-core)")
+        pytest.skip("noisynn.analog.mvm.analog_matmul is not on this branch yet (issue 13, analog-core)")
 
 
 def layer(dtype=torch.float64, seed=0):
@@ -149,7 +149,7 @@ def test_calibrated_ranges_per_tile_agree():
     """A static range per input tile (noisynn's "calibrated", passed to analog_matmul; lightning's stored
     per-slice input_range, not learned): inputs clip per tile, DAC 8b, ADC 8b, bound 4."""
     needs_analog_matmul()
-    from noisynn.converters import analog_matmul
+    from noisynn.analog.mvm import analog_matmul
 
     weight, x = layer()
     ranges = torch.tensor([4.0, 1.0, 1.5], dtype=torch.float64)  # tile 0 holds the 3x inputs

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, byte_tokenizer, tiny_llama, exits_2_with_one_line
-from noisynn import models
+from noisynn.models import embedded as models
 from noisynn.errors import NoisyNNError
 from noisynn.experiments.llama_scaling import run as llama_scaling
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 SCHEMA = ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "n_params", "noised_params",
           "perplexity", "nll", "bits_per_byte", "eval_tokens", "eval_bytes", "finite"]

@@ -3,8 +3,8 @@
 import torch
 from safetensors.torch import load_file, save_file
 
-from noisynn.mapped_weights import _file_mappings, _release_file_pages, materialize
-from noisynn.models import load_model
+from noisynn.models.mapped import _file_mappings, _release_file_pages, materialize
+from noisynn.models.loading import load_model
 
 
 def _in_file(t, mapped):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from noisynn.errors import NoisyNNError
-from noisynn.models import load_model, resolve_device, resolve_dtype
+from noisynn.models.loading import load_model
+from noisynn.models.devices import resolve_device, resolve_dtype
 
 
 def test_local_folder_loads_with_left_padding(tiny_model_dir):
@@ -60,7 +61,7 @@ def test_embedded_model_facts(embedded):
 
 @pytest.mark.integration
 def test_gguf_file_path_loads_same_weights(embedded):
-    from noisynn.models import embedded_gguf_path
+    from noisynn.models.embedded import embedded_gguf_path
 
     lm = load_model(str(embedded_gguf_path("smollm2-135m")), device="cpu")
     assert lm.info["source"] == "gguf" and lm.info["fingerprint"] == embedded.info["fingerprint"]

@@ -11,8 +11,9 @@ from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, tokenize
 from noisynn.experiments.noise_aware_training import run as nat
 from noisynn.inject import select_targets
-from noisynn.models import load_model
-from noisynn.results import LEADING_COLUMNS, read_rows
+from noisynn.models.loading import load_model
+from noisynn.runs.schema import LEADING_COLUMNS
+from noisynn.runs.read import read_rows
 
 
 def targets_state(model):

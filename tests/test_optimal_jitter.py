@@ -8,10 +8,11 @@ import torch
 from conftest import exits_2_with_one_line
 from noisynn.evaluation import decode
 from noisynn.experiments.optimal_jitter import run as oj
-from noisynn.models import load_model
+from noisynn.models.loading import load_model
 from noisynn.experiments.optimal_jitter.report import jitter_zone
-from noisynn.results import LEADING_COLUMNS, read_rows
-from noisynn.runner import Point
+from noisynn.runs.schema import LEADING_COLUMNS
+from noisynn.runs.read import read_rows
+from noisynn.runs.runner import Point
 
 PROMPTS = ["The fox", "A lazy dog sleeps and"]
 

@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_llama
 from noisynn.errors import NoisyNNError
 from noisynn.inject import NoiseInjector
-from noisynn.noise import (AFM_STD_HIGH, AFM_STD_LOW, CalibratedPCMNoise, PCMNoise, StuckAtFaults,
-                           conductance_targets, drift_factor, get_noise, programming_noise_std, read_noise_growth,
-                           read_noise_q, split_sizes, tile_blocks, tile_index)
+from noisynn.noise import (AFM_STD_HIGH, AFM_STD_LOW, CalibratedPCMNoise, PCMNoise, StuckAtFaults, conductance_targets,
+                           drift_factor, get_noise, programming_noise_std, read_noise_growth, read_noise_q)
+from noisynn.tiling import split_sizes, tile_blocks, tile_index
 from noisynn.seeding import make_generator
 
 HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0

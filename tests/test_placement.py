@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import byte_tokenizer, exits_2_with_one_line, tiny_llama
-from noisynn.converters import install_converters
+from noisynn.analog.hooks import install_converters
 from noisynn.evaluation import tokenize
 from noisynn.experiments.placement import plan
 from noisynn.experiments.placement import run as pl
@@ -21,7 +21,8 @@ from noisynn.experiments.placement.report import decide
 from noisynn.experiments.sweep import run as sweep
 from noisynn.inject import NoiseInjector, select
 from noisynn.placements import read_digital, write_placement
-from noisynn.results import LEADING_COLUMNS, read_rows
+from noisynn.runs.schema import LEADING_COLUMNS
+from noisynn.runs.read import read_rows
 from noisynn.spec import converter_spec_from_args, spec_from_args
 
 

@@ -12,7 +12,7 @@ from noisynn.errors import NoisyNNError
 from noisynn.experiments.sweep import run as sweep
 from noisynn.inject import NoiseInjector, inject_thermal_noise, noisy_weights
 from noisynn.noise import NOISE_REGISTRY, NoiseDistribution, get_noise, register_noise
-from noisynn.options import load_plugins
+from noisynn.options.plugins import load_plugins
 
 # The original toolkit's README, "Adding Custom Noise Distributions", character for character.
 RECIPE = '''from noise_distributions import NoiseDistribution, NOISE_REGISTRY

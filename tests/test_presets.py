@@ -1,4 +1,4 @@
-"""A preset is a whole setting (noisynn.presets, noisynn.spec.resolve_preset) and bound management as aihwkit tests it.
+"""A preset is a whole setting (noisynn.analog.presets, noisynn.spec.resolve_preset) and bound management as aihwkit tests it.
 
 A preset holds converters, tiles, the weight-to-conductance mapping, the pair and the compensation method, as
 aihwkit's ``InferenceRPUConfig`` is one object; a flag given overrides one field and run.json says which.
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from noisynn.analog_mvm import AnalogIO, analog_matmul
+from noisynn.analog.mvm import AnalogIO, analog_matmul
 
 
 def _drift_args(*flags):
@@ -84,7 +84,7 @@ def test_drift_presets_each_read_through_their_own_mapping(tmp_path, tiny_model_
     """--presets: aihwkit_default programs with its per-tile abs-max, none and afm per row (the same seed: the
     same unit draws); the scale column and run.json name each entry's mapping."""
     from noisynn.experiments.drift_over_time import run as drift_run
-    from noisynn.results import read_rows
+    from noisynn.runs.read import read_rows
 
     out = tmp_path / "multi"
     assert drift_run.main(["--model", str(tiny_model_dir), "--text_file", str(text_file), "--eval_tokens", "32",

@@ -10,7 +10,7 @@ import matplotlib
 
 from conftest import ROOT
 from noisynn.experiments.sweep import run as sweep
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 matplotlib.use("Agg")
 

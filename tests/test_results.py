@@ -6,9 +6,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from noisynn.errors import NoisyNNError
-from noisynn.results import RunFolder, format_value, parse_value, read_rows
+from noisynn.runs.folder import RunFolder
+from noisynn.runs.schema import format_value, parse_value
+from noisynn.runs.read import read_rows
 from noisynn.stats import log_crossing, median_ci, summarize_levels
-from noisynn.runner import Point, TrialResult, grid, levels, run_sweep
+from noisynn.runs.runner import Point, TrialResult, grid, levels, run_sweep
 
 COLS = ["experiment", "sigma", "trial", "value"]
 
@@ -144,7 +146,7 @@ def test_git_hash_ignores_run_outputs_but_not_code(tmp_path):
     import shutil
     import subprocess
 
-    from noisynn import provenance
+    from noisynn.runs import provenance
 
     repo = tmp_path / "repo"
     (repo / "noisynn").mkdir(parents=True)

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, exits_2_with_one_line
 from noisynn.experiments.task_accuracy import report
 from noisynn.experiments.task_accuracy.run import main
-from noisynn.results import read_rows
+from noisynn.runs.read import read_rows
 
 SCRIPT = str(ROOT / "task_accuracy.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -36,7 +36,7 @@ def test_rows_schema_report_and_sigma0_equals_lm_evals_plain_hf_model(tmp_path, 
     from lm_eval.models.huggingface import HFLM
 
     from noisynn.harness import task_manager
-    from noisynn.models import load_model
+    from noisynn.models.loading import load_model
 
     out = tmp_path / "run"
     assert main(flags(tiny_model_dir, out, "--log_samples")) == 0

@@ -13,7 +13,8 @@ from noisynn.errors import NoisyNNError
 from noisynn.experiments.temporal_drift import report as td_report
 from noisynn.experiments.temporal_drift import run as td
 from noisynn.inject import NoiseInjector
-from noisynn.results import LEADING_COLUMNS, read_rows
+from noisynn.runs.schema import LEADING_COLUMNS
+from noisynn.runs.read import read_rows
 from noisynn.stats import jump_share, rolling_median
 
 

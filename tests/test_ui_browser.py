@@ -26,8 +26,8 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
-from noisynn.explore import sigma_from_slider
-from noisynn.explore_flags import flag_controls
+from noisynn.ui.setting import sigma_from_slider
+from noisynn.ui.controls import flag_controls
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def save_screenshot(page, tmp_path, name: str) -> None:
 def test_ui_in_chromium(app_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from noisynn.explore_flags import shown_for
+    from noisynn.ui.controls import shown_for
 
     url, outbound, server_log, runs = app_url
     requests: list[str] = []

@@ -10,14 +10,13 @@
     units      read times: '1h', '1d' <-> seconds
 
 Importing this package registers every built-in (in that order). Activation converters (DAC/ADC)
-are not weight noise: they live in ``noisynn.converters``.
+are not weight noise: they live in ``noisynn.analog.hooks``.
 """
 
 from .base import (NOISE_REGISTRY, NoiseDistribution, add_scaled, check_sample, draw, get_noise, is_additive,
                    register_noise, unit_draw)
 from .additive import CauchyNoise, GaussianNoise, LaplacianNoise, StudentTNoise, UniformNoise
-from .mapping import (DEFAULT_TILE_SIZE, G_MAX_US, SOURCES, DeviceModel, DeviceState, block_index,
-                      conductance_targets, mapping_range, split_sizes, stuck_mask, tile_blocks, tile_index, tile_shape)
+from .mapping import G_MAX_US, SOURCES, DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask
 from .pcm import (G_FLOOR, NU_MU, NU_SIGMA, PROG_COEFF_US, Q_S, T0, T_READ, PCMNoise, PCMState, drift_factor,
                   drift_nu_params, programming_noise_std, read_noise_growth, read_noise_q, read_noise_std)
 from .calibrated_pcm import AFM_G_MAX, AFM_STD_HIGH, AFM_STD_LOW, CalibratedPCMNoise, afm_noise_std
@@ -29,8 +28,7 @@ __all__ = [
     "NOISE_REGISTRY", "NoiseDistribution", "add_scaled", "check_sample", "draw", "get_noise", "is_additive",
     "register_noise", "unit_draw",
     "CauchyNoise", "GaussianNoise", "LaplacianNoise", "StudentTNoise", "UniformNoise",
-    "DEFAULT_TILE_SIZE", "G_MAX_US", "SOURCES", "DeviceModel", "DeviceState", "block_index", "conductance_targets",
-    "mapping_range", "split_sizes", "tile_blocks", "tile_index", "tile_shape",
+    "G_MAX_US", "SOURCES", "DeviceModel", "DeviceState", "conductance_targets", "mapping_range",
     "StuckAtFaults", "stuck_mask",
     "G_FLOOR", "NU_MU", "NU_SIGMA", "PROG_COEFF_US", "Q_S", "T0", "T_READ", "PCMNoise", "PCMState", "drift_factor",
     "drift_nu_params", "programming_noise_std", "read_noise_growth", "read_noise_q", "read_noise_std",

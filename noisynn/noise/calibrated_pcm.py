@@ -32,7 +32,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import make_generator
 from .base import register_noise
-from .mapping import (DEFAULT_TILE_SIZE, DeviceModel, DeviceState, mapping_range, tile_shape, work_dtype)
+from ..tiling import DEFAULT_TILE_SIZE, tile_shape
+from .mapping import DeviceModel, DeviceState, mapping_range, work_dtype
 
 AFM_G_MAX = 180.0  # the conductance max|W| of a row in a tile maps to (afm:65)
 AFM_G_SPLIT = 52.5  # OD_TD_DIVERGENCE: the low set of coefficients up to here, the high one above (afm:66)

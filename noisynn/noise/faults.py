@@ -13,8 +13,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import make_generator
 from .base import register_noise
-from .mapping import (DEFAULT_TILE_SIZE, DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask,
-                      tile_shape)
+from ..tiling import DEFAULT_TILE_SIZE, tile_shape
+from .mapping import DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask
 
 
 @register_noise("stuck_at")

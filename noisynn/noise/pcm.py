@@ -36,7 +36,7 @@ Drift compensation (``drift_compensation``; aihwkit ``GlobalDriftCompensation``,
     (aihwkit's probe runs on the tile's stored weights, inference.py lines 150-157: with per-row scaling,
     relative_channel, that is sum|g_prog| / sum|g_t| in conductance units; "exact" below keeps weight units.)
     ``compensation_method``:
-    "readout" (default)  ``weights`` writes the uncompensated W_t (and sets state.alpha = 1); noisynn.compensation
+    "readout" (default)  ``weights`` writes the uncompensated W_t (and sets state.alpha = 1); noisynn.analog.compensation
         measures the factor per tile through the layer's analog forward and applies it after the ADC, as aihwkit
         does (it records its mean factor in state.alpha).
     "exact"   the exact per-tile factor above is folded into the weights (state.alpha_tiles; state.alpha their
@@ -60,9 +60,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import derive_seed, make_generator
 from .base import register_noise
-from .mapping import (DEFAULT_TILE_SIZE, G_MAX_US, DeviceModel, conductance_targets, mapping_range, stuck_mask,
-                      tile_index, tile_shape, work_dtype)
-from .units import TIME_UNITS, parse_time, time_label  # noqa: F401 - re-exported: pcm read times
+from ..tiling import DEFAULT_TILE_SIZE, tile_index, tile_shape
+from .mapping import G_MAX_US, DeviceModel, conductance_targets, mapping_range, stuck_mask
 
 PROG_COEFF_US = (0.26348, 1.9650, -1.1731)  # programming-noise std polynomial in gT, in uS at g_max = 25 uS
 T0 = 20.0  # s: time of the first read after programming (drift reference)
@@ -155,7 +154,7 @@ class PCMNoise(DeviceModel):
     """PCM-like conductances: programming noise, power-law drift, 1/f read noise (see the module doc).
 
     ``t_seconds``: time of the read after programming. ``drift_compensation``: global factor per tile, measured
-    as ``compensation_method`` says ("readout": by noisynn.compensation after the ADC; "exact": folded into the
+    as ``compensation_method`` says ("readout": by noisynn.analog.compensation after the ADC; "exact": folded into the
     weights). ``pair``: "tile" (aihwkit's inference tile) or "independent". ``tile_size``: (inputs, outputs)
     of the mapping's tiles, 0 = the whole layer. ``stuck_fraction``/``stuck_on_ratio``: stuck devices.
     ``clip_std``: clip the mapping at k std(W). ``prog_scale``/``drift_scale``/``read_scale``: per-effect

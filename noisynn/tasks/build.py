@@ -203,7 +203,7 @@ def task_files(articles: list[tuple[str, str]] | None = None) -> dict[str, str]:
 
 
 def default_dir() -> Path:
-    from ..models import cache_root  # models imports torch; only the cache location is needed here
+    from ..models.embedded import cache_root  # models imports torch; only the cache location is needed here
 
     return cache_root() / "tasks"
 

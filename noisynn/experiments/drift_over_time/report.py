@@ -9,7 +9,7 @@ from typing import Sequence
 import matplotlib.ticker
 
 from ...plotting import band, plt, save_figure, write_table
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import summarize_levels
 
 # Fixed colours per preset, so every figure of this experiment reads alike; other labels take the rest in order.

@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ...context import finish, start
-from ...converters import install_converters
+from ...runs.context import finish, start
+from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
 from ...inject import NoiseInjector, noisy_weights
 from ...noise import bits_to_step, drift_factor, parse_time, time_label
-from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
-                       nonneg_float, positive_int, prompt_text, script_main)
-from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
-from ...presets import DEVICE_FIELDS, PRESETS
+from ...options.parser import ArgumentParser
+from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, prompt_text
+from ...options.argtypes import nonneg_float, positive_int
+from ...options.script import script_main
+from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
+from ...analog.presets import DEVICE_FIELDS, PRESETS
 from ...spec import (CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, converter_spec_from_args, make_converter_spec,
                      preset_device_flags, spec_from_args)
 from . import report
@@ -147,7 +149,7 @@ def preset_specs(args) -> dict:
 def preset_mappings(args) -> dict:
     """{preset label: (scale, device params, record)}: each entry's weight-to-conductance mapping.
 
-    A preset is a whole setting (noisynn.presets): its mapping, pair, compensation method and tiles, unless the
+    A preset is a whole setting (noisynn.analog.presets): its mapping, pair, compensation method and tiles, unless the
     flag was given (``noisynn.spec.preset_device_flags``); ``none`` keeps the flags (and the experiment's
     default ``--scale``) as they are.
     """
@@ -204,7 +206,7 @@ def run(argv=None) -> int:
             "readout": "aihwkit's: per tile, alpha = mean|y_prog| / mean|y_t| of one-hot probes sent through the "
                        "tile's analog forward (converters and their noise included), multiplied into the tile output "
                        "after the ADC; on layers without converters the exact sum|W_prog| / sum|W_t| per tile, "
-                       "folded into the weights (noisynn.compensation)",
+                       "folded into the weights (noisynn.analog.compensation)",
             "exact": "sum|W_prog| / sum|W_t| per tile folded into the weights (before output noise and ADC)"},
         "drift_ratio": "sum|W_t| / sum|W_prog| over all targeted tensors before compensation",
         "digital_bits": bits,
@@ -229,7 +231,7 @@ def run(argv=None) -> int:
 
     def use(preset: str | None) -> None:
         """Switch on the converters of ``preset`` (None: none, the digital rows) and let drift compensation
-        measure through them (noisynn.compensation), as aihwkit's tiles do."""
+        measure through them (noisynn.analog.compensation), as aihwkit's tiles do."""
         if active["preset"] == preset:
             return
         if preset is not None:  # the preset's mapping (a new draw of the same seed when it differs)

@@ -11,7 +11,7 @@ import matplotlib.ticker
 import numpy as np
 
 from ...plotting import band, plt, save_figure, sigma_axis, write_table
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import group_by, log_crossing, median_ci, summarize_levels
 
 

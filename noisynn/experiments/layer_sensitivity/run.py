@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 
-from ...context import finish, start
+from ...runs.context import finish, start
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity, tokenize
-from ...inject import PROJECTIONS, NoiseInjector, parse_targets, select_targets
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, block_list, nonneg_float,
-                       positive_float, positive_int, script_main)
-from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...spec import PROJECTIONS, parse_targets
+from ...inject import NoiseInjector, select_targets
+from ...options.parser import ArgumentParser
+from ...options.flags import add_model_args, add_noise_args, add_run_args, block_list
+from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.script import script_main
+from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from ...spec import spec_from_args
 from . import report
 

@@ -10,7 +10,8 @@ from typing import Sequence
 import matplotlib.ticker
 
 from ...plotting import band, level_ticks, plt, save_figure, sigma_axis, write_summary, write_table
-from ...results import format_value, read_run
+from ...runs.schema import format_value
+from ...runs.read import read_run
 from ...stats import group_by, summarize_levels, threshold_crossings
 
 

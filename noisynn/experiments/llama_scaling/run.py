@@ -19,16 +19,21 @@ from pathlib import Path
 
 import torch
 
-from ...context import finish, start
+from ...runs.context import finish, start
 from ...evaluation import compute_perplexity, tokenize
 from ...inject import NoiseInjector, select_targets
-from ...models import (DEFAULT_MODEL, EMBEDDED_MODELS, check_causal_config, check_model_name, context_limit,
-                       context_window, embedded_available, fit_context, load_model, model_skeleton)
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
-                       positive_float, positive_int, script_main)
+from ...models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_available
+from ...models.checks import check_causal_config, context_limit, context_window, fit_context
+from ...models.loading import check_model_name, load_model, model_skeleton
+from ...options.parser import ArgumentParser
+from ...options.flags import add_model_args, add_noise_args, add_run_args
+from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.script import script_main
 from ...errors import NoisyNNError
-from ...results import RUN_JSON, check_fingerprint, read_meta, read_run
-from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.schema import RUN_JSON
+from ...runs.folder import check_fingerprint
+from ...runs.read import read_meta, read_run
+from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from . import report
 
 log = logging.getLogger(__name__)

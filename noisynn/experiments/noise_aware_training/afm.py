@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ... import distributed
+from ...runs import distributed
 from ...errors import NoisyNNError
 from ...inject import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ...converters import ConverterHooks
+from ...analog.hooks import ConverterHooks
 from ...errors import NoisyNNError
 from ...inject import NoiseInjector, select
-from ...presets import get_preset
+from ...analog.presets import get_preset
 from ...spec import make_noise_spec
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .weights import set_weights
@@ -62,7 +62,7 @@ class AFMEval:
 
 def add_eval_args(g) -> None:
     """The flags of the ``pcm_afm`` evaluation (default None: resolved by ``settings``)."""
-    from ...options import nonneg_int
+    from ...options.argtypes import nonneg_int
 
     g.add_argument("--eval_tile_size", type=nonneg_int, default=None,
                    help="pcm_afm rows: inputs per converter tile (default 0: one tile per layer, AFM's training)")

@@ -6,8 +6,8 @@ analog forward) and ``control`` (the same data, steps, loss and optimizer with t
 Evaluation: each trial programs the targeted weights once (PCM, seeded by the trial only, the same
 for every variant) and reads them at every time; converters: 8-bit DAC with static per-layer ranges
 (the learned ones where the model has them, else the recipe's data initialisation of the same
-ranges), 8-bit ADC, bound 14, 512-input tiles: ``noisynn.presets`` ``afm``; drift compensation per tile after
-the ADC, measured through the converters (``noisynn.compensation``, aihwkit's order). Then (unless
+ranges), 8-bit ADC, bound 14, 512-input tiles: ``noisynn.analog.presets`` ``afm``; drift compensation per tile after
+the ADC, measured through the converters (``noisynn.analog.compensation``, aihwkit's order). Then (unless
 ``--no_pcm_afm``) each variant again in AFM's own setting: ``afm_converters`` and ``pcm_afm`` rows (afm_eval).
 """
 
@@ -19,17 +19,18 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ... import distributed
-from ...context import finish, start
-from ...converters import AnalogIO, ConverterHooks
-from ...presets import get_preset
+from ...runs import distributed
+from ...runs.context import finish, start
+from ...analog.mvm import AnalogIO
+from ...analog.hooks import ConverterHooks
+from ...analog.presets import get_preset
 from ...corpus import load_text
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector, select
 from ...noise import parse_time, time_label
-from ...results import write_json_atomic
-from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
+from ...runs.files import write_json_atomic
+from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import make_noise_spec
 from . import afm_eval, report
@@ -80,7 +81,7 @@ LEAN = {"teacher": "copy", "optimizer": "adamw"}
 
 def add_afm_args(p) -> None:
     """The flags of ``--recipe`` and of the AFM recipe (all default None: resolved by ``resolve_recipe``)."""
-    from ...options import positive_float, positive_int, unit_float
+    from ...options.argtypes import positive_float, positive_int, unit_float
 
     g = p.add_argument_group("recipe (--recipe afm: Analog Foundation Models; the flags below need it unless noted)")
     g.add_argument("--recipe", choices=("weight_noise", "afm"), default=None,
@@ -151,7 +152,7 @@ def resolve_recipe(p, args) -> None:
 
 
 def eval_io() -> AnalogIO:
-    """AFM's evaluation converters: ``noisynn.presets`` ``afm`` (8-bit DAC with static ranges, 8-bit ADC, bound 14,
+    """AFM's evaluation converters: ``noisynn.analog.presets`` ``afm`` (8-bit DAC with static ranges, 8-bit ADC, bound 14,
     no output noise, 512-input tiles); the static ranges are set per layer by ``set_ranges``."""
     return get_preset("afm")
 

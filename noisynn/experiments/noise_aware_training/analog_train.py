@@ -166,7 +166,7 @@ class AnalogTraining:
         v = x.detach().double()
         stats = torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(),
                              (v * v).sum()])
-        from ... import distributed
+        from ...runs import distributed
 
         if distributed.world_size() > 1:
             stats = distributed.accelerator().reduce(stats, "sum")

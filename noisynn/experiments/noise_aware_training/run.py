@@ -29,21 +29,22 @@ import math
 import time
 from dataclasses import asdict
 
-from ... import distributed
-from ...context import finish, start
+from ...runs import distributed
+from ...runs.context import finish, start
 from ...corpus import load_text
 from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector, select_targets
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, noise_params, nonneg_float,
-                       positive_float, positive_int, script_main)
-from ...results import write_json_atomic
-from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...options.parser import ArgumentParser
+from ...options.flags import add_model_args, add_noise_args, add_run_args, noise_params
+from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.script import script_main
+from ...runs.files import write_json_atomic
+from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
-from .data import check_disjoint, load_training_text, training_chunks  # noqa: F401
-from .training import (TrainConfig, batch_order, check_batch_split, check_launch, clip_weights, finetune,  # noqa: F401
-                       lr_factor, noisy_step, share_of_batch)
-from .weights import WEIGHTS, load_finetuned, read_weights, save_weights, set_weights  # noqa: F401
+from .data import load_training_text, training_chunks
+from .training import TrainConfig, check_batch_split, check_launch, finetune
+from .weights import WEIGHTS, read_weights, save_weights, set_weights
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ... import distributed
+from ...runs import distributed
 from ...errors import NoisyNNError
 from ...inject import noisy_weights, select_targets
 from ...seeding import derive_seed, make_generator

@@ -9,7 +9,7 @@ import torch
 
 from ...errors import NoisyNNError
 from ...inject import untie_head
-from ...results import read_run
+from ...runs.read import read_run
 
 WEIGHTS = "{variant}.safetensors"  # only the trained tensors (the targeted projections), float32
 
@@ -59,7 +59,7 @@ def load_finetuned(run_dir: str | Path, variant: str = "finetuned", device: str 
     ``control.safetensors`` for the no-noise control); the base is loaded with ``load_model``
     and its fingerprint checked against the one recorded in run.json.
     """
-    from ...models import load_model
+    from ...models.loading import load_model
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir).meta

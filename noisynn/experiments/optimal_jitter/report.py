@@ -10,7 +10,7 @@ from typing import Sequence
 import matplotlib.ticker
 
 from ...plotting import band, plt, save_figure, sigma_axis, write_summary
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import median_ci, summarize_levels
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...context import finish, start
+from ...runs.context import finish, start
 from ...errors import NoisyNNError
 from ...evaluation import DEFAULT_PROMPT, compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
 from ...inject import NoiseInjector
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
-                       positive_float, positive_int, script_main)
-from ...results import read_run
-from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
+from ...options.parser import ArgumentParser
+from ...options.flags import add_model_args, add_noise_args, add_run_args
+from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.script import script_main
+from ...runs.read import read_run
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...spec import spec_from_args
 from . import report
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import matplotlib.ticker
 
 from ...plotting import plt, save_figure, write_table
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import Summary, median_ci
 from . import plan
 

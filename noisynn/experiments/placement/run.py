@@ -38,15 +38,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...context import finish, start
-from ...converters import install_converters
+from ...runs.context import finish, start
+from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector, select
-from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args,
-                       block_list, positive_float, positive_int, script_main)
+from ...options.parser import ArgumentParser
+from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, block_list
+from ...options.argtypes import positive_float, positive_int
+from ...options.script import script_main
 from ...placements import write_placement
-from ...runner import Point, TrialResult, leading_columns, progress, run_sweep
+from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, spec_from_args
 from . import accuracy, plan, report
@@ -60,7 +62,7 @@ KEY = ("phase", "target", "trial")
 CLEAN = "clean"
 DEFAULT_PPL_RATIO = 1.10
 ACC_METRICS = ("accuracy", "acc_items")  # with --max_acc_drop only (a perplexity run keeps its columns)
-DEFAULT_PRESET = "afm"  # Analog Foundation Models' evaluation converters (noisynn.presets)
+DEFAULT_PRESET = "afm"  # Analog Foundation Models' evaluation converters (noisynn.analog.presets)
 
 
 @dataclass(frozen=True)

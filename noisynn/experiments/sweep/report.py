@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import NoisyNNError
-from ...plotting import (band, level_ticks, plt, quality_label, realizations_note, save_figure, sigma_axis,
-                         write_summary)
-from ...results import RESULTS_CSV, Run, read_run
+from ...plotting import band, level_ticks, plt, quality_label, realizations_note, save_figure, sigma_axis, write_summary
+from ...runs.schema import RESULTS_CSV
+from ...runs.read import Run, read_run
 from ...stats import group_by, summarize_levels
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ...context import finish, start
-from ...converters import install_converters
+from ...runs.context import finish, start
+from ...analog.hooks import install_converters
 from ...inject import NoiseInjector, rounding_report
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
-from ...options import (ArgumentParser, add_converter_args, add_digital_arg, add_model_args, add_noise_args, add_run_args,
-                       block_list, positive_int, nonneg_float, prompt_text, script_main)
-from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...options.parser import ArgumentParser
+from ...options.flags import (add_converter_args, add_digital_arg, add_model_args, add_noise_args, add_run_args,
+                              block_list, prompt_text)
+from ...options.argtypes import positive_int, nonneg_float
+from ...options.script import script_main
+from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from . import report
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ def run(argv=None) -> int:
     lm = ctx.lm
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
-    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.compensation)
+    injector.attach(hooks)  # drift compensation measures through the converters (noisynn.analog.compensation)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
                            **({"converters": hooks.describe()} if hooks else {}),

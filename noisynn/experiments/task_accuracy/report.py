@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...plotting import band, level_ticks, plt, save_figure, sigma_axis, write_table
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import group_by, median_ci, summarize_levels
 from ...task_sets import is_accuracy
 

@@ -17,10 +17,12 @@ import io
 import json
 import os
 
-from ...context import finish, start
-from ...options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, add_run_args, block_list,
-                        name_list, nonneg_float, nonneg_int, positive_float, positive_int, script_main)
-from ...runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.context import finish, start
+from ...options.parser import ArgumentParser
+from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, block_list, name_list
+from ...options.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from ...options.script import script_main
+from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
 from ...task_sets import TaskSet, metric_name, prepare_tasks, single_process_view
 from . import report
 

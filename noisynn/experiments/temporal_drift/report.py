@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...plotting import band, plt, save_figure
-from ...results import read_run
+from ...runs.read import read_run
 from ...stats import jump_share, rolling_median, summarize_levels
 
 

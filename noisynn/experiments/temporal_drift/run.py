@@ -29,15 +29,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...context import finish, start
+from ...runs.context import finish, start
 from ...evaluation import DEFAULT_PROMPT, decode
 from ...errors import NoisyNNError
 from ...inject import NoiseInjector
 from ...noise import is_additive
-from ...options import (ArgumentParser, add_model_args, add_noise_args, add_run_args, nonneg_float,
-                       positive_int, prompt_text, script_main)
-from ...results import read_run
-from ...runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
+from ...options.parser import ArgumentParser
+from ...options.flags import add_model_args, add_noise_args, add_run_args, prompt_text
+from ...options.argtypes import nonneg_float, positive_int
+from ...options.script import script_main
+from ...runs.read import read_run
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
 from ...spec import spec_from_args
 from . import report

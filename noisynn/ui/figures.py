@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 from typing import Sequence
 
-from .results import format_value
+from ..runs.schema import format_value
 
 CSV_COLUMNS = ("experiment", "model", "noise_type", "scale", "sigma", "trial", "seed", "base_seed", "targets",
                "blocks", "prompt", "max_new_tokens", "perplexity", "nll", "bits_per_byte", "eval_tokens",

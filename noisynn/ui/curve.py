@@ -1,6 +1,6 @@
 """The explorer's growing curve: every point computed in the page, kept per setting, drawn as perplexity
 against sigma (one line per setting) and, for a device read at several times, against time; exported as
-run folders of the sweep's schema (``noisynn.results.RunFolder``, the runner's leading columns), which
+run folders of the sweep's schema (``noisynn.runs.folder.RunFolder``, the runner's leading columns), which
 ``generate_graphs`` and the Saved runs tab read like any other sweep.
 
 A setting is everything but sigma (``Setting.curve_key``: model, noise, scale, targets, blocks, device
@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .explore_flags import constructor_params
-from .explore_setting import Setting, noise_seed
-from .results import LEADING_COLUMNS, RunFolder
-from .runner import Point, leading_columns
+from .controls import constructor_params
+from .setting import Setting, noise_seed
+from ..runs.schema import LEADING_COLUMNS
+from ..runs.folder import RunFolder
+from ..runs.runner import Point, leading_columns
 
 # The sweep's metric columns (noisynn/experiments/sweep/run.py METRICS; a test keeps them equal): an
 # exported setting is a sweep run folder. Metrics the page does not measure are nan.
@@ -132,7 +133,7 @@ class Curve:
         the sweep's metrics; trial 0, the derived seed) with the clean point at sigma 0 first.
         """
         if not self.points:
-            from .errors import NoisyNNError
+            from ..errors import NoisyNNError
 
             raise NoisyNNError("the curve is empty: compute a point (release the slider, or Sweep) first")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

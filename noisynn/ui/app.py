@@ -5,7 +5,7 @@
     noisynn ui --noise_type pcm --scale relative_channel --t_seconds 1e8   # device flags: the controls' start
 
 This module is the app shell (the Noise during generation and Saved runs tabs, the server, the command
-line); the Explore tab is ``ui_explore``. Every number, text and figure comes from ``noisynn.explore*``.
+line); the Explore tab is ``ui_explore``. Every number, text and figure comes from ``noisynn.ui.explore*``.
 """
 
 from __future__ import annotations
@@ -19,18 +19,25 @@ import os
 import socket
 import sys
 
-from .context import check_model_flags
-from .corpus import load_text
-from .errors import NoisyNNError
-from .explore import (DEFAULT_PROMPT, SIGMA_LOG_MAX, SIGMA_LOG_MIN, TARGET_CHOICES, Explorer, Setting, check_setting,
-                      drift_figure, read_log_sigma, sigma_from_slider)
-from .explore_flags import defaults_from_args, given_flags
-from .models import DEFAULT_MAX_LENGTH, check_model_name, fit_context, load_model
-from .options import (ArgumentParser, add_converter_args, add_model_args, add_noise_args, existing_folder,
-                      load_plugins, nonneg_float, nonneg_int, positive_int, script_main)
+from ..runs.context import check_model_flags
+from ..corpus import load_text
+from ..errors import NoisyNNError
+from ..evaluation import DEFAULT_PROMPT
+from .setting import (SIGMA_LOG_MAX, SIGMA_LOG_MIN, TARGET_CHOICES, Setting, check_setting, read_log_sigma,
+                      sigma_from_slider)
+from .explore import Explorer
+from .figures import drift_figure
+from .controls import defaults_from_args, given_flags
+from ..models.checks import DEFAULT_MAX_LENGTH, fit_context
+from ..models.loading import check_model_name, load_model
+from ..options.parser import ArgumentParser
+from ..options.flags import add_converter_args, add_model_args, add_noise_args, existing_folder
+from ..options.plugins import load_plugins
+from ..options.argtypes import nonneg_float, nonneg_int, positive_int
+from ..options.script import script_main
 from .saved_runs import RUN_ROOTS, list_runs, load_saved_run
-from .spec import parse_targets
-from .ui_explore import ExploreTab, guard, lenient_slider
+from ..spec import parse_targets
+from .explore_tab import ExploreTab, guard, lenient_slider
 
 log = logging.getLogger(__name__)
 

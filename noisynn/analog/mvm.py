@@ -1,7 +1,7 @@
 """The analog forward of a layer, as aihwkit computes it: tiles, noise and bound management, DAC, MVM, ADC.
 
 ``analog_matmul(x, W, io)`` is one layer's analog product without bias, ``AnalogIO`` its settings;
-noisynn.converters puts it on the targeted layers of a model as forward hooks. Sources (IBM/aihwkit, commit 4545f11, ``src/aihwkit/``):
+noisynn.analog.hooks puts it on the targeted layers of a model as forward hooks. Sources (IBM/aihwkit, commit 4545f11, ``src/aihwkit/``):
 
   tiles     a layer (out x in) is split into tiles of at most ``tile_size = (max_in, max_out)``; each dimension
             in n = ceil(size / max) near-equal parts, the first size % n one larger
@@ -34,7 +34,7 @@ noisynn.converters puts it on the targeted layers of a model as forward hooks. S
             ``forwardVector`` (``rpu_forward_backward_pass.cpp`` l.901-987) and CUDA's per-batch scale values (``cuda/io_manager.cu``
             l.292-325); aihwkit's pure-torch tile tests the whole batch at once. Only failing vectors are redone.
     out     y s r c_w alpha: back to weight units; alpha = the tile's drift-compensation factor (applied after
-            the ADC, ``simulator/tiles/inference.py`` ``post_forward`` l.268-282; see noisynn.compensation)
+            the ADC, ``simulator/tiles/inference.py`` ``post_forward`` l.268-282; see noisynn.analog.compensation)
 
 Computed one input tile at a time into one (tokens x outputs) sum (the tiles are views of the weight, so uneven
 splits copy nothing). The noise is drawn input tile by input tile: input noise, output (+ weight read) noise,
@@ -53,33 +53,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import NoisyNNError
-from .noise.mapping import tile_shape
+from ..errors import NoisyNNError
+from ..tiling import DEFAULT_TILE_SIZE, parse_tile_size
 from .tiles import TileLayout, tile_layout, weight_scales
 
 INPUT_RANGES = ("dynamic", "none", "calibrated")
 BOUND_MANAGEMENT = ("iterative", "none")
 W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
 OUT_NOISE_UNITS = ("tile", "normalized")
-DEFAULT_TILE = (512, 512)
 RANGE_CALIBRATIONS = ("analog", "digital")
-
-
-def parse_tile_size(value) -> tuple[int, int]:
-    """(max inputs, max outputs) from ``"512"``, ``"512x256"``, ``0`` or a pair; 0 = no split in that dimension."""
-    if isinstance(value, (tuple, list)):
-        parts = list(value)
-    else:
-        parts = str(value).lower().replace(" ", "").split("x")
-    if len(parts) == 1:
-        parts = parts * 2
-    try:
-        size = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise NoisyNNError(f"tile_size takes IN or INxOUT (integers, 0 = the whole layer), got '{value}'") from None
-    if len(size) != 2 or min(size) < 0:
-        raise NoisyNNError(f"tile_size takes IN or INxOUT (integers >= 0, 0 = the whole layer), got '{value}'")
-    return tile_shape(size)
 
 
 @dataclass
@@ -109,7 +91,7 @@ class AnalogIO:
     out_bound: float | None = 12.0
     input_range: str | float = "dynamic"
     per_channel: bool = False
-    tile_size: tuple[int, int] = DEFAULT_TILE
+    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE
     bound_management: str = "iterative"
     max_bm_factor: float = 1000.0
     max_bm_res: float = 0.25

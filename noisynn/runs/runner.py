@@ -24,9 +24,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import distributed
-from .errors import NoisyNNError
-from .results import RunFolder, key_of, read_rows
-from .seeding import derive_seed
+from ..errors import NoisyNNError
+from .folder import RunFolder
+from .schema import key_of
+from .read import read_rows
+from ..seeding import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .errors import NoisyNNError
-from .evaluation import DEFAULT_PROMPT
-from .explore_flags import flag_argv, parse_flags
-from .models import DEFAULT_MODEL
-from .runner import Point
-from .spec import NoiseSpec, converter_spec_from_args, make_noise_spec, noise_params, parse_blocks
+from ..errors import NoisyNNError
+from ..evaluation import DEFAULT_PROMPT
+from .controls import flag_argv, parse_flags
+from ..models.embedded import DEFAULT_MODEL
+from ..runs.runner import Point
+from ..spec import NoiseSpec, converter_spec_from_args, make_noise_spec, noise_params, parse_blocks
 
 TARGET_CHOICES = ("attention", "mlp", "head")
 MAX_NEW_TOKENS = 256

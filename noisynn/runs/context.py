@@ -13,14 +13,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from .corpus import Text, load_text
-from .errors import NoisyNNError
-from .evaluation import tokenize
-from .inject import Target, select
-from .models import LoadedModel, fit_context, load_model, parse_max_memory, resolve_device, resolve_dtype
-from .options import config_of, context_needs, default_out, load_plugins
-from .results import LEADING_COLUMNS, RunFolder
-from .spec import ConverterSpec, NoiseSpec, converter_spec_from_args, resolve_preset, spec_from_args
+from ..corpus import Text, load_text
+from ..errors import NoisyNNError
+from ..evaluation import tokenize
+from ..inject import Target, select
+from ..models.loaded import LoadedModel
+from ..models.checks import fit_context
+from ..models.loading import load_model
+from ..models.devices import parse_max_memory, resolve_device, resolve_dtype
+from ..options.flags import config_of, context_needs, default_out
+from ..options.plugins import load_plugins
+from .schema import LEADING_COLUMNS
+from .folder import RunFolder
+from ..spec import ConverterSpec, NoiseSpec, converter_spec_from_args, resolve_preset, spec_from_args
 
 
 @dataclass

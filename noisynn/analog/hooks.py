@@ -1,28 +1,25 @@
-"""Converters on a model: the analog forward (noisynn.analog_mvm) of the targeted layers, as forward hooks.
+"""Converters on a model: the analog forward (noisynn.analog.mvm) of the targeted layers, as forward hooks.
 
 ``ConverterHooks(model, targets, io)`` replaces each targeted Linear / Conv1D layer's product by
 ``analog_matmul`` (tiles, noise and bound management, DAC, weight read noise, output noise, ADC: see
-noisynn.analog_mvm for the formulas and their aihwkit sources) plus the digital bias; ``install_converters``
-builds them from a checked ``ConverterSpec``. The names of noisynn.analog_mvm and noisynn.tiles are re-exported
-here (``noisynn.converters.analog_matmul``, ``AnalogIO``).
+noisynn.analog.mvm for the formulas and their aihwkit sources) plus the digital bias; ``install_converters``
+builds them from a checked ``ConverterSpec``. The names of noisynn.analog.mvm and noisynn.analog.tiles are re-exported
+here (``noisynn.analog.mvm.analog_matmul``, ``AnalogIO``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .analog_mvm import (BOUND_MANAGEMENT, DEFAULT_TILE, INPUT_RANGES, OUT_NOISE_UNITS, W_NOISE_TYPES,  # noqa: F401
-                         AnalogIO, analog_matmul, dac_levels, parse_tile_size, tile_readout)
-from .errors import NoisyNNError
-from .noise.mapping import split_sizes  # noqa: F401 - re-exported: the split of one dimension
-from .seeding import derive_seed, make_generator
-from .tiles import TileLayout, tile_layout, weight_scales  # noqa: F401
+from .mvm import AnalogIO, analog_matmul
+from ..errors import NoisyNNError
+from ..seeding import derive_seed, make_generator
+from .tiles import tile_layout, weight_scales
 
-if TYPE_CHECKING:  # the spec imports AnalogIO from here; no import back at run time
-    from .spec import ConverterSpec
+from ..spec import ConverterSpec
 
 
 class _Generators:
@@ -46,7 +43,7 @@ class AnalogLayer:
 
     ``scales``: c_w per tile output (from the weights when the hooks were installed or at ``refresh_scales``,
     i.e. programming time). ``input_range``: static range per input tile (calibrated). ``alpha``: (n_in, n_out)
-    drift compensation after the ADC (set by noisynn.compensation), None = 1.
+    drift compensation after the ADC (set by noisynn.analog.compensation), None = 1.
     """
 
     def __init__(self, name: str, module: nn.Module, out_axis: int, io: AnalogIO, generators: _Generators):
@@ -246,8 +243,8 @@ def install_converters(spec: "ConverterSpec | None", lm, targets, seed: int = 0)
         return None
     hooks = ConverterHooks(lm.model, targets, spec.io, seed=seed)
     if spec.io.input_range == "calibrated":
-        from .corpus import load_text
-        from .evaluation import tokenize
+        from ..corpus import load_text
+        from ..evaluation import tokenize
 
         text = load_text(spec.text_file, spec.dataset, split="train")
         # exactly calibration_tokens ids (tokenize keeps one more, for perplexity's shifted labels)

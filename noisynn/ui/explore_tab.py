@@ -1,6 +1,6 @@
 """The Explore tab of ``noisynn ui``: controls (the CLI's device and converter flags among them), the
 clean-vs-noisy comparison, the growing curve, sweeps, preview / full setting, Stop. Layout and wiring
-only: every number, text and figure comes from ``noisynn.explore*``."""
+only: every number, text and figure comes from ``noisynn.ui.explore*``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import logging
 import math
 import tempfile
 
-from .errors import NoisyNNError
-from .explore import (MAX_NEW_TOKENS, METRICS_HEADERS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX,
-                      SIGMA_LOG_MIN, TARGET_CHOICES, Cancelled, Explorer, Setting, cli_command, entropy_figure,
-                      metrics_table, noise_choices, noise_seed, probability_figure, read_log_sigma, result_rows,
-                      sigma_from_slider, sweep_points, write_csv)
-from .explore_curve import Curve
-from .explore_flags import flag_controls, given_flags, shown_for, sigma_meaning
-from .noise import NOISE_REGISTRY
-from .runner import levels
+from ..errors import NoisyNNError
+from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN,
+                      TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider)
+from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
+from .explore import Explorer, noise_choices, result_rows, sweep_points
+from .curve import Curve
+from .controls import flag_controls, given_flags, shown_for, sigma_meaning
+from ..noise import NOISE_REGISTRY
+from ..runs.runner import levels
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The converter flags: presets, DAC, ADC, noise and bound management, units (noisynn.analog_mvm.AnalogIO).
+"""The converter flags: presets, DAC, ADC, noise and bound management, units (noisynn.analog.mvm.AnalogIO).
 
 Every flag defaults to argparse.SUPPRESS: left out of run.json's config unless given, so older run folders
 resume. ``spec.converter_spec_from_args`` turns them into a checked ``ConverterSpec``. ``--tile_size`` (shared
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import NoisyNNError
-from .argtypes import nonneg_float, positive_float, positive_int
+from ..errors import NoisyNNError
+from ..options.argtypes import nonneg_float, positive_float, positive_int
 from .presets import PRESETS
 
 
 def add_converter_args(p: argparse.ArgumentParser) -> None:
-    """The analog forward on the targeted layers (noisynn.converters.ConverterHooks); off unless a flag is given."""
+    """The analog forward on the targeted layers (noisynn.analog.hooks.ConverterHooks); off unless a flag is given."""
 
     g = p.add_argument_group("converters (the analog forward of the targeted layers, per tile; aihwkit IOParameters "
                              "conventions; see docs/analog.md)")
@@ -64,7 +64,7 @@ def add_converter_args(p: argparse.ArgumentParser) -> None:
 def tile_size(text: str) -> list[int]:
     """argparse type of ``--tile_size``: IN or INxOUT (0 = the whole layer) -> [IN, OUT] (a list: run.json's
     config reads back equal on resume)."""
-    from .converters import parse_tile_size
+    from ..tiling import parse_tile_size
 
     try:
         return list(parse_tile_size(text))

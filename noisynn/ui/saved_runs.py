@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import NoisyNNError
-from .results import RESULTS_CSV, RUN_JSON, format_value, read_rows, read_run
+from ..errors import NoisyNNError
+from ..runs.schema import RESULTS_CSV, RUN_JSON, format_value
+from ..runs.read import read_rows, read_run
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
 
 
 def _redraw(path: Path, meta: dict) -> tuple[list[Path], str, Path | None]:
-    from . import registry
+    from .. import registry
 
     experiment = meta.get("experiment") or meta.get("config", {}).get("experiment")
     if experiment not in registry.EXPERIMENTS:

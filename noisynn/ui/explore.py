@@ -26,20 +26,21 @@ from typing import Callable, Iterator
 
 import torch
 
-from .converters import install_converters
-from .corpus import load_text
-from .errors import NoisyNNError
-from .evaluation import DEFAULT_PROMPT, PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
-from .explore_figures import (CSV_COLUMNS, METRICS_HEADERS, csv_text, drift_figure, entropy_figure,  # noqa: F401
-                              metrics_table, probability_figure, token_label, write_csv)
-from .explore_setting import (MAX_EVAL_TOKENS, MAX_NEW_TOKENS, MAX_TOP_K, PREVIEW_EVAL_TOKENS,  # noqa: F401
-                              PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN, TARGET_CHOICES, Cancelled, Requests,
-                              Setting, check_setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider)
-from .inject import NoiseInjector, select_targets
-from .models import DEFAULT_MODEL, LoadedModel, fit_context, load_model
-from .noise import NOISE_REGISTRY
-from .results import LEADING_COLUMNS, RunFolder
-from .runner import Point, TrialResult, grid, leading_columns, run_sweep
+from ..analog.hooks import install_converters
+from ..corpus import load_text
+from ..errors import NoisyNNError
+from ..evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
+from .figures import token_label
+from .setting import Cancelled, Requests, Setting, check_setting, noise_seed
+from ..inject import NoiseInjector, select_targets
+from ..models.embedded import DEFAULT_MODEL
+from ..models.loaded import LoadedModel
+from ..models.checks import fit_context
+from ..models.loading import load_model
+from ..noise import NOISE_REGISTRY
+from ..runs.schema import LEADING_COLUMNS
+from ..runs.folder import RunFolder
+from ..runs.runner import Point, TrialResult, grid, leading_columns, run_sweep
 
 log = logging.getLogger(__name__)
 

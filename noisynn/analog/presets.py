@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .converters import AnalogIO
-from .errors import NoisyNNError
+from .mvm import AnalogIO
+from ..errors import NoisyNNError
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .errors import NoisyNNError
-from .noise import NOISE_REGISTRY
-from .options import ArgumentParser, add_converter_args, add_noise_args
-from . import spec
-from .spec import NOISE_PARAMS
+from ..errors import NoisyNNError
+from ..noise import NOISE_REGISTRY
+from ..options.parser import ArgumentParser
+from ..options.flags import add_converter_args, add_noise_args
+from .. import spec
+from ..spec import NOISE_PARAMS
 
 # The noise flags the page has as its own controls (or never offers: a plugin is loaded at startup).
 CORE_NOISE_DESTS = ("noise_type", "scale", "targets", "include_bias", "plugin")

@@ -12,14 +12,13 @@ import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from .errors import NoisyNNError
+from ..errors import NoisyNNError
 
-if TYPE_CHECKING:
-    from .models import LoadedModel
+from .loaded import LoadedModel
 
 DEFAULT_MAX_LENGTH = 512  # perplexity window when the model's context allows it
 # Config fields that hold the number of positions a model was built for, by architecture family.

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import NoisyNNError
+from ..errors import NoisyNNError
 
 LOCK_FILE = ".lock"
 

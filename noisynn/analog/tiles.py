@@ -1,7 +1,7 @@
 """How a layer is split into analog tiles, and the tiles' weight scales (aihwkit's mapping).
 
 A (out x in) weight is split in each dimension the way aihwkit's ``TileModuleArray`` splits it
-(``simulator/tiles/array.py`` ``get_split_sizes`` l.94-97, via noisynn.noise.mapping.split_sizes, which the PCM
+(``simulator/tiles/array.py`` ``get_split_sizes`` l.94-97, via noisynn.tiling.split_sizes, which the PCM
 mapping uses too); ``TileLayout`` gives each tile's slices of the weight (the analog forward reads the tiles as
 views of the layer's weight, one input tile at a time).
 ``weight_scales``: c_w = max|W| / omega per tile (or per tile row), aihwkit's ``apply_weight_scaling``
@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from .noise.mapping import split_sizes
+from ..tiling import split_sizes
 
 @lru_cache(maxsize=256)
 def _padded_index(sizes: tuple[int, ...], width: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ def tile_layout(out_features: int, in_features: int, tile_size: tuple[int, int])
 def weight_scales(weight: torch.Tensor, io, layout: TileLayout | None = None) -> torch.Tensor | None:
     """c_w of each tile output, (n_in, 1, out): max|W| / omega over the tile (over each tile row with
     ``per_channel``), 1 where that is 0; None when the weights are unscaled (omega = 0).
-    ``io``: a noisynn.analog_mvm.AnalogIO (its ``omega``, ``per_channel``, ``tile_size``)."""
+    ``io``: a noisynn.analog.mvm.AnalogIO (its ``omega``, ``per_channel``, ``tile_size``)."""
     if io.omega <= 0:
         return None
     lay = layout or tile_layout(*weight.shape, io.tile_size)
