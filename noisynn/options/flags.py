@@ -1,8 +1,6 @@
-"""Command-line plumbing shared by every experiment: common flags, checks, plugins, exit codes.
+"""The flag groups every experiment shares (model, noise, run, converters, digital) and the types of path flags.
 
-Flags keep the original toolkit's snake_case spelling. Every user error ends the same way:
-one line ``<prog>: error: <message>`` on stderr and exit code 2, raised before the run
-folder is touched."""
+Flags keep the original toolkit's snake_case spelling; the parser that checks them is noisynn.options.parser."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int, unit_float
 from ..errors import NoisyNNError
 from ..paths import readable_file

@@ -1,4 +1,7 @@
-"""The parser every script uses: one-line errors with exit code 2, flag bounds, no empty values."""
+"""The parser every script uses: one-line errors with exit code 2, flag bounds, no empty values.
+
+Every user error ends the same way: one line ``<prog>: error: <message>`` on stderr and exit code 2,
+raised before the run folder is touched."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from typing import Sequence
+
 from ..errors import NoisyNNError
 from ..paths import readable_file
 from .flags import _PLUGINS

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
 from ..errors import NoisyNNError
 from .parser import EXIT_USAGE
 

@@ -1,32 +1,12 @@
-"""The run folder: ``run.json`` (config and provenance), tidy ``results.csv``, ``samples.jsonl``.
-
-Schema (what ``read_run`` checks and every writer here produces):
-
-- ``run.json``: one JSON object. Keys: ``experiment``; ``config`` (an object: the parsed
-  flags, compared on resume); ``status`` (``running`` | ``finished`` | ``interrupted`` |
-  ``failed``); ``started``/``finished`` (UTC ISO times); ``sessions``, ``resumed``; ``git``,
-  ``versions``, ``argv``, ``processes``; ``model`` (``fingerprint``: sha256 of the weights,
-  or the hub commit) and ``text`` (``sha256`` of the evaluated text), both compared on
-  resume; ``n_points`` (points the run will have when complete); experiment-specific extras
-  (``levels``, ``injection`` ...).
-- ``results.csv``: UTF-8, a header then one row per finished point, leading columns
-  ``experiment, model, noise_type, scale, sigma, trial, seed`` (``sigma`` a number, ``trial``
-  and ``seed`` integers), then the experiment's metric columns. Floats are written with full
-  precision (``repr``). **Broken trials**: a perplexity-like metric (``perplexity``, ``nll``,
-  ``bits_per_byte``) of a model whose logits became non-finite is ``inf`` (a broken model
-  predicts nothing: infinite perplexity), in results.csv, summary.csv and on the console
-  alike; a nan read from an older folder is read as inf. Other metrics of a broken trial
-  (entropy, distinct-n) are ``nan`` and are left out of medians (``pandas`` skips nan too,
-  so ``groupby(...).median()`` on results.csv agrees with summary.csv).
-- ``samples.jsonl``: one JSON object per line: the row's key (``sigma``, ``trial``...) and
-  ``text`` (plus ``kind``, ``prompt``).
+"""RunFolder, the writer of a run folder: run.json, results.csv and samples.jsonl, resumable, one writer at a time.
 
 Rows are appended one ``os.write`` at a time on an O_APPEND descriptor and fsync'd, so a run
 killed at any moment leaves whole rows only (a torn last line, if the disk cut one, is dropped
 on resume). Re-running the same command with the same folder resumes: finished points are
 read back and skipped. A folder holding a different run (other flags, other model weights or
 text) is never overwritten, and a folder has one writer at a time (a lock file held while the
-run is open); damaged files are reported in one line naming the file and line."""
+run is open); damaged files are reported in one line naming the file and line.
+The files' schema: noisynn.runs.schema."""
 
 from __future__ import annotations
 
@@ -36,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
+
 from . import distributed
 from .provenance import git_hash, versions
 from ..errors import NoisyNNError

@@ -7,6 +7,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from ..errors import NoisyNNError
 from .schema import (JSON_TYPE_NAMES, META_TYPES, NESTED_META_TYPES, NUMBER_COLUMNS, RESULTS_CSV, RUN_JSON,
                      SAMPLES_JSONL, broken_as_inf, parse_value)

@@ -1,4 +1,26 @@
-"""The run folder's schema: file names, columns, the types of run.json's fields, cell formatting and parsing (no torch)."""
+"""The run folder's schema: file names, columns, the types of run.json's fields, cell formatting (no torch).
+
+What ``noisynn.runs.read`` checks and ``noisynn.runs.folder.RunFolder`` writes:
+
+- ``run.json``: one JSON object. Keys: ``experiment``; ``config`` (an object: the parsed
+  flags, compared on resume); ``status`` (``running`` | ``finished`` | ``interrupted`` |
+  ``failed``); ``started``/``finished`` (UTC ISO times); ``sessions``, ``resumed``; ``git``,
+  ``versions``, ``argv``, ``processes``; ``model`` (``fingerprint``: sha256 of the weights,
+  or the hub commit) and ``text`` (``sha256`` of the evaluated text), both compared on
+  resume; ``n_points`` (points the run will have when complete); experiment-specific extras
+  (``levels``, ``injection`` ...).
+- ``results.csv``: UTF-8, a header then one row per finished point, leading columns
+  ``experiment, model, noise_type, scale, sigma, trial, seed`` (``sigma`` a number, ``trial``
+  and ``seed`` integers), then the experiment's metric columns. Floats are written with full
+  precision (``repr``). **Broken trials**: a perplexity-like metric (``perplexity``, ``nll``,
+  ``bits_per_byte``) of a model whose logits became non-finite is ``inf`` (a broken model
+  predicts nothing: infinite perplexity), in results.csv, summary.csv and on the console
+  alike; a nan read from an older folder is read as inf. Other metrics of a broken trial
+  (entropy, distinct-n) are ``nan`` and are left out of medians (``pandas`` skips nan too,
+  so ``groupby(...).median()`` on results.csv agrees with summary.csv).
+- ``samples.jsonl``: one JSON object per line: the row's key (``sigma``, ``trial``...) and
+  ``text`` (plus ``kind``, ``prompt``).
+"""
 
 from __future__ import annotations
 
