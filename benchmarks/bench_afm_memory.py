@@ -128,7 +128,7 @@ def worker(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from noisynn.experiments.noise_aware_training import afm
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
 
     teacher, optimizer, ckpt = OPTIONS[args.worker]
     base = proc_status("VmRSS")
@@ -200,7 +200,7 @@ def parameter_counts(folder: Path) -> tuple[int, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
@@ -217,7 +217,7 @@ def teacher_drift(steps: int, seq_len: int = 128, batch_size: int = 2, clip_sigm
     from noisynn.corpus import load_text
     from noisynn.experiments.noise_aware_training import afm
     from noisynn.experiments.noise_aware_training.analog_train import AnalogTrainConfig
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
     from noisynn.models.loading import load_model
 
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")

@@ -157,7 +157,7 @@ def model_cases(lm, ids, reps, tile=512):
     from aihwkit_lightning.nn import AnalogLinear
 
     from noisynn.analog.hooks import ConverterHooks
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
 
     model = lm.model
     targets = select_targets(model, "blocks")

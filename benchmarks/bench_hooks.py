@@ -29,7 +29,7 @@ from noisynn.corpus import load_text
 from noisynn.analog.mvm import AnalogIO
 from noisynn.analog.hooks import ConverterHooks
 from noisynn.evaluation import tokenize
-from noisynn.inject import select_targets
+from noisynn.targets import select_targets
 from noisynn.models.loading import load_model
 
 SETTINGS = {

@@ -254,7 +254,7 @@ def section_noise_generation(state: dict, cfg: dict, dev: Device) -> dict:
 
 def section_analog_forward(state: dict, cfg: dict, dev: Device) -> dict:
     from noisynn.analog.hooks import ConverterHooks
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
     from noisynn.analog.presets import get_preset
 
     model = state["model"]

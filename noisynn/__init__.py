@@ -25,9 +25,8 @@ _EXPORTS = {
         "PerplexityResult", "compute_distinct_n", "compute_output_entropy", "compute_perplexity",
         "compute_repetition_ratio", "compute_vocabulary_richness", "decode", "generate_text_samples", "get_ngrams")},
     **{name: "compat" for name in ("NoiseType", "get_model_weight_stats", "get_noise_distribution")},
-    **{name: "inject" for name in (
-        "NoiseInjector", "classify_weight", "inject_thermal_noise", "noisy_weights", "original_targets",
-        "select_targets", "untie_head")},
+    **{name: "inject" for name in ("NoiseInjector", "inject_thermal_noise", "noisy_weights")},
+    **{name: "targets" for name in ("classify_weight", "original_targets", "select_targets", "untie_head")},
     "load_model": "models.loading",
     **{name: "noise" for name in (
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",

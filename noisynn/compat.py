@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .inject import Conv1D
+from .targets import Conv1D
 from .noise import NOISE_REGISTRY, NoiseDistribution, get_noise
 
 # The names the package registers itself (a plugin's names are added at run time, so a static

@@ -10,7 +10,7 @@ so they stay bit-exactly clean. Format (a JSON object; only ``tensors`` or ``dig
      ...provenance: model, noise setting, tolerance, the verification that accepted it...}
 
 A hand-written file may give only ``{"digital": [names]}``. Names are parameter names as
-``model.named_parameters()`` gives them; one the model lacks is an error (``inject.select_targets``).
+``model.named_parameters()`` gives them; one the model lacks is an error (``targets.select_targets``).
 """
 
 from __future__ import annotations

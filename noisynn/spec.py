@@ -6,7 +6,7 @@ make the specs from an experiment's parsed flags, and the explorer (``noisynn ui
 ``make_noise_spec`` with its widgets' values. Library code then takes the typed specs, never the
 argparse Namespace: ``NoiseInjector(model, spec)``, ``install_converters(converter_spec, lm, targets)``.
 Checks that need the loaded model (do the blocks exist? do the targets match a weight?) happen
-in ``inject.select_targets``.
+in ``targets.select_targets``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def make_noise_spec(noise_type: str | NoiseDistribution = "gaussian", params: di
                     digital: Iterable[str] = ()) -> NoiseSpec:
     """The one check of a noise setting (call after plugins are loaded); raises NoisyNNError in one line.
 
-    ``digital``: tensor names kept digital (whether the model has them is checked by ``inject.select_targets``).
+    ``digital``: tensor names kept digital (whether the model has them is checked by ``targets.select_targets``).
     """
     params = {k: v for k, v in (params or {}).items() if v is not None}
     noise = get_noise(noise_type, **params)

@@ -33,7 +33,7 @@ def main() -> int:
     from noisynn.analog.hooks import install_converters
     from noisynn.corpus import load_text
     from noisynn.evaluation import compute_perplexity, tokenize
-    from noisynn.inject import select
+    from noisynn.targets import select
     from noisynn.models.loading import load_model
     from noisynn.analog.presets import get_preset
     from noisynn.spec import ConverterSpec, make_noise_spec

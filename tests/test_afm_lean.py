@@ -14,7 +14,7 @@ from conftest import tiny_llama
 from test_afm_recipe import CFG, base, chunks, small  # noqa: F401 (fixtures)
 from noisynn.experiments.noise_aware_training import afm, lean
 from noisynn.experiments.noise_aware_training import analog_train as at
-from noisynn.inject import select_targets
+from noisynn.targets import select_targets
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT, tiny_llama
 from noisynn.experiments.noise_aware_training import afm, analog_train as at
-from noisynn.inject import select_targets
+from noisynn.targets import select_targets
 
 torch.set_num_threads(1)
 

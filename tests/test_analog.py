@@ -186,7 +186,7 @@ def tiny_layer(n_in=64, n_out=48, seed=0, bias=True):
 
 
 def hooks_on(model, io, seed=0):
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
 
     return ConverterHooks(model, select_targets(model, "all"), io, seed)
 
@@ -275,7 +275,7 @@ def test_hooks_on_a_model_match_analog_matmul_with_the_same_stream():
 
 
 def test_gpt2_conv1d_layers(gpt2):
-    from noisynn.inject import select_targets
+    from noisynn.targets import select_targets
 
     ids = torch.randint(0, 256, (1, 12))
     with torch.no_grad():

@@ -14,7 +14,7 @@ from conftest import byte_tokenizer, tiny_llama
 from noisynn.analog.mvm import AnalogIO
 from noisynn.analog.hooks import ConverterHooks, install_converters
 from noisynn.errors import NoisyNNError
-from noisynn.inject import select_targets
+from noisynn.targets import select_targets
 from noisynn.spec import ConverterSpec
 
 F64 = torch.float64

@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import tiny_gpt2, tiny_llama
 from noisynn.clean_weights import CleanWeights, resolve_where
 from noisynn.errors import NoisyNNError
-from noisynn.inject import NoiseInjector, select_targets, unit_scale
+from noisynn.inject import NoiseInjector, unit_scale
+from noisynn.targets import select_targets
 from noisynn.seeding import derive_seed, make_generator
 from noisynn.spec import make_noise_spec, spec_from_args
 

@@ -12,7 +12,8 @@ from noisynn.analog.hooks import ConverterHooks
 from noisynn.noise import (PCMNoise, StuckAtFaults, bits_to_step, drift_factor, drift_nu_params, parse_time,
                            programming_noise_std, read_noise_q, read_noise_std, time_label)
 from noisynn.errors import NoisyNNError
-from noisynn.inject import NoiseInjector, select_targets
+from noisynn.inject import NoiseInjector
+from noisynn.targets import select_targets
 from noisynn.noise import NOISE_REGISTRY, get_noise
 from noisynn.seeding import make_generator
 

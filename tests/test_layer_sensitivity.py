@@ -9,7 +9,7 @@ import torch
 from conftest import byte_tokenizer, tiny_gpt2, tiny_llama, exits_2_with_one_line
 from noisynn.evaluation import tokenize
 from noisynn.experiments.layer_sensitivity import run as ls
-from noisynn.inject import classify_weight
+from noisynn.targets import classify_weight
 from noisynn.experiments.layer_sensitivity.report import layer_sensitivity_crossings
 from noisynn.runs.schema import LEADING_COLUMNS
 from noisynn.runs.read import read_rows

@@ -10,7 +10,7 @@ from conftest import tiny_llama, exits_2_with_one_line
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, tokenize
 from noisynn.experiments.noise_aware_training import run as nat
-from noisynn.inject import select_targets
+from noisynn.targets import select_targets
 from noisynn.models.loading import load_model
 from noisynn.runs.schema import LEADING_COLUMNS
 from noisynn.runs.read import read_rows

@@ -19,7 +19,8 @@ from noisynn.experiments.placement import plan
 from noisynn.experiments.placement import run as pl
 from noisynn.experiments.placement.report import decide
 from noisynn.experiments.sweep import run as sweep
-from noisynn.inject import NoiseInjector, select
+from noisynn.inject import NoiseInjector
+from noisynn.targets import select
 from noisynn.placements import read_digital, write_placement
 from noisynn.runs.schema import LEADING_COLUMNS
 from noisynn.runs.read import read_rows

@@ -16,7 +16,7 @@ import torch
 from ..corpus import Text, load_text
 from ..errors import NoisyNNError
 from ..evaluation import tokenize
-from ..inject import Target, select
+from ..targets import Target, select
 from ..models.loaded import LoadedModel
 from ..models.checks import fit_context
 from ..models.loading import load_model

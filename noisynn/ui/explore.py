@@ -32,7 +32,8 @@ from ..errors import NoisyNNError
 from ..evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
 from .figures import token_label
 from .setting import Cancelled, Requests, Setting, check_setting, noise_seed
-from ..inject import NoiseInjector, select_targets
+from ..inject import NoiseInjector
+from ..targets import select_targets
 from ..models.embedded import DEFAULT_MODEL
 from ..models.loaded import LoadedModel
 from ..models.checks import fit_context

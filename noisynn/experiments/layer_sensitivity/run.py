@@ -24,7 +24,8 @@ from ...runs.context import finish, start
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity, tokenize
 from ...spec import PROJECTIONS, parse_targets
-from ...inject import NoiseInjector, select_targets
+from ...inject import NoiseInjector
+from ...targets import select_targets
 from ...options.parser import ArgumentParser
 from ...options.flags import add_model_args, add_noise_args, add_run_args, block_list
 from ...options.argtypes import nonneg_float, positive_float, positive_int

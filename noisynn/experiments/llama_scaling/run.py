@@ -21,7 +21,8 @@ import torch
 
 from ...runs.context import finish, start
 from ...evaluation import compute_perplexity, tokenize
-from ...inject import NoiseInjector, select_targets
+from ...inject import NoiseInjector
+from ...targets import select_targets
 from ...models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_available
 from ...models.checks import check_causal_config, context_limit, context_window, fit_context
 from ...models.loading import check_model_name, load_model, model_skeleton

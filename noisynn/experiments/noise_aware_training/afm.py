@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ...runs import distributed
 from ...errors import NoisyNNError
-from ...inject import select_targets
+from ...targets import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .lean import Snapshot, check_choice, make_optimizer
 from .training import batch_order, check_launch, clip_weights, lr_factor, restore_model, share_of_batch

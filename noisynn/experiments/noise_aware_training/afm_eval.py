@@ -10,7 +10,7 @@ with that script's 512-input rows for the conductance mapping, afm:184). The row
 
   converters  the ``afm`` preset with tiles of ``--eval_tile_size`` inputs (default 0: one tile per layer)
   head        ``--eval_head analog`` (default): the output head gets converters and PCM noise too, untied
-              from the embeddings first (noisynn.inject.untie_head, as ``--targets head`` everywhere); its
+              from the embeddings first (noisynn.targets.untie_head, as ``--targets head`` everywhere); its
               input range is the recipe's data initialisation (18 std, running mean over the init batches)
               measured through the analog forward of the other layers at their own ranges (the head is not
               trained by the recipe unless --targets names it) | digital
@@ -29,7 +29,8 @@ import torch
 
 from ...analog.hooks import ConverterHooks
 from ...errors import NoisyNNError
-from ...inject import NoiseInjector, select
+from ...inject import NoiseInjector
+from ...targets import select
 from ...analog.presets import get_preset
 from ...spec import make_noise_spec
 from .analog_train import AnalogTrainConfig, AnalogTraining

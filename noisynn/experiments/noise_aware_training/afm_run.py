@@ -27,7 +27,8 @@ from ...analog.presets import get_preset
 from ...corpus import load_text
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
-from ...inject import NoiseInjector, select
+from ...inject import NoiseInjector
+from ...targets import select
 from ...noise import parse_time, time_label
 from ...runs.files import write_json_atomic
 from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep

@@ -33,7 +33,8 @@ from ...runs import distributed
 from ...runs.context import finish, start
 from ...corpus import load_text
 from ...evaluation import compute_perplexity
-from ...inject import NoiseInjector, select_targets
+from ...inject import NoiseInjector
+from ...targets import select_targets
 from ...options.parser import ArgumentParser
 from ...options.flags import add_model_args, add_noise_args, add_run_args, noise_params
 from ...options.argtypes import nonneg_float, positive_float, positive_int

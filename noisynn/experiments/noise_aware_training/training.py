@@ -16,7 +16,8 @@ import torch
 
 from ...runs import distributed
 from ...errors import NoisyNNError
-from ...inject import noisy_weights, select_targets
+from ...inject import noisy_weights
+from ...targets import select_targets
 from ...seeding import derive_seed, make_generator
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ...errors import NoisyNNError
-from ...inject import untie_head
+from ...targets import untie_head
 from ...runs.read import read_run
 
 WEIGHTS = "{variant}.safetensors"  # only the trained tensors (the targeted projections), float32

@@ -42,7 +42,8 @@ from ...runs.context import finish, start
 from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
-from ...inject import NoiseInjector, select
+from ...inject import NoiseInjector
+from ...targets import select
 from ...options.parser import ArgumentParser
 from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, block_list
 from ...options.argtypes import positive_float, positive_int
