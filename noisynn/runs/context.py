@@ -122,3 +122,15 @@ def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:
     if output and figures:
         shutil.copyfile(figures[0], output)
     ctx.folder.finish(figures=[f.name for f in figures], **fields)
+
+
+def end_run(ctx: Context, figures: Sequence[Path], table: str, files: Sequence[str], **fields) -> int:
+    """The end of every experiment's run (the script's side: it prints), returning the exit code 0.
+
+    ``finish`` (``--output``, run.json marked finished with ``fields``), then the console table, then
+    one line naming the run folder with ``files`` (its other files, e.g. ``results.csv``) and the figures.
+    """
+    finish(ctx, figures, **fields)
+    print(table)
+    print(f"\nrun folder: {ctx.folder.path} ({', '.join([*files, *(f.name for f in figures)])})")
+    return 0
