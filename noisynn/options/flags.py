@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by every experiment: common flags, checks, plugins, exit codes.
+"""The flag groups shared by the experiments (model, noise, levels, run, converters) and their checks.
 
 Flags keep the original toolkit's snake_case spelling. Every user error ends the same way:
 one line ``<prog>: error: <message>`` on stderr and exit code 2, raised before the run

@@ -1,4 +1,4 @@
-"""Start of every experiment: parse-time checks, then model, text and run folder, in that order.
+"""The start of every experiment (checks, then model, text and run folder, in that order) and its end.
 
 Everything that can be wrong with the user's input is checked before the run folder is
 touched, so a bad invocation never damages an existing run.

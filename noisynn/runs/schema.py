@@ -1,4 +1,4 @@
-"""The run folder's schema: file names, columns, the types of run.json's fields, cell formatting and parsing (no torch)."""
+"""The run folder's schema: file names, columns, run.json's field types, cell formatting and parsing (no torch)."""
 
 from __future__ import annotations
 

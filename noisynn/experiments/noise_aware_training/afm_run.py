@@ -1,5 +1,7 @@
-"""``--recipe afm``: train with the AFM recipe and a no-analog control, then judge all three models on
-PCM read t seconds after programming (drift compensation on), through AFM's evaluation converters.
+"""``--recipe afm``: its flags, training, and the PCM-drift evaluation with converters.
+
+Train with the AFM recipe and a no-analog control, then judge all three models on PCM read t seconds after
+programming (drift compensation on), through AFM's evaluation converters.
 
 Variants: ``original`` (the model as loaded), ``finetuned`` (the AFM recipe: distillation through the
 analog forward) and ``control`` (the same data, steps, loss and optimizer with the analog forward off).
