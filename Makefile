@@ -70,9 +70,10 @@ test: install $(CHROMIUM)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration"
 
-## Redraw every figure under images/ from the saved run folders under results/ (no model is run).
+## Redraw every figure under images/ from the saved run folders under results/ (no model is run), and the data-flow figure.
 figures: $(STAMP)
 	$(BIN)/python generate_graphs.py --results_dir results --output_dir images
+	$(BIN)/python scripts/draw_data_flow.py
 
 ## Re-create results/ (the sweep, the noise-type comparison, llama_scaling, task_accuracy, placement, the AFM recipe; resumes what exists), then the figures.
 NOISE_TYPES := gaussian uniform cauchy laplacian student_t

@@ -1,7 +1,9 @@
-"""lm-eval tasks for the experiments that score them (task_accuracy, placement's --max_acc_drop): loading by
-name or YAML file with one-line errors, each task's fingerprint (sha256 of its config and local data files)
-and chance level, the names of its metrics, and a single-process view of a launcher's environment.
-lm-eval itself is imported only when tasks are loaded (this module imports no torch)."""
+"""lm-eval tasks for the experiments: loading by name or YAML, fingerprints, chance levels, metric names.
+
+For the experiments that score them (task_accuracy, placement's --max_acc_drop): loading by name or YAML file
+with one-line errors, each task's fingerprint (sha256 of its config and local data files) and chance level,
+the names of its metrics, and a single-process view of a launcher's environment. lm-eval itself is imported
+only when tasks are loaded (this module imports no torch)."""
 
 from __future__ import annotations
 

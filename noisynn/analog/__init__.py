@@ -1,1 +1,1 @@
-"""The analog forward of a layer, as aihwkit computes it: the setting, tiles, the MVM, hooks, presets, compensation, flags."""
+"""The analog forward of a layer as aihwkit computes it: setting, tiles, MVM, hooks, presets, compensation, flags."""

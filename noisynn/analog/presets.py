@@ -1,4 +1,6 @@
-"""Named analog settings (``--analog_preset NAME``): whole settings, as aihwkit's ``InferenceRPUConfig`` is one object.
+"""Named analog settings (``--analog_preset NAME``): aihwkit_default, aihwkit_hwa, afm, with their sources.
+
+A preset is a whole setting, as aihwkit's ``InferenceRPUConfig`` is one object.
 
 A preset holds the converters and tiles (an ``AnalogIO``: DAC, ADC, noise and bound management, units) and the
 device side (``device``: the weight-to-conductance mapping ``scale``, the ``pair`` through drift, the drift

@@ -1,9 +1,9 @@
-"""What can be wrong with a model, found before a run starts: its folder's files (config.json,
-weights, tokenizer), a GGUF file's magic, attention that sees later tokens, and a context shorter
-than the perplexity window or a prompt plus its generation. Also the one boundary of loading
-(``load_failures``), where known errors of transformers, safetensors and gguf become one line, and
-the tokenizer loader, which checks a folder holds a tokenizer before transformers guesses one.
-"""
+"""What can be wrong with a model (files, GGUF magic, causality, context), found before a run starts.
+
+Its folder's files (config.json, weights, tokenizer), a GGUF file's magic, attention that sees later tokens,
+and a context shorter than the perplexity window or a prompt plus its generation. Also the one boundary of
+loading (``load_failures``), where known errors of transformers, safetensors and gguf become one line, and the
+tokenizer loader, which checks a folder holds a tokenizer before transformers guesses one."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The hardware-calibrated PCM model of Analog Foundation Models (``pcm_afm``; Buechel et al., NeurIPS 2025,
-IBM/analog-foundation-models ``apply_noise_model.py``, cited below as afm:LINE; the code is ours).
+"""The hardware-calibrated PCM noise of Analog Foundation Models (``pcm_afm``).
+
+Sources: Buechel et al., NeurIPS 2025; IBM/analog-foundation-models ``apply_noise_model.py``, cited below
+as afm:LINE (the code is ours).
 
 Why a second PCM model: ``pcm`` is aihwkit's phenomenological model (fitted polynomials for programming noise,
 a drift law and 1/f read noise, g_max = 25 uS). This one is the noise *measured* on IBM's PCM chip as

@@ -1,9 +1,11 @@
-"""Stuck-at faults (``stuck_at``): each device of the pair is independently stuck with probability ``sigma``
-  (the sweep variable is the fault fraction), at g_max with probability ``stuck_on_ratio`` and else at 0.
-  Faults are nested across levels (a device stuck at 5% is also stuck at 10%). ``pcm`` takes the same
-  faults at a fixed ``stuck_fraction``; stuck devices neither drift nor add read noise.
-  The mapping (w_max, hence the value g_max stands for) is per tile of ``tile_size`` (inputs, outputs), default
-  512 x 512, as pcm's (noisynn.noise.mapping).
+"""Stuck-at faults (``stuck_at``): devices stuck at g_max or at 0, a fraction ``sigma`` of them.
+
+Each device of the pair is independently stuck with probability ``sigma`` (the sweep variable is the
+fault fraction), at g_max with probability ``stuck_on_ratio`` and else at 0. Faults are nested across
+levels (a device stuck at 5% is also stuck at 10%). ``pcm`` takes the same faults at a fixed
+``stuck_fraction``; stuck devices neither drift nor add read noise. The mapping (w_max, hence the value
+g_max stands for) is per tile of ``tile_size`` (inputs, outputs), default 512 x 512, as pcm's
+(noisynn.noise.mapping).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Weight-to-conductance mapping (a differential pair per weight, as aihwkit's ``SinglePairConductanceConverter``)
-    Each weight W of a tensor is held by two devices, g+ and g-, with W = (g+ - g-) w_max / g_max. The device
-    of W's sign is programmed to the target gT = min(|W| / w_max, 1) (in units of g_max = 25 uS), the other to
-    0 (aihwkit ``inference/converter/conductance.py`` lines 54-65, g_min = 0).
+"""Weights -> conductances: a differential pair per weight, per tile (aihwkit's SinglePairConductanceConverter).
+
+Each weight W of a tensor is held by two devices, g+ and g-, with W = (g+ - g-) w_max / g_max. The device
+of W's sign is programmed to the target gT = min(|W| / w_max, 1) (in units of g_max = 25 uS), the other to
+0 (aihwkit ``inference/converter/conductance.py`` lines 54-65, g_min = 0).
 
 Tiles. A layer is split into tiles of at most ``tile_size = (inputs, outputs)`` (default 512 x 512, aihwkit
 ``MappingParameter.max_input_size / max_output_size``, ``simulator/parameters/mapping.py`` lines 79-101; 0 = the

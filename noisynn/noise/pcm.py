@@ -1,5 +1,7 @@
-"""PCM (``pcm``; Nandakumar et al., ICECS 2019; Joshi et al., Nat. Commun. 11, 2473, 2020; aihwkit
-``PCMLikeNoiseModel``, ``src/aihwkit/inference/noise/pcm.py``, cited below as pcm.py:LINE; the code is ours).
+"""PCM (``pcm``): programming noise, drift and 1/f read noise, as aihwkit's PCMLikeNoiseModel computes them.
+
+Sources: Nandakumar et al., ICECS 2019; Joshi et al., Nat. Commun. 11, 2473, 2020; aihwkit
+``PCMLikeNoiseModel``, ``src/aihwkit/inference/noise/pcm.py``, cited below as pcm.py:LINE (the code is ours).
 
 Programming, once per realization, both devices of every pair (aihwkit ``apply_programming_noise``,
 ``inference/noise/base.py`` lines 89-98), conductances in units of g_max:

@@ -1,6 +1,7 @@
-"""Weight quantization (``quantize``), the digital baseline: W_q = round(W / (sigma u)) sigma u, i.e. ``sigma`` is
-  the step in units of the scale unit u; symmetric b-bit quantization per channel is ``--scale
-  relative_channel`` with sigma = 1 / (2^(b-1) - 1) (b = 8: 1/127, b = 4: 1/7).
+"""Weight quantization (``quantize``), the digital baseline: W_q = round(W / (sigma u)) sigma u.
+
+``sigma`` is the step in units of the scale unit u; symmetric b-bit quantization per channel is ``--scale
+relative_channel`` with sigma = 1 / (2^(b-1) - 1) (b = 8: 1/127, b = 4: 1/7).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Command-line plumbing shared by every experiment: the parser, flag groups and types, plugins, the script boundary."""
+"""Command-line plumbing shared by every experiment: parser, flag groups and types, plugins, script boundary."""

@@ -1,4 +1,4 @@
-"""The flag groups every experiment shares (model, noise, run, converters, digital) and the types of path flags.
+"""The flag groups shared by the experiments (model, noise, levels, run, converters) and their checks.
 
 Flags keep the original toolkit's snake_case spelling; the parser that checks them is noisynn.options.parser."""
 
@@ -177,6 +177,29 @@ def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
     g.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<time>); rerun to resume")
     g.add_argument("--output", type=output_file, default=None, help="also save the main figure to this PNG path")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_level_args(p, max_noise: float, n_levels: int, spacing: str, min_fraction: float = 1 / 30,
+                   sweep: str = "") -> None:
+    """``--max_noise --n_levels --spacing``: the noise levels of a sweep, each experiment with its own defaults.
+
+    ``min_fraction`` is where a log grid starts (``max_noise * min_fraction``): give the same one to
+    ``level_grid``. ``sweep`` names the sweep in the help when an experiment has several (" of the group sweep").
+    """
+    p.add_argument("--max_noise", type=nonneg_float, default=max_noise,
+                   help=f"largest sigma{sweep} (default: %(default)s)")
+    p.add_argument("--n_levels", type=positive_int, default=n_levels,
+                   help=f"number of levels{sweep} incl. 0 (default: %(default)s)")
+    p.add_argument("--spacing", choices=("log", "linear"), default=spacing,
+                   help=f"log: 0 then geometric from max/{round(1 / min_fraction)} to max; linear: linspace(0, max) "
+                        "(default: %(default)s)")
+
+
+def level_grid(args, min_fraction: float = 1 / 30) -> list[float]:
+    """The levels the ``add_level_args`` flags ask for (``noisynn.runs.runner.levels``)."""
+    from ..runs.runner import levels  # the runner imports torch; the flags do not
+
+    return levels(args.max_noise, args.n_levels, args.spacing, min_fraction)
 
 
 def add_converter_args(p: argparse.ArgumentParser) -> None:

@@ -1,1 +1,1 @@
-"""Running an experiment: the start, the runner, the run folder (schema, reader, writer), files, provenance, processes."""
+"""Running an experiment: start and end, the runner, the run folder (schema, reader, writer), files, processes."""

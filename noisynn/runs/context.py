@@ -1,4 +1,4 @@
-"""Start of every experiment: parse-time checks, then model, text and run folder, in that order.
+"""The start of every experiment (checks, then model, text and run folder, in that order) and its end.
 
 Everything that can be wrong with the user's input is checked before the run folder is
 touched, so a bad invocation never damages an existing run.
@@ -122,3 +122,15 @@ def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:
     if output and figures:
         shutil.copyfile(figures[0], output)
     ctx.folder.finish(figures=[f.name for f in figures], **fields)
+
+
+def end_run(ctx: Context, figures: Sequence[Path], table: str, files: Sequence[str], **fields) -> int:
+    """The end of every experiment's run (the script's side: it prints), returning the exit code 0.
+
+    ``finish`` (``--output``, run.json marked finished with ``fields``), then the console table, then
+    one line naming the run folder with ``files`` (its other files, e.g. ``results.csv``) and the figures.
+    """
+    finish(ctx, figures, **fields)
+    print(table)
+    print(f"\nrun folder: {ctx.folder.path} ({', '.join([*files, *(f.name for f in figures)])})")
+    return 0

@@ -1,7 +1,8 @@
-"""Durable file primitives for the run folder: appends that leave whole lines, atomic replacement,
-a real writability probe, and the one-writer lock.
+"""Durable file primitives of the run folder: whole-line appends, atomic replacement, writability, the lock.
 
-Kept apart from ``results`` (the run folder's schema, reader and writer), which builds on them.
+Appends that leave whole lines, atomic replacement, a real writability probe, and the one-writer lock.
+
+Kept apart from ``noisynn.runs.folder`` (the run folder's writer), which builds on them.
 """
 
 from __future__ import annotations

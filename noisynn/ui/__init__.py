@@ -1,1 +1,1 @@
-"""noisynn ui: the browser explorer (Gradio): its app, the Explore tab, setting, controls, figures, curve, saved runs."""
+"""noisynn ui, the browser explorer (Gradio): app, Explore tab, setting, controls, figures, curve, saved runs."""

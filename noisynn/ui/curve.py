@@ -1,7 +1,9 @@
-"""The explorer's growing curve: every point computed in the page, kept per setting, drawn as perplexity
-against sigma (one line per setting) and, for a device read at several times, against time; exported as
-run folders of the sweep's schema (``noisynn.runs.folder.RunFolder``, the runner's leading columns), which
-``generate_graphs`` and the Saved runs tab read like any other sweep.
+"""The explorer's growing curve: points per setting, its figures, export as sweep run folders.
+
+Every point computed in the page, kept per setting, drawn as perplexity against sigma (one line per setting)
+and, for a device read at several times, against time; exported as run folders of the sweep's schema
+(``noisynn.runs.folder.RunFolder``, the runner's leading columns), which ``generate_graphs`` and the Saved
+runs tab read like any other sweep.
 
 A setting is everything but sigma (``Setting.curve_key``: model, noise, scale, targets, blocks, device
 and converter flags, seed, evaluation tokens). A second point at the same sigma replaces the first.

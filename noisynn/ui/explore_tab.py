@@ -1,6 +1,8 @@
-"""The Explore tab of ``noisynn ui``: controls (the CLI's device and converter flags among them), the
-clean-vs-noisy comparison, the growing curve, sweeps, preview / full setting, Stop. Layout and wiring
-only: every number, text and figure comes from ``noisynn.ui.explore*``."""
+"""The Explore tab of ``noisynn ui``: its layout and wiring (Gradio).
+
+Controls (the CLI's device and converter flags among them), the clean-vs-noisy comparison, the growing curve,
+sweeps, preview / full setting, Stop. Layout and wiring only: every number, text and figure comes from
+``noisynn.ui.explore*``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The explorer's figures and tables: next-token bars, entropy, noise during generation, the metrics table,
-the CSV of the current results (matplotlib Figure objects, no pyplot state; no torch)."""
+"""The explorer's figures and tables: next-token bars, entropy, noise during generation (no torch).
+
+Also the metrics table, the CSV of the current results (matplotlib Figure objects, no pyplot state; no torch)."""
 
 from __future__ import annotations
 

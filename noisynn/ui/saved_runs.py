@@ -1,5 +1,7 @@
-"""The explorer's Saved runs tab: find run folders, read one (config, table, figures), redraw a
-missing figure with its experiment's report (``registry.report_module``). No torch."""
+"""The explorer's Saved runs tab: list, read and redraw run folders (no torch).
+
+Find run folders, read one (config, table, figures), redraw a missing figure with its experiment's report
+(``registry.report_module``). No torch."""
 
 from __future__ import annotations
 

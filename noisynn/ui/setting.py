@@ -1,5 +1,7 @@
-"""The explorer's setting: what is computed (noise, flags, sigma, text), its checks, the command that
-reproduces it, and which request is still wanted (``Requests``; a superseded computation is ``Cancelled``)."""
+"""The explorer's Setting: what is computed, its checks, the command that reproduces it, Requests (cancel).
+
+What is computed (noise, flags, sigma, text), its checks, the command that reproduces it, and which request is
+still wanted (``Requests``; a superseded computation is ``Cancelled``)."""
 
 from __future__ import annotations
 

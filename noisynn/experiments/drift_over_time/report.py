@@ -1,5 +1,7 @@
-"""Report of a drift_over_time run folder (no torch): perplexity against time after programming, one line per
-analog preset, without and with drift compensation, beside the digital references; summary.csv and the table."""
+"""Report of a drift_over_time run folder (no torch): perplexity against time after programming, table, figure.
+
+One line per analog preset, without and with drift compensation, beside the digital references; summary.csv
+and the table."""
 
 from __future__ import annotations
 

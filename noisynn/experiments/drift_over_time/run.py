@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
@@ -295,10 +295,7 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
-    finish(ctx, figures)
-    print(report.format_drift_table(rows))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_drift_table(rows), ["results.csv", "summary.csv", "samples.jsonl"])
 
 
 def main(argv=None) -> int:

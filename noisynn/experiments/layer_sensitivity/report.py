@@ -1,5 +1,6 @@
-"""Report of a layer_sensitivity run folder (no torch): threshold crossings and noise energy per
-group, the blocks x projection heatmap, their tables and figures."""
+"""Report of a layer_sensitivity run folder (no torch): threshold crossings, noise energy, the heatmap.
+
+Threshold crossings and noise energy per group, the blocks x projection heatmap, their tables and figures."""
 
 from __future__ import annotations
 

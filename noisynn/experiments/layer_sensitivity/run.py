@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity, tokenize
 from ...spec import PROJECTIONS, parse_targets
 from ...inject import NoiseInjector
 from ...targets import select_targets
 from ...options.parser import ArgumentParser
-from ...options.flags import add_model_args, add_noise_args, add_run_args, block_list
+from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, block_list, level_grid
 from ...options.argtypes import nonneg_float, positive_float, positive_int
 from ...options.script import script_main
-from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...spec import spec_from_args
 from . import report
 
@@ -61,11 +61,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--mode", choices=("both", "groups", "heatmap"), default="both",
                    help="groups: sweep each --targets item; heatmap: one projection of one block at --noise_level "
                         "(default: %(default)s)")
-    g.add_argument("--max_noise", type=nonneg_float, default=0.4, help="largest sigma of the group sweep (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=9,
-                   help="group sweep levels incl. 0 (default: %(default)s)")
-    g.add_argument("--spacing", choices=("log", "linear"), default="log",
-                   help="log: 0 then geometric from max/10 to max; linear: linspace(0, max) (default: %(default)s)")
+    add_level_args(g, max_noise=0.4, n_levels=9, spacing="log", min_fraction=MIN_FRACTION, sweep=" of the group sweep")
     g.add_argument("--ppl_threshold", type=positive_float, default=2.0,
                    help="crossing threshold as a multiple of the clean perplexity, > 1 (default: %(default)s)")
     g.add_argument("--noise_level", type=nonneg_float, default=1.0,
@@ -190,7 +186,7 @@ class SensitivityTrials:
 def run(argv=None) -> int:
     args = parse(argv)
     groups = groups_of(args) if args.mode != "heatmap" else []
-    sigmas = levels(args.max_noise, args.n_levels, args.spacing, MIN_FRACTION) if groups else []
+    sigmas = level_grid(args, MIN_FRACTION) if groups else []
     found: dict = {}
 
     def check(lm, text):
@@ -243,10 +239,7 @@ def run(argv=None) -> int:
         return 0
     figures = report.plot(ctx.folder.path)
     numbers = report.layer_sensitivity_report(ctx.folder.path)
-    finish(ctx, figures, **numbers)
-    print(report.format_layer_sensitivity(numbers))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, {', '.join(f.name for f in figures)})")
-    return 0
+    return end_run(ctx, figures, report.format_layer_sensitivity(numbers), ["results.csv", "summary.csv"], **numbers)
 
 
 def main(argv=None) -> int:

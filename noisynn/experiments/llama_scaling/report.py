@@ -1,5 +1,7 @@
-"""Report of a llama_scaling run folder (no torch): per model, the sigma where perplexity reaches
-``--ppl_threshold`` x clean (median and CI over realizations), the figure and the console table."""
+"""Report of a llama_scaling run folder (no torch): the doubling sigma per model, its table and figure.
+
+Per model, the sigma where perplexity reaches ``--ppl_threshold`` x clean (median and CI over realizations),
+the figure and the console table."""
 
 from __future__ import annotations
 

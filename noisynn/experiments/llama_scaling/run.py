@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...evaluation import compute_perplexity, tokenize
 from ...inject import NoiseInjector
 from ...targets import select_targets
@@ -27,14 +27,14 @@ from ...models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_availabl
 from ...models.checks import check_causal_config, context_limit, context_window, fit_context
 from ...models.loading import check_model_name, load_model, model_skeleton
 from ...options.parser import ArgumentParser
-from ...options.flags import add_model_args, add_noise_args, add_run_args
-from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid
+from ...options.argtypes import positive_float
 from ...options.script import script_main
 from ...errors import NoisyNNError
 from ...runs.schema import RUN_JSON
 from ...runs.folder import check_fingerprint
 from ...runs.read import read_meta, read_run
-from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import report
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,7 @@ def add_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("scaling")
     g.add_argument("--include_modern", action="store_true",
                    help=f"also compare {', '.join(MODERN_MODELS)} (hub, meant for a GPU)")
-    g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=8, help="number of levels incl. 0 (default: %(default)s)")
-    g.add_argument("--spacing", choices=("log", "linear"), default="log",
-                   help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) (default: %(default)s)")
+    add_level_args(g, max_noise=0.3, n_levels=8, spacing="log")
     g.add_argument("--ppl_threshold", type=positive_float, default=2.0,
                    help="robustness = sigma where perplexity reaches this factor x clean (default: %(default)s)")
     add_run_args(p)
@@ -150,7 +147,7 @@ def run_model(ctx, name: str, points, done: list[dict], models_meta: dict) -> No
 
 def run(argv=None) -> int:
     args = parse(argv)
-    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    sigmas = level_grid(args)
     windows = []
     for name in args.models:  # targets that select nothing in a model fail now, before the run folder exists
         skeleton = model_skeleton(name)
@@ -186,10 +183,8 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
-    finish(ctx, figures)
-    print(report.format_scaling_table(read_run(ctx.folder.path).rows, args.ppl_threshold))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, crossings.csv, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_scaling_table(read_run(ctx.folder.path).rows, args.ppl_threshold),
+                   ["results.csv", "summary.csv", "crossings.csv"])
 
 
 def main(argv=None) -> int:

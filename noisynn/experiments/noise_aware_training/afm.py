@@ -1,5 +1,6 @@
-"""The Analog Foundation Models recipe (``--recipe afm``): distillation from the clean model through
-the analog training forward, resumable from the last saved step.
+"""The Analog Foundation Models recipe (``--recipe afm``): distillation loss and the resumable training loop.
+
+Distillation from the clean model through the analog training forward, resumable from the last saved step.
 
 Loss (AFM ``src/analog_foundation_models/utils/train_utils.py`` l. 31-52 and l. 138-155, IBM/analog-foundation-
 models at 4f4c505): with student logits z_s, teacher logits z_t, temperature T, over B x S positions,

@@ -1,5 +1,7 @@
-"""``--recipe afm``: train with the AFM recipe and a no-analog control, then judge all three models on
-PCM read t seconds after programming (drift compensation on), through AFM's evaluation converters.
+"""``--recipe afm``: its flags, training, and the PCM-drift evaluation with converters.
+
+Train with the AFM recipe and a no-analog control, then judge all three models on PCM read t seconds after
+programming (drift compensation on), through AFM's evaluation converters.
 
 Variants: ``original`` (the model as loaded), ``finetuned`` (the AFM recipe: distillation through the
 analog forward) and ``control`` (the same data, steps, loss and optimizer with the analog forward off).
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from ...runs import distributed
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...analog.mvm import AnalogIO
 from ...analog.hooks import ConverterHooks
 from ...analog.presets import get_preset
@@ -273,13 +275,13 @@ def run_afm(args) -> int:
         return 0
     figures = report.plot(folder.path)
     numbers = report.afm_report(folder.path)
-    finish(ctx, figures, report=numbers, wall_seconds=round(time.perf_counter() - t_start, 1))
     write_json_atomic(folder.path / "report.json", numbers)
+    code = end_run(ctx, figures, report.format_afm_report(numbers),
+                   ["results.csv", "summary.csv", "training.csv", RANGES, "report.json"],
+                   report=numbers, wall_seconds=round(time.perf_counter() - t_start, 1))
     for ckpt in folder.path.glob("*.ckpt"):  # the run is finished: training checkpoints are no longer needed
         ckpt.unlink()
-    print(report.format_afm_report(numbers))
-    print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, {RANGES}, report.json, {figures[0].name})")
-    return 0
+    return code
 
 
 def train_variants(args, lm, folder, chunks, cfg, targets, variants, head=()) -> tuple[dict, dict]:

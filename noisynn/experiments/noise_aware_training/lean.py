@@ -1,5 +1,7 @@
-"""Lean options of the AFM recipe for bigger models: where the teacher's weights come from, the
-optimizer's state, and where the restore snapshot waits while the model trains.
+"""Lean options of the AFM recipe for bigger models: the teacher's disk snapshot, 8-bit optimizers.
+
+Where the teacher's weights come from, the optimizer's state, and where the restore snapshot waits while the
+model trains.
 
 Memory of one AFM step, float32, for N trained parameters (bytes; activations come on top):
 

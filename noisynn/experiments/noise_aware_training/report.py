@@ -1,5 +1,7 @@
-"""Report of a noise_aware_training run folder (no torch): doubling points per model variant,
-paired perplexity ratios on shared noise draws, the training loss; report, table and figure.
+"""Report of a noise_aware_training run folder (no torch): doubling points, paired ratios; the AFM drift table.
+
+Doubling points per model variant, paired perplexity ratios on shared noise draws, the training loss;
+report, table and figure.
 A run of ``--recipe afm`` (run.json meta ``recipe``) has its own report: perplexity against the time
 after programming onto PCM, and the drift time at which each variant doubles its clean perplexity."""
 

@@ -30,17 +30,17 @@ import time
 from dataclasses import asdict
 
 from ...runs import distributed
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...corpus import load_text
 from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector
 from ...targets import select_targets
 from ...options.parser import ArgumentParser
-from ...options.flags import add_model_args, add_noise_args, add_run_args, noise_params
+from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid, noise_params
 from ...options.argtypes import nonneg_float, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.files import write_json_atomic
-from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
 from .data import load_training_text, training_chunks
@@ -87,9 +87,7 @@ def add_args(p: ArgumentParser) -> None:
                         "seed, same weights)")
     g.add_argument("--train_file", default=None, help="train on this UTF-8 text file instead of the embedded training split")
     g = p.add_argument_group("evaluation sweep (same noise seeds for every model)")
-    g.add_argument("--max_noise", type=nonneg_float, default=0.05, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=6, help="levels incl. 0 (default: %(default)s)")
-    g.add_argument("--spacing", choices=("log", "linear"), default="linear", help="level spacing (default: %(default)s)")
+    add_level_args(g, max_noise=0.05, n_levels=6, spacing="linear")
     afm_run.add_afm_args(p)
     add_run_args(p)
 
@@ -123,7 +121,7 @@ def run(argv=None) -> int:
     if args.recipe == "afm":
         return afm_run.run_afm(args)
     t_start = time.perf_counter()
-    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    sigmas = level_grid(args)
     variants = [v for v in VARIANTS if not (v == "control" and args.no_control)]
     # The training text is read and checked against the evaluation text before the run folder is touched.
     train_text, train_info = load_training_text(args.train_file, load_text(args.text_file, args.dataset))
@@ -211,13 +209,11 @@ def run(argv=None) -> int:
         return 0
     figures = report.plot(folder.path)
     numbers = report.noise_aware_report(folder.path)
-    finish(ctx, figures, report=numbers, eval_seconds=eval_seconds,
-           wall_seconds=round(time.perf_counter() - t_start, 1))
     write_json_atomic(folder.path / "report.json", numbers)
-    print(report.format_noise_aware_report(numbers))
-    print(f"\nrun folder: {folder.path} (results.csv, summary.csv, training.csv, report.json, "
-          f"{', '.join(WEIGHTS.format(variant=v) for v in variants[1:])}, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_noise_aware_report(numbers),
+                   ["results.csv", "summary.csv", "training.csv", "report.json",
+                    *(WEIGHTS.format(variant=v) for v in variants[1:])],
+                   report=numbers, eval_seconds=eval_seconds, wall_seconds=round(time.perf_counter() - t_start, 1))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,4 @@
-"""Report of an optimal_jitter run folder (no torch): the Goldilocks-zone rule and verdict, the
-console table and the figure."""
+"""Report of an optimal_jitter run folder (no torch): the Goldilocks-zone rule and verdict, table and figure."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...errors import NoisyNNError
 from ...evaluation import DEFAULT_PROMPT, compute_distinct_n, compute_perplexity, compute_repetition_ratio, decode
 from ...inject import NoiseInjector
@@ -154,10 +154,8 @@ def run(argv=None) -> int:
         return 0
     figures = report.plot(ctx.folder.path)
     zone = report.jitter_zone(read_run(ctx.folder.path).rows, args.max_ppl_ratio)
-    finish(ctx, figures, zone=zone)
-    print(report.format_jitter(zone))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_jitter(zone), ["results.csv", "summary.csv", "samples.jsonl"],
+                   zone=zone)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,7 @@
-"""Report of a placement run folder (no torch): unit damages, verifications and baselines, the decision,
-units.csv and verifications.csv, the console table and the figure (analog share against perplexity ratio).
+"""Report of a placement run folder (no torch): the decision, units.csv, verifications.csv, table and figure.
+
+Unit damages, verifications and baselines, the decision, units.csv and verifications.csv, the console table
+and the figure (analog share against perplexity ratio).
 
 Everything here is recomputed from run.json (the units, baselines and verified sets) and results.csv.
 """

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
@@ -416,11 +416,8 @@ def run(argv=None) -> int:
                     chosen=decision["chosen"], analog_share=decision["share"], verified=decision["verified"],
                     eval_tokens=args.eval_tokens, seed=args.seed)
     figures = report.plot(ctx.folder.path)
-    finish(ctx, figures, placement=decision)
-    print(report.format_placement_table(ctx.folder.path))
-    print(f"\nrun folder: {ctx.folder.path} (placement.json, results.csv, units.csv, verifications.csv, "
-          f"{', '.join(f.name for f in figures)})")
-    return 0
+    return end_run(ctx, figures, report.format_placement_table(ctx.folder.path),
+                   ["placement.json", "results.csv", "units.csv", "verifications.csv"], placement=decision)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,7 @@
-"""Report of a sweep run folder (no torch): perplexity, entropy and distinct-2 against sigma, the
-console table with quality labels, and several sweeps (e.g. the noise types) on one figure."""
+"""Report of a sweep run folder (no torch): summary, console table with quality labels, figures.
+
+Perplexity, entropy and distinct-2 against sigma, the console table with quality labels, and several sweeps
+(e.g. the noise types) on one figure."""
 
 from __future__ import annotations
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...analog.hooks import install_converters
 from ...inject import NoiseInjector, rounding_report
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
 from ...options.parser import ArgumentParser
-from ...options.flags import (add_converter_args, add_digital_arg, add_model_args, add_noise_args, add_run_args,
-                              block_list, prompt_text)
+from ...options.flags import (add_converter_args, add_digital_arg, add_level_args, add_model_args, add_noise_args,
+                              add_run_args, block_list, level_grid, prompt_text)
 from ...options.argtypes import positive_int, nonneg_float
 from ...options.script import script_main
-from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import report
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,7 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
                    help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
     add_digital_arg(g)
-    g.add_argument("--max_noise", type=nonneg_float, default=0.08, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=10, help="number of levels incl. 0 (default: %(default)s)")
-    g.add_argument("--spacing", choices=("log", "linear"), default="log",
-                   help="log: 0 then geometric from max/30 to max; linear: linspace(0, max) as the original (default: %(default)s)")
+    add_level_args(g, max_noise=0.08, n_levels=10, spacing="log")
     g.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT,
                    help="prompt for generated samples (default: %(default)r)")
     g.add_argument("--n_samples", type=positive_int, default=3, help="sampled generations per point (default: %(default)s)")
@@ -61,7 +58,7 @@ def parse(argv=None):
 
 def run(argv=None) -> int:
     args = parse(argv)
-    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    sigmas = level_grid(args)
     ctx = start(args, EXPERIMENT, METRICS, meta={
         "levels": sigmas,
         "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
@@ -104,10 +101,7 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
-    finish(ctx, figures)
-    print(report.format_sweep_table(rows))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, samples.jsonl, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_sweep_table(rows), ["results.csv", "summary.csv", "samples.jsonl"])
 
 
 def main(argv=None) -> int:

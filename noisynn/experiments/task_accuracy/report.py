@@ -1,6 +1,8 @@
-"""Report of a task_accuracy run folder (no torch): accuracy against sigma per task with the band
-across realizations and the chance level, summary.csv (median and CI per task, metric and level),
-acc_drop.csv (the sigma where accuracy falls by ``--acc_drop`` points) and the console table."""
+"""Report of a task_accuracy run folder (no torch): median and CI per level, the sigma of an accuracy drop.
+
+Accuracy against sigma per task with the band across realizations and the chance level, summary.csv (median
+and CI per task, metric and level), acc_drop.csv (the sigma where accuracy falls by ``--acc_drop`` points) and
+the console table."""
 
 from __future__ import annotations
 

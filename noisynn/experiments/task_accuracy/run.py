@@ -17,12 +17,13 @@ import io
 import json
 import os
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...options.parser import ArgumentParser
-from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, block_list, name_list
-from ...options.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from ...options.flags import (add_converter_args, add_level_args, add_model_args, add_noise_args, add_run_args,
+                               block_list, level_grid, name_list)
+from ...options.argtypes import nonneg_int, positive_float, positive_int
 from ...options.script import script_main
-from ...runs.runner import Point, TrialResult, grid, leading_columns, levels, progress, run_sweep
+from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from ...task_sets import TaskSet, metric_name, prepare_tasks, single_process_view
 from . import report
 
@@ -70,10 +71,7 @@ def add_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("sweep")
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
                    help="restrict attention/mlp targets to these transformer blocks, e.g. 0-9,20 (default: all)")
-    g.add_argument("--max_noise", type=nonneg_float, default=0.3, help="largest sigma (default: %(default)s)")
-    g.add_argument("--n_levels", type=positive_int, default=4, help="number of levels incl. 0 (default: %(default)s)")
-    g.add_argument("--spacing", choices=("log", "linear"), default="linear",
-                   help="linear: linspace(0, max); log: 0 then geometric from max/30 (default: %(default)s)")
+    add_level_args(g, max_noise=0.3, n_levels=4, spacing="linear")
     g.add_argument("--acc_drop", type=positive_float, default=5.0,
                    help="report the sigma where accuracy falls this many points below clean (default: %(default)s)")
     add_run_args(p)
@@ -127,7 +125,7 @@ def run(argv=None) -> int:
 
     from ...harness import NoisyLM
 
-    sigmas = levels(args.max_noise, args.n_levels, args.spacing)
+    sigmas = level_grid(args)
     tasks = prepare_tasks(args.tasks, args.include_path, args.limit)  # before the model and the run folder
     # in the config, so a resume with changed task files is refused
     args.task_sha256 = {name: info["sha256"] for name, info in tasks.info.items()}
@@ -165,10 +163,8 @@ def run(argv=None) -> int:
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
-    finish(ctx, figures)
-    print(report.format_table(rows, args.acc_drop))
-    print(f"\nrun folder: {ctx.folder.path} (results.csv, summary.csv, acc_drop.csv, {figures[0].name})")
-    return 0
+    return end_run(ctx, figures, report.format_table(rows, args.acc_drop),
+                   ["results.csv", "summary.csv", "acc_drop.csv"])
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
-"""Report of a temporal_drift run folder (no torch): gradual / cliff / flat verdicts per schedule
-(rule: DRIFT_VERDICT_RULE), their console text, and the per-token figure."""
+"""Report of a temporal_drift run folder (no torch): gradual / cliff / flat verdicts and the per-token figure.
+
+Verdicts per schedule (rule: DRIFT_VERDICT_RULE), their console text, and the per-token figure."""
 
 from __future__ import annotations
 

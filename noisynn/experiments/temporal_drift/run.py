@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...runs.context import finish, start
+from ...runs.context import end_run, start
 from ...evaluation import DEFAULT_PROMPT, decode
 from ...errors import NoisyNNError
 from ...inject import NoiseInjector
@@ -285,14 +285,12 @@ def run(argv=None) -> int:
         return 0
     verdicts = report.drift_verdicts(folder.path)
     figures = report.plot(folder.path)
-    finish(ctx, figures, verdicts=verdicts, generation_seconds=gen_seconds,
-           wall_seconds=round(time.perf_counter() - t_start, 1))
-    print(report.format_drift_verdicts(verdicts))
-    for record in read_run(folder.path).samples():
-        if record.get("trial") == 0:
-            print(f"\n[{record['schedule']}, trial 0] {(record['prompt'] + record['text'])[:400]!r}")
-    print(f"\nrun folder: {folder.path} (results.csv: one row per trial x step; samples.jsonl; {figures[0].name})")
-    return 0
+    table = report.format_drift_verdicts(verdicts) + "".join(
+        f"\n\n[{record['schedule']}, trial 0] {(record['prompt'] + record['text'])[:400]!r}"
+        for record in read_run(folder.path).samples() if record.get("trial") == 0)
+    return end_run(ctx, figures, table, ["results.csv: one row per trial x step", "samples.jsonl"],
+                   verdicts=verdicts, generation_seconds=gen_seconds,
+                   wall_seconds=round(time.perf_counter() - t_start, 1))
 
 
 def main(argv=None) -> int:
