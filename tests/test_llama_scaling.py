@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT, byte_tokenizer, tiny_llama, exits_2_with_one_line
 from noisynn.models import embedded as models
+from noisynn.models import loading
 from noisynn.errors import NoisyNNError
 from noisynn.experiments.llama_scaling import run as llama_scaling
 from noisynn.runs.read import read_rows
@@ -193,7 +194,7 @@ def test_split_gguf_is_assembled_once_and_checked(tmp_path, monkeypatch):
         **{**spec.__dict__, "parts": (("no_such_part_pkg", "data/x"),)}))
     assert not models.embedded_available("fake")
     with pytest.raises(NoisyNNError, match="make fake") as err:
-        models.load_model("fake")
+        loading.load_model("fake")
     assert "no-such-part-pkg" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -233,7 +234,7 @@ def test_gemma_loads_from_its_parts_and_reads_sensibly(tmp_path):
     from noisynn.corpus import load_text
     from noisynn.evaluation import compute_perplexity
 
-    lm = models.load_model("gemma3-270m", device="cpu")
+    lm = loading.load_model("gemma3-270m", device="cpu")
     assert lm.info["model_type"] == "gemma3_text" and lm.info["n_params"] == 268_098_176
     assert lm.info["fingerprint"] == models.EMBEDDED_MODELS["gemma3-270m"].sha256
     ids = llama_scaling.eval_ids_for(lm.tokenizer, load_text(max_chars=600).text)

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_llama, exits_2_with_one_line
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, tokenize
+from noisynn.experiments.noise_aware_training import data, training, weights
 from noisynn.experiments.noise_aware_training import run as nat
 from noisynn.targets import select_targets
 from noisynn.models.loading import load_model
@@ -37,18 +38,18 @@ def test_noise_is_gone_after_a_step_and_gradient_is_taken_at_noisy_weights():
     model = tiny_llama()
     before = targets_state(model)
     x = batch()
-    nat.noisy_step(model, x, sgd(model, 0.0), CFG, step=0)
+    training.noisy_step(model, x, sgd(model, 0.0), CFG, step=0)
     noisy_grads = {t.name: t.param.grad.clone() for t in select_targets(model, "blocks")}
     # lr = 0: the weights after the step are the clean weights, bit for bit (the noise did not persist)
     assert all(torch.equal(before[k], v) for k, v in targets_state(model).items())
     assert all(g.abs().sum() > 0 for g in noisy_grads.values())  # gradients reached every targeted weight
-    nat.noisy_step(model, x, sgd(model, 0.0), dataclasses.replace(CFG, noise_level=0.0), step=0)
+    training.noisy_step(model, x, sgd(model, 0.0), dataclasses.replace(CFG, noise_level=0.0), step=0)
     clean_grads = {t.name: t.param.grad.clone() for t in select_targets(model, "blocks")}
     assert all(not torch.allclose(noisy_grads[k], clean_grads[k]) for k in clean_grads)  # noise was in the pass
-    nat.noisy_step(model, x, sgd(model, 0.0), CFG, step=1)
+    training.noisy_step(model, x, sgd(model, 0.0), CFG, step=1)
     other = {t.name: t.param.grad.clone() for t in select_targets(model, "blocks")}
     assert all(not torch.equal(noisy_grads[k], other[k]) for k in other)  # a fresh draw per step
-    nat.noisy_step(model, x, sgd(model, 0.0), CFG, step=0)
+    training.noisy_step(model, x, sgd(model, 0.0), CFG, step=0)
     again = {t.name: t.param.grad for t in select_targets(model, "blocks")}
     assert all(torch.equal(noisy_grads[k], again[k]) for k in again)  # seeded from (seed, step)
 
@@ -56,7 +57,7 @@ def test_noise_is_gone_after_a_step_and_gradient_is_taken_at_noisy_weights():
 def test_update_lands_on_the_clean_weights():
     model = tiny_llama()
     before = targets_state(model)
-    nat.noisy_step(model, batch(), sgd(model, 1e-3), CFG, step=0)
+    training.noisy_step(model, batch(), sgd(model, 1e-3), CFG, step=0)
     for t in select_targets(model, "blocks"):
         expected = before[t.name] - 1e-3 * t.param.grad
         assert torch.allclose(t.param.detach(), expected, atol=1e-7)
@@ -86,7 +87,7 @@ def test_clip_weights_bounds_each_channel():
     model = tiny_llama()
     targets = select_targets(model, "blocks")
     bounds = [t.param.detach().std(dim=1, keepdim=True) * 1.5 for t in targets]
-    nat.clip_weights(targets, 1.5)
+    training.clip_weights(targets, 1.5)
     for t, bound in zip(targets, bounds):
         w = t.param.detach()
         assert (w.abs() <= bound + 1e-7).all() and (w.abs() > bound - 1e-7).any()
@@ -94,20 +95,20 @@ def test_clip_weights_bounds_each_channel():
 
 def test_schedule_and_batches():
     cfg = dataclasses.replace(CFG, steps=10, warmup=0.2, batch_size=3)
-    factors = [nat.lr_factor(s, cfg) for s in range(10)]
+    factors = [training.lr_factor(s, cfg) for s in range(10)]
     assert factors[0] == 0.5 and factors[1] == 1.0 and factors[-1] > 0 and factors == sorted(factors[:2]) + sorted(
         factors[2:], reverse=True)
-    order = nat.batch_order(7, cfg)
+    order = training.batch_order(7, cfg)
     assert len(order) == 10
     first_epoch = torch.cat(order[:3])  # ceil(7 / 3) batches cover every sample once
     assert sorted(first_epoch.tolist()) == list(range(7))
 
 
 def test_check_disjoint():
-    nat.check_disjoint("a completely different text about rivers and mountains and the sea", "Erbium is a chemical "
+    data.check_disjoint("a completely different text about rivers and mountains and the sea", "Erbium is a chemical "
                        "element with the symbol Er and atomic number 68.\n\nKelvin is a unit.")
     with pytest.raises(NoisyNNError, match="contains evaluation text"):
-        nat.check_disjoint("prefix. Erbium is a chemical element with the symbol Er and atomic number 68. suffix",
+        data.check_disjoint("prefix. Erbium is a chemical element with the symbol Er and atomic number 68. suffix",
                            "Erbium is a chemical element with the symbol Er and atomic number 68.\n\nKelvin.")
 
 
@@ -145,7 +146,7 @@ def test_run_folder_and_fair_comparison(tmp_path, small, tiny_model_dir, text_fi
     # saved weights: only the trained tensors; the loader rebuilds the fine-tuned model
     tensors, meta = nat.read_weights(out / "finetuned.safetensors")
     assert set(tensors) == {t.name for t in select_targets(lm.model, "blocks")} and meta["variant"] == "finetuned"
-    tuned = nat.load_finetuned(out, "finetuned")
+    tuned = weights.load_finetuned(out, "finetuned")
     assert compute_perplexity(tuned.model, tuned.tokenizer, ids, max_length=32).perplexity == clean["finetuned"]
     training = read_rows(out / "training.csv")
     assert len(training) == 2 * 3 and {r["variant"] for r in training} == {"finetuned", "control"}
@@ -172,7 +173,7 @@ def test_weights_are_saved_only_when_asked_and_a_resume_retrains_to_the_same_row
     assert nat.main(args) == 0  # resumes: trains again (same seed), evaluates again
     assert read_rows(out / "results.csv") == rows and not list(out.glob("*.safetensors"))
     with pytest.raises(NoisyNNError, match="--save_weights"):
-        nat.load_finetuned(out, "finetuned")
+        weights.load_finetuned(out, "finetuned")
 
 
 def test_no_control(tmp_path, small):
