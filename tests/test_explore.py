@@ -407,7 +407,7 @@ def test_ui_command_line_device_flags_reach_the_page():
     given = {"t_seconds": "100000000.0", "dac_bits": "6", "tile_size": "256x128"}
     assert defaults_from_args(args) == given  # SUPPRESSed flags: only those given
     s = ui.defaults_from(args)
-    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.flag_values().tile_size == [256, 128]
+    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.analog.values["tile_size"] == (256, 128)
 
 
 @pytest.mark.parametrize("typed, want", [("-10", (-4.0, "clamped to -4")), ("3", (0.0, "clamped to 0")),
