@@ -177,8 +177,8 @@ def _declare(*fields: Field) -> dict[str, Field]:
     return out
 
 
-# In the CLI's order: the converter group (noisynn.analog.flags), then the device group (options.flags); the
-# explorer's controls and its reproducing command follow this order.
+# In the CLI's order within each group: the converter group (noisynn.analog.flags) and the device group
+# (options.flags); the explorer's controls and its reproducing command follow this order.
 FIELDS: dict[str, Field] = _declare(
     # converters: aihwkit IOParameters() (simulator/parameters/io.py l.46-238) at commit 4545f11
     Field("dac_bits", "converters", "int", 7, "input DAC bits (2^bits - 2 steps over the input range; aihwkit inp_res)",
@@ -198,7 +198,7 @@ FIELDS: dict[str, Field] = _declare(
           "none (inputs clipped to [-1, 1]) | calibrated (static per input tile, on 512 training tokens; see "
           "--range_calibration) | a number", choices=("dynamic", "none", "calibrated"), io=True),
     Field("range_std", "noise_management", "float", 0.0, "calibrated ranges: K x std of the tile's input "
-          "(aihwkit's init_std_alpha) instead of max|x| (0)", unit="input std", least=0, most=1e6,
+          "(aihwkit's init_std_alpha) instead of max|x| (0: max|x|)", unit="input std", least=0, most=1e6,
           why="a range of a million standard deviations is no range", io=True),
     Field("range_calibration", "noise_management", "choice", "analog", "calibrated ranges are measured through "
           "the analog forward, each layer converting with its running range (analog, as aihwkit-lightning "
@@ -228,7 +228,7 @@ FIELDS: dict[str, Field] = _declare(
     # device: the noise classes' constructor parameters (noisynn.noise.pcm, .faults, .additive)
     Field("df", "device", "float", 3.0, "degrees of freedom for student_t", least=0, strict=True, most=1e6,
           why="student_t beyond df 1e6 is a gaussian; use --noise_type gaussian", device=True, suppress=False),
-    Field("t_seconds", "device", "float", 86400.0, "pcm: read time after programming (86400 s: one day)",
+    Field("t_seconds", "device", "float", 86400.0, "pcm: read time after programming",
           unit="s", least=0, most=1e12, device=True,
           why="the drift model is calibrated for seconds to years; 1e12 s is 30,000 years"),
     Field("drift_compensation", "compensation", "bool", False, "pcm: global drift compensation, one digital "
