@@ -165,7 +165,7 @@ class PCMNoise(DeviceModel):
     sigma_meaning = ("multiplier of the PCM model's programming-noise std, drift exponents nu and read-noise std "
                      "(1 = as measured, 0 = clean), read t_seconds after programming")
 
-    # Defaults of the flags' fields: declared once in noisynn.analog.fields (t_seconds 86400 s, one day).
+    # Defaults of the flags' fields: declared once in noisynn.analog.fields (t_seconds: one day).
     def __init__(self, t_seconds: float = default("t_seconds"),
                  drift_compensation: bool = default("drift_compensation"),
                  stuck_fraction: float = default("stuck_fraction"), stuck_on_ratio: float = default("stuck_on_ratio"),
