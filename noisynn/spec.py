@@ -11,10 +11,11 @@ in ``targets.select_targets``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
-from .analog.mvm import AnalogIO
+from .analog.fields import DEVICE_PARAMS
+from .analog.setting import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, AnalogSetting, ConverterSpec
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, get_noise
 from .placements import read_digital
@@ -23,15 +24,10 @@ SCALES = ("absolute", "relative", "relative_max", "relative_channel")
 KINDS = ("attention", "mlp", "head", "embedding", "other")
 PROJECTIONS = ("q", "k", "v", "o", "qkv", "gate", "up", "down")
 TARGET_GROUPS = {"blocks": ("attention", "mlp"), "all": ("attention", "mlp", "head", "other")}
-# Flags passed to the noise class's constructor (when given); the rest of a noise flag set is the spec's.
-NOISE_PARAMS = ("df", "t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std", "tile_size",
-                "pair", "compensation_method")
-# Converter settings (noisynn.analog.mvm.AnalogIO fields); any of them given turns the converters on.
-CONVERTER_FLAGS = ("dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "bound_management", "max_bm_factor",
-                   "inp_noise", "w_noise", "w_noise_type", "out_noise_units", "range_std",
-                   "range_calibration")
-# Shared with the device mapping (PCM tiles): sets the converters' tiles but does not turn them on.
-SHARED_CONVERTER_FLAGS = ("tile_size",)
+# Flags passed to the noise class's constructor (when given; declared in noisynn.analog.fields); the rest of a
+# noise flag set is the spec's. CONVERTER_FLAGS (any given turns the converters on) and SHARED_CONVERTER_FLAGS
+# (--tile_size: the converters' tiles and the device mapping's) are noisynn.analog.setting's.
+NOISE_PARAMS = DEVICE_PARAMS
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[set[str], set[str]]:
@@ -222,56 +218,23 @@ def spec_from_args(args) -> NoiseSpec:
     return replace(spec, draw_on=getattr(args, "noise_draw", "cpu"))
 
 
-@dataclass(frozen=True)
-class ConverterSpec:
-    """Checked converter settings: the tile's ``io`` and where a calibrated input range is measured.
-
-    ``text_file`` / ``dataset``: the evaluation text's source (its training split, or its head, calibrates);
-    ``calibration_tokens``: tokens of it; ``max_length``: the window of the calibration passes.
-    """
-
-    io: AnalogIO
-    text_file: str | None = None
-    dataset: str | None = None
-    calibration_tokens: int = 512
-    max_length: int = 512
-
-
 def make_converter_spec(flags: dict, analog_io: bool = False, per_channel: bool = False,
                         text_file: str | None = None, dataset: str | None = None,
                         max_length: int = 512, preset: str | None = None) -> ConverterSpec | None:
     """ConverterSpec from converter settings (``flags``: CONVERTER_FLAGS and tile_size given), or None when no
-    converter setting, ``analog_io`` or ``preset`` is given.
-
-    ``preset`` (noisynn.analog.presets) starts from a named setting, ``analog_io`` from aihwkit's defaults (DAC 7, ADC 9,
-    out_noise 0.06, out_bound 12, iterative bound management, 512 x 512 tiles, weights unscaled); without either
-    each setting turns on only its own effect. Given flags override the start. An ADC without a bound gets the
-    default bound 12. ``per_channel`` (``--scale relative_channel``) applies unless a preset sets it.
+    converter setting, ``analog_io`` or ``preset`` is given: ``AnalogSetting.from_flags`` (noisynn.analog.setting),
+    which says how a preset, ``analog_io`` (the declared defaults) and the flags combine.
+    ``per_channel`` (``--scale relative_channel``) applies unless a preset sets it.
     """
-    given = {k: v for k, v in flags.items() if k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS and v is not None}
-    if not any(k in CONVERTER_FLAGS for k in given) and not analog_io and not preset:
-        return None
-    if analog_io and preset:
-        raise NoisyNNError("give --analog_preset or --analog_io (= --analog_preset aihwkit_default), not both")
-    if preset:
-        from .analog.presets import get_preset
-
-        base = get_preset(preset)
-    else:
-        base = AnalogIO() if analog_io else AnalogIO(None, None, 0.0, None)
-    values = {**asdict(base), **given}
-    if values.get("adc_bits") and not values.get("out_bound"):
-        values["out_bound"] = AnalogIO.out_bound
-    if not preset:
-        values["per_channel"] = bool(per_channel)
-    return ConverterSpec(AnalogIO(**values), text_file, dataset, max_length=max_length)
+    given = {k: v for k, v in flags.items() if k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS}
+    setting = AnalogSetting.from_flags({**given, "analog_io": bool(analog_io), "analog_preset": preset,
+                                        "per_channel": bool(per_channel)})
+    return setting.converter_spec(text_file, dataset, max_length)
 
 
 def converter_spec_from_args(args) -> ConverterSpec | None:
-    """ConverterSpec from the converter flags (options.add_converter_args), or None when none is given."""
-    return make_converter_spec({k: getattr(args, k, None) for k in CONVERTER_FLAGS + SHARED_CONVERTER_FLAGS},
-                               analog_io=bool(getattr(args, "analog_io", False)),
-                               preset=getattr(args, "analog_preset", None),
-                               per_channel=getattr(args, "scale", None) == "relative_channel",
-                               text_file=getattr(args, "text_file", None), dataset=getattr(args, "dataset", None),
-                               max_length=getattr(args, "max_length", 512))
+    """ConverterSpec from the converter flags (options.add_converter_args), or None when none is given: the
+    flags' ``AnalogSetting`` (noisynn.analog.setting), as the explorer builds it."""
+    return AnalogSetting.from_args(args).converter_spec(getattr(args, "text_file", None),
+                                                       getattr(args, "dataset", None),
+                                                       getattr(args, "max_length", 512))

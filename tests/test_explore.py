@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama
-from noisynn.ui import explore, saved_runs
+from noisynn.ui import explore, figures, saved_runs, setting
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, decode, tokenize
 from noisynn.ui.explore import Explorer
@@ -80,9 +80,9 @@ def test_check_setting_normalises_and_knows_block_count():
 
 
 def test_log_slider_gives_rounded_sigma():
-    assert explore.sigma_from_slider(-2) == 0.01
-    assert explore.sigma_from_slider(-1.5) == 0.03162
-    assert explore.sigma_from_slider(0) == 1.0
+    assert setting.sigma_from_slider(-2) == 0.01
+    assert setting.sigma_from_slider(-1.5) == 0.03162
+    assert setting.sigma_from_slider(0) == 1.0
 
 
 def test_compare_clean_stays_noisy_moves_weights_restored(explorer):
@@ -176,21 +176,21 @@ def test_rows_csv_and_table(explorer, tmp_path):
     cmp = explorer.compare(s)
     ppl = explorer.perplexity(s)
     rows = explore.result_rows(cmp, ppl)
-    path = explore.write_csv(rows, tmp_path)
+    path = figures.write_csv(rows, tmp_path)
     back = read_rows(path)
     assert [r["sigma"] for r in back] == [0.0, 0.25]
     assert list(back[0])[:7] == ["experiment", "model", "noise_type", "scale", "sigma", "trial", "seed"]
     assert back[1]["perplexity"] == pytest.approx(ppl[1].perplexity) and back[1]["continuation"] == cmp.noisy.text
     assert back[1]["seed"] == explore.noise_seed(0) and back[0]["eval_tokens"] == 128
-    table = explore.metrics_table(explore.result_rows(cmp))  # before perplexity: blanks, no crash
+    table = figures.metrics_table(explore.result_rows(cmp))  # before perplexity: blanks, no crash
     assert table[0][0] == "clean" and table[1][2] == ""
 
 
 def test_figures_draw(explorer):
     cmp = explorer.compare(setting(sigma=1.0))
-    for fig in (explore.probability_figure(cmp.top, 1.0),
-                explore.entropy_figure(cmp.clean.entropy, cmp.noisy.entropy, 1.0),
-                explore.drift_figure(list(explorer.drift(setting(max_new_tokens=5), 0.01, 1.0)))):
+    for fig in (figures.probability_figure(cmp.top, 1.0),
+                figures.entropy_figure(cmp.clean.entropy, cmp.noisy.entropy, 1.0),
+                figures.drift_figure(list(explorer.drift(setting(max_new_tokens=5), 0.01, 1.0)))):
         assert fig.axes and fig.axes[0].has_data()
 
 
@@ -205,7 +205,7 @@ def test_exported_command_reproduces_the_setting(tmp_path, tiny_model_dir, text_
     cmp = ex.compare(s)
     clean, noisy = ex.perplexity(s)
     out = tmp_path / "export"
-    cmd = explore.cli_command(s, out=str(out), text_file=str(text_file))
+    cmd = setting.cli_command(s, out=str(out), text_file=str(text_file))
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "thermal_noise_simulation.py"]
     assert argv[argv.index("--blocks") + 1] == "1" and argv[argv.index("--text_file") + 1] == str(text_file)
@@ -390,7 +390,7 @@ def test_device_flags_change_the_computation_and_the_command(explorer):
     with noisy_weights(lm.model, 1.0, late.spec.noise, scale="relative_channel", seed=explore.noise_seed(0)):
         ref = compute_perplexity(lm.model, lm.tokenizer, explorer.eval_ids(late), max_length=64)
     assert p_late.perplexity == pytest.approx(ref.perplexity, rel=1e-5) != p_early.perplexity
-    argv = shlex.split(explore.cli_command(late))
+    argv = shlex.split(setting.cli_command(late))
     assert argv[argv.index("--t_seconds") + 1] == "1e8" and "--drift_compensation" in argv
     # A converter flag is used too: a 2-bit DAC on the targeted layers changes the noisy perplexity.
     _, with_dac = explorer.perplexity(replace(setting(sigma=0.0), flags=(("dac_bits", "2"),)))
@@ -407,7 +407,7 @@ def test_ui_command_line_device_flags_reach_the_page():
     given = {"t_seconds": "100000000.0", "dac_bits": "6", "tile_size": "256x128"}
     assert defaults_from_args(args) == given  # SUPPRESSed flags: only those given
     s = ui.defaults_from(args)
-    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.flag_values().tile_size == [256, 128]
+    assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.analog.values["tile_size"] == (256, 128)
 
 
 @pytest.mark.parametrize("typed, want", [("-10", (-4.0, "clamped to -4")), ("3", (0.0, "clamped to 0")),
@@ -415,7 +415,7 @@ def test_ui_command_line_device_flags_reach_the_page():
                                          (None, (None, "empty")), ("x", (None, "must be a number")),
                                          ("nan", (None, "finite"))])
 def test_typed_log_sigma_is_clamped_or_refused(typed, want):
-    value, note = explore.read_log_sigma(typed)
+    value, note = setting.read_log_sigma(typed)
     assert value == want[0] and want[1] in note and "\n" not in note
 
 

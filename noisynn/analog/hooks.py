@@ -19,7 +19,7 @@ from ..errors import NoisyNNError
 from ..seeding import derive_seed, make_generator
 from .tiles import tile_layout, weight_scales
 
-from ..spec import ConverterSpec
+from .setting import ConverterSpec
 
 
 class _Generators:

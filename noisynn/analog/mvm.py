@@ -48,30 +48,28 @@ Not modelled: IR drop (``ir_drop``), output non-linearity, asymmetries, voltage 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ..errors import NoisyNNError
-from ..tiling import DEFAULT_TILE_SIZE, parse_tile_size
+from .fields import FIELDS, IO_FIELDS, default
 from .tiles import TileLayout, tile_layout, weight_scales
 
-INPUT_RANGES = ("dynamic", "none", "calibrated")
-BOUND_MANAGEMENT = ("iterative", "none")
-W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
-OUT_NOISE_UNITS = ("tile", "normalized")
-RANGE_CALIBRATIONS = ("analog", "digital")
+INPUT_RANGES = FIELDS["input_range"].choices
+BOUND_MANAGEMENT = FIELDS["bound_management"].choices
+W_NOISE_TYPES = FIELDS["w_noise_type"].choices
+OUT_NOISE_UNITS = FIELDS["out_noise_units"].choices
+RANGE_CALIBRATIONS = FIELDS["range_calibration"].choices
 
 
 @dataclass
 class AnalogIO:
     """The analog tile's periphery (aihwkit ``IOParameters`` + ``MappingParameter`` conventions; 0 / None = off).
 
-    Defaults are aihwkit's ``IOParameters()`` and ``MappingParameter()`` (``simulator/parameters/io.py`` l.46-238,
-    ``mapping.py`` l.46-91): DAC 7 bits, ADC 9 bits, out_noise 0.06, out_bound 12, ABS_MAX noise management,
-    ITERATIVE bound management (max_bm_factor 1000, max_bm_res 0.25), tiles of 512 x 512, weights unscaled in
-    the tile (out_noise and out_bound in units of normalized input x raw weight).
+    Each field, its default (aihwkit's ``IOParameters()`` and ``MappingParameter()``, ``simulator/parameters/io.py``
+    l.46-238, ``mapping.py`` l.46-91), its domain and help are declared once in noisynn.analog.fields; this class
+    reads them (defaults, the per-field checks) and adds the checks between fields.
 
     ``input_range``: "dynamic" (per-token abs-max per input tile), "none" (inputs used as they are, clipped to
     [-1, 1]), "calibrated" (one static range per input tile, measured by ``ConverterHooks.calibrate``: max|x|, or
@@ -85,53 +83,38 @@ class AnalogIO:
     "normalized" (omega = 1: units of input range x max|W|). ``preset``: the name this was resolved from.
     """
 
-    dac_bits: int | None = 7
-    adc_bits: int | None = 9
-    out_noise: float = 0.06
-    out_bound: float | None = 12.0
-    input_range: str | float = "dynamic"
-    per_channel: bool = False
-    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE
-    bound_management: str = "iterative"
-    max_bm_factor: float = 1000.0
-    max_bm_res: float = 0.25
-    inp_noise: float = 0.0
-    w_noise: float = 0.0
-    w_noise_type: str = "none"
-    out_noise_units: str = "tile"
-    weight_scaling_omega: float = 0.0
-    range_std: float = 0.0
-    range_calibration: str = "analog"
+    dac_bits: int | None = default("dac_bits")
+    adc_bits: int | None = default("adc_bits")
+    out_noise: float = default("out_noise")
+    out_bound: float | None = default("out_bound")
+    input_range: str | float = default("input_range")
+    per_channel: bool = default("per_channel")
+    tile_size: tuple[int, int] = default("tile_size")
+    bound_management: str = default("bound_management")
+    max_bm_factor: float = default("max_bm_factor")
+    max_bm_res: float = default("max_bm_res")
+    inp_noise: float = default("inp_noise")
+    w_noise: float = default("w_noise")
+    w_noise_type: str = default("w_noise_type")
+    out_noise_units: str = default("out_noise_units")
+    weight_scaling_omega: float = default("weight_scaling_omega")
+    range_std: float = default("range_std")
+    range_calibration: str = default("range_calibration")
     preset: str | None = None
 
     def __post_init__(self):
-        for name in ("dac_bits", "adc_bits"):
-            bits = getattr(self, name)
-            if bits is not None and bits < 2:
-                raise NoisyNNError(f"{name} must be >= 2 (2^bits - 2 steps), got {bits}")
-        for name in ("out_noise", "inp_noise", "w_noise", "weight_scaling_omega", "range_std"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise NoisyNNError(f"{name} must be a number >= 0, got {value}")
-        if self.out_bound is not None and not self.out_bound > 0:
+        # Each field's own check is its declaration's (noisynn.analog.fields); None = off (no DAC, no ADC).
+        if self.out_bound is not None and isinstance(self.out_bound, (int, float)) and not self.out_bound > 0:
             self.out_bound = None
+        for name in IO_FIELDS:
+            value = getattr(self, name)
+            if value is not None or name not in ("dac_bits", "adc_bits", "out_bound"):
+                try:
+                    setattr(self, name, FIELDS[name].read(value))
+                except NoisyNNError as err:
+                    raise NoisyNNError(f"{name}: {err}") from None
         if self.adc_bits and not self.out_bound:
             raise NoisyNNError("an ADC needs an output bound (out_bound > 0)")
-        if isinstance(self.input_range, str) and self.input_range not in INPUT_RANGES:
-            try:
-                self.input_range = float(self.input_range)
-            except ValueError:
-                raise NoisyNNError(f"input_range is {', '.join(INPUT_RANGES)} or a number, "
-                                   f"got '{self.input_range}'") from None
-        if not isinstance(self.input_range, str) and not (math.isfinite(self.input_range) and self.input_range > 0):
-            raise NoisyNNError(f"a fixed input_range must be > 0, got {self.input_range}")
-        self.tile_size = parse_tile_size(self.tile_size)
-        for name, known in (("bound_management", BOUND_MANAGEMENT), ("w_noise_type", W_NOISE_TYPES),
-                            ("out_noise_units", OUT_NOISE_UNITS), ("range_calibration", RANGE_CALIBRATIONS)):
-            if getattr(self, name) not in known:
-                raise NoisyNNError(f"{name} is one of {', '.join(known)}, got '{getattr(self, name)}'")
-        if not self.max_bm_factor >= 1 or not self.max_bm_res > 0:
-            raise NoisyNNError("max_bm_factor must be >= 1 and max_bm_res > 0")
         if self.w_noise > 0 and self.w_noise_type == "none":
             raise NoisyNNError("w_noise needs a w_noise_type (additive_constant or pcm_read)")
         if self.out_noise_units == "normalized" and self.weight_scaling_omega not in (0.0, 1.0):

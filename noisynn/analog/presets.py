@@ -2,8 +2,10 @@
 
 A preset is a whole setting, as aihwkit's ``InferenceRPUConfig`` is one object.
 
-A preset holds the converters and tiles (an ``AnalogIO``: DAC, ADC, noise and bound management, units) and the
-device side (``device``: the weight-to-conductance mapping ``scale``, the ``pair`` through drift, the drift
+A preset is a setting that overrides fields (aihwkit ``simulator/presets/``): each value is a field declared
+in noisynn.analog.fields and passes that field's check (tests/test_analog_setting.py); ``aihwkit_default`` is
+the declarations' defaults themselves. A preset holds the converters and tiles (an ``AnalogIO``: DAC, ADC, noise
+and bound management, units) and the device side (``device``: the weight-to-conductance mapping ``scale``, the ``pair`` through drift, the drift
 ``compensation_method``, and the device model it was written for). A flag given with a preset overrides that one
 field; run.json records which fields came from the preset and which from flags (``noisynn.spec.resolve_preset``).
 The device fields apply where the noise is a device model (pcm, pcm_afm, stuck_at): for an additive
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .fields import io_defaults
 from .mvm import AnalogIO
 from ..errors import NoisyNNError
 
@@ -49,11 +52,9 @@ def _register(preset: Preset) -> None:
 
 _register(Preset(
     "aihwkit_default",
-    "aihwkit IOParameters() + MappingParameter(): DAC 7 bits, ADC 9 bits, out_noise 0.06, out_bound 12, ABS_MAX "
-    "noise management, ITERATIVE bound management, 512 x 512 tiles, weights unscaled in the tile",
-    dict(dac_bits=7, adc_bits=9, out_noise=0.06, out_bound=12.0, input_range="dynamic", per_channel=False,
-         tile_size=(512, 512), bound_management="iterative", max_bm_factor=1000.0, max_bm_res=0.25, inp_noise=0.0,
-         w_noise=0.0, w_noise_type="none", out_noise_units="tile", weight_scaling_omega=0.0, range_std=0.0),
+    "aihwkit IOParameters() + MappingParameter(): the declared defaults (noisynn.analog.fields), as --analog_io "
+    "lists them; weights unscaled in the tile",
+    io_defaults(),
     ("aihwkit src/aihwkit/simulator/parameters/io.py l.46 inp_bound 1, l.49 inp_noise 0, l.56 inp_res 1/(2^7-2), "
      "l.74 out_bound 12, l.77 out_noise 0.06, l.105 out_res 1/(2^9-2), l.129 ITERATIVE, l.138 ABS_MAX, "
      "l.141-145 w_noise 0 / NONE, l.222 max_bm_factor 1000, l.228 max_bm_res 0.25",

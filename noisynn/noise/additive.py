@@ -12,6 +12,7 @@ import torch
 
 from ..errors import NoisyNNError
 from ..seeding import derive_seed
+from ..analog.fields import default
 from .base import NoiseDistribution, register_noise
 
 
@@ -60,7 +61,7 @@ class LaplacianNoise(NoiseDistribution):
 class StudentTNoise(NoiseDistribution):
     """scale * T_df, Student's t with ``df`` degrees of freedom (default 3); std = scale sqrt(df/(df-2))."""
 
-    def __init__(self, df: float = 3.0, **params):
+    def __init__(self, df: float = default("df"), **params):
         if not (math.isfinite(df) and df > 0):
             raise NoisyNNError(f"student_t needs df > 0, got {df}")
         super().__init__(df=float(df), **params)

@@ -34,7 +34,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import make_generator
 from .base import register_noise
-from ..tiling import DEFAULT_TILE_SIZE, tile_shape
+from ..analog.fields import default
+from ..tiling import tile_shape
 from .mapping import DeviceModel, DeviceState, mapping_range, work_dtype
 
 AFM_G_MAX = 180.0  # the conductance max|W| of a row in a tile maps to (afm:65)
@@ -79,7 +80,7 @@ class CalibratedPCMNoise(DeviceModel):
     sigma_meaning = ("multiplier of the PCM noise std measured on hardware (Analog Foundation Models: 1 = as "
                      "measured, 0 = clean); conductances below 0.6 of 180 are zero at any sigma > 0")
 
-    def __init__(self, tile_size=DEFAULT_TILE_SIZE, **params):
+    def __init__(self, tile_size=default("tile_size"), **params):
         self.tile_size = tile_shape(tile_size)
         super().__init__(tile_size=list(self.tile_size), **params)
 

@@ -15,7 +15,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import make_generator
 from .base import register_noise
-from ..tiling import DEFAULT_TILE_SIZE, tile_shape
+from ..analog.fields import default
+from ..tiling import tile_shape
 from .mapping import DeviceModel, DeviceState, conductance_targets, mapping_range, stuck_mask
 
 
@@ -25,8 +26,8 @@ class StuckAtFaults(DeviceModel):
 
     sigma_meaning = "fraction of devices (two per weight) stuck, at g_max with probability stuck_on_ratio, else at 0"
 
-    def __init__(self, stuck_on_ratio: float = 0.5, clip_std: float | None = None, tile_size=DEFAULT_TILE_SIZE,
-                 **params):
+    def __init__(self, stuck_on_ratio: float = default("stuck_on_ratio"), clip_std: float | None = default("clip_std"),
+                 tile_size=default("tile_size"), **params):
         if not 0 <= stuck_on_ratio <= 1:
             raise NoisyNNError(f"stuck_on_ratio must lie in [0, 1], got {stuck_on_ratio}")
         self.tile_size = tile_shape(tile_size)

@@ -62,7 +62,8 @@ import torch
 from ..errors import NoisyNNError
 from ..seeding import derive_seed, make_generator
 from .base import register_noise
-from ..tiling import DEFAULT_TILE_SIZE, tile_index, tile_shape
+from ..analog.fields import FIELDS, default
+from ..tiling import tile_index, tile_shape
 from .mapping import G_MAX_US, DeviceModel, conductance_targets, mapping_range, stuck_mask
 
 PROG_COEFF_US = (0.26348, 1.9650, -1.1731)  # programming-noise std polynomial in gT, in uS at g_max = 25 uS
@@ -73,8 +74,8 @@ NU_SIGMA = (-0.0125, -0.0059, 0.008, 0.045)  # sigma_nu = clip(a ln gT + b, lo, 
 Q_S = (0.0088, 0.65, 0.2)  # Q_s = min(c / max(g^e, Q_S_FLOOR), cap)
 Q_S_FLOOR = 1e-3  # floor of g^0.65 in Q_s (pcm.py:148)
 G_FLOOR = 1e-7  # gT floor inside ln (aihwkit's _ZERO_CLIP, pcm.py:24); also the floor of a tile's range
-PAIRS = ("tile", "independent")
-COMPENSATION_METHODS = ("readout", "exact")
+PAIRS = FIELDS["pair"].choices  # declared with the flag (noisynn.analog.fields)
+COMPENSATION_METHODS = FIELDS["compensation_method"].choices
 
 
 # ---------------------------------------------------------------- formulas (tensors or floats, g in g_max)
@@ -166,10 +167,14 @@ class PCMNoise(DeviceModel):
     sigma_meaning = ("multiplier of the PCM model's programming-noise std, drift exponents nu and read-noise std "
                      "(1 = as measured, 0 = clean), read t_seconds after programming")
 
-    def __init__(self, t_seconds: float = 86400.0, drift_compensation: bool = False, stuck_fraction: float = 0.0,
-                 stuck_on_ratio: float = 0.5, clip_std: float | None = None, prog_scale: float = 1.0,
-                 drift_scale: float = 1.0, read_scale: float = 1.0, pair: str = "tile",
-                 compensation_method: str = "readout", tile_size=DEFAULT_TILE_SIZE, **params):
+    # Defaults of the flags' fields: declared once in noisynn.analog.fields (t_seconds: one day).
+    def __init__(self, t_seconds: float = default("t_seconds"),
+                 drift_compensation: bool = default("drift_compensation"),
+                 stuck_fraction: float = default("stuck_fraction"), stuck_on_ratio: float = default("stuck_on_ratio"),
+                 clip_std: float | None = default("clip_std"), prog_scale: float = 1.0, drift_scale: float = 1.0,
+                 read_scale: float = 1.0, pair: str = default("pair"),
+                 compensation_method: str = default("compensation_method"), tile_size=default("tile_size"),
+                 **params):
         t_seconds = float(t_seconds)
         if not (math.isfinite(t_seconds) and t_seconds >= 0):
             raise NoisyNNError(f"pcm needs t_seconds >= 0, got {t_seconds}")

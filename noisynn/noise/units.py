@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+from ..analog.fields import FIELDS
 from ..errors import NoisyNNError
 
 TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400.0, "y": 365 * 86400.0}
 
 
-MAX_SECONDS = 1e12
+MAX_SECONDS = FIELDS["t_seconds"].most  # the latest read time: --t_seconds' declared bound (noisynn.analog.fields)
 
 
 def parse_time(text: str) -> float:
@@ -29,8 +30,8 @@ def parse_time(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise NoisyNNError(f"time '{text}' must be finite and >= 0")
     if value > MAX_SECONDS:  # as --t_seconds (options.FLAG_BOUNDS): beyond, figure axes overflow too
-        raise NoisyNNError(f"time '{text}' is above {MAX_SECONDS:g} s, the most it takes (the drift model is "
-                           "calibrated for seconds to years; 1e12 s is 30,000 years)")
+        raise NoisyNNError(f"time '{text}' is above {MAX_SECONDS:g} s, the most it takes "
+                           f"({FIELDS['t_seconds'].why})")
     return value
 
 

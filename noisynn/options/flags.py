@@ -10,7 +10,8 @@ import secrets
 import time
 from pathlib import Path
 
-from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int, unit_float
+from ..analog.fields import DEVICE_PARAMS, FIELDS
+from .argtypes import add_field_flag, nonneg_float, nonneg_int, positive_int
 from ..errors import NoisyNNError
 from ..paths import readable_file
 
@@ -125,7 +126,7 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--noise_type", default=noise_type,
                    help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
                         "quantize, or a plugin's (default: %(default)s)")
-    g.add_argument("--df", type=positive_float, default=None, help="degrees of freedom for student_t (default 3)")
+    add_field_flag(g, FIELDS["df"])
     # SUPPRESS, then filled in after parsing (``deferred_default``): an analog preset's mapping replaces the
     # experiment's default but never a --scale that was given (noisynn.spec.resolve_preset).
     scale_flag = g.add_argument(
@@ -147,26 +148,9 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
     d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
-    d.add_argument("--t_seconds", type=nonneg_float, default=argparse.SUPPRESS,
-                   help="pcm: read time after programming in seconds (default 86400, one day)")
-    d.add_argument("--drift_compensation", action="store_true", default=argparse.SUPPRESS,
-                   help="pcm: global drift compensation, one digital factor per layer")
-    d.add_argument("--stuck_fraction", type=unit_float, default=argparse.SUPPRESS,
-                   help="pcm: fraction of devices stuck (default 0); for stuck_at the fraction is sigma")
-    d.add_argument("--stuck_on_ratio", type=unit_float, default=argparse.SUPPRESS,
-                   help="pcm, stuck_at: share of stuck devices stuck at g_max rather than 0 (default 0.5)")
-    d.add_argument("--clip_std", type=positive_float, default=argparse.SUPPRESS,
-                   help="pcm, stuck_at: map min(max|W|, K std(W)) to g_max, clipping larger weights (default: no clip)")
-    d.add_argument("--tile_size", type=tile_size, default=argparse.SUPPRESS, metavar="IN[xOUT]",
-                   help="analog tiles of at most IN inputs x OUT outputs, for the PCM mapping and the converters "
-                        "(aihwkit MappingParameter; default 512x512; 0 = the whole layer)")
-    d.add_argument("--pair", choices=("tile", "independent"), default=argparse.SUPPRESS,
-                   help="pcm: 'tile' (default, aihwkit): the programmed weight is turned back into a fresh pair "
-                        "that drifts; 'independent': both devices drift and are read independently")
-    d.add_argument("--compensation_method", choices=("readout", "exact"), default=argparse.SUPPRESS,
-                   help="pcm --drift_compensation: 'readout' (default, aihwkit): per tile, one-hot probes through the "
-                        "layer's analog forward, factor applied after the ADC; 'exact': sum|W_prog| / sum|W_t| "
-                        "per layer, folded into the weights")
+    for name in DEVICE_PARAMS:  # declared in noisynn.analog.fields: type, choices, help, default
+        if name != "df":
+            add_field_flag(d, FIELDS[name])
 
 
 def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:
@@ -224,13 +208,6 @@ def readable_path(text: str) -> str:
     except NoisyNNError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
-
-
-def tile_size(text: str) -> list[int]:
-    """argparse type of ``--tile_size`` (noisynn.analog.flags.tile_size)."""
-    from ..analog.flags import tile_size as parse
-
-    return parse(text)
 
 
 _PLUGINS: dict[tuple[str, str], object] = {}  # (resolved path, sha256) -> module: each file content runs once

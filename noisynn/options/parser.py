@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..analog.fields import FIELDS, above
 
 EXIT_USAGE = 2
 
@@ -38,19 +39,13 @@ FLAG_BOUNDS: dict[str, tuple[float, str]] = {
     "bootstrap_iters": (1_000_000, "the confidence interval is resampled that often in memory"),
     "max_noise": (1e30, _SIGMA), "noise_level": (1e30, _SIGMA), "start_sigma": (1e30, _SIGMA),
     "end_sigma": (1e30, _SIGMA), "sigma": (1e30, _SIGMA), "search_range": (1e30, _SIGMA),
-    "noise_scale": (1e30, _SIGMA), "out_noise": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
-    "out_bound": (1e30, _SIGMA), "weight_decay": (1e3, "AdamW multiplies the weights by (1 - lr x decay) each "
-                                                        "step: a decay that large erases them in a few steps"),
-    "inp_noise": (1e30, _SIGMA), "w_noise": (1e30, _SIGMA), "range_std": (1e6, "a range of a million standard "
-                                                                            "deviations is no range"),
-    "tile_size": (1_048_576, "no layer is that wide"),
-    "max_bm_factor": (2.0 ** 60, "the input would be divided below any float's resolution"),
-    "dac_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
-    "adc_bits": (32, "float32 resolves at most 2^24 steps; more bits change nothing"),
-    "t_seconds": (1e12, "the drift model is calibrated for seconds to years (1e12 s is 30,000 years)"),
-    "df": (1e6, "student_t beyond df 1e6 is a gaussian; use --noise_type gaussian"),
+    "noise_scale": (1e30, _SIGMA), "clip_sigma": (1e30, _SIGMA),
+    "weight_decay": (1e3, "AdamW multiplies the weights by (1 - lr x decay) each step: a decay that large erases "
+                          "them in a few steps"),
     "temperature": (1e6, "beyond that sampling is uniform"),
     "lr": (1e3, "a learning rate that large diverges at the first step"),
+    # the analog setting's fields: their bounds are declared with them (noisynn.analog.fields)
+    **{name: (f.most, f.why) for name, f in FIELDS.items() if f.most is not None},
 }
 
 
@@ -79,8 +74,7 @@ def bound_error(dest: str, value) -> str | None:
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > bound:
-            show = (lambda x: f"{x:,}" if isinstance(x, int) else f"{x:g}")
-            return f"argument --{dest}: {show(v)} is above {show(bound)}, the most it takes ({why})"
+            return f"argument --{dest}: {above(v, bound, why)}"
     return None
 
 

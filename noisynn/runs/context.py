@@ -7,7 +7,7 @@ touched, so a bad invocation never damages an existing run.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +25,8 @@ from ..options.flags import config_of, context_needs, default_out
 from ..options.plugins import load_plugins
 from .schema import LEADING_COLUMNS
 from .folder import RunFolder
-from ..spec import ConverterSpec, NoiseSpec, converter_spec_from_args, resolve_preset, spec_from_args
+from ..analog.setting import AnalogSetting
+from ..spec import ConverterSpec, NoiseSpec, resolve_preset, spec_from_args
 
 
 @dataclass
@@ -69,8 +70,10 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     plugins = load_plugins(args.plugin) if getattr(args, "plugin", None) else []
     spec = converters = None
     if noise:  # the one check of the noise and converter flags, built once and kept on the context
-        spec = spec_from_args(args)
-        converters = converter_spec_from_args(args)
+        spec = spec_from_args(args)  # first: it applies an analog preset's device fields to the flags
+        analog = AnalogSetting.from_args(args)  # the converter and device flags, one checked setting
+        converters = analog.converter_spec(getattr(args, "text_file", None), getattr(args, "dataset", None),
+                                           getattr(args, "max_length", 512))
     if getattr(args, "text_file", None) and getattr(args, "dataset", None):
         raise NoisyNNError("give either --text_file or --dataset, not both")
     check_model_flags(args)
@@ -79,7 +82,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     folder = RunFolder(args.out, columns, key)
     config = {"experiment": experiment, **config_of(args)}
     if converters is not None:  # the resolved analog settings (presets, defaults): a run resumes only under the same
-        config["analog"] = asdict(converters.io)
+        config["analog"] = analog.record()
     meta = dict(meta or {})
     if noise and resolve_preset(args):  # which preset fields came from the preset, which from flags
         meta.setdefault("preset_resolution", resolve_preset(args))

@@ -1,12 +1,13 @@
 """The explorer's device and converter controls, made from the command line's own flags (no torch).
 
 Every flag that ``options.add_noise_args`` adds for a noise class's constructor (``spec.NOISE_PARAMS``)
-and every flag of ``options.add_converter_args`` becomes one control of the page, so a flag added
-there appears in the page without an edit here. A control's value is the flag's text as typed (empty:
-not given, the CLI's default); the page's setting keeps the given ones as ``(dest, text)`` pairs, which
-are parsed by the CLI's own parser (its types, bounds and one-line messages) and passed on by the
-spec's own ``noise_params`` and ``converter_spec_from_args`` - so the page computes what the exported
-command computes.
+and every flag of ``options.add_converter_args`` becomes one control of the page; those flags are made
+from the field declarations (noisynn.analog.fields), so a field declared there appears in the page
+without an edit here. A control's value is the flag's text as typed (empty: not given, the CLI's
+default); the page's setting keeps the given ones as ``(dest, text)`` pairs, which become one
+``AnalogSetting.from_flags`` (noisynn.analog.setting: the declared types, bounds and the CLI's one-line
+messages), the object the command line builds from its parsed flags - so the page computes what the
+exported command computes. ``flag_argv`` writes the pairs back as the command's words.
 
 Which controls a noise type shows: a constructor parameter when the noise class's constructor names it
 (``df`` for student_t; ``t_seconds``, ``drift_compensation`` ... for pcm), a converter flag always
@@ -21,11 +22,9 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
-from ..errors import NoisyNNError
 from ..noise import NOISE_REGISTRY
-from ..options.parser import ArgumentParser
 from ..options.flags import add_converter_args, add_noise_args
 from .. import spec
 from ..spec import NOISE_PARAMS
@@ -51,20 +50,6 @@ class FlagControl:
     @property
     def elem_id(self) -> str:
         return f"flag-{self.dest}"
-
-
-class _PageParser(ArgumentParser):
-    """The CLI's parser, whose errors become one NoisyNNError line (the page shows it) instead of exit 2."""
-
-    def error(self, message: str):  # noqa: D102 - argparse API
-        raise NoisyNNError(message.replace("argument ", "", 1))
-
-
-def _parser() -> ArgumentParser:
-    p = _PageParser(prog="noisynn ui", add_help=False)
-    add_noise_args(p)
-    add_converter_args(p)
-    return p
 
 
 def _actions(adder) -> list[argparse.Action]:
@@ -150,13 +135,6 @@ def flag_argv(flags: Iterable[tuple[str, str]]) -> list[str]:
         if dest in given:
             argv += [c.flag] if c.kind == "bool" else [c.flag, given[dest]]
     return argv
-
-
-def parse_flags(noise_type: str, scale: str, targets: str, flags: Sequence[tuple[str, str]],
-                include_bias: bool = False) -> argparse.Namespace:
-    """The flags parsed by the CLI's parser: types, bounds and the CLI's one-line messages."""
-    argv = ["--noise_type", noise_type, "--scale", scale, "--targets", targets] + flag_argv(flags)
-    return _parser().parse_args(argv + (["--include_bias"] if include_bias else []))
 
 
 def defaults_from_args(args: argparse.Namespace) -> dict:

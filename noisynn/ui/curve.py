@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .controls import constructor_params
+from ..analog.fields import default
+from ..analog.setting import cli_values
 from .setting import Setting, noise_seed
 from ..runs.schema import LEADING_COLUMNS
 from ..runs.folder import RunFolder
@@ -27,7 +29,7 @@ from ..runs.runner import Point, leading_columns
 # exported setting is a sweep run folder. Metrics the page does not measure are nan.
 SWEEP_METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "entropy_bits", "distinct_1", "distinct_2",
                  "repetition", "finite")
-DEFAULT_T_SECONDS = 86400.0  # PCMNoise's default read time
+DEFAULT_T_SECONDS = default("t_seconds")  # PCMNoise's default read time (declared in noisynn.analog.fields)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _slug(text: str) -> str:
 
 def _write_setting(path: Path, s: Setting, pts: list[CurvePoint]) -> None:
     sigmas = ([0.0] if pts[0].sigma > 0 else []) + [p.sigma for p in pts]
-    args = vars(s.flag_values())
+    args = cli_values(dict(s.flags))  # the given flags as the CLI's parser stores them
     config = {"experiment": "sweep", "model": s.model, "noise_type": s.noise_type, "scale": s.scale,
               "targets": s.target_spec, "include_bias": s.include_bias, "seed": s.seed, "n_trials": 1,
               "eval_tokens": s.eval_tokens, "max_length": s.max_length, "max_noise": max(sigmas),

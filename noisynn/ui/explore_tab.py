@@ -19,7 +19,7 @@ from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, S
                       TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider)
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
-from .curve import Curve
+from .curve import DEFAULT_T_SECONDS, Curve
 from .controls import flag_controls, given_flags, shown_for, sigma_meaning
 from ..noise import NOISE_REGISTRY
 from ..runs.runner import levels
@@ -145,7 +145,7 @@ class ExploreTab:
                 self.flag_widgets = {}
                 with gr.Accordion("device parameters (the CLI's flags; empty = its default)", open=True,
                                   elem_id="device-params"):
-                    t0 = _float_or(flag_defaults.get("t_seconds"), 86400.0)
+                    t0 = _float_or(flag_defaults.get("t_seconds"), DEFAULT_T_SECONDS)
                     self.time = Slider(0.0, round(TIME_LOG_MAX, 3), value=min(max(math.log10(max(t0, 1.0)), 0.0),
                                                                              TIME_LOG_MAX), step=0.05,
                                        label="log10 time after programming (s): 1 s to 10 years",

@@ -13,10 +13,11 @@ from typing import Callable
 
 from ..errors import NoisyNNError
 from ..evaluation import DEFAULT_PROMPT
-from .controls import flag_argv, parse_flags
+from .controls import flag_argv
+from ..analog.setting import AnalogSetting
 from ..models.embedded import DEFAULT_MODEL
 from ..runs.runner import Point
-from ..spec import NoiseSpec, converter_spec_from_args, make_noise_spec, noise_params, parse_blocks
+from ..spec import NoiseSpec, make_noise_spec, parse_blocks
 
 TARGET_CHOICES = ("attention", "mlp", "head")
 MAX_NEW_TOKENS = 256
@@ -57,21 +58,21 @@ class Setting:
     def block_list(self) -> list[int] | None:
         return parse_blocks(self.blocks)
 
-    def flag_values(self):
-        """The flags parsed by the CLI's own parser (its types, bounds and messages)."""
-        return parse_flags(self.noise_type, self.scale, self.target_spec, self.flags, self.include_bias)
+    @property
+    def analog(self) -> AnalogSetting:
+        """The device and converter flags as one checked setting, as the command line builds it
+        (``AnalogSetting.from_flags``: the declared types, bounds and the CLI's one-line messages)."""
+        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale})
 
     @property
     def spec(self) -> NoiseSpec:
         """The checked noise spec, by the same function as the command line's (``noisynn.spec``)."""
-        return make_noise_spec(self.noise_type, noise_params(self.flag_values()), self.scale, self.target_spec,
+        return make_noise_spec(self.noise_type, self.analog.device_params(), self.scale, self.target_spec,
                                self.blocks, self.include_bias)
 
     def converter_spec(self, text_file: str | None = None, dataset: str | None = None):
-        """The converters the flags ask for (None: none), by the command line's ``converter_spec_from_args``."""
-        args = self.flag_values()
-        args.text_file, args.dataset, args.max_length = text_file, dataset, self.max_length
-        return converter_spec_from_args(args)
+        """The converters the flags ask for (None: none), by the command line's own ``AnalogSetting``."""
+        return self.analog.converter_spec(text_file, dataset, self.max_length)
 
     @property
     def curve_key(self) -> tuple:

@@ -1,0 +1,146 @@
+"""The analog setting, built and checked once from flag values: converters and device parameters together.
+
+``AnalogSetting`` plays the role of aihwkit's ``InferenceRPUConfig``: one typed object for the analog side of a
+run, whose fields are declared once in noisynn.analog.fields. ``AnalogSetting.from_flags(flags)`` takes the flag
+values (typed, as argparse gives them, or text, as typed in the explorer's boxes), checks each with its
+declaration (one-line ``NoisyNNError``, the CLI's wording) and yields the converters (``io()``, ``converter_spec()``:
+None when no converter is asked for), the device parameters of the noise class (``device_params()``) and what
+run.json records (``record()``). The command line (``spec.converter_spec_from_args``) and the explorer
+(noisynn.ui.setting) both go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import NoisyNNError
+from .fields import DEVICE_PARAMS, FIELDS, NOT_GIVEN
+from .mvm import AnalogIO
+from .presets import PRESETS
+
+# The converter flags (AnalogIO fields with a flag of their own); any of them given turns the converters on.
+CONVERTER_FLAGS = tuple(n for n, f in FIELDS.items() if f.io and f.flag and not f.device)
+# Shared with the device mapping (PCM tiles): sets the converters' tiles but does not turn them on.
+SHARED_CONVERTER_FLAGS = tuple(n for n, f in FIELDS.items() if f.io and f.flag and f.device)
+SWITCHES = ("analog_preset", "analog_io")  # the flags that start from a whole setting
+CONTEXT = ("scale",)  # read, not checked here: --scale relative_channel scales the weights per row (per_channel)
+
+
+@dataclass(frozen=True)
+class ConverterSpec:
+    """Checked converter settings: the tile's ``io`` and where a calibrated input range is measured.
+
+    ``text_file`` / ``dataset``: the evaluation text's source (its training split, or its head, calibrates);
+    ``calibration_tokens``: tokens of it; ``max_length``: the window of the calibration passes.
+    """
+
+    io: AnalogIO
+    text_file: str | None = None
+    dataset: str | None = None
+    calibration_tokens: int = 512
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class AnalogSetting:
+    """A checked analog setting: the fields given (typed) and the preset or aihwkit defaults it starts from.
+
+    ``values``: declared field -> typed value, only those given; ``preset``: a name of noisynn.analog.presets;
+    ``analog_io``: start from the declarations' defaults (= preset aihwkit_default); ``scale``: the noise's
+    ``--scale`` (checked by noisynn.spec), read for ``per_channel``.
+    """
+
+    values: dict = field(default_factory=dict)
+    preset: str | None = None
+    analog_io: bool = False
+    scale: str | None = None
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> "AnalogSetting":
+        """The setting of ``flags`` (declared field names, ``analog_preset``, ``analog_io``; None or an empty
+        text = not given); raises NoisyNNError in one line (``--flag: reason``, bounds from the declarations)."""
+        known = list(FIELDS) + list(SWITCHES) + list(CONTEXT)
+        unknown = sorted(set(flags) - set(known))
+        if unknown:
+            raise NoisyNNError(f"unknown analog setting '{unknown[0]}'; known: {', '.join(known)}")
+        given = {k: v for k, v in flags.items() if v is not None and not (isinstance(v, str) and not v.strip())}
+        values = {k: FIELDS[k].check(v) for k, v in given.items() if k in FIELDS}
+        preset = given.get("analog_preset")
+        if preset is not None and preset not in PRESETS:
+            raise NoisyNNError(f"--analog_preset: invalid choice: '{preset}' (choose from "
+                               f"{', '.join(map(repr, PRESETS))})")
+        analog_io = given.get("analog_io", False)
+        if not isinstance(analog_io, bool):
+            analog_io = str(analog_io).strip().lower() == "true"
+        if analog_io and preset:
+            raise NoisyNNError("give --analog_preset or --analog_io (= --analog_preset aihwkit_default), not both")
+        return cls(values, preset, analog_io, given.get("scale"))
+
+    @classmethod
+    def from_args(cls, args) -> "AnalogSetting":
+        """The setting of an experiment's parsed flags (those it has; a flag not given is absent or None)."""
+        names = list(FIELDS) + list(SWITCHES) + list(CONTEXT)
+        return cls.from_flags({k: getattr(args, k) for k in names if hasattr(args, k)})
+
+    @property
+    def converters_on(self) -> bool:
+        return bool(self.preset or self.analog_io or any(k in self.values for k in CONVERTER_FLAGS))
+
+    def io(self) -> AnalogIO | None:
+        """The converters' ``AnalogIO``, or None when no converter flag, ``analog_io`` or preset is given.
+
+        A preset (or ``analog_io``: the declarations' defaults) is the start; without one each converter flag turns
+        on only its own effect (the others ``off``: no DAC, no ADC, no output noise). Given fields override the
+        start. An ADC without a bound gets the declared default bound. ``per_channel`` (given, or from ``--scale
+        relative_channel``) applies unless a preset sets it.
+        """
+        if not self.converters_on:
+            return None
+        if self.preset:
+            start = {k: v for k, v in asdict(PRESETS[self.preset].io()).items()}
+        else:
+            start = {n: (f.default if self.analog_io or f.off is NOT_GIVEN else f.off)
+                     for n, f in FIELDS.items() if f.io}
+        given = {k: v for k, v in self.values.items() if FIELDS[k].io and k != "per_channel"}
+        values = {**start, **given}
+        if values.get("adc_bits") and not values.get("out_bound"):
+            values["out_bound"] = FIELDS["out_bound"].default
+        if not self.preset:
+            values["per_channel"] = self.per_channel
+        return AnalogIO(**values)
+
+    @property
+    def per_channel(self) -> bool:
+        if "per_channel" in self.values:
+            return self.values["per_channel"]
+        return self.scale == "relative_channel"
+
+    def converter_spec(self, text_file: str | None = None, dataset: str | None = None, max_length: int = 512):
+        """The converters as a ``spec.ConverterSpec`` (where a calibrated range is measured), or None."""
+        io = self.io()
+        return None if io is None else ConverterSpec(io, text_file, dataset, max_length=max_length)
+
+    def device_params(self) -> dict:
+        """The noise class's constructor parameters given (``tile_size`` as (in, out)): ``spec.noise_params``."""
+        return {k: self.values[k] for k in DEVICE_PARAMS if k in self.values}
+
+    def record(self) -> dict | None:
+        """What run.json records of the converters (config ``analog``): the resolved ``AnalogIO``, or None."""
+        io = self.io()
+        return None if io is None else asdict(io)
+
+
+def cli_values(flags: dict) -> dict:
+    """Flag values (typed or text, as ``from_flags`` takes them) as the CLI's parser stores them in run.json's
+    config: a tile as a list, an input range as typed, a switch as True; flags not given are left out."""
+    out = {}
+    for k, v in flags.items():
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        if k in FIELDS:
+            out[k] = FIELDS[k].cli_value(v)
+        elif k == "analog_io":
+            out[k] = v is True or str(v).strip().lower() == "true"
+        elif k == "analog_preset":
+            out[k] = str(v).strip()
+    return out
