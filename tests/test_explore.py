@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama
-from noisynn.ui import explore, figures, saved_runs, setting
+from noisynn.ui import explore, figures, saved_runs
+from noisynn.ui import setting as ui_setting
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import compute_perplexity, decode, tokenize
 from noisynn.ui.explore import Explorer
@@ -80,9 +81,9 @@ def test_check_setting_normalises_and_knows_block_count():
 
 
 def test_log_slider_gives_rounded_sigma():
-    assert setting.sigma_from_slider(-2) == 0.01
-    assert setting.sigma_from_slider(-1.5) == 0.03162
-    assert setting.sigma_from_slider(0) == 1.0
+    assert ui_setting.sigma_from_slider(-2) == 0.01
+    assert ui_setting.sigma_from_slider(-1.5) == 0.03162
+    assert ui_setting.sigma_from_slider(0) == 1.0
 
 
 def test_compare_clean_stays_noisy_moves_weights_restored(explorer):
@@ -205,7 +206,7 @@ def test_exported_command_reproduces_the_setting(tmp_path, tiny_model_dir, text_
     cmp = ex.compare(s)
     clean, noisy = ex.perplexity(s)
     out = tmp_path / "export"
-    cmd = setting.cli_command(s, out=str(out), text_file=str(text_file))
+    cmd = ui_setting.cli_command(s, out=str(out), text_file=str(text_file))
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "thermal_noise_simulation.py"]
     assert argv[argv.index("--blocks") + 1] == "1" and argv[argv.index("--text_file") + 1] == str(text_file)
@@ -390,7 +391,7 @@ def test_device_flags_change_the_computation_and_the_command(explorer):
     with noisy_weights(lm.model, 1.0, late.spec.noise, scale="relative_channel", seed=explore.noise_seed(0)):
         ref = compute_perplexity(lm.model, lm.tokenizer, explorer.eval_ids(late), max_length=64)
     assert p_late.perplexity == pytest.approx(ref.perplexity, rel=1e-5) != p_early.perplexity
-    argv = shlex.split(setting.cli_command(late))
+    argv = shlex.split(ui_setting.cli_command(late))
     assert argv[argv.index("--t_seconds") + 1] == "1e8" and "--drift_compensation" in argv
     # A converter flag is used too: a 2-bit DAC on the targeted layers changes the noisy perplexity.
     _, with_dac = explorer.perplexity(replace(setting(sigma=0.0), flags=(("dac_bits", "2"),)))
@@ -415,7 +416,7 @@ def test_ui_command_line_device_flags_reach_the_page():
                                          (None, (None, "empty")), ("x", (None, "must be a number")),
                                          ("nan", (None, "finite"))])
 def test_typed_log_sigma_is_clamped_or_refused(typed, want):
-    value, note = setting.read_log_sigma(typed)
+    value, note = ui_setting.read_log_sigma(typed)
     assert value == want[0] and want[1] in note and "\n" not in note
 
 
