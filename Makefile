@@ -118,7 +118,7 @@ bench: install
 docs: $(STAMP)
 	$(BIN)/python -m mkdocs build --strict --site-dir site
 
-## Regenerate docs/cli.md from every parser's --help (tests/test_docs.py fails when it is stale).
+## Regenerate docs/cli.md from every parser's --help (tests/project/test_docs.py fails when it is stale).
 cli-docs: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py
 

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     print(f"{'sweep loop (s)':24}{loop['one']:>12.1f}{loop['many']:>14.1f}{loop['one'] / loop['many']:>9.2f}x")
     print(f"same points: {same_points}; results.csv bit-identical: {equal} (columns that differ: "
           f"{', '.join(differing) or 'none'}); largest relative perplexity difference {rel:.1e} (one process uses {os.cpu_count()} threads, each of the others 1: BLAS sums "
-          "in another order; with equal thread counts the files are identical, see tests/test_distributed.py)")
+          "in another order; with equal thread counts the files are identical, see tests/runs/test_distributed.py)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0 if same_points and rel < 1e-4 else 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import tiny_gpt2, tiny_llama
+from tests.helpers import tiny_gpt2, tiny_llama
 from noisynn.clean_weights import CleanWeights, resolve_where
 from noisynn.errors import NoisyNNError
 from noisynn.inject import NoiseInjector, unit_scale

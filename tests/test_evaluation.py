@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_gpt2, tiny_llama
+from tests.helpers import tiny_gpt2, tiny_llama
 from noisynn.evaluation import (compute_distinct_n, compute_output_entropy, compute_perplexity,
                                 compute_repetition_ratio, decode, entropy_bits, generate_text_samples, quality_metrics,
                                 tokenize)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from noisynn import graphs as generate_graphs
 from noisynn import registry
 from noisynn.errors import NoisyNNError

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import ROOT  # noqa: F401  (puts the worktree first on sys.path)
+from tests.helpers import ROOT  # noqa: F401  (puts the worktree first on sys.path)
 from noisynn.corpus import embedded_split, load_text
 from noisynn.errors import NoisyNNError
 from noisynn.tasks import CLOZE, NEXT_SENTENCE, TASKS, build, manifest

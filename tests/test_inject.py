@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import tiny_gpt2, tiny_llama
+from tests.helpers import tiny_gpt2, tiny_llama
 from noisynn.errors import NoisyNNError
 from noisynn.inject import NoiseInjector, inject_thermal_noise, noisy_weights, unit_scale
 from noisynn.targets import classify_weight, select_targets
