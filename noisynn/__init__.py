@@ -31,7 +31,8 @@ _EXPORTS = {
     **{name: "noise" for name in (
         "NOISE_REGISTRY", "CauchyNoise", "GaussianNoise", "LaplacianNoise", "NoiseDistribution", "StudentTNoise",
         "UniformNoise", "get_noise", "register_noise", "PCMNoise", "StuckAtFaults", "WeightQuantization")},
-    **{name: "spec" for name in ("NoiseSpec", "ConverterSpec", "make_noise_spec")},
+    **{name: "spec" for name in ("NoiseSpec", "make_noise_spec")},
+    "ConverterSpec": "analog.setting",
     "set_seed": "seeding",
     "AnalogIO": "analog.mvm", "analog_matmul": "analog.mvm", "ConverterHooks": "analog.hooks",
     **{name: "analog.presets" for name in ("PRESETS", "get_preset")},

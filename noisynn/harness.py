@@ -72,7 +72,8 @@ class NoisyLM(HFLM):
                  dtype: str | None = None, spec=None, converters=None, analog_io: bool = False, **kwargs):
         from .analog.hooks import install_converters
         from .inject import NoiseInjector
-        from .spec import CONVERTER_FLAGS, NOISE_PARAMS, make_converter_spec
+        from .spec import NOISE_PARAMS, make_converter_spec
+        from .analog.setting import CONVERTER_FLAGS
 
         params, flags = _pop(kwargs, NOISE_PARAMS), _pop(kwargs, CONVERTER_FLAGS)
         # checked before the model is loaded: a wrong setting costs no load

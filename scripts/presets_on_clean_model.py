@@ -36,7 +36,8 @@ def main() -> int:
     from noisynn.targets import select
     from noisynn.models.loading import load_model
     from noisynn.analog.presets import get_preset
-    from noisynn.spec import ConverterSpec, make_noise_spec
+    from noisynn.spec import make_noise_spec
+    from noisynn.analog.setting import ConverterSpec
 
     lm = load_model()
     ids = tokenize(lm.tokenizer, load_text().text, args.tokens)

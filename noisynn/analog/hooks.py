@@ -234,7 +234,7 @@ class ConverterHooks:
 
 
 def install_converters(spec: "ConverterSpec | None", lm, targets, seed: int = 0) -> ConverterHooks | None:
-    """Converter hooks on ``lm.model``'s ``targets`` from a checked ``noisynn.spec.ConverterSpec`` (None: none).
+    """Converter hooks on ``lm.model``'s ``targets`` from a checked ``noisynn.analog.setting.ConverterSpec`` (None: none).
 
     A calibrated input range is measured here, on ``spec.calibration_tokens`` tokens of the embedded
     training split (or of the head of ``spec.text_file`` / ``spec.dataset``, which is also the evaluation text).

@@ -213,13 +213,6 @@ def readable_path(text: str) -> str:
 _PLUGINS: dict[tuple[str, str], object] = {}  # (resolved path, sha256) -> module: each file content runs once
 
 
-def noise_params(args) -> dict:
-    """The noise class's constructor parameters among the parsed flags (noisynn.spec.noise_params)."""
-    from ..spec import noise_params as params
-
-    return params(args)
-
-
 def default_out(experiment: str) -> str:
     """``runs/<experiment>-<time>-<pid><random>``: two jobs started in the same second (on one
     node or on several sharing a disk) never get the same folder."""

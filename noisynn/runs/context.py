@@ -26,7 +26,8 @@ from ..options.plugins import load_plugins
 from .schema import LEADING_COLUMNS
 from .folder import RunFolder
 from ..analog.setting import AnalogSetting
-from ..spec import ConverterSpec, NoiseSpec, resolve_preset, spec_from_args
+from ..spec import NoiseSpec, resolve_preset, spec_from_args
+from ..analog.setting import ConverterSpec
 
 
 @dataclass

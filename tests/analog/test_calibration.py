@@ -15,7 +15,7 @@ from noisynn.analog.mvm import AnalogIO
 from noisynn.analog.hooks import ConverterHooks, install_converters
 from noisynn.errors import NoisyNNError
 from noisynn.targets import select_targets
-from noisynn.spec import ConverterSpec
+from noisynn.analog.setting import ConverterSpec
 
 F64 = torch.float64
 

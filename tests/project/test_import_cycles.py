@@ -90,3 +90,58 @@ def test_no_re_export_lines_inside_the_package():
     found = [f"{name}: {line.strip()}" for name, path in _modules().items()
              for line in path.read_text(encoding="utf-8").splitlines() if "noqa: F401" in line]
     assert not found, "\n".join(found)
+
+
+# plotting chooses matplotlib's Agg backend before it imports pyplot; reports take pyplot from it for that reason.
+SHARED_NAMES = {("noisynn.plotting", "plt")}
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    """Names a module defines at its top level (also inside top-level if / try blocks), not the ones it imports."""
+    out: set[str] = set()
+
+    def visit(body):
+        for s in body:
+            if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(s.name)
+            elif isinstance(s, (ast.Assign, ast.AnnAssign)):
+                targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+                out.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(s, (ast.If, ast.Try)):
+                visit(s.body)
+                visit(s.orelse)
+                for handler in getattr(s, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return out
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    """No module passes on a name it imported itself (a re-export): importers go to the defining module.
+    Packages' ``__init__`` files (the public API, noise's registry of built-ins) are not checked."""
+    modules = _modules()
+    trees = {name: ast.parse(path.read_text(encoding="utf-8")) for name, path in modules.items()}
+    defined = {name: _defined(tree) for name, tree in trees.items()}
+    found = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in _imports(trees[name]):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("noisynn")):
+                continue
+            base = package
+            for _ in range(max(node.level - 1, 0)):
+                base = base.rpartition(".")[0]
+            module = node.module if not node.level else ".".join(p for p in (base, node.module) if p)
+            if module not in modules or modules[module].name == "__init__.py":
+                continue
+            for alias in node.names:
+                if (f"{module}.{alias.name}" not in modules and alias.name not in defined[module]
+                        and (module, alias.name) not in SHARED_NAMES):
+                    found.append(f"{name} line {node.lineno}: {alias.name} from {module}")
+    assert not found, "\n".join(found)
+
+
+def test_defined_names_leave_imports_out():
+    tree = ast.parse("from .a import b\nx = 1\ntry:\n    import y\nexcept ImportError:\n    z = 2\n")
+    assert _defined(tree) == {"x", "z"}

@@ -29,8 +29,8 @@ from ...options.argtypes import nonneg_float, positive_int
 from ...options.script import script_main
 from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...analog.presets import DEVICE_FIELDS, PRESETS
-from ...spec import (CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, converter_spec_from_args, make_converter_spec,
-                     preset_device_flags, spec_from_args)
+from ...spec import converter_spec_from_args, make_converter_spec, preset_device_flags, spec_from_args
+from ...analog.setting import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS
 from . import report
 
 EXPERIMENT = "drift_over_time"

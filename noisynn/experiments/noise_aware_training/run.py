@@ -36,7 +36,8 @@ from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector
 from ...targets import select_targets
 from ...options.parser import ArgumentParser
-from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid, noise_params
+from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid
+from ...spec import noise_params
 from ...options.argtypes import nonneg_float, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.files import write_json_atomic

@@ -51,7 +51,8 @@ from ...options.script import script_main
 from ...placements import write_placement
 from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
-from ...spec import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, spec_from_args
+from ...spec import spec_from_args
+from ...analog.setting import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS
 from . import accuracy, plan, report
 from .report import acc_drop_statistic, set_summary, statistic, unit_damages
 
