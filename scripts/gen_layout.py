@@ -7,7 +7,7 @@ The tree is the page's first ```text block: one line per file and folder of ``no
 the first line of its docstring (a folder's from its ``__init__.py``). Everything else on the page
 (the intro, the repository root, what moved) is written by hand and kept as it is. In a folder,
 ``__init__.py`` comes first, then the modules, then the subfolders, each in name order.
-tests/test_layout_doc.py fails when the page differs from what this script writes.
+tests/project/test_layout_doc.py fails when the page differs from what this script writes.
 """
 
 from __future__ import annotations

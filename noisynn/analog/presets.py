@@ -3,7 +3,7 @@
 A preset is a whole setting, as aihwkit's ``InferenceRPUConfig`` is one object.
 
 A preset is a setting that overrides fields (aihwkit ``simulator/presets/``): each value is a field declared
-in noisynn.analog.fields and passes that field's check (tests/test_analog_setting.py); ``aihwkit_default`` is
+in noisynn.analog.fields and passes that field's check (tests/analog/test_setting.py); ``aihwkit_default`` is
 the declarations' defaults themselves. A preset holds the converters and tiles (an ``AnalogIO``: DAC, ADC, noise
 and bound management, units) and the device side (``device``: the weight-to-conductance mapping ``scale``, the ``pair`` through drift, the drift
 ``compensation_method``, and the device model it was written for). A flag given with a preset overrides that one
