@@ -29,10 +29,10 @@ DPI = 100
 STEPS = [
     ("flags", "the command line: python <experiment>.py / noisynn <experiment>",
      "options/parser.py, options/flags.py, analog/flags.py, experiments/<name>/run.py"),
-    ("setting", "NoiseSpec (noise, scale, targets, blocks), ConverterSpec (DAC, ADC, tiles): checked once",
-     "spec.py (spec_from_args, converter_spec_from_args), analog/presets.py"),
+    ("setting", "NoiseSpec (noise, scale, targets, blocks), AnalogSetting (device, DAC, ADC, tiles): checked once",
+     "spec.py (spec_from_args), analog/setting.py, analog/fields.py, analog/presets.py"),
     ("model + targets", "the model and tokenizer, the text, the weights that get noise",
-     "models/loading.py (load_model), corpus.py (load_text), inject.py (select_targets)"),
+     "models/loading.py (load_model), corpus.py (load_text), targets.py (select_targets)"),
     ("runner", "points = levels x trials (x targets); each point is one trial: noise on, measure, restore",
      "runs/context.py, runs/runner.py (run_sweep), inject.py, analog/hooks.py, evaluation.py"),
     ("run folder", "run.json (config, provenance), results.csv (a row per point), samples.jsonl",
