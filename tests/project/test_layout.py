@@ -65,3 +65,11 @@ def test_every_experiment_is_a_folder_with_run_and_report(name):
 def test_registry_lists_every_experiment_folder():
     folders = sorted(p.parent.name for p in (PACKAGE / "experiments").glob("*/run.py"))
     assert folders == sorted(registry.names())
+
+
+def test_no_test_file_is_longer_than_the_package_allows_its_modules():
+    """The tests mirror the package (tests/<subpackage>/): a test file that grows past the modules' limit is split
+    by what it tests, as a module would be."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "tests").rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MODULE_MAX_LINES}
+    assert not long, long
