@@ -15,13 +15,13 @@ import time
 import pytest
 
 from tests.helpers import ROOT, exits_2_with_one_line, script_env
-from noisynn.options import script as options
-from noisynn.runs import folder as results
+from noisynn.errors import NoisyNNError
+from noisynn.options.flags import default_out
+from noisynn.runs import schema
 from noisynn import graphs as generate_graphs
 from noisynn.experiments.sweep import report as sweep_report
-from noisynn.experiments.sweep import run as sweep
 from noisynn.runs.folder import RunFolder
-from noisynn.runs.read import read_run
+from noisynn.runs.read import read_rows, read_run
 from noisynn.runs.runner import levels
 from tests.options.test_bad_input import files, prepared, snapshot  # noqa: F401 (fixtures)
 from tests.runs.test_hostile_runs import no_temporary_files, sweep_argv, sweep_copy
@@ -32,7 +32,7 @@ from tests.runs.test_hostile_runs import no_temporary_files, sweep_argv, sweep_c
 def test_broken_trials_are_inf_in_results_and_summary_and_medians_agree(tmp_path):
     from noisynn import plotting
 
-    cols = list(results.LEADING_COLUMNS) + ["perplexity", "nll", "bits_per_byte", "entropy_bits"]
+    cols = list(schema.LEADING_COLUMNS) + ["perplexity", "nll", "bits_per_byte", "entropy_bits"]
     folder = RunFolder(tmp_path, cols)
     folder.open({}, {})
     values = {0.0: [10.0, 11.0, 12.0], 0.1: [20.0, float("nan"), float("nan")], 0.2: [float("nan"), 30.0, 40.0]}
@@ -45,7 +45,7 @@ def test_broken_trials_are_inf_in_results_and_summary_and_medians_agree(tmp_path
     with open(tmp_path / "results.csv", newline="") as fh:
         raw = list(csv.DictReader(fh))
     assert "nan" not in {r["perplexity"] for r in raw} and "inf" in {r["perplexity"] for r in raw}
-    plotting.write_summary(tmp_path, results.read_rows(tmp_path / "results.csv"), ("perplexity", "entropy_bits"))
+    plotting.write_summary(tmp_path, read_rows(tmp_path / "results.csv"), ("perplexity", "entropy_bits"))
     summary = {(r["metric"], r["sigma"]): r for r in csv.DictReader(open(tmp_path / "summary.csv", newline=""))}
     for sigma in values:
         ppl = [float(r["perplexity"]) for r in raw if float(r["sigma"]) == sigma]
@@ -133,7 +133,7 @@ def test_generate_graphs_compare_of_runs_without_points_is_one_line_and_a_garbag
 def test_a_plot_survives_huge_and_infinite_values(prepared, tmp_path):
 
     run = sweep_copy(prepared, tmp_path)
-    rows = results.read_rows(run / "results.csv")
+    rows = read_rows(run / "results.csv")
     folder_rows = []
     for sigma in levels(1e308, 4):  # what --max_noise 1e308 ran: its log axis used to overflow matplotlib
         r = dict(rows[-1], sigma=sigma, trial=0)
@@ -145,11 +145,11 @@ def test_a_plot_survives_huge_and_infinite_values(prepared, tmp_path):
     with open(run / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, cols, lineterminator="\n")
         w.writeheader()
-        w.writerows({k: results.format_value(v) for k, v in r.items()} for r in folder_rows)
+        w.writerows({k: schema.format_value(v) for k, v in r.items()} for r in folder_rows)
     (run / "summary.csv").unlink()
     figures = sweep_report.plot(run)
     assert figures and figures[0].stat().st_size > 10_000
-    sweep_report.format_sweep_table(results.read_rows(run / "results.csv"))
+    sweep_report.format_sweep_table(read_rows(run / "results.csv"))
 
 
 # --- 8. concurrent writers: one lock per folder; unique default folders ------------------------------------
@@ -160,7 +160,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     first.open({"x": 1}, {})
     first.append({"experiment": "t", "sigma": 0.0, "trial": 0, "value": 1.0})
     before = snapshot(tmp_path / "run")
-    with pytest.raises(results.NoisyNNError, match=f"another process \\(pid {os.getpid()}\\)"):
+    with pytest.raises(NoisyNNError, match=f"another process \\(pid {os.getpid()}\\)"):
         RunFolder(tmp_path / "run", cols).open({"x": 1}, {})
     assert snapshot(tmp_path / "run") == before
     first.finish()
@@ -180,7 +180,7 @@ def test_two_real_processes_on_one_folder_write_every_point_once(files, tmp_path
         assert code == 0 or (code == 2 and "is being written by another process (pid" in err
                              and err.count("\n") == 1), (code, err)
     assert any(code == 0 for code, _ in outcomes)
-    rows = results.read_rows(run / "results.csv")
+    rows = read_rows(run / "results.csv")
     keys = [(r["sigma"], r["trial"]) for r in rows]
     assert len(keys) == len(set(keys)) == 18
     samples = read_run(run).samples()
@@ -193,5 +193,5 @@ def test_two_real_processes_on_one_folder_write_every_point_once(files, tmp_path
 
 def test_default_out_never_collides_within_a_second(monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda fmt: "20260101-000000")
-    names = {options.default_out("sweep") for _ in range(50)}
+    names = {default_out("sweep") for _ in range(50)}
     assert len(names) == 50 and all(n.startswith(os.path.join("runs", "sweep-20260101-000000-")) for n in names)
