@@ -62,7 +62,7 @@ class Setting:
     def analog(self) -> AnalogSetting:
         """The device and converter flags as one checked setting, as the command line builds it
         (``AnalogSetting.from_flags``: the declared types, bounds and the CLI's one-line messages)."""
-        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale})
+        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale, "noise_type": self.noise_type})
 
     @property
     def spec(self) -> NoiseSpec:
