@@ -69,6 +69,14 @@ class Curve:
         self.points.setdefault(s.curve_key, {})[p.sigma] = p
         return p
 
+    def copy(self) -> "Curve":
+        """A new curve with these points: a handler adds to a copy and yields it, so the page's state only ever
+        holds a curve the page has shown (a point finished after Stop, never yielded, stays out of Export)."""
+        new = Curve()
+        new.settings = dict(self.settings)
+        new.points = {k: dict(v) for k, v in self.points.items()}
+        return new
+
     def clear(self) -> None:
         self.settings.clear()
         self.points.clear()

@@ -271,6 +271,9 @@ class ExploreTab:
             progress(0, desc="perplexity")
             ppl = ex.perplexity(s, progress=lambda f: progress(f, desc="perplexity"), cancelled=cancelled)
             rows = result_rows(cmp, ppl)
+            if cancelled():
+                raise Cancelled
+            curve = curve.copy()
             curve.add(s, ppl[1], ppl[0], cmp.noisy.mean_entropy)
             self.shown = s
             yield {status: ok(f"Done: sigma = {s.sigma:g}, perplexity {ppl[0].perplexity:.4g} clean, "
@@ -364,6 +367,9 @@ class ExploreTab:
             yield {status: ok(f"Sweep: {len(sigmas)} levels up to sigma = {s.sigma:g}...")}
             for i, sigma, clean, noisy in sweep_points(ex, s, sigmas, tempfile.mkdtemp(prefix="noisynn-ui-sweep-"),
                                                        cancelled):
+                if cancelled():  # finished as Stop was pressed: the page never shows it, so the curve keeps it out
+                    break
+                curve = curve.copy()  # the state the page holds changes only with what it is shown
                 curve.add(dataclasses.replace(s, sigma=sigma), noisy, clean)
                 yield {status: ok(f"Sweep: point {i + 1} of {len(sigmas)} (sigma = {sigma:.4g}): perplexity "
                                   f"{noisy.perplexity:.4g}" + (" - done." if i + 1 == len(sigmas) else "...")),

@@ -91,3 +91,42 @@ def test_pcm_points_at_several_times_give_a_time_view(explorer):
     (label, sigma, pts), = curve.time_lines()
     assert sigma == 1.0 and [t for t, _ in pts] == [1.0, 3600.0, 1e8] and "t_seconds" not in label
     assert len(curve.figure().axes) == 2
+
+
+def handler(explorer, name):
+    """The page's handler ``name`` and its inputs' default values (the app built, no browser)."""
+    pytest.importorskip("gradio")
+    from noisynn.ui import app as ui
+    from noisynn.ui.setting import check_setting
+
+    app = ui.build_app(explorer, check_setting(setting(eval_tokens=64)), run_roots=("nowhere",))
+    fn = next(f for f in app.fns.values() if getattr(f.fn, "__name__", "") == name)
+    return fn.fn, [getattr(c, "value", None) for c in fn.inputs]
+
+
+def test_a_point_finished_as_stop_is_pressed_stays_off_the_shown_curve(explorer, monkeypatch):
+    import threading
+
+    from noisynn.ui.curve import Curve
+
+    on_sweep, values = handler(explorer, "on_sweep")
+    finished = threading.Event()
+    original = explorer.perplexity
+
+    def perplexity(s, *args, **kwargs):
+        out = original(s, *args, **kwargs)
+        if len(calls := getattr(perplexity, "calls", [])) == 1:
+            finished.set()  # the second point is done: Stop is pressed now
+        perplexity.calls = calls + [s.sigma]
+        return out
+
+    monkeypatch.setattr(explorer, "perplexity", perplexity)
+    steps = on_sweep(Curve(), 6, *values[2:])
+    next(steps)  # "Sweep: 6 levels..."
+    shown = next(c for c in next(steps).values() if isinstance(c, Curve))  # point 1 of 6, on the page
+    assert shown.n_points == 1
+    finished.wait(60)
+    explorer.requests.stop()  # Gradio cancels the event: nothing more reaches the page, the thread runs on
+    for _ in steps:
+        pass
+    assert shown.n_points == 1  # what Export writes is what the page showed
