@@ -103,7 +103,7 @@ class Curve:
             rest = tuple((k, v) for k, v in s.flags if k != "t_seconds")
             for p in pts:
                 g = groups.setdefault((replace(s, flags=rest).curve_key, p.sigma),
-                                      {"label": replace(s, flags=rest).label, "sigma": p.sigma, "pts": {}})
+                                      {"label": s.describe(without=("t_seconds",)), "sigma": p.sigma, "pts": {}})
                 g["pts"][t] = p.perplexity
         return [(g["label"], g["sigma"], sorted(g["pts"].items())) for g in groups.values() if len(g["pts"]) >= 2]
 

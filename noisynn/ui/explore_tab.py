@@ -255,7 +255,7 @@ class ExploreTab:
             cmp = ex.compare(s, cancelled)
             rows = result_rows(cmp)
             labels = ", ".join(f"`{html.escape(t)}`" for t, _, _ in cmp.top)
-            yield {self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({s.noise_type}, {s.scale}; perplexity "
+            yield {self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; perplexity "
                                        "computing...)",
                    self.clean_text: cmp.clean.text, self.noisy_text: cmp.noisy.text,
                    self.prob_plot: probability_figure(cmp.top, s.sigma),
@@ -278,7 +278,7 @@ class ExploreTab:
             self.shown = s
             yield {status: ok(f"Done: sigma = {s.sigma:g}, perplexity {ppl[0].perplexity:.4g} clean, "
                               f"{ppl[1].perplexity:.4g} noisy, on {ppl[1].n_tokens} tokens."),
-                   self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({s.noise_type}, {s.scale}, "
+                   self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; "
                                        f"{ppl[1].n_tokens} eval tokens)",
                    self.metrics: metrics_table(rows), self.csv_file: str(write_csv(rows)),
                    self.curve_state: curve, self.curve_plot: curve.figure(), self.curve_table: curve.table()}
