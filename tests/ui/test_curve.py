@@ -142,3 +142,19 @@ def test_every_result_names_its_whole_setting():
     assert "read at t = 3600 s" in later and "drift compensation readout" in later
     assert "preset aihwkit_hwa" in later and later != default
     assert "read at" not in setting().label and "--dac_bits 8" in replace(setting(), flags=(("dac_bits", "8"),)).label
+
+
+def test_generate_with_the_last_setting_shows_the_result_again(explorer):
+    """A second tab, a reload or a repeated press with the setting last computed: the press answers (the result
+    shown again, a message saying so), never nothing."""
+    from noisynn.ui.curve import Curve
+
+    on_compute, values = handler(explorer, "on_compute")
+    first = list(on_compute(Curve(), *values[1:]))
+    assert any("Done:" in str(getattr(v, "get", lambda k: v)("value")) for v in first[-1].values())
+    again = list(on_compute(Curve(), *values[1:]))  # another tab: its own empty curve, the same setting
+    out = again[-1]
+    texts = [str(v.get("value")) if isinstance(v, dict) else str(v) for v in out.values()]
+    assert any("shown again" in t for t in texts) and any("Results for **sigma" in t for t in texts)
+    curve = next(v for v in out.values() if isinstance(v, Curve))
+    assert curve.n_points == 1  # the point is on this tab's curve too
