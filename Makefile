@@ -18,7 +18,7 @@ AIHWKIT_VERSION ?= 1.2.0
 AIHWKIT_WHEEL = $(lastword $(sort $(wildcard $(AIHWKIT_WHEELS)/aihwkit-*.whl)))
 AIHWKIT_STAMP := $(VENV)/.aihwkit-stamp
 
-.PHONY: install demo test test-fast figures runs gemma ui bench docs cli-docs clean aihwkit
+.PHONY: install demo test test-fast figures screenshots runs gemma ui bench docs cli-docs clean aihwkit
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ test: install $(CHROMIUM)
 ## Unit tests only (no embedded model).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration"
+
+## Retake the explorer's screenshots in docs/ui.md (images/ui.png, images/ui_narrow.png) by its browser test;
+## `make test` writes them only under its temporary folders.
+screenshots: install $(CHROMIUM)
+	NOISYNN_SCREENSHOTS=$(CURDIR)/images $(BIN)/python -m pytest -q tests/ui/test_ui_browser.py
 
 ## Redraw every figure under images/ from the saved run folders under results/ (no model is run), and the data-flow figure.
 figures: $(STAMP)

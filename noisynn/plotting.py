@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from .runs.read import Run, read_rows
 from .runs.schema import format_value
 from .runs.files import replace_atomic
-from .stats import group_by, summarize_levels
+from .stats import group_by, measured_rows, summarize_levels
 
 # Quality labels of the original toolkit, assigned from median perplexity / clean perplexity.
 QUALITY_LABELS = ((1.5, "coherent"), (3.0, "creative jitter"), (10.0, "degraded"), (math.inf, "gibberish"))
@@ -92,7 +92,7 @@ def write_summary(run_dir: Path, rows: Sequence[dict], metrics: Sequence[str], b
     """
     groups = group_by(rows, group) if group else {None: rows}
     table = [({group: g} if group else {}) | s for g, part in groups.items() for m in metrics
-             for s in summarize_levels(part, m, by)]
+             for s in summarize_levels(measured_rows(part, m), m, by)]  # a metric not measured has no rows
     return write_table(Path(run_dir) / name, table)
 
 
@@ -139,7 +139,7 @@ def band(ax, xs: Sequence[float], summary: Sequence[dict], label: str, color=Non
     finite = np.isfinite(med)
     cov = min((s["coverage"] for s in summary), default=0)
     line, = ax.plot(np.asarray(xs)[finite], med[finite], "o-", ms=3.5, color=color,
-                    label=f"{label} (median, {cov:.0%} CI band)")
+                    label=f"{label} (median, {cov:.0%} CI band)" if cov > 0 else f"{label} (one realization: no CI)")
     ok = np.isfinite(lo) & np.isfinite(hi)
     ax.fill_between(np.asarray(xs)[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.2, lw=0)
     top = np.isfinite(hi)

@@ -81,6 +81,19 @@ def group_by(rows: Sequence[dict], field: str) -> dict:
     return groups
 
 
+def not_measured(row: dict, metric: str) -> bool:
+    """True when ``metric`` is nan in a row whose model output was finite (``finite`` truthy): nothing was
+    measured there (e.g. the explorer's exported curve samples no text), which is not a failure. A row
+    without a ``finite`` column, or with a broken model, keeps its nan/inf as a failure."""
+    value = row.get(metric)
+    return bool(row.get("finite", False)) and isinstance(value, float) and math.isnan(value)
+
+
+def measured_rows(rows: Sequence[dict], metric: str) -> list[dict]:
+    """The rows where ``metric`` was measured (``not_measured`` left out)."""
+    return [r for r in rows if metric in r and not not_measured(r, metric)]
+
+
 def summarize_levels(rows: Sequence[dict], metric: str, by: str = "sigma") -> list[dict]:
     """Per level: the median of ``metric`` across trials, its CI and coverage, and the token count.
 

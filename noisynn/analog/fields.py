@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import NoisyNNError
 from ..tiling import DEFAULT_TILE_SIZE, parse_tile_size
@@ -28,6 +29,33 @@ _SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38)
           "summaries overflow to inf, where every model was pure noise long before")
 _BITS = "float32 resolves at most 2^24 steps; more bits change nothing"
 NOT_GIVEN = object()  # ``Field.off`` of a field that the converters' on-switch leaves at its default
+F32_TINY, F32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127  # float32's smallest normal and largest magnitude
+
+
+def float32_error(number: float) -> str | None:
+    """Why ``number`` (finite, float64) degenerates in float32 (0, subnormal or inf while it is not), else None.
+
+    The weights and activations are float32: a parameter that becomes 0 there draws no noise (student_t df 1e-300)
+    or divides by zero (an input range of 1e-300), silently."""
+    if number == 0 or math.isnan(number):
+        return None
+    if abs(number) > F32_MAX:
+        return f"{number:g} is inf in float32 (it takes magnitudes up to {F32_MAX:.4g})"
+    if abs(number) < F32_TINY:
+        return (f"{number:g} is {'0' if abs(number) < 2 ** -150 else 'subnormal'} in float32 (the smallest "
+                f"normal magnitude is {F32_TINY:.4g})")
+    return None
+
+
+@dataclass(frozen=True)
+class Need:
+    """What gives a field's value a meaning: ``holds(view)`` over the setting in effect (noisynn.analog.setting
+    ``AnalogSetting.view``: every field's value, given or from a preset or the declared default, with
+    ``converters`` on/off and ``noise_type``). A field given while its need does not hold means nothing in that
+    combination and is refused with ``message`` (``str.format`` over the view)."""
+
+    holds: Callable[[dict], bool]
+    message: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,7 @@ class Field:
     suppress: bool = True
     default_text: str = ""
     metavar: str | None = None
+    needs: tuple = ()
 
     def show(self, value) -> str:
         """A value as the CLI writes it: 512x512, 1e+12, true."""
@@ -101,6 +130,9 @@ class Field:
         if self.least is not None and (number <= self.least if self.strict else number < self.least):
             unit = " bits" if self.unit == "bits" else ""
             raise NoisyNNError(f"'{value}' must be {'>' if self.strict else '>='} {self.least:g}{unit}")
+        degenerate = float32_error(number) if self.kind != "int" else None
+        if degenerate:  # the run computes in float32: 1e-300 would be 0 there, 1e39 inf
+            raise NoisyNNError(f"'{value}': {degenerate}")
         return number
 
     def _number(self, value, text):
@@ -130,6 +162,9 @@ class Field:
             raise NoisyNNError(f"{self.name} is {', '.join(self.choices)} or a number, got '{text}'") from None
         if not (math.isfinite(number) and number > 0):
             raise NoisyNNError(f"a fixed {self.name} must be > 0, got {text}")
+        degenerate = float32_error(number)
+        if degenerate:
+            raise NoisyNNError(f"a fixed {self.name} of {text}: {degenerate}")
         return number
 
     def bound(self, value) -> str | None:
@@ -199,7 +234,9 @@ FIELDS: dict[str, Field] = _declare(
           "--range_calibration) | a number", choices=("dynamic", "none", "calibrated"), io=True),
     Field("range_std", "noise_management", "float", 0.0, "calibrated ranges: K x std of the tile's input "
           "(aihwkit's init_std_alpha) instead of max|x| (0: max|x|)", unit="input std", least=0, most=1e6,
-          why="a range of a million standard deviations is no range", io=True),
+          why="a range of a million standard deviations is no range", io=True,
+          needs=(Need(lambda v: v["input_range"] == "calibrated", "sets calibrated input ranges, and the input "
+                      "range is {input_range}: give --input_range calibrated (or a preset that calibrates)"),)),
     Field("range_calibration", "noise_management", "choice", "analog", "calibrated ranges are measured through "
           "the analog forward, each layer converting with its running range (analog, as aihwkit-lightning "
           "initialises them) | digital: layers digital while measured (the former way)",
@@ -209,14 +246,20 @@ FIELDS: dict[str, Field] = _declare(
           "outputs are clipped", choices=("iterative", "none"), io=True),
     Field("max_bm_factor", "bound_management", "float", 1000.0, "largest input reduction of iterative bound "
           "management (aihwkit also stops at max_bm_res / DAC step)", least=1, most=2.0 ** 60,
-          why="the input would be divided below any float's resolution", io=True),
+          why="the input would be divided below any float's resolution", io=True,
+          needs=(Need(lambda v: v["bound_management"] != "none", "means nothing with bound management none "
+                      "(outputs are clipped, no input is reduced)"),)),
     Field("inp_noise", "converters", "float", 0.0, "input noise std after the DAC (aihwkit inp_noise)",
           unit="input range", least=0, most=1e30, why=_SIGMA, io=True),
     Field("w_noise", "converters", "float", 0.0, "weight read noise drawn at every MVM (needs --w_noise_type)",
-          unit="--out_noise_units", least=0, most=1e30, why=_SIGMA, io=True),
+          unit="--out_noise_units", least=0, most=1e30, why=_SIGMA, io=True,
+          needs=(Need(lambda v: v["w_noise"] == 0 or v["w_noise_type"] != "none", "needs --w_noise_type "
+                      "additive_constant or pcm_read (with none no weight read noise is drawn)"),)),
     Field("w_noise_type", "converters", "choice", "none", "additive_constant: y_i += w_noise ||x|| xi | pcm_read: "
           "y_i += w_noise sqrt(sum_j |W_ij| x_j^2) xi (aihwkit OutputWeightNoiseType)",
-          choices=("none", "additive_constant", "pcm_read"), io=True),
+          choices=("none", "additive_constant", "pcm_read"), io=True,
+          needs=(Need(lambda v: v["w_noise_type"] == "none" or v["w_noise"] > 0, "needs --w_noise > 0 (with "
+                      "w_noise {w_noise:g} no weight read noise is drawn)"),)),
     # converter fields without a flag of their own (set by presets, --scale, or in code)
     Field("per_channel", "mapping", "bool", False, "with scaled weights, the scale c_w is max|W| per row of each "
           "tile, else per tile (aihwkit weight_scaling_columnwise; from --scale relative_channel)", io=True,
@@ -242,14 +285,17 @@ FIELDS: dict[str, Field] = _declare(
     Field("tile_size", "tiles", "tile", DEFAULT_TILE_SIZE, "analog tiles of at most IN inputs x OUT outputs, for "
           "the PCM mapping and the converters (aihwkit MappingParameter max_input_size, max_output_size; 0 = the "
           "whole layer)", unit="weights", most=1_048_576, why="no layer is that wide", io=True, device=True,
-          metavar="IN[xOUT]"),
+          metavar="IN[xOUT]", needs=(Need(lambda v: v["converters"] or v["noise_params"] is None
+                                          or "tile_size" in v["noise_params"], "means nothing without converters or "
+                                          "a device model: noise '{noise_type}' has no tiles"),)),
     Field("pair", "device", "choice", "tile", "pcm: 'tile' (aihwkit): the programmed weight is turned back into a "
           "fresh pair that drifts; 'independent': both devices drift and are read independently",
           choices=("tile", "independent"), device=True),
     Field("compensation_method", "compensation", "choice", "readout", "pcm --drift_compensation: 'readout' "
           "(aihwkit): per tile, one-hot probes through the layer's analog forward, factor applied after the ADC; "
           "'exact': sum|W_prog| / sum|W_t| per layer, folded into the weights", choices=("readout", "exact"),
-          device=True),
+          device=True, needs=(Need(lambda v: bool(v["drift_compensation"]), "needs --drift_compensation (without "
+                                   "it no drift compensation runs)"),)),
 )
 
 IO_FIELDS = tuple(n for n, f in FIELDS.items() if f.io)  # AnalogIO's declared fields

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import NoisyNNError
+from ..noise.base import NOISE_REGISTRY, noise_parameters
 from .fields import DEVICE_PARAMS, FIELDS, NOT_GIVEN
 from .mvm import AnalogIO
 from .presets import PRESETS
@@ -23,7 +24,9 @@ CONVERTER_FLAGS = tuple(n for n, f in FIELDS.items() if f.io and f.flag and not 
 # Shared with the device mapping (PCM tiles): sets the converters' tiles but does not turn them on.
 SHARED_CONVERTER_FLAGS = tuple(n for n, f in FIELDS.items() if f.io and f.flag and f.device)
 SWITCHES = ("analog_preset", "analog_io")  # the flags that start from a whole setting
-CONTEXT = ("scale",)  # read, not checked here: --scale relative_channel scales the weights per row (per_channel)
+# read, not checked here: --scale relative_channel scales the weights per row (per_channel); the noise type says
+# which device parameters mean something (its constructor's) and whether tiles do (a device model)
+CONTEXT = ("scale", "noise_type")
 
 
 @dataclass(frozen=True)
@@ -47,18 +50,25 @@ class AnalogSetting:
 
     ``values``: declared field -> typed value, only those given; ``preset``: a name of noisynn.analog.presets;
     ``analog_io``: start from the declarations' defaults (= preset aihwkit_default); ``scale``: the noise's
-    ``--scale`` (checked by noisynn.spec), read for ``per_channel``.
+    ``--scale`` (checked by noisynn.spec), read for ``per_channel``; ``noise_type``: the weight noise (a name or
+    an instance; None: unknown, its rules are not checked).
     """
 
     values: dict = field(default_factory=dict)
     preset: str | None = None
     analog_io: bool = False
     scale: str | None = None
+    noise_type: object = None
 
     @classmethod
-    def from_flags(cls, flags: dict) -> "AnalogSetting":
-        """The setting of ``flags`` (declared field names, ``analog_preset``, ``analog_io``; None or an empty
-        text = not given); raises NoisyNNError in one line (``--flag: reason``, bounds from the declarations)."""
+    def from_flags(cls, flags: dict, filled=(), fixed: dict | None = None) -> "AnalogSetting":
+        """The setting of ``flags`` (declared field names, ``analog_preset``, ``analog_io``, ``scale``,
+        ``noise_type``; None or an empty text = not given); raises NoisyNNError in one line (``--flag: reason``,
+        bounds from the declarations), also for a field given where it means nothing (``combination_error``).
+
+        ``filled``: names in ``flags`` that were filled in, not given (a preset's device fields): never refused for
+        their combination. ``fixed``: fields the experiment sets itself (drift_over_time: drift compensation per
+        point), seen by the combination rules only."""
         known = list(FIELDS) + list(SWITCHES) + list(CONTEXT)
         unknown = sorted(set(flags) - set(known))
         if unknown:
@@ -74,13 +84,53 @@ class AnalogSetting:
             analog_io = str(analog_io).strip().lower() == "true"
         if analog_io and preset:
             raise NoisyNNError("give --analog_preset or --analog_io (= --analog_preset aihwkit_default), not both")
-        return cls(values, preset, analog_io, given.get("scale"))
+        setting = cls(values, preset, analog_io, given.get("scale"), given.get("noise_type"))
+        message = setting.combination_error(set(values) - set(filled), fixed)
+        if message:
+            raise NoisyNNError(message)
+        return setting
 
     @classmethod
     def from_args(cls, args) -> "AnalogSetting":
-        """The setting of an experiment's parsed flags (those it has; a flag not given is absent or None)."""
+        """The setting of an experiment's parsed flags (those it has; a flag not given is absent or None). Fields
+        a preset filled in (``args._defaulted``, noisynn.spec.resolve_preset) are not given; ``args._fixed``: the
+        fields the experiment sets itself."""
         names = list(FIELDS) + list(SWITCHES) + list(CONTEXT)
-        return cls.from_flags({k: getattr(args, k) for k in names if hasattr(args, k)})
+        return cls.from_flags({k: getattr(args, k) for k in names if hasattr(args, k)},
+                              filled=getattr(args, "_defaulted", ()), fixed=getattr(args, "_fixed", None))
+
+    def view(self, fixed: dict | None = None) -> dict:
+        """The setting in effect, as the fields' ``Need`` rules read it: every declared field's value (the
+        converters' as ``io()`` resolves them, the device fields given, else the declared defaults), ``fixed``
+        over them, and ``converters`` (on or off), ``noise_type``, ``noise_params`` (its constructor's
+        parameters; None when unknown)."""
+        out = {n: f.default for n, f in FIELDS.items()}
+        io = self.io()
+        if io is not None:
+            out.update({k: v for k, v in asdict(io).items() if k in FIELDS})
+        out.update({k: v for k, v in self.values.items() if not FIELDS[k].io})
+        out.update(fixed or {})
+        name = self.noise_type if isinstance(self.noise_type, str) or self.noise_type is None \
+            else getattr(self.noise_type, "name", type(self.noise_type).__name__)
+        params = None if self.noise_type is None else noise_parameters(self.noise_type)
+        return {**out, "converters": io is not None, "noise_type": name, "noise_params": params}
+
+    def combination_error(self, given, fixed: dict | None = None) -> str | None:
+        """The one line for a field among ``given`` that means nothing in this setting, else None: a device
+        parameter the noise's constructor does not take, or a field whose ``Need`` (noisynn.analog.fields) fails."""
+        view = self.view(fixed)
+        params = view["noise_params"]
+        for name, f in FIELDS.items():
+            if name not in given:
+                continue
+            if f.device and not f.io and params is not None and name not in params:
+                takers = sorted(n for n in NOISE_REGISTRY if name in (noise_parameters(n) or ()))
+                return (f"--{name}: noise '{view['noise_type']}' has no such parameter (a parameter of "
+                        f"{', '.join(takers) or 'no registered noise'})")
+            for need in f.needs:
+                if not need.holds(view):
+                    return f"--{name}: {need.message.format(**view)}"
+        return None
 
     @property
     def converters_on(self) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import NoisyNNError
 from ..seeding import derive_seed
-from ..analog.fields import default
+from ..analog.fields import default, float32_error
 from .base import NoiseDistribution, register_noise
 
 
@@ -64,6 +64,9 @@ class StudentTNoise(NoiseDistribution):
     def __init__(self, df: float = default("df"), **params):
         if not (math.isfinite(df) and df > 0):
             raise NoisyNNError(f"student_t needs df > 0, got {df}")
+        degenerate = float32_error(float(df))  # df 1e-300 is 0 in float32: the draw would be exactly zero
+        if degenerate:
+            raise NoisyNNError(f"student_t df {degenerate}")
         super().__init__(df=float(df), **params)
         self.df = float(df)
 

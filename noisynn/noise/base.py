@@ -125,6 +125,28 @@ def _same_source(a: type, b: type) -> bool:
         return False
 
 
+def noise_parameters(noise) -> frozenset | None:
+    """The named parameters of the constructor of noise ``noise`` (a registered name, a class or an instance) and
+    of its bases'; None when unknown: not registered, or a user class that takes any (``**kwargs``). The built-ins
+    pass ``**params`` on to ``NoiseDistribution`` to be recorded; their named parameters are the ones they use."""
+    cls = NOISE_REGISTRY.get(noise) if isinstance(noise, str) else noise if isinstance(noise, type) else type(noise)
+    if not (isinstance(cls, type) and issubclass(cls, NoiseDistribution)):
+        return None
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass in (NoiseDistribution, object):
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind is p.VAR_KEYWORD for p in params) and not klass.__module__.startswith(__package__ + "."):
+            return None
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+    return frozenset(names)
+
+
 def get_noise(name: str | NoiseDistribution, **params) -> NoiseDistribution:
     """An instance of the registered noise ``name`` (an instance passes through unchanged).
 

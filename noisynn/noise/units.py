@@ -35,6 +35,18 @@ def parse_time(text: str) -> float:
     return value
 
 
+def parse_times(text: str) -> list[float]:
+    """``--times``: a comma list of distinct read times (``parse_time``), each > 0, sorted. 0 s is refused: the
+    figures' time axis is logarithmic, and a read at 0 s is the programmed state itself."""
+    times = [parse_time(t) for t in str(text).split(",") if t.strip()]
+    if not times or len(set(times)) != len(times):
+        raise NoisyNNError(f"--times needs distinct times, got '{text}'")
+    if min(times) <= 0:
+        raise NoisyNNError(f"--times must be > 0 s (the time axis is logarithmic; 1s reads right after "
+                           f"programming), got '{text}'")
+    return sorted(times)
+
+
 def time_label(seconds: float) -> str:
     """Short label: 1 s, 1 min, 1 h, 1 d, 1 mo, 1 y (largest unit that divides evenly), else seconds."""
     for unit in ("y", "mo", "d", "h", "min", "s"):

@@ -37,6 +37,33 @@ def _repair_torn_tail(path: Path) -> None:
             fh.truncate(data.rfind(b"\n") + 1)
 
 
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Remove the temporary files (``.NAME.PID.tmp``, ``replace_atomic``) that a writer killed mid-write left in
+    ``folder`` (kill -9 runs no cleanup): those whose process is gone. Called by the folder's writer under its
+    lock; returns the names removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp.name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def replace_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
 
@@ -103,10 +130,12 @@ class FolderLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
                 os.close(fd)
+                # the holder writes its pid just after locking: between the two it is not known yet
+                who = f"pid {holder}" if holder.isdigit() else "its pid not written yet"
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise NoisyNNError(f"{self.path.parent} is being written by another process (pid {holder}); "
+                    raise NoisyNNError(f"{self.path.parent} is being written by another process ({who}); "
                                        "wait for it to finish, or use another --out") from None
                 raise
             try:

@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 from . import distributed
 from .provenance import git_hash, versions
 from ..errors import NoisyNNError
-from .files import FolderLock, _append_line, _repair_torn_tail, check_writable, replace_atomic, write_json_atomic
+from .files import (FolderLock, _append_line, _repair_torn_tail, check_writable, remove_stale_temporaries,
+                    replace_atomic, write_json_atomic)
 from .schema import RESULTS_CSV, RUN_JSON, SAMPLES_JSONL, VOLATILE_KEYS, broken_as_inf, format_value, key_of, now
 from .read import read_meta, read_rows, read_run, read_samples
 
@@ -127,6 +128,7 @@ class RunFolder:
                 self.check(config, meta)  # again under the lock: a writer may have finished in between
                 previous = read_meta(self.run_json)
                 self.previous_meta = previous  # an experiment may keep parts of it
+                remove_stale_temporaries(self.path)  # left by a writer killed mid-write (summary.csv, figures)
                 self.meta = {**meta, "config": config, "status": "running",
                              "started": previous.get("started", now()), "resumed": bool(previous),
                              "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 
+from ..analog.setting import AnalogSetting
 from ..runs.context import check_model_flags
 from ..corpus import load_text
 from ..errors import NoisyNNError
@@ -213,6 +214,7 @@ def defaults_from(args) -> Setting:
     if projs or not kinds <= set(TARGET_CHOICES):
         raise NoisyNNError(f"the ui offers the targets {', '.join(TARGET_CHOICES)} (and blocks); "
                            f"got --targets {args.targets}")
+    AnalogSetting.from_args(args)  # the flags as given, by the CLI's rules (the page keeps its noise's flags only)
     s = Setting(model=args.model, noise_type=args.noise_type, sigma=float(f"{args.sigma:.4g}"), scale=args.scale,
                 targets=tuple(t for t in TARGET_CHOICES if t in kinds), blocks=args.blocks, seed=args.seed,
                 prompt=args.prompt,

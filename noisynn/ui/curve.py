@@ -69,6 +69,14 @@ class Curve:
         self.points.setdefault(s.curve_key, {})[p.sigma] = p
         return p
 
+    def copy(self) -> "Curve":
+        """A new curve with these points: a handler adds to a copy and yields it, so the page's state only ever
+        holds a curve the page has shown (a point finished after Stop, never yielded, stays out of Export)."""
+        new = Curve()
+        new.settings = dict(self.settings)
+        new.points = {k: dict(v) for k, v in self.points.items()}
+        return new
+
     def clear(self) -> None:
         self.settings.clear()
         self.points.clear()
@@ -95,7 +103,7 @@ class Curve:
             rest = tuple((k, v) for k, v in s.flags if k != "t_seconds")
             for p in pts:
                 g = groups.setdefault((replace(s, flags=rest).curve_key, p.sigma),
-                                      {"label": replace(s, flags=rest).label, "sigma": p.sigma, "pts": {}})
+                                      {"label": s.describe(without=("t_seconds",)), "sigma": p.sigma, "pts": {}})
                 g["pts"][t] = p.perplexity
         return [(g["label"], g["sigma"], sorted(g["pts"].items())) for g in groups.values() if len(g["pts"]) >= 2]
 

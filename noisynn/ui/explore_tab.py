@@ -130,7 +130,8 @@ class ExploreTab:
                 self.sigma_text = gr.Markdown(f"sigma = **{sigma_from_slider(log10_or_min(defaults.sigma)):g}**",
                                               elem_id="sigma-value")
                 self.committed = gr.State(log10_or_min(defaults.sigma))  # the last sigma released
-                self.shown: Setting | None = None  # the setting whose results the page shows, complete
+                self.shown: Setting | None = None  # the setting of the last complete result
+                self.last = None  # that result: (the outputs shown, (clean, noisy) perplexity, mean noisy entropy)
                 self.scale = gr.Dropdown(SCALES, value=defaults.scale, label="scale", elem_id="scale",
                                          info="absolute: weight units; relative: x std(W); relative_max: x max|W|; "
                                               "relative_channel: x max|W| per output channel")
@@ -245,39 +246,47 @@ class ExploreTab:
                 yield {status: gr.update()}
                 return
             s = ex.checked(s)
-            if s == self.shown:  # a click on the track releases twice; an emptied box puts the last value back
-                yield {status: gr.update()}
+            if s == self.shown and self.last is not None:  # a second tab, a reload, a repeated press, a click on
+                shown, ppl, entropy = self.last          # the track (it releases twice): the result, shown again
+                curve = curve.copy()
+                curve.add(s, ppl[1], ppl[0], entropy)
+                yield {**shown, status: ok(f"Same setting as the last result (sigma = {s.sigma:g}): shown again, "
+                                           "nothing recomputed."),
+                       self.curve_state: curve, self.curve_plot: curve.figure(), self.curve_table: curve.table()}
                 return
-            self.shown = None
+            self.shown = self.last = None
             cancelled = ex.requests.ticket(s.sigma)
             yield {status: ok(f"Computing sigma = {s.sigma:g} ({'full setting' if full or not values[11] else 'preview'}"
                               f", {s.eval_tokens} eval tokens, {s.max_new_tokens} new tokens)...")}
             cmp = ex.compare(s, cancelled)
             rows = result_rows(cmp)
             labels = ", ".join(f"`{html.escape(t)}`" for t, _, _ in cmp.top)
-            yield {self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({s.noise_type}, {s.scale}; perplexity "
-                                       "computing...)",
-                   self.clean_text: cmp.clean.text, self.noisy_text: cmp.noisy.text,
-                   self.prob_plot: probability_figure(cmp.top, s.sigma),
-                   self.entropy_plot: entropy_figure(cmp.clean.entropy, cmp.noisy.entropy, s.sigma),
-                   self.top_tokens: f"Top-k tokens as charted (escaped: `\\n` newline, `␣` space): {labels}",
-                   self.metrics: metrics_table(rows),
-                   self.command: cli_command(s, text_file=ex.text_file, dataset=ex.dataset),
-                   self.seed_note: f"Noise realization: base seed {s.seed}, trial 0; its derived seed "
-                                   f"{noise_seed(s.seed)} is the `seed` column of the CSV and of the exported "
-                                   "command's results.csv (`derive_seed(seed, 'noise', target, trial)`).",
-                   status: ok(f"Generated at sigma = {s.sigma:g} ({cmp.injection['n_params']:,} noised parameters); "
-                              "computing perplexity...")}
+            first = {self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; perplexity "
+                                         "computing...)",
+                     self.clean_text: cmp.clean.text, self.noisy_text: cmp.noisy.text,
+                     self.prob_plot: probability_figure(cmp.top, s.sigma),
+                     self.entropy_plot: entropy_figure(cmp.clean.entropy, cmp.noisy.entropy, s.sigma),
+                     self.top_tokens: f"Top-k tokens as charted (escaped: `\\n` newline, `␣` space): {labels}",
+                     self.metrics: metrics_table(rows),
+                     self.command: cli_command(s, text_file=ex.text_file, dataset=ex.dataset),
+                     self.seed_note: f"Noise realization: base seed {s.seed}, trial 0; its derived seed "
+                                     f"{noise_seed(s.seed)} is the `seed` column of the CSV and of the exported "
+                                     "command's results.csv (`derive_seed(seed, 'noise', target, trial)`)."}
+            yield {**first, status: ok(f"Generated at sigma = {s.sigma:g} ({cmp.injection['n_params']:,} noised "
+                                       "parameters); computing perplexity...")}
             progress(0, desc="perplexity")
             ppl = ex.perplexity(s, progress=lambda f: progress(f, desc="perplexity"), cancelled=cancelled)
             rows = result_rows(cmp, ppl)
+            if cancelled():
+                raise Cancelled
+            curve = curve.copy()
             curve.add(s, ppl[1], ppl[0], cmp.noisy.mean_entropy)
-            self.shown = s
-            yield {status: ok(f"Done: sigma = {s.sigma:g}, perplexity {ppl[0].perplexity:.4g} clean, "
-                              f"{ppl[1].perplexity:.4g} noisy, on {ppl[1].n_tokens} tokens."),
-                   self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({s.noise_type}, {s.scale}, "
-                                       f"{ppl[1].n_tokens} eval tokens)",
-                   self.metrics: metrics_table(rows), self.csv_file: str(write_csv(rows)),
+            done = {**first, self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; "
+                                                 f"{ppl[1].n_tokens} eval tokens)",
+                    self.metrics: metrics_table(rows), self.csv_file: str(write_csv(rows))}
+            self.shown, self.last = s, (done, ppl, cmp.noisy.mean_entropy)
+            yield {**done, status: ok(f"Done: sigma = {s.sigma:g}, perplexity {ppl[0].perplexity:.4g} clean, "
+                                      f"{ppl[1].perplexity:.4g} noisy, on {ppl[1].n_tokens} tokens."),
                    self.curve_state: curve, self.curve_plot: curve.figure(), self.curve_table: curve.table()}
 
         @protect
@@ -364,6 +373,9 @@ class ExploreTab:
             yield {status: ok(f"Sweep: {len(sigmas)} levels up to sigma = {s.sigma:g}...")}
             for i, sigma, clean, noisy in sweep_points(ex, s, sigmas, tempfile.mkdtemp(prefix="noisynn-ui-sweep-"),
                                                        cancelled):
+                if cancelled():  # finished as Stop was pressed: the page never shows it, so the curve keeps it out
+                    break
+                curve = curve.copy()  # the state the page holds changes only with what it is shown
                 curve.add(dataclasses.replace(s, sigma=sigma), noisy, clean)
                 yield {status: ok(f"Sweep: point {i + 1} of {len(sigmas)} (sigma = {sigma:.4g}): perplexity "
                                   f"{noisy.perplexity:.4g}" + (" - done." if i + 1 == len(sigmas) else "...")),

@@ -16,6 +16,7 @@ from typing import Sequence
 from ..errors import NoisyNNError
 from ..runs.schema import RESULTS_CSV, RUN_JSON, format_value
 from ..runs.read import read_rows, read_run
+from ..stats import not_measured
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,12 @@ def _read_table(path: Path) -> tuple[list[str], list[list]]:
     if not rows:
         return [], []
     columns = list(rows[0].keys())
-    return columns, [[shown_value(r[c]) for c in columns] for r in rows]
+    return columns, [["not measured" if not_measured(r, c) else shown_value(r[c]) for c in columns] for r in rows]
+
+
+def unmeasured_metrics(rows) -> list[str]:
+    """Columns nan in every row of a finite model: the run never measured them (``stats.not_measured``)."""
+    return [c for c in (rows[0] if rows else {}) if all(not_measured(r, c) for r in rows)]
 
 
 def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
@@ -96,6 +102,9 @@ def load_saved_run(folder: str | Path, max_rows: int = 500) -> SavedRun:
         base = meta.get("config", {}).get("seed")
         note += (" The seed column of results.csv is each realization's derived seed, derive_seed(base seed, 'noise', target, "
                  f"trial) (a 64-bit number), not the base seed{f' {base}' if base is not None else ''} of run.json.")
+    if unmeasured := unmeasured_metrics(run.rows):
+        note += (f" Not measured in this run (nan in {RESULTS_CSV}, not a failure): {', '.join(unmeasured)}; "
+                 "their panels and table rows say so.")
     if len(rows) > max_rows:
         note += f" Showing the first {max_rows} of {len(rows)} rows."
     return SavedRun(path, meta, table_path.name, columns, rows[:max_rows], figures, note.strip())

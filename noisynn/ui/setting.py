@@ -13,7 +13,8 @@ from typing import Callable
 
 from ..errors import NoisyNNError
 from ..evaluation import DEFAULT_PROMPT
-from .controls import flag_argv
+from .controls import constructor_params, flag_argv
+from ..analog.fields import default
 from ..analog.setting import AnalogSetting
 from ..models.embedded import DEFAULT_MODEL
 from ..runs.runner import Point
@@ -62,7 +63,7 @@ class Setting:
     def analog(self) -> AnalogSetting:
         """The device and converter flags as one checked setting, as the command line builds it
         (``AnalogSetting.from_flags``: the declared types, bounds and the CLI's one-line messages)."""
-        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale})
+        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale, "noise_type": self.noise_type})
 
     @property
     def spec(self) -> NoiseSpec:
@@ -82,10 +83,32 @@ class Setting:
 
     @property
     def label(self) -> str:
-        words = [self.noise_type, self.scale, self.target_spec] + ([f"blocks {self.blocks}"] if self.blocks != "all"
-                                                                   else [])
-        words += flag_argv(self.flags) + ([f"seed {self.seed}"] if self.seed else [])
-        return " ".join(words) + f" ({self.eval_tokens} tok)"
+        """The whole setting in words (``describe``): headings, curve lines and table rows name it."""
+        return self.describe()
+
+    def describe(self, without: tuple[str, ...] = ()) -> str:
+        """Noise, scale, targets, blocks, the device's read time and drift compensation in effect (given or
+        the declared defaults), the converters (a preset, or the converter flags given), the other flags
+        given, the seed and evaluation tokens. ``without``: flags left out (the time view's lines)."""
+        given = {k: v for k, v in self.flags if k not in without}
+        params = constructor_params(self.noise_type)
+        head = [self.noise_type, self.scale, self.target_spec] + ([f"blocks {self.blocks}"] if self.blocks != "all"
+                                                                  else [])
+        words = [" ".join(head)]
+        if "t_seconds" in params and "t_seconds" not in without:
+            words.append(f"read at t = {float(given.get('t_seconds', default('t_seconds'))):g} s")
+        if "drift_compensation" in params:
+            on = str(given.get("drift_compensation", default("drift_compensation"))).strip().lower() == "true"
+            method = given.get("compensation_method", default("compensation_method"))
+            words.append(f"drift compensation {method}" if on else "no drift compensation")
+        if given.get("analog_preset"):
+            words.append(f"converters: preset {given['analog_preset']}")
+        elif str(given.get("analog_io", "")).strip().lower() == "true":
+            words.append("converters: aihwkit defaults")
+        shown = ("t_seconds", "drift_compensation", "compensation_method", "analog_preset", "analog_io")
+        argv = flag_argv((k, v) for k, v in given.items() if k not in shown)
+        words += ([" ".join(argv)] if argv else []) + ([f"seed {self.seed}"] if self.seed else [])
+        return ", ".join(words) + f" ({self.eval_tokens} tok)"
 
 
 def sigma_from_slider(log10_sigma: float) -> float:

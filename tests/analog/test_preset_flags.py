@@ -40,7 +40,8 @@ def test_flags_override_a_preset():
     io = converter_spec_from_args(args).io
     assert io.preset == "aihwkit_hwa" and io.out_noise == 0.01 and io.tile_size == (256, 128)
     assert io.bound_management == "iterative" and io.w_noise == 0.0175
-    assert converter_spec_from_args(sweep_run.parse(["--tile_size", "64"])) is None  # tiles alone: no converters
+    tiles = ["--noise_type", "pcm", "--scale", "relative_channel", "--tile_size", "64"]
+    assert converter_spec_from_args(sweep_run.parse(tiles)) is None  # a device model's tiles alone: no converters
     io = converter_spec_from_args(sweep_run.parse(["--w_noise", "0.01", "--w_noise_type", "additive_constant"])).io
     assert io.w_noise == 0.01 and io.dac_bits is None and io.out_noise == 0.0
 

@@ -82,6 +82,24 @@ CASES = [
     case("sweep", ["--noise_type", "pcm"], "needs --scale relative_channel or relative_max"),
     case("sweep", ["--n_trials", "2"], "holds a different run (differs in: n_trials)"),
     case("sweep", ["--output", "@MISSING_DIR/sweep.png"], "does not exist"),
+    # flags that mean nothing in their combination (noisynn.analog.fields Field.needs, issue 25)
+    case("sweep", ["--noise_type", "pcm", "--scale", "relative_channel", "--compensation_method", "exact"],
+         "--compensation_method: needs --drift_compensation"),
+    case("sweep", ["--range_std", "3"], "--range_std: sets calibrated input ranges, and the input range is dynamic"),
+    case("sweep", ["--analog_preset", "afm", "--input_range", "dynamic", "--range_std", "3"], "input range is dynamic"),
+    case("sweep", ["--w_noise_type", "pcm_read"], "--w_noise_type: needs --w_noise > 0"),
+    case("sweep", ["--w_noise", "0.1", "--w_noise_type", "none"], "w_noise needs a w_noise_type"),
+    case("sweep", ["--bound_management", "none", "--max_bm_factor", "10"], "--max_bm_factor: means nothing with bound"),
+    case("sweep", ["--analog_preset", "afm", "--max_bm_factor", "10"], "--max_bm_factor: means nothing with bound"),
+    case("sweep", ["--tile_size", "64"], "--tile_size: means nothing without converters or a device model"),
+    case("sweep", ["--pair", "independent"], "--pair: noise 'gaussian' has no such parameter (a parameter of pcm)"),
+    case("sweep", ["--t_seconds", "60"], "--t_seconds: noise 'gaussian' has no such parameter"),
+    case("sweep", ["--noise_type", "laplacian", "--compensation_method", "exact"], "noise 'laplacian' has no such"),
+    case("sweep", ["--noise_type", "pcm", "--scale", "relative_channel", "--df", "4"], "--df: noise 'pcm' has no such"),
+    # parameters whose float32 value degenerates (0, subnormal, inf) while the typed number does not
+    case("sweep", ["--noise_type", "student_t", "--df", "1e-300"], "--df: '1e-300': 1e-300 is 0 in float32"),
+    case("sweep", ["--input_range", "1e-300"], "--input_range: a fixed input_range of 1e-300: 1e-300 is 0 in float32"),
+    case("sweep", ["--inp_noise", "1e-40"], "is subnormal in float32"),
     # layer_sensitivity.py
     case("layer_sensitivity", ["--ppl_threshold", "nan"], "'nan' is not a finite number"),
     case("layer_sensitivity", ["--blocks", "5"], "--blocks 5: the model has blocks 0-1"),
@@ -89,6 +107,7 @@ CASES = [
     case("layer_sensitivity", ["--projections", "qq"], "unknown projection 'qq'"),
     case("layer_sensitivity", ["--mode", "groups", "--max_noise", "0"], "--max_noise must be > 0 for the group sweep"),
     case("layer_sensitivity", ["--plugin", "@SYNTAX"], "failed to import: SyntaxError"),
+    case("layer_sensitivity", ["--compensation_method", "readout"], "--compensation_method: noise 'gaussian' has no"),
     # optimal_jitter.py
     case("optimal_jitter", ["--search_range", "0.5", "0.1"], "needs LOW <= HIGH"),
     case("optimal_jitter", ["--temperature", "0"], "'0' must be > 0"),
@@ -104,6 +123,8 @@ CASES = [
     case("noise_aware_training", ["--targets", "qkv"], "targets 'qkv' match no weights"),
     case("noise_aware_training", ["--seq_len", "100000"], "--seq_len 100,000 is longer than the 256 positions"),
     case("noise_aware_training", ["--train_file", "@SHORT_TRAIN", "--seq_len", "200"], "fewer than --seq_len 200"),
+    case("noise_aware_training", ["--seq_len", "1"], "--seq_len: '1' must be >= 2"),
+    case("noise_aware_training", ["--tile_size", "64"], "--tile_size: means nothing without converters"),
     # temporal_drift.py
     case("temporal_drift", ["--schedule", "cubic"], "unknown schedule 'cubic'"),
     case("temporal_drift", ["--accumulate", "--noise_type", "pcm", "--scale", "relative_channel"],
@@ -124,6 +145,9 @@ CASES = [
     case("drift_over_time", ["--t_seconds", "5"], "use --times and --compensation"),
     case("drift_over_time", ["--digital_bits", "x"], "--digital_bits takes a comma list of integers"),
     case("drift_over_time", ["--stuck_fraction", "2"], "must lie in [0, 1]"),
+    case("drift_over_time", ["--times", "0"], "--times must be > 0 s"),
+    case("drift_over_time", ["--times", "0,1h"], "--times must be > 0 s"),
+    case("drift_over_time", ["--compensation_method", "exact"], "--compensation_method: needs --drift_compensation"),
     # generate_graphs.py (the folder it must leave alone is a sweep's)
     case("generate_graphs", ["--output", "@RUN/x.png"], "--output goes with --compare"),
     case("generate_graphs", ["--compare", "@RUN", "@MISSING_DIR"], "not a run folder"),
@@ -140,6 +164,9 @@ CASES = [
     case("ui", ["--max_memory", "0=1GiB"], "--max_memory needs --device_map auto"),
     case("ui", ["--model", "@ADIR"], "has no config.json"),
     case("ui", ["--text_file", "@MISSING_DIR/text.txt"], "does not exist"),
+    case("ui", ["--tile_size", "64"], "--tile_size: means nothing without converters or a device model"),
+    case("ui", ["--pair", "tile"], "--pair: noise 'gaussian' has no such parameter"),
+    case("ui", ["--range_std", "2"], "--range_std: sets calibrated input ranges"),
     # the noisynn console dispatcher
     case("noisynn", ["nosuch"], "unknown experiment 'nosuch'"),
     case("noisynn", ["--bogus"], "unknown experiment '--bogus'"),

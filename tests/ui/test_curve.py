@@ -91,3 +91,70 @@ def test_pcm_points_at_several_times_give_a_time_view(explorer):
     (label, sigma, pts), = curve.time_lines()
     assert sigma == 1.0 and [t for t, _ in pts] == [1.0, 3600.0, 1e8] and "t_seconds" not in label
     assert len(curve.figure().axes) == 2
+
+
+def handler(explorer, name):
+    """The page's handler ``name`` and its inputs' default values (the app built, no browser)."""
+    pytest.importorskip("gradio")
+    from noisynn.ui import app as ui
+    from noisynn.ui.setting import check_setting
+
+    app = ui.build_app(explorer, check_setting(setting(eval_tokens=64)), run_roots=("nowhere",))
+    fn = next(f for f in app.fns.values() if getattr(f.fn, "__name__", "") == name)
+    return fn.fn, [getattr(c, "value", None) for c in fn.inputs]
+
+
+def test_a_point_finished_as_stop_is_pressed_stays_off_the_shown_curve(explorer, monkeypatch):
+    import threading
+
+    from noisynn.ui.curve import Curve
+
+    on_sweep, values = handler(explorer, "on_sweep")
+    finished = threading.Event()
+    original = explorer.perplexity
+
+    def perplexity(s, *args, **kwargs):
+        out = original(s, *args, **kwargs)
+        if len(calls := getattr(perplexity, "calls", [])) == 1:
+            finished.set()  # the second point is done: Stop is pressed now
+        perplexity.calls = calls + [s.sigma]
+        return out
+
+    monkeypatch.setattr(explorer, "perplexity", perplexity)
+    steps = on_sweep(Curve(), 6, *values[2:])
+    next(steps)  # "Sweep: 6 levels..."
+    shown = next(c for c in next(steps).values() if isinstance(c, Curve))  # point 1 of 6, on the page
+    assert shown.n_points == 1
+    finished.wait(60)
+    explorer.requests.stop()  # Gradio cancels the event: nothing more reaches the page, the thread runs on
+    for _ in steps:
+        pass
+    assert shown.n_points == 1  # what Export writes is what the page showed
+
+
+def test_every_result_names_its_whole_setting():
+    """A PCM result names its read time, drift compensation and converter preset, given or by default."""
+    pcm = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)
+    default = pcm.label
+    assert "read at t = 86400 s" in default and "no drift compensation" in default
+    later = replace(pcm, flags=(("t_seconds", "3600"), ("drift_compensation", "true"),
+                                ("analog_preset", "aihwkit_hwa"))).label
+    assert "read at t = 3600 s" in later and "drift compensation readout" in later
+    assert "preset aihwkit_hwa" in later and later != default
+    assert "read at" not in setting().label and "--dac_bits 8" in replace(setting(), flags=(("dac_bits", "8"),)).label
+
+
+def test_generate_with_the_last_setting_shows_the_result_again(explorer):
+    """A second tab, a reload or a repeated press with the setting last computed: the press answers (the result
+    shown again, a message saying so), never nothing."""
+    from noisynn.ui.curve import Curve
+
+    on_compute, values = handler(explorer, "on_compute")
+    first = list(on_compute(Curve(), *values[1:]))
+    assert any("Done:" in str(getattr(v, "get", lambda k: v)("value")) for v in first[-1].values())
+    again = list(on_compute(Curve(), *values[1:]))  # another tab: its own empty curve, the same setting
+    out = again[-1]
+    texts = [str(v.get("value")) if isinstance(v, dict) else str(v) for v in out.values()]
+    assert any("shown again" in t for t in texts) and any("Results for **sigma" in t for t in texts)
+    curve = next(v for v in out.values() if isinstance(v, Curve))
+    assert curve.n_points == 1  # the point is on this tab's curve too

@@ -53,3 +53,28 @@ def test_saved_run_tables_show_four_significant_digits(saved_run):
     assert cells and all(len(c) <= 10 for c in cells if c.replace(".", "").replace("e", "").replace("-", "")
                          .replace("+", "").isdigit()), cells
     assert saved_runs.shown_value(0.123456789) == "0.1235" and saved_runs.shown_value(float("inf")) == "inf"
+
+
+def test_an_exported_curve_shows_unmeasured_metrics_as_not_measured(tmp_path, monkeypatch, text_file):
+    """The explorer's export measures perplexity only: its other metrics read "not measured", never a failure
+    (no red inf/nan marks, no "clean (nan)", no "0% CI band")."""
+    from noisynn.experiments.sweep import report
+    from noisynn.ui.curve import Curve
+    from noisynn.ui.explore import Explorer
+    from tests.ui.test_explore import setting, tiny_loader
+
+    explorer = Explorer(device="cpu", text_file=str(text_file), loader=tiny_loader)
+    curve = Curve()
+    for sigma in (0.1, 0.5):
+        clean, noisy = explorer.perplexity(setting(sigma=sigma, eval_tokens=32, max_length=32))
+        curve.add(setting(sigma=sigma, eval_tokens=32, max_length=32), noisy, clean)
+    folder, = curve.export(tmp_path / "runs").iterdir()
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig) or path)
+    run = saved_runs.load_saved_run(folder)
+    texts = [t.get_text() for fig in figures for ax in fig.axes for t in ax.texts + (
+        ax.get_legend().get_texts() if ax.get_legend() else [])]
+    shown = " | ".join(texts)
+    assert "not measured" in shown and "inf/nan" not in shown and "(nan)" not in shown and "0% CI" not in shown
+    assert "Not measured in this run" in run.note and "entropy_bits" in run.note
+    assert "nan" not in {c for row in run.rows for c in row}

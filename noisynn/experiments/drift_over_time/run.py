@@ -22,7 +22,8 @@ from ...analog.hooks import install_converters
 from ...errors import NoisyNNError
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
 from ...inject import NoiseInjector, noisy_weights
-from ...noise import bits_to_step, drift_factor, parse_time, time_label
+from ...noise import bits_to_step, drift_factor, time_label
+from ...noise.units import parse_times
 from ...options.parser import ArgumentParser
 from ...options.flags import add_converter_args, add_model_args, add_noise_args, add_run_args, prompt_text
 from ...options.argtypes import nonneg_float, positive_int
@@ -175,9 +176,9 @@ def check_args(args) -> tuple[list[float], list[int], dict]:
     for flag in ("t_seconds", "drift_compensation"):
         if hasattr(args, flag):
             raise NoisyNNError(f"--{flag} is set by this experiment; use --times and --compensation")
-    times = [parse_time(t) for t in args.times.split(",") if t.strip()]
-    if not times or len(set(times)) != len(times):
-        raise NoisyNNError(f"--times needs distinct times, got '{args.times}'")
+    times = parse_times(args.times)
+    # set per point by this experiment, seen by the flags' combination rules (--compensation_method needs it)
+    args._fixed = {"drift_compensation": args.compensation != "off"}
     noise = spec_from_args(args).noise
     if not (hasattr(noise, "t_seconds") and hasattr(noise, "drift_compensation")):
         raise NoisyNNError(f"--noise_type {args.noise_type} has no read time; use a device model such as pcm")
@@ -187,7 +188,7 @@ def check_args(args) -> tuple[list[float], list[int], dict]:
     for label, (scale, params, _) in mappings.items():  # every entry's mapping is checked before the folder exists
         spec_from_args(argparse.Namespace(**{**vars(args), **params, "scale": scale, "analog_preset": None,
                                              "analog_io": False}))
-    return sorted(times), parse_bits(args.digital_bits), specs
+    return times, parse_bits(args.digital_bits), specs
 
 
 def run(argv=None) -> int:

@@ -31,7 +31,8 @@ from ...errors import NoisyNNError
 from ...evaluation import compute_perplexity
 from ...inject import NoiseInjector
 from ...targets import select
-from ...noise import parse_time, time_label
+from ...noise import time_label
+from ...noise.units import parse_times
 from ...runs.files import write_json_atomic
 from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
 from ...seeding import derive_seed
@@ -133,6 +134,9 @@ def resolve_recipe(p, args) -> None:
     if args.recipe == "afm":
         if args.train_file:
             p.error("--train_file belongs to --recipe weight_noise; use --data PATH with --recipe afm")
+        if args.noise_type != p.get_default("noise_type"):
+            p.error(f"--noise_type {args.noise_type} means nothing with --recipe afm: it trains with gaussian weight "
+                    "noise (--noise_level x per-channel max|W|) and reads the models on pcm and pcm_afm")
         for k, v in AFM_DEFAULTS.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
@@ -187,13 +191,6 @@ def lean_options(args) -> dict:
     cpu = getattr(args, "device", "auto") == "cpu" or not torch.cuda.is_available()
     check_optimizer(lean["optimizer"], "cpu" if cpu else None)
     return lean
-
-
-def parse_times(text: str) -> list[float]:
-    times = [parse_time(t) for t in text.split(",") if t.strip()]
-    if not times or len(set(times)) != len(times):
-        raise NoisyNNError(f"--times needs distinct times, got '{text}'")
-    return sorted(times)
 
 
 def points(variants, times, n_trials, pcm_afm: bool = False) -> list[AFMPoint]:

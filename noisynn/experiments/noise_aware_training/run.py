@@ -104,6 +104,9 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.warmup > 1:
         p.error(f"argument --warmup: '{args.warmup}' must be <= 1")
+    if args.seq_len < 2:  # refused here, before any run folder (--data self would find it only after writing)
+        p.error(f"argument --seq_len: '{args.seq_len}' must be >= 2 (a window of one token has no next token to "
+                "predict)")
     afm_run.resolve_recipe(p, args)  # recipe-dependent defaults, and flags that belong to the other recipe
     return args
 

@@ -13,7 +13,7 @@ from ...errors import NoisyNNError
 from ...plotting import band, level_ticks, plt, quality_label, realizations_note, save_figure, sigma_axis, write_summary
 from ...runs.schema import RESULTS_CSV
 from ...runs.read import Run, read_run
-from ...stats import group_by, summarize_levels
+from ...stats import group_by, measured_rows, summarize_levels
 
 
 def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
@@ -30,13 +30,19 @@ def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
     panels = (("perplexity", "perplexity", True), ("entropy_bits", "next-token entropy (bits)", False),
               ("distinct_2", "distinct-2 of sampled text", False))
     for ax, (metric, ylabel, log_y) in zip(axes, panels):
-        summary = summarize_levels(noisy, metric)
+        ax.set_ylabel(ylabel)
+        if not measured_rows(noisy, metric):  # nan with a finite model: not measured, not a failure
+            ax.text(0.5, 0.5, f"{metric}: not measured in this run", transform=ax.transAxes, ha="center",
+                    va="center", color="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        summary = summarize_levels(measured_rows(noisy, metric), metric)
         band(ax, [s["sigma"] for s in summary], summary, meta.get("config", {}).get("noise_type", "noise"), log_y=log_y)
-        if clean:
-            c = summarize_levels(clean, metric)[0]
+        if measured_rows(clean, metric):
+            c = summarize_levels(measured_rows(clean, metric), metric)[0]
             ax.axhline(c["median"], color="gray", ls="--", lw=1, label=f"clean ({c['median']:.3g})")
         sigma_axis(ax, [s["sigma"] for s in summary], meta)
-        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     cfg = meta.get("config", {})
