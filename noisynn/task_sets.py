@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -129,8 +130,7 @@ def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
 def single_process_view():
     """The runner splits points across processes and each process scores all items of its points, so
     each lm-eval call is a single-process evaluation (NoisyLM: rank 0 of 1). lm-eval also reads the
-    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call.
-    (The redirect around it drops lm-eval's "bootstrapping for stddev" prints.)"""
+    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call."""
     saved = os.environ.get("LOCAL_RANK")
     os.environ["LOCAL_RANK"] = "0"
     try:
@@ -140,3 +140,28 @@ def single_process_view():
             os.environ.pop("LOCAL_RANK", None)
         else:
             os.environ["LOCAL_RANK"] = saved
+
+
+@contextlib.contextmanager
+def quiet_git():
+    """lm-eval records ``git describe`` of the working directory and lets git's stderr through ("fatal: not a git
+    repository" wherever that directory is no checkout); during the call it records noisynn's own commit instead
+    (``runs.provenance.git_hash``, which captures git's output)."""
+    import lm_eval.evaluator as evaluator
+
+    from .runs.provenance import git_hash
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
+
+
+@contextlib.contextmanager
+def lm_eval_call():
+    """Around one lm-eval evaluation of an experiment's point: a single-process view, lm-eval's prints dropped
+    (its "bootstrapping for stddev"), and its git lookup quiet."""
+    with contextlib.redirect_stdout(io.StringIO()), single_process_view(), quiet_git():
+        yield

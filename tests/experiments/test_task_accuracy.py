@@ -152,3 +152,19 @@ def test_embedded_model_is_above_chance_clean_and_falls_with_noise(tmp_path):
     assert value[("noisynn_cloze", "acc", 0.3)] <= value[("noisynn_cloze", "acc", 0.0)] - 0.3
     assert value[("noisynn_next_sentence", "acc_norm", 0.3)] < value[("noisynn_next_sentence", "acc_norm", 0.0)]
     assert value[("noisynn_cloze", "perplexity", 0.3)] > 10 * value[("noisynn_cloze", "perplexity", 0.0)]
+
+
+def test_lm_evals_git_lookup_is_quiet_outside_a_git_checkout(tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe` in the working directory, git's "fatal: not a git repository" going straight to
+    stderr (task_accuracy, placement, the harness CLI): during an experiment's call it records noisynn's commit."""
+    import lm_eval.evaluator as evaluator
+
+    from noisynn.runs.provenance import git_hash
+    from noisynn.task_sets import lm_eval_call
+
+    monkeypatch.chdir(tmp_path)  # no checkout here
+    expected = git_hash()
+    with lm_eval_call():
+        recorded = evaluator.get_git_commit_hash()
+    assert recorded == expected and "fatal" not in capfd.readouterr().err
+    assert evaluator.get_git_commit_hash is not git_hash  # lm-eval's own again after the call

@@ -12,8 +12,6 @@ sigma, trial): lm-eval's value, its standard error over items, and the number of
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 
@@ -24,7 +22,7 @@ from ...options.flags import (add_converter_args, add_level_args, add_model_args
 from ...options.argtypes import nonneg_int, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
-from ...task_sets import TaskSet, metric_name, prepare_tasks, single_process_view
+from ...task_sets import TaskSet, lm_eval_call, metric_name, prepare_tasks
 from . import report
 
 EXPERIMENT = "task_accuracy"
@@ -145,7 +143,7 @@ def run(argv=None) -> int:
         if point.sigma == 0 and clean and lm.hooks is None and not args.log_samples:
             return clean[0]
         lm.set_noise(point.sigma, point.seed(args.seed), point.sample_seed(args.seed))
-        with contextlib.redirect_stdout(io.StringIO()), single_process_view():
+        with lm_eval_call():
             result = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.tasks.values()), task_manager=tasks.manager,
                                              num_fewshot=args.num_fewshot, limit=args.limit,
                                              bootstrap_iters=args.bootstrap_iters, log_samples=args.log_samples,
