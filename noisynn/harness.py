@@ -19,6 +19,7 @@ the offline tasks on the include path (lm-eval 0.4.13 has no plugin hook through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -263,7 +264,6 @@ def _cli(argv: list[str]) -> int:
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
-    from .task_sets import quiet_git
     from .tasks import build
 
     if "--include_path" not in argv and any(a in ("run", "ls", "validate") or a.startswith("--") for a in argv):
@@ -286,6 +286,23 @@ def _cli(argv: list[str]) -> int:
             raise NoisyNNError(_first_line(err)) from None
         raise
     return 0
+
+
+@contextlib.contextmanager
+def quiet_git():
+    """lm-eval records ``git describe`` of the working directory and lets git's stderr through ("fatal: not a git
+    repository" wherever that directory is no checkout); during the call it records noisynn's own commit instead
+    (``runs.provenance.git_hash``, which captures git's output)."""
+    import lm_eval.evaluator as evaluator
+
+    from .runs.provenance import git_hash
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
 
 
 def _raised_in(err: BaseException, package: str) -> bool:

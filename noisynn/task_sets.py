@@ -143,25 +143,10 @@ def single_process_view():
 
 
 @contextlib.contextmanager
-def quiet_git():
-    """lm-eval records ``git describe`` of the working directory and lets git's stderr through ("fatal: not a git
-    repository" wherever that directory is no checkout); during the call it records noisynn's own commit instead
-    (``runs.provenance.git_hash``, which captures git's output)."""
-    import lm_eval.evaluator as evaluator
-
-    from .runs.provenance import git_hash
-
-    saved = evaluator.get_git_commit_hash
-    evaluator.get_git_commit_hash = git_hash
-    try:
-        yield
-    finally:
-        evaluator.get_git_commit_hash = saved
-
-
-@contextlib.contextmanager
 def lm_eval_call():
     """Around one lm-eval evaluation of an experiment's point: a single-process view, lm-eval's prints dropped
     (its "bootstrapping for stddev"), and its git lookup quiet."""
+    from .harness import quiet_git
+
     with contextlib.redirect_stdout(io.StringIO()), single_process_view(), quiet_git():
         yield
