@@ -2,14 +2,18 @@
 
 For the experiments that score them (task_accuracy, placement's --max_acc_drop): loading by name or YAML file
 with one-line errors, each task's fingerprint (sha256 of its config and local data files) and chance level,
-the names of its metrics, and a single-process view of a launcher's environment. lm-eval itself is imported
+the names of its metrics, and a single-process view of a launcher's environment. What would fail inside lm-eval
+mid-run is checked when the tasks are loaded (a metric lm-eval does not score, more few-shot examples than the
+task has) or once the model is (``check_context``: a continuation longer than the model's context). lm-eval itself is imported
 only when tasks are loaded (this module imports no torch)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,12 @@ from .errors import NoisyNNError
 # lm-eval's accuracy metrics (higher is better, fractions of items); other metrics (perplexity) are
 # summarized but not drawn or thresholded.
 ACCURACY = ("acc", "acc_norm", "exact_match")
+# the metrics lm-eval's ConfigurableTask.process_results computes per output type (a generation task scores any
+# metric it can find a function for, in its registry or HF evaluate's)
+SCORED = {"loglikelihood": ("perplexity", "acc"),
+          "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+          "multiple_choice": ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match", "f1", "mcc",
+                              "brier_score", "likelihood")}
 
 
 def is_accuracy(metric: str) -> bool:
@@ -92,8 +102,84 @@ def _chance(task, limit: int) -> float | None:
     return 0.0 if task.OUTPUT_TYPE in ("loglikelihood", "generate_until") else None
 
 
-def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
-    """Resolve task names and YAML paths, load the tasks and their datasets (one NoisyNNError line on failure)."""
+def _check_metrics(name: str, task) -> None:
+    """Every metric of the task is one lm-eval computes for its output type (else lm-eval reports no value for it)."""
+    config = getattr(task, "config", None)
+    if config is None or config.process_results is not None:  # a task that scores itself
+        return
+    scored = SCORED.get(task.OUTPUT_TYPE)
+    for metric, fn in task._metric_fn_list.items():
+        unknown = metric not in scored if scored is not None else fn is None
+        if unknown:
+            known = f" (for {task.OUTPUT_TYPE} tasks: {', '.join(scored)})" if scored else ""
+            raise NoisyNNError(f"task {name}: metric '{metric}' is not one lm-eval scores{known}")
+
+
+def _check_fewshot(name: str, task, num_fewshot: int | None) -> None:
+    """The task's few-shot pool holds the examples lm-eval will draw: ``num_fewshot`` (or the task's own number;
+    lm-eval keeps a task's 0), one more when they come from the split the items do (lm-eval leaves the item out)."""
+    own = task.get_config("num_fewshot")
+    shots = (num_fewshot if num_fewshot is not None and own != 0 else own) or 0
+    if shots <= 0:
+        return
+    sampler = getattr(task, "sampler", None)
+    pool = len(sampler.fewshot_docs()) if sampler is not None else 0
+    fewshot_cfg = getattr(task, "fewshot_cfg", None)
+    same = fewshot_cfg is not None and fewshot_cfg.split == task.config.test_split
+    need = shots + 1 if same else shots
+    if pool < need:
+        why = " (the item being scored is left out of its own examples)" if same else ""
+        raise NoisyNNError(f"task {name}: {shots}-shot needs {need} few-shot documents{why} but the task has {pool}; "
+                           "lower --num_fewshot")
+
+
+def check_context(tasks: TaskSet, tokenizer, max_length: int, limit: int) -> None:
+    """Every continuation lm-eval will score on the first ``limit`` items (loglikelihood and multiple-choice tasks)
+    fits the model's context of ``max_length`` tokens (lm-eval's HF model asserts it mid-run); tokenized as lm-eval
+    splits a (context, continuation) pair."""
+    for name, task in tasks.tasks.items():
+        if task.OUTPUT_TYPE not in ("loglikelihood", "multiple_choice") or getattr(task, "multiple_input", False):
+            continue
+        for i, doc in enumerate(list(task.eval_docs)[:limit]):
+            requests = task.construct_requests(doc=doc, ctx=task.doc_to_text(doc), metadata=(name, i, 1))
+            for request in requests if isinstance(requests, list) else [requests]:
+                n = _continuation_tokens(tokenizer, *request.arguments[:2])
+                if n > max_length:
+                    raise NoisyNNError(f"task {name}: item {i}'s continuation is {n} tokens, longer than the model's "
+                                       f"context of {max_length}; lm-eval cannot score it (use a model with a "
+                                       "longer context or shorter targets)")
+
+
+def _continuation_tokens(tokenizer, context, continuation) -> int:
+    if not isinstance(context, str) or not context:
+        return len(tokenizer.encode(str(continuation), add_special_tokens=False))
+    spaces = len(context) - len(context.rstrip())  # lm-eval moves a context's trailing spaces to the continuation
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    return len(tokenizer.encode(context + continuation)) - len(tokenizer.encode(context))
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """While tasks load: lm-eval's registry logs each metric it cannot find (and its HF evaluate lookup), which
+    _check_metrics says once; datasets draws a progress bar the first time it builds a task's data files."""
+    import datasets
+
+    log = logging.getLogger("lm_eval.api.registry")
+    level, bars = log.level, datasets.is_progress_bar_enabled()
+    log.setLevel(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def prepare_tasks(names: list[str], include: list[str], limit: int, num_fewshot: int | None = None) -> TaskSet:
+    """Resolve task names and YAML paths, load the tasks and their datasets, check their metrics and few-shot pools
+    (``num_fewshot``: lm-eval's override, None for each task's own); one NoisyNNError line on failure."""
     from .harness import load_tasks, task_manager
 
     folders, resolved = [str(Path(d).expanduser()) for d in include], []
@@ -110,10 +196,13 @@ def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
         else:
             resolved.append(name)
     manager = task_manager(folders)
-    loaded = load_tasks(resolved, manager)
+    with _quiet_loading():
+        loaded = load_tasks(resolved, manager)
     tasks = dict(sorted(loaded["tasks"].items()))
     out = TaskSet(manager, tasks)
     for name, task in tasks.items():
+        _check_metrics(name, task)
+        _check_fewshot(name, task, num_fewshot)
         # the (metric, filter) pairs lm-eval will report: every metric of the task under every filter
         for filt in [f.name for f in task._filters]:
             out.metrics += [(name, m, filt) for m in task._metric_fn_list]
@@ -129,8 +218,7 @@ def prepare_tasks(names: list[str], include: list[str], limit: int) -> TaskSet:
 def single_process_view():
     """The runner splits points across processes and each process scores all items of its points, so
     each lm-eval call is a single-process evaluation (NoisyLM: rank 0 of 1). lm-eval also reads the
-    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call.
-    (The redirect around it drops lm-eval's "bootstrapping for stddev" prints.)"""
+    launcher's LOCAL_RANK to decide which process returns results: show it 0 for the call."""
     saved = os.environ.get("LOCAL_RANK")
     os.environ["LOCAL_RANK"] = "0"
     try:
@@ -140,3 +228,13 @@ def single_process_view():
             os.environ.pop("LOCAL_RANK", None)
         else:
             os.environ["LOCAL_RANK"] = saved
+
+
+@contextlib.contextmanager
+def lm_eval_call():
+    """Around one lm-eval evaluation of an experiment's point: a single-process view, lm-eval's prints dropped
+    (its "bootstrapping for stddev"), and its git lookup quiet."""
+    from .harness import quiet_git
+
+    with contextlib.redirect_stdout(io.StringIO()), single_process_view(), quiet_git():
+        yield

@@ -3,6 +3,7 @@
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -167,3 +168,89 @@ def test_lm_eval_cli_through_python_m_noisynn_harness(tiny_model_dir, capsys):
           "--tasks", CLOZE, "--limit", "2"])
     out = capsys.readouterr().out
     assert CLOZE in out and "perplexity" in out and "noisynn" in out
+
+
+# --- the harness CLI at the script boundary (issue 25): one line, exit 2, before anything is loaded -------------
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT folder: an encoder (is_decoder=False), not a causal language model."""
+    from transformers import BertConfig, BertModel
+
+    from tests.helpers import byte_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(BertConfig(vocab_size=258, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+HARNESS_CASES = [  # (model_args after pretrained=@MODEL,device=cpu; more flags; fragment of the one stderr line)
+    ("sigma=abc", [], "model_args sigma: 'abc' is not a number"),
+    ("sigma=-0.5", [], "must be >= 0"),
+    ("sigma=nan", [], "is not a finite number"),
+    ("seed=x", [], "model_args seed: 'x' is not an integer"),
+    ("sigam=0.5", [], "unknown model_args key 'sigam'; known: pretrained"),
+    ("analog_preset=afm", [], "unknown model_args key 'analog_preset'"),
+    ("include_bias=maybe", [], "model_args include_bias: 'maybe' is not true or false"),
+    ("noise_type=nope", [], "unknown noise type 'nope'"),
+    ("targets=nothing", [], "unknown target 'nothing'"),
+    ("scale=huge", [], "unknown scale 'huge'"),
+    ("blocks=9", [], "block 9 does not exist: this model has blocks 0-1"),
+    ("dac_bits=1", [], "'1' must be >= 2 bits"),
+    ("", ["--limit", "0"], "--limit 0: must be > 0"),
+]
+
+
+def harness_argv(model, model_args, extra=()):
+    args = f"pretrained={model},device=cpu" + (f",{model_args}" if model_args else "")
+    return ["run", "--model", "noisynn", "--model_args", args, "--tasks", CLOZE, "--limit", "2", *extra]
+
+
+@pytest.mark.parametrize("model_args,extra,message", HARNESS_CASES, ids=[c[0] or " ".join(c[1]) for c in HARNESS_CASES])
+def test_harness_cli_bad_setting_is_one_line_exit_2(model_args, extra, message, tiny_model_dir, capsys, monkeypatch):
+    from tests.helpers import exits_2_with_one_line
+    from noisynn.harness import main
+
+    monkeypatch.setattr(sys, "argv", ["noisynn.harness"])
+    err = exits_2_with_one_line(main, harness_argv(tiny_model_dir, model_args, extra), capsys)
+    assert message in err and "Traceback" not in err, err
+
+
+def test_harness_cli_refuses_a_missing_or_non_causal_model_before_loading(bert_dir, tmp_path, capsys, monkeypatch):
+    from tests.helpers import exits_2_with_one_line
+    from noisynn.harness import main
+
+    monkeypatch.setattr(sys, "argv", ["noisynn.harness"])
+    err = exits_2_with_one_line(main, harness_argv(tmp_path / "no" / "such", ""), capsys)
+    assert "does not exist" in err, err
+    err = exits_2_with_one_line(main, harness_argv(bert_dir, ""), capsys)
+    assert "is not a causal language model" in err, err
+
+
+def test_python_m_noisynn_harness_is_one_line_exit_2(tiny_model_dir, tmp_path):
+    """The real entry point: an unknown key is refused before lm-eval starts; an unknown task (lm-eval's own check
+    of its arguments) ends in one error line, after lm-eval's log lines, without a traceback."""
+    from tests.helpers import run_python, script_env
+
+    env = script_env(HF_HUB_OFFLINE="1")
+    proc = run_python(["-m", "noisynn.harness", *harness_argv(tiny_model_dir, "sigam=0.5")], cwd=tmp_path, env=env,
+                      timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "unknown model_args key 'sigam'" in proc.stderr
+    proc = run_python(["-m", "noisynn.harness", "run", "--model", "noisynn", "--model_args",
+                       f"pretrained={tiny_model_dir},device=cpu", "--tasks", "no_such_task"], cwd=tmp_path, env=env,
+                      timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("noisynn.harness: error:") and "no_such_task" in last, proc.stderr
+
+
+def test_noisylm_checks_sigma_seed_and_keys_from_python(tiny_model_dir):
+    from noisynn.harness import NoisyLM
+
+    with pytest.raises(NoisyNNError, match="sigma: '-1' must be >= 0"):
+        NoisyLM(pretrained="/no/such/model", sigma=-1)
+    with pytest.raises(NoisyNNError, match="unknown model_args key 'sigam'"):
+        NoisyLM.create_from_arg_string(f"pretrained={tiny_model_dir},sigam=0.5")

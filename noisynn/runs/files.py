@@ -12,8 +12,11 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
 
 from ..errors import NoisyNNError
+
+T = TypeVar("T")
 
 LOCK_FILE = ".lock"
 
@@ -64,16 +67,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def replace_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+def write_via_temp(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(fh)`` into a temporary file next to ``path`` (binary), fsync it, then rename it over ``path``.
 
-    Readers see the old file or the new one, never half of one; if the write fails (a full
-    disk) the old file stays and the temporary file is removed.
+    Readers see the old file or the new one, never half of one; if anything fails (a full disk, a serializer's
+    error, Ctrl-C) the old file stays and the temporary file is removed.
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -83,6 +87,26 @@ def replace_atomic(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def replace_atomic(path: Path, text: str) -> None:
+    """``text`` (UTF-8) written through ``write_via_temp``: all or nothing."""
+    data = text.encode("utf-8")
+    write_via_temp(path, lambda fh: fh.write(data))
+
+
+def read_saved(path: Path, read: Callable[[Path], T], remedy: str) -> T:
+    """``read(path)`` of a saved file (tensors, a checkpoint); a reader's failure on a damaged or truncated file
+    is one NoisyNNError line naming the file and ``remedy`` (what to do), not the library's traceback (torch
+    raises RuntimeError or even OSError EINVAL on a truncated zip, safetensors its own type). A file that cannot be
+    opened at all is the OSError of opening it, for the script boundary."""
+    with open(path, "rb"):
+        pass
+    try:
+        return read(path)
+    except Exception as err:
+        what = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise NoisyNNError(f"{path} cannot be read, it is damaged or truncated ({what}); {remedy}") from None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

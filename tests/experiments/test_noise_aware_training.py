@@ -1,7 +1,9 @@
 """noise_aware_training on tiny random models: noisy steps, fine-tuning, the run folder, bad input."""
 
 import dataclasses
+import errno
 import json
+import os
 
 import pytest
 import torch
@@ -229,3 +231,69 @@ def test_sharding_launches_are_refused():
     with pytest.raises(NoisyNNError, match="DDP only; this launch uses FSDP"):
         nat.check_launch(FakeAccelerator())
     nat.check_launch(type("A", (), {"distributed_type": "DistributedType.MULTI_CPU"})())  # DDP on CPUs: fine
+
+
+# --- damaged or full storage (issue 25): one line, exit 2, finished rows kept, no temporary file ------------------
+
+def _full_disk_for(monkeypatch, kind: str):
+    """ENOSPC from ``os.fsync`` of the temporary file of a ``kind`` file (``.safetensors``, ``.ckpt``: a save through
+    ``write_via_temp``); the run folder's own writes go through."""
+    real = os.fsync
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.endswith(".tmp") and f"{kind}." in name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_truncated_saved_weights_on_resume_are_one_line_and_the_rows_stay(tmp_path, small, capsys):
+    out = tmp_path / "run"
+    args = small + ["--save_weights", "--no_control", "--n_levels", "2", "--n_trials", "1", "--out", str(out)]
+    assert nat.main(args) == 0
+    rows = (out / "results.csv").read_bytes()
+    _truncate(out / "finetuned.safetensors")
+    err = exits_2_with_one_line(nat.main, args, capsys)
+    assert "finetuned.safetensors cannot be read, it is damaged or truncated" in err and "remove it" in err, err
+    assert (out / "results.csv").read_bytes() == rows and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_saving_weights_is_one_line_and_leaves_no_temporary_file(tmp_path, small, capsys,
+                                                                                     monkeypatch):
+    out = tmp_path / "run"
+    args = small + ["--save_weights", "--no_control", "--n_levels", "2", "--n_trials", "1", "--out", str(out)]
+    _full_disk_for(monkeypatch, ".safetensors")
+    err = exits_2_with_one_line(nat.main, args, capsys)
+    assert "No space left on device" in err and "free some space" in err, err
+    assert not list(out.glob(".*.tmp")) and not (out / "finetuned.safetensors").exists()
+    monkeypatch.undo()
+    assert nat.main(args) == 0  # space again: the same command completes
+    assert (out / "finetuned.safetensors").is_file() and not list(out.glob(".*.tmp"))
+
+
+def test_checkpoints_truncated_or_written_to_a_full_disk(tmp_path, monkeypatch):
+    from noisynn.experiments.noise_aware_training import afm
+
+    cfg, path = afm.AFMConfig(), tmp_path / "finetuned.ckpt"
+    state = {"config": afm._config_record(cfg), "step": 2, "tensors": {"w": torch.ones(64, 64)}}
+    afm.save_checkpoint(path, state)
+    assert afm.load_checkpoint(path, cfg)["step"] == 2
+    before = path.read_bytes()
+    _full_disk_for(monkeypatch, ".ckpt")
+    with pytest.raises(OSError, match="No space left"):
+        afm.save_checkpoint(path, {**state, "step": 3})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file
+    _truncate(path)
+    with pytest.raises(NoisyNNError, match=r"finetuned.ckpt cannot be read, it is damaged or truncated") as err:
+        afm.load_checkpoint(path, cfg)
+    assert len(str(err.value).splitlines()) == 1
+    torch.save([1, 2], path)  # readable, but no checkpoint
+    with pytest.raises(NoisyNNError, match="is not a training checkpoint"):
+        afm.load_checkpoint(path, cfg)

@@ -100,6 +100,51 @@ def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, tiny_model_dir
     assert not out.exists()
 
 
+def write_task(folder, name, targets, **config):
+    """A tiny loglikelihood task YAML (JSON is YAML) over its own data file: one item per target."""
+    folder.mkdir(exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({"context": f"Item {i} is", "target": t}) + "\n" for i, t in enumerate(targets)))
+    task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": "loglikelihood", "doc_to_text": "{{context}}",
+            "doc_to_target": "{{target}}", "metric_list": [{"metric": "acc", "aggregation": "mean",
+                                                            "higher_is_better": True}], **config}
+    (folder / f"{name}.yaml").write_text(json.dumps(task))
+    return str(folder / f"{name}.yaml")
+
+
+LONG = " " + "x" * 256  # 257 byte tokens: one more than the tiny model's 256 positions
+
+
+@pytest.mark.parametrize("config,targets,argv,message", [
+    # a metric lm-eval does not score: no value in lm-eval's results (a KeyError after the run folder was written)
+    ({"metric_list": [{"metric": "no_such_metric", "aggregation": "mean", "higher_is_better": True}]}, (), (),
+     "task tiny: metric 'no_such_metric' is not one lm-eval scores (for loglikelihood tasks: perplexity, acc)"),
+    # more few-shot examples than the task's documents (random.sample: "Sample larger than population")
+    ({}, (), ("--num_fewshot", "4"), "task tiny: 4-shot needs 4 few-shot documents but the task has 3"),
+    # drawn from the items' own split: lm-eval leaves the item out, so 3 documents give 2 shots at most
+    ({"fewshot_split": "test"}, (), ("--num_fewshot", "3"), "3-shot needs 4 few-shot documents (the item"),
+    # a continuation longer than the model's context (lm-eval's HF model asserts it mid-run)
+    ({}, (" small", LONG), (), "task tiny: item 1's continuation is 257 tokens, longer than the model's context of 256"),
+])
+def test_what_lm_eval_fails_on_mid_run_is_one_line_before_the_run_folder(tmp_path, tiny_model_dir, capsys, config,
+                                                                          targets, argv, message):
+    task = write_task(tmp_path / "tasks", "tiny", targets or (" small", " big", " odd"), **config)
+    out = tmp_path / "run"
+    err = exits_2_with_one_line(main, flags(tiny_model_dir, out, "--tasks", task, "--n_trials", "1", *argv), capsys)
+    assert message in err and not out.exists()
+
+
+def test_limits_that_fit_run(tmp_path, tiny_model_dir):
+    """The checks' edges: 3 shots from 3 documents of another split; a continuation of exactly 256 tokens."""
+    tasks = tmp_path / "tasks"
+    shots = write_task(tasks, "shots", (" small", " big", " odd"))
+    edge = write_task(tasks, "edge", (" small", LONG[:-1], " odd"))
+    out = tmp_path / "run"
+    assert main(flags(tiny_model_dir, out, "--tasks", f"{shots},{edge}", "--num_fewshot", "3", "--n_trials", "1")) == 0
+    assert {r["task"] for r in read_rows(out / "results.csv")} == {"shots", "edge"}
+
+
 def test_task_yaml_path(tmp_path, tiny_model_dir):
     from noisynn.tasks import build
 
@@ -152,3 +197,19 @@ def test_embedded_model_is_above_chance_clean_and_falls_with_noise(tmp_path):
     assert value[("noisynn_cloze", "acc", 0.3)] <= value[("noisynn_cloze", "acc", 0.0)] - 0.3
     assert value[("noisynn_next_sentence", "acc_norm", 0.3)] < value[("noisynn_next_sentence", "acc_norm", 0.0)]
     assert value[("noisynn_cloze", "perplexity", 0.3)] > 10 * value[("noisynn_cloze", "perplexity", 0.0)]
+
+
+def test_lm_evals_git_lookup_is_quiet_outside_a_git_checkout(tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe` in the working directory, git's "fatal: not a git repository" going straight to
+    stderr (task_accuracy, placement, the harness CLI): during an experiment's call it records noisynn's commit."""
+    import lm_eval.evaluator as evaluator
+
+    from noisynn.runs.provenance import git_hash
+    from noisynn.task_sets import lm_eval_call
+
+    monkeypatch.chdir(tmp_path)  # no checkout here
+    expected = git_hash()
+    with lm_eval_call():
+        recorded = evaluator.get_git_commit_hash()
+    assert recorded == expected and "fatal" not in capfd.readouterr().err
+    assert evaluator.get_git_commit_hash is not git_hash  # lm-eval's own again after the call

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from ...runs import distributed
 from ...errors import NoisyNNError
+from ...runs.files import read_saved, write_via_temp
 from ...targets import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .lean import Snapshot, check_choice, make_optimizer
@@ -127,16 +127,19 @@ def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, c
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomically write a training checkpoint (torch.save to a temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomically write a training checkpoint (torch.save through ``write_via_temp``: on a full disk no temporary
+    file stays, and the previous checkpoint is kept)."""
+    write_via_temp(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: Path | None, cfg: AFMConfig) -> dict | None:
     if path is None or not Path(path).is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_saved(path, lambda p: torch.load(p, map_location="cpu", weights_only=False),
+                       "remove it: a rerun of the same command trains from step 0")
+    if not isinstance(state, dict):
+        raise NoisyNNError(f"{path} is not a training checkpoint; remove it: a rerun of the same command trains from "
+                           "step 0")
     if state.get("config") != _config_record(cfg):
         raise NoisyNNError(f"{path} is a checkpoint of another training configuration; remove it or use another --out")
     return state

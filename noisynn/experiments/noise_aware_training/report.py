@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,7 @@ import matplotlib.ticker
 import numpy as np
 
 from ...plotting import band, plt, save_figure, sigma_axis, write_table
+from ...runs.files import replace_atomic
 from ...runs.read import read_rows, read_run
 from ...stats import log_crossing, median_ci, summarize_levels
 
@@ -217,9 +217,7 @@ def write_training_csv(folder: Path, variant: str, history: list[dict], name: st
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_atomic(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- the AFM recipe

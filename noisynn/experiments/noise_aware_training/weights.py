@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from ...errors import NoisyNNError
 from ...targets import untie_head
+from ...runs.files import read_saved, write_via_temp
 from ...runs.read import read_run
 
 WEIGHTS = "{variant}.safetensors"  # only the trained tensors (the targeted projections), float32
 
 
 def save_weights(path: Path, tensors: dict, metadata: dict) -> None:
-    """Atomically write the trained tensors as safetensors (metadata values become strings)."""
-    from safetensors.torch import save_file
+    """Atomically write the trained tensors as safetensors (metadata values become strings); on a failure (a full
+    disk) no temporary file stays (``write_via_temp``)."""
+    from safetensors.torch import save
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    data = save({k: v.contiguous().cpu() for k, v in tensors.items()}, metadata={k: str(v) for k, v in metadata.items()})
+    write_via_temp(path, lambda fh: fh.write(data))
 
 
 def read_weights(path: Path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a saved file; a damaged or truncated one is one NoisyNNError line (``read_saved``)."""
+    return read_saved(path, _read_safetensors, "remove it: a rerun of the same command trains that variant again")
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
     from safetensors import safe_open
 
     tensors, meta = {}, {}

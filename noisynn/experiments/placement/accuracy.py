@@ -13,8 +13,6 @@ by far less than one item in a hundred, so a single-unit accuracy cannot rank 21
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 
@@ -59,9 +57,9 @@ class TaskScorer:
     def __call__(self) -> float:
         import lm_eval
 
-        from ...task_sets import single_process_view
+        from ...task_sets import lm_eval_call
 
-        with contextlib.redirect_stdout(io.StringIO()), single_process_view():
+        with lm_eval_call():
             result = lm_eval.simple_evaluate(model=self.hflm, tasks=list(self.tasks.tasks.values()),
                                              task_manager=self.tasks.manager, limit=self.limit, bootstrap_iters=0,
                                              verbosity="ERROR")

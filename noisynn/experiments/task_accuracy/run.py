@@ -12,8 +12,6 @@ sigma, trial): lm-eval's value, its standard error over items, and the number of
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 
@@ -24,7 +22,7 @@ from ...options.flags import (add_converter_args, add_level_args, add_model_args
 from ...options.argtypes import nonneg_int, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
-from ...task_sets import TaskSet, metric_name, prepare_tasks, single_process_view
+from ...task_sets import TaskSet, check_context, lm_eval_call, metric_name, prepare_tasks
 from . import report
 
 EXPERIMENT = "task_accuracy"
@@ -117,6 +115,14 @@ def sample_records(result: dict, tasks: TaskSet) -> list[dict]:
     return out
 
 
+def context_window(loaded) -> int:
+    """The context lm-eval's HF model (NoisyLM, no max_length given) scores in, from the model's config."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils import resolve_max_length
+
+    return resolve_max_length(loaded.model.config, loaded.tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)
+
+
 def run(argv=None) -> int:
     args = parse(argv)
     # lm-eval bootstraps with a multiprocessing pool per metric unless told not to: slower than serial here
@@ -126,7 +132,8 @@ def run(argv=None) -> int:
     from ...harness import NoisyLM
 
     sigmas = level_grid(args)
-    tasks = prepare_tasks(args.tasks, args.include_path, args.limit)  # before the model and the run folder
+    # before the model and the run folder
+    tasks = prepare_tasks(args.tasks, args.include_path, args.limit, args.num_fewshot)
     # in the config, so a resume with changed task files is refused
     args.task_sha256 = {name: info["sha256"] for name, info in tasks.info.items()}
     ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
@@ -135,7 +142,8 @@ def run(argv=None) -> int:
         "noise_realizations": "common random numbers: one unit-scale draw per trial (seeded per layer from the "
                               "trial seed and the layer name), scaled to every level; every task of a point is "
                               "scored on the same weights",
-        "head": "not noised unless --targets names head/all; a tied head is untied before it is noised"})
+        "head": "not noised unless --targets names head/all; a tied head is untied before it is noised"},
+        check=lambda loaded, text: check_context(tasks, loaded.tokenizer, context_window(loaded), args.limit))
     lm = NoisyLM(pretrained=ctx.lm, spec=ctx.spec, converters=ctx.converters, batch_size=args.batch_size)
     ctx.folder.update_meta(**lm.describe())
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed)
@@ -145,7 +153,7 @@ def run(argv=None) -> int:
         if point.sigma == 0 and clean and lm.hooks is None and not args.log_samples:
             return clean[0]
         lm.set_noise(point.sigma, point.seed(args.seed), point.sample_seed(args.seed))
-        with contextlib.redirect_stdout(io.StringIO()), single_process_view():
+        with lm_eval_call():
             result = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.tasks.values()), task_manager=tasks.manager,
                                              num_fewshot=args.num_fewshot, limit=args.limit,
                                              bootstrap_iters=args.bootstrap_iters, log_samples=args.log_samples,
