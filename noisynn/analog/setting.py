@@ -91,13 +91,15 @@ class AnalogSetting:
         return setting
 
     @classmethod
-    def from_args(cls, args) -> "AnalogSetting":
+    def from_args(cls, args, combinations: bool = True) -> "AnalogSetting":
         """The setting of an experiment's parsed flags (those it has; a flag not given is absent or None). Fields
         a preset filled in (``args._defaulted``, noisynn.spec.resolve_preset) are not given; ``args._fixed``: the
-        fields the experiment sets itself."""
+        fields the experiment sets itself. ``combinations=False`` checks each value alone (the explorer's starting
+        controls: ``--t_seconds`` starts the pcm control even while the page starts on gaussian)."""
         names = list(FIELDS) + list(SWITCHES) + list(CONTEXT)
-        return cls.from_flags({k: getattr(args, k) for k in names if hasattr(args, k)},
-                              filled=getattr(args, "_defaulted", ()), fixed=getattr(args, "_fixed", None))
+        flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
+        filled = FIELDS if not combinations else getattr(args, "_defaulted", ())
+        return cls.from_flags(flags, filled=filled, fixed=getattr(args, "_fixed", None))
 
     def view(self, fixed: dict | None = None) -> dict:
         """The setting in effect, as the fields' ``Need`` rules read it: every declared field's value (the

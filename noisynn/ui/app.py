@@ -214,7 +214,9 @@ def defaults_from(args) -> Setting:
     if projs or not kinds <= set(TARGET_CHOICES):
         raise NoisyNNError(f"the ui offers the targets {', '.join(TARGET_CHOICES)} (and blocks); "
                            f"got --targets {args.targets}")
-    AnalogSetting.from_args(args)  # the flags as given, by the CLI's rules (the page keeps its noise's flags only)
+    # Each flag by the CLI's rules; not their combination: they start the controls, and the page keeps the flags of
+    # the noise shown only (--t_seconds starts the pcm control while the page starts on gaussian).
+    AnalogSetting.from_args(args, combinations=False)
     s = Setting(model=args.model, noise_type=args.noise_type, sigma=float(f"{args.sigma:.4g}"), scale=args.scale,
                 targets=tuple(t for t in TARGET_CHOICES if t in kinds), blocks=args.blocks, seed=args.seed,
                 prompt=args.prompt,

@@ -93,6 +93,21 @@ def test_ui_command_line_device_flags_reach_the_page():
     assert dict(s.flags) == given and s.spec.noise.t_seconds == 1e8 and s.analog.values["tile_size"] == (256, 128)
 
 
+def test_ui_starts_on_gaussian_with_a_pcm_control_given():
+    """The starting flags fill controls: --t_seconds with the default gaussian starts the pcm control (the CLI's
+    combination rule does not apply); each value is still checked alone."""
+    from noisynn.errors import NoisyNNError
+    from noisynn.ui import app as ui
+
+    s = ui.defaults_from(ui.build_parser().parse_args(["--t_seconds", "1e8"]))
+    assert s.noise_type == "gaussian" and "t_seconds" not in dict(s.flags)  # the page keeps its noise's flags
+    with pytest.raises(SystemExit) as refused:
+        ui.build_parser().parse_args(["--t_seconds", "-1"])
+    assert refused.value.code == 2
+    with pytest.raises(NoisyNNError, match="--tile_size"):  # a converter flag alone is still one line
+        ui.defaults_from(ui.build_parser().parse_args(["--tile_size", "0x4"]))
+
+
 @pytest.mark.parametrize("typed, want", [("-10", (-4.0, "clamped to -4")), ("3", (0.0, "clamped to 0")),
                                          ("-2", (-2.0, "")), ("", (None, "empty: nothing changed")),
                                          (None, (None, "empty")), ("x", (None, "must be a number")),
