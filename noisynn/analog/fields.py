@@ -130,7 +130,8 @@ class Field:
         if self.least is not None and (number <= self.least if self.strict else number < self.least):
             unit = " bits" if self.unit == "bits" else ""
             raise NoisyNNError(f"'{value}' must be {'>' if self.strict else '>='} {self.least:g}{unit}")
-        degenerate = float32_error(number) if self.kind != "int" else None
+        above_most = self.most is not None and number > self.most  # ``bound`` says so, with its reason
+        degenerate = float32_error(number) if self.kind != "int" and not above_most else None
         if degenerate:  # the run computes in float32: 1e-300 would be 0 there, 1e39 inf
             raise NoisyNNError(f"'{value}': {degenerate}")
         return number

@@ -165,7 +165,7 @@ CASES = [
     case("ui", ["--model", "@ADIR"], "has no config.json"),
     case("ui", ["--text_file", "@MISSING_DIR/text.txt"], "does not exist"),
     case("ui", ["--tile_size", "64"], "--tile_size: means nothing without converters or a device model"),
-    case("ui", ["--pair", "tile"], "--pair: noise 'gaussian' has no such parameter"),
+    case("ui", ["--noise_type", "pcm", "--t_seconds", "1e-300"], "--t_seconds: '1e-300': 1e-300 is 0 in float32"),
     case("ui", ["--range_std", "2"], "--range_std: sets calibrated input ranges"),
     # the noisynn console dispatcher
     case("noisynn", ["nosuch"], "unknown experiment 'nosuch'"),
