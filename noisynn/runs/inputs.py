@@ -64,14 +64,22 @@ def written(path: Path) -> dict:
     return {"path": path.name, "sha256": fingerprint(path), "written": True}
 
 
+def _in(folder: Path, entry: dict) -> Path:
+    """A written entry's file: a name in ``folder`` (never elsewhere, whatever run.json says)."""
+    return folder / Path(str(entry.get("path"))).name
+
+
 def kept(folder: Path, recorded: dict | None) -> dict:
     """The written entries of ``recorded`` whose file is still in ``folder`` (checked by ``check``): a new
     session keeps them; an entry whose file was removed is dropped (the run makes that file again)."""
-    return {k: e for k, e in (recorded or {}).items()
-            if isinstance(e, dict) and e.get("written") and (folder / str(e.get("path"))).is_file()}
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: e for k, e in recorded.items()
+            if isinstance(e, dict) and e.get("written") and _in(folder, e).is_file()}
 
 
-def check_fingerprint(folder: Path, recorded: dict | None, now: dict | None, key: str, what: str) -> None:
+def check_fingerprint(folder: Path, recorded: dict | None, now: dict | None, key: str, what: str,
+                      remedy: str = "restore it") -> None:
     """Refuse to resume ``folder`` when the content it ran on (``what``) has changed since.
 
     Fingerprints of another kind (an older version's, of another length) cannot be compared and pass.
@@ -79,18 +87,21 @@ def check_fingerprint(folder: Path, recorded: dict | None, now: dict | None, key
     old, new = (recorded or {}).get(key), (now or {}).get(key)
     if old and new and old != new and len(str(old)) == len(str(new)):
         raise NoisyNNError(f"{folder} was run on other content: {what} changed since (fingerprint "
-                           f"{str(old)[:12]}... recorded, {str(new)[:12]}... now); restore it, or use another --out")
+                           f"{str(old)[:12]}... recorded, {str(new)[:12]}... now); {remedy}, or use another --out")
 
 
 def check(folder: Path, recorded: dict | None, now: dict | None) -> None:
     """Every recorded input against ``now`` (the flags' entries) or, for a written one, the file in ``folder``."""
-    for key, entry in sorted((recorded or {}).items()):
+    if not isinstance(recorded, dict):
+        return
+    for key, entry in sorted(recorded.items()):
         if not isinstance(entry, dict):
             continue
         if entry.get("written"):
-            path = folder / str(entry.get("path"))
+            path = _in(folder, entry)
             if path.is_file():
                 check_fingerprint(folder, entry, {"sha256": fingerprint(path)}, "sha256",
-                                  f"{entry.get('path')}, which the run wrote and reads back,")
+                                  f"{entry.get('path')}, which the run wrote and reads back,",
+                                  "restore it, remove it (a rerun of the same command makes it again)")
         else:
             check_fingerprint(folder, entry, (now or {}).get(key), "sha256", f"--{key} {entry.get('path')}")
