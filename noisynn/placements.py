@@ -57,13 +57,14 @@ def read_digital(path: str | Path) -> frozenset[str]:
 
 def check_planned_on(path: str | Path, model: dict) -> None:
     """Refuse a placement planned on other weights than ``model`` (a LoadedModel's info): its recorded
-    ``model_fingerprint`` differs from the model's. A file that records none (written by hand) passes."""
+    ``model_fingerprint`` differs from the model's. A file that records none (written by hand), or one of another
+    kind (a hub commit against a sha256), passes."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # read_digital has said what is wrong with it
     planned, now = data.get("model_fingerprint") if isinstance(data, dict) else None, model.get("fingerprint")
-    if isinstance(planned, str) and planned and now and planned != now:
+    if isinstance(planned, str) and planned and now and planned != now and len(planned) == len(str(now)):
         raise NoisyNNError(f"placement file {path} was planned on other weights (model {data.get('model')}, fingerprint "
                            f"{planned[:12]}...) than --model {model.get('name')} ({str(now)[:12]}...); plan again on "
                            "this model, or delete its model_fingerprint to use it anyway")
