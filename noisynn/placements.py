@@ -9,9 +9,9 @@ so they stay bit-exactly clean. Format (a JSON object; only ``tensors`` or ``dig
      "digital": [...], "analog": [...],     # the same names, as two sorted lists
      ...provenance: model, noise setting, tolerance, the verification that accepted it...}
 
-A hand-written file may give only ``{"digital": [names]}``. A file that records the ``model_fingerprint``
-it was planned on is refused for a model with other weights (``check_planned_on``). Names are parameter names as
-``model.named_parameters()`` gives them; one the model lacks is an error (``targets.select_targets``).
+A hand-written file may give only ``{"digital": [names]}``. Names are parameter names as
+``model.named_parameters()`` gives them; one the model lacks is an error (``targets.select_targets``). A file
+that records the ``model_fingerprint`` it was planned on is refused for other weights (``check_planned_on``).
 """
 
 from __future__ import annotations

@@ -257,6 +257,8 @@ def damaged_files(folder: Path) -> list[str]:
         recorded = manifest(folder)["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return ["manifest.json"]
+    if not isinstance(recorded, dict):
+        return ["manifest.json"]
     out = []
     for name, digest in sorted(recorded.items()):
         path = folder / name
