@@ -10,7 +10,8 @@ so they stay bit-exactly clean. Format (a JSON object; only ``tensors`` or ``dig
      ...provenance: model, noise setting, tolerance, the verification that accepted it...}
 
 A hand-written file may give only ``{"digital": [names]}``. Names are parameter names as
-``model.named_parameters()`` gives them; one the model lacks is an error (``targets.select_targets``).
+``model.named_parameters()`` gives them; one the model lacks is an error (``targets.select_targets``). A file
+that records the ``model_fingerprint`` it was planned on is refused for other weights (``check_planned_on``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ def read_digital(path: str | Path) -> frozenset[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise NoisyNNError(f"placement file {path}: 'digital' must be a list of tensor names")
     return frozenset(names)
+
+
+def check_planned_on(path: str | Path, model: dict) -> None:
+    """Refuse a placement planned on other weights than ``model`` (a LoadedModel's info): its recorded
+    ``model_fingerprint`` differs from the model's. A file that records none (written by hand), or one of another
+    kind (a hub commit against a sha256), passes."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # read_digital has said what is wrong with it
+    planned, now = data.get("model_fingerprint") if isinstance(data, dict) else None, model.get("fingerprint")
+    if isinstance(planned, str) and planned and now and planned != now and len(planned) == len(str(now)):
+        raise NoisyNNError(f"placement file {path} was planned on other weights (model {data.get('model')}, fingerprint "
+                           f"{planned[:12]}...) than --model {model.get('name')} ({str(now)[:12]}...); plan again on "
+                           "this model, or delete its model_fingerprint to use it anyway")
 
 
 def check_names(digital: Iterable[str], present: Iterable[str], source: str = "the placement") -> None:

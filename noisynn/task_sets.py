@@ -70,21 +70,54 @@ def _yaml_task_name(path: Path) -> str:
 
 
 def _sha256_file(path: str) -> str | None:
-    p = Path(path)
+    p = Path(path).expanduser()
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def _hashed_paths(data_files):
+    """``data_files`` (a path, a list of them, or a dict of either by split) with every local file's path
+    replaced by its content's sha256; anything else (a hub pattern, a URL) as it is."""
+    if isinstance(data_files, str):
+        return _sha256_file(data_files) or data_files
+    if isinstance(data_files, (list, tuple)):
+        return [_hashed_paths(d) for d in data_files]
+    if isinstance(data_files, dict):
+        return {k: _hashed_paths(v) for k, v in data_files.items()}
+    return data_files
+
+
+def _stable(obj):
+    """``obj`` as JSON values that are the same in every process: a function (a ``!function`` helper, at any
+    depth) as its module-qualified name and the sha256 of its source (the name alone when there is no source);
+    memory addresses (" at 0x7f...", as in lm-eval's fallback repr of a function) cut out of strings."""
+    import inspect
+    import re
+
+    if isinstance(obj, dict):
+        return {str(k): _stable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_stable(v) for v in obj]
+    if isinstance(obj, (bool, int, float)) or obj is None:
+        return obj
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        name = f"{getattr(obj, '__module__', None)}.{obj.__qualname__}"
+        try:
+            source = inspect.getsource(obj)
+        except (OSError, TypeError):
+            return f"function {name}"
+        return f"function {name} source sha256 {hashlib.sha256(source.encode('utf-8')).hexdigest()}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(obj))
 
 
 def _fingerprint(config: dict) -> tuple[str, dict]:
     """sha256 of a task's config with local data file paths replaced by their contents' sha256 (so the
-    hash is the same wherever the cache lives), and those file hashes."""
-    files = {}
-    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(data_files, dict):
-        for split, path in data_files.items():
-            if isinstance(path, str) and (digest := _sha256_file(path)):
-                files[split] = digest
-    payload = {**config, "dataset_kwargs": {**(config.get("dataset_kwargs") or {}), "data_files": files}} if files else config
-    text = json.dumps(payload, sort_keys=True, default=str)
+    hash is the same wherever the cache lives, and changes with the data), and those file hashes; functions
+    by name and source (``_stable``), never by memory address."""
+    kwargs = config.get("dataset_kwargs") or {}
+    hashed = _hashed_paths(kwargs.get("data_files"))
+    files = {} if hashed == kwargs.get("data_files") else (hashed if isinstance(hashed, dict) else {"": hashed})
+    payload = {**config, "dataset_kwargs": {**kwargs, "data_files": hashed}} if files else config
+    text = json.dumps(_stable(payload), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), files
 
 
@@ -210,7 +243,7 @@ def prepare_tasks(names: list[str], include: list[str], limit: int, num_fewshot:
         digest, files = _fingerprint(config)
         out.info[name] = {"sha256": digest, "data_sha256": files, "chance": _chance(task, limit),
                           "output_type": task.OUTPUT_TYPE, "n_docs": len(task.eval_docs),
-                          "config": json.loads(json.dumps(config, default=str))}
+                          "config": _stable(config)}
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NoisyNNError
+from ..runs.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,6 @@ def _assembled_gguf(spec_info: EmbeddedModel) -> Path:
             os.unlink(tmp)
         raise
     return target
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dequantized_cache(gguf: Path, name: str) -> tuple[Path, dict]:

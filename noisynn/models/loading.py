@@ -20,7 +20,8 @@ from .checks import (check_causal, check_gguf, check_model_folder, check_vocabul
                      load_tokenizer)
 from .devices import parse_max_memory, resolve_device, resolve_dtype
 from .embedded import (DEFAULT_MODEL, EMBEDDED_MODELS, _dequantized_cache, cache_root, embedded_available,
-                       embedded_gguf_path, file_sha256)
+                       embedded_gguf_path)
+from ..runs.inputs import file_sha256
 from .loaded import LoadedModel
 
 

@@ -23,7 +23,9 @@ from ..models.loading import load_model
 from ..models.devices import parse_max_memory, resolve_device, resolve_dtype
 from ..options.flags import config_of, context_needs, default_out
 from ..options.plugins import load_plugins
+from ..placements import check_planned_on
 from .schema import LEADING_COLUMNS
+from . import inputs
 from .folder import RunFolder
 from ..analog.setting import AnalogSetting
 from ..spec import NoiseSpec, resolve_preset, spec_from_args
@@ -60,7 +62,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
 
     The noise and converter flags are checked once, here, into ``ctx.spec`` (a ``NoiseSpec``) and
     ``ctx.converters`` (a ``ConverterSpec`` or None); ``ctx.targets`` are the spec's weights of the
-    loaded model. Plugin files are recorded with their sha256 (``run.json``: meta ``plugins`` and config
+    loaded model. The files the flags name (``noisynn.runs.inputs``) are fingerprinted into meta ``inputs``
+    and compared on resume. Plugin files are recorded with their sha256 (``run.json``: meta ``plugins`` and config
     ``plugin_sha256``, only when plugins are given, so runs without plugins resume as before).
 
     ``load=False`` (experiments that compare several models, one at a time) skips the model:
@@ -87,6 +90,9 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     meta = dict(meta or {})
     if noise and resolve_preset(args):  # which preset fields came from the preset, which from flags
         meta.setdefault("preset_resolution", resolve_preset(args))
+    files = inputs.of_args(args)  # --digital, --tokenizer, --train_file ...: their content, compared on resume
+    if files:
+        meta[inputs.KEY] = files
     if plugins:  # the content, not only the path: a changed plugin file is a different run
         config["plugin_sha256"] = [p["sha256"] for p in plugins]
         meta["plugins"] = plugins
@@ -106,6 +112,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     args.max_length = config["max_length"] = fit_context(lm, args.max_length, **context_needs(args))
     if converters is not None and converters.max_length != args.max_length:  # calibration windows: the resolved one
         converters = replace(converters, max_length=args.max_length)
+    if getattr(args, "digital", None):  # a placement planned on other weights is not this model's
+        check_planned_on(args.digital, lm.info)
     if check is not None:
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run

@@ -3,8 +3,8 @@
 Rows are appended one ``os.write`` at a time on an O_APPEND descriptor and fsync'd, so a run
 killed at any moment leaves whole rows only (a torn last line, if the disk cut one, is dropped
 on resume). Re-running the same command with the same folder resumes: finished points are
-read back and skipped. A folder holding a different run (other flags, other model weights or
-text) is never overwritten, and a folder has one writer at a time (a lock file held while the
+read back and skipped. A folder holding a different run (other flags, other model weights, text
+or input files: noisynn.runs.inputs) is never overwritten, and a folder has one writer at a time (a lock file held while the
 run is open); damaged files are reported in one line naming the file and line.
 The files' schema: noisynn.runs.schema."""
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import distributed
+from . import distributed, inputs
 from .provenance import git_hash, versions
 from ..errors import NoisyNNError
 from .files import (FolderLock, _append_line, _repair_torn_tail, check_writable, remove_stale_temporaries,
@@ -49,17 +49,6 @@ def mark_open_folders(status: str, message: str) -> list[Path]:
     return marked
 
 
-def check_fingerprint(folder: Path, recorded: dict | None, now: dict | None, key: str, what: str) -> None:
-    """Refuse to resume ``folder`` when the content it ran on (weights, text) has changed since.
-
-    Fingerprints of another kind (an older version's, of another length) cannot be compared and pass.
-    """
-    old, new = (recorded or {}).get(key), (now or {}).get(key)
-    if old and new and old != new and len(str(old)) == len(str(new)):
-        raise NoisyNNError(f"{folder} was run on other content: {what} changed since (fingerprint "
-                           f"{str(old)[:12]}... recorded, {str(new)[:12]}... now); restore it, or use another --out")
-
-
 class RunFolder:
     """One experiment's output folder; ``open`` creates it or checks that it holds the same run."""
 
@@ -83,9 +72,10 @@ class RunFolder:
     def check(self, config: dict, meta: dict | None = None) -> list[dict]:
         """Without writing anything: the finished rows if ``path`` holds this run, [] if new; else raise.
 
-        ``meta`` (what ``open`` will record) has its model and text fingerprints compared with the
-        recorded ones. Only the main process checks (the others would race with it creating the
-        folder); they get the finished rows from ``open`` after the barrier.
+        ``meta`` (what ``open`` will record) has its model, text and input files' fingerprints compared with
+        the recorded ones, and the files the run wrote with their record (noisynn.runs.inputs). Only the
+        main process checks (the others would race with it creating the folder); they get the finished rows
+        from ``open`` after the barrier.
         """
         if not self.is_main:
             return []
@@ -104,9 +94,11 @@ class RunFolder:
         if diff:
             raise NoisyNNError(f"{self.path} holds a different run (differs in: {', '.join(diff)}); "
                                "use another --out, or the same options to resume it")
-        check_fingerprint(self.path, run.meta.get("model"), (meta or {}).get("model"), "fingerprint",
-                          "the model weights (--model)")
-        check_fingerprint(self.path, run.meta.get("text"), (meta or {}).get("text"), "sha256", "the text (--text_file)")
+        inputs.check_fingerprint(self.path, run.meta.get("model"), (meta or {}).get("model"), "fingerprint",
+                                 "the model weights (--model)")
+        inputs.check_fingerprint(self.path, run.meta.get("text"), (meta or {}).get("text"), "sha256",
+                                 "the text (--text_file)")
+        inputs.check(self.path, run.meta.get(inputs.KEY), (meta or {}).get(inputs.KEY))  # other files read, files written
         rows = run.rows
         if rows and list(rows[0].keys()) != self.columns:
             raise NoisyNNError(f"{self.csv} has other columns than this version writes; choose another --out")
@@ -129,8 +121,9 @@ class RunFolder:
                 previous = read_meta(self.run_json)
                 self.previous_meta = previous  # an experiment may keep parts of it
                 remove_stale_temporaries(self.path)  # left by a writer killed mid-write (summary.csv, figures)
-                self.meta = {**meta, "config": config, "status": "running",
-                             "started": previous.get("started", now()), "resumed": bool(previous),
+                recorded = {**inputs.kept(self.path, previous.get(inputs.KEY)), **meta.get(inputs.KEY, {})}
+                self.meta = {**meta, **({inputs.KEY: recorded} if recorded else {}), "config": config,
+                             "status": "running", "started": previous.get("started", now()), "resumed": bool(previous),
                              "sessions": previous.get("sessions", 0) + 1, "git": git_hash(), "versions": versions(),
                              "argv": sys.argv, "processes": self.world}
                 # run.json before results.csv: a folder never shows results.csv without run.json
@@ -214,6 +207,11 @@ class RunFolder:
         self.meta.update(fields)
         if self.is_main:
             write_json_atomic(self.run_json, self.meta)
+
+    def record_written(self, path: Path) -> None:
+        """Record the fingerprint of a file this run wrote into its folder and reads back when resumed."""
+        if self.is_main:
+            self.update_meta(**{inputs.KEY: {**self.meta.get(inputs.KEY, {}), path.name: inputs.written(path)}})
 
     def finish(self, **fields) -> None:
         self.update_meta(status="finished", finished=now(), **fields)

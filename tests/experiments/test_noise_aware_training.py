@@ -259,6 +259,11 @@ def test_truncated_saved_weights_on_resume_are_one_line_and_the_rows_stay(tmp_pa
     assert nat.main(args) == 0
     rows = (out / "results.csv").read_bytes()
     _truncate(out / "finetuned.safetensors")
+    err = exits_2_with_one_line(nat.main, args, capsys)  # its recorded fingerprint tells first
+    assert "finetuned.safetensors, which the run wrote and reads back, changed since" in err and "remove it" in err, err
+    meta = json.loads((out / "run.json").read_text())
+    del meta["inputs"]  # a folder from before the fingerprints: the damage is found when it is read
+    (out / "run.json").write_text(json.dumps(meta))
     err = exits_2_with_one_line(nat.main, args, capsys)
     assert "finetuned.safetensors cannot be read, it is damaged or truncated" in err and "remove it" in err, err
     assert (out / "results.csv").read_bytes() == rows and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
@@ -297,3 +302,38 @@ def test_checkpoints_truncated_or_written_to_a_full_disk(tmp_path, monkeypatch):
     torch.save([1, 2], path)  # readable, but no checkpoint
     with pytest.raises(NoisyNNError, match="is not a training checkpoint"):
         afm.load_checkpoint(path, cfg)
+
+
+# --- resume on other content (issue 25): the run's saved weights and its --train_file are fingerprinted ----------
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_after_the_saved_weights_were_swapped_is_refused(tmp_path, small, capsys):
+    out = tmp_path / "run"
+    args = small + ["--save_weights", "--n_levels", "2", "--n_trials", "1", "--out", str(out)]
+    assert nat.main(args) == 0
+    recorded = json.loads((out / "run.json").read_text())["inputs"]
+    assert recorded["finetuned.safetensors"]["written"] and recorded["control.safetensors"]["written"]
+    finetuned, control = out / "finetuned.safetensors", out / "control.safetensors"
+    a, b = finetuned.read_bytes(), control.read_bytes()
+    finetuned.write_bytes(b)
+    control.write_bytes(a)
+    before = _snapshot(out)
+    err = exits_2_with_one_line(nat.main, args, capsys)
+    assert "was run on other content: control.safetensors, which the run wrote and reads back, changed since" in err
+    assert _snapshot(out) == before
+    control.unlink()  # removed: that variant is trained again; the other is still not this run's
+    assert "finetuned.safetensors, which the run wrote" in exits_2_with_one_line(nat.main, args, capsys)
+
+
+def test_a_resume_after_the_train_file_changed_is_refused(tmp_path, small, train_file, capsys):
+    out = tmp_path / "run"
+    args = small + ["--no_control", "--n_levels", "2", "--n_trials", "1", "--out", str(out)]
+    assert nat.main(args) == 0
+    before = _snapshot(out)
+    train_file.write_text(("Five quacking zephyrs jolt my wax bed, and the sphinx of black quartz judges. " * 60).strip())
+    err = exits_2_with_one_line(nat.main, args, capsys)
+    assert f"was run on other content: --train_file {train_file} changed since" in err, err
+    assert _snapshot(out) == before

@@ -32,7 +32,7 @@ from ...options.argtypes import positive_float
 from ...options.script import script_main
 from ...errors import NoisyNNError
 from ...runs.schema import RUN_JSON
-from ...runs.folder import check_fingerprint
+from ...runs.inputs import check_fingerprint
 from ...runs.read import read_meta, read_run
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import report

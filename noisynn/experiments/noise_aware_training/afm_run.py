@@ -216,6 +216,7 @@ def training_data(args, lm, folder, eval_text) -> tuple[torch.Tensor, dict]:
         if folder.is_main:
             self_generated_chunks(lm.model, lm.tokenizer, args.max_samples, args.seq_len, path, args.seed,
                                   args.self_batch, progress=bar)
+            folder.record_written(path)  # complete now; a resume reads it back only while it is this file
         distributed.barrier()
         chunks = self_generated_chunks(lm.model, lm.tokenizer, args.max_samples, args.seq_len, path, args.seed,
                                        args.self_batch)
@@ -307,6 +308,7 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants, head=()) ->
             if args.save_weights:
                 save_weights(path, tensors, {"variant": variant, "recipe": "afm", "base_model": args.model,
                                              **training[variant]})
+                folder.record_written(path)  # a resume reads it back only while it is the file written here
         if learned:
             ranges[variant] = learned
     # models without learned ranges get the recipe's data initialisation of them (same rule, same data)
@@ -323,6 +325,7 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants, head=()) ->
     set_weights(lm.model, weights["original"])
     if folder.is_main:
         write_json_atomic(ranges_path, ranges)
+        folder.record_written(ranges_path)
     folder.update_meta(training=training, converters={**eval_io().describe(), "preset": "afm",
                                                       "input_range": f"static per layer ({RANGES})"})
     return weights, ranges

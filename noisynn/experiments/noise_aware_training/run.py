@@ -161,7 +161,7 @@ def run(argv=None) -> int:
         vcfg = TrainConfig(**{**asdict(cfg), "noise_level": cfg.noise_level if variant == "finetuned" else 0.0})
         path = folder.path / WEIGHTS.format(variant=variant)
         distributed.barrier()  # every process sees the same saved files (the main one saves)
-        if path.is_file():  # resumed run: this variant was trained and saved before
+        if path.is_file():  # resumed run: saved before (and checked against its recorded fingerprint by start)
             weights[variant], meta = read_weights(path)
             training[variant] = {k: meta[k] for k in ("seconds", "final_loss", "steps") if k in meta}
             log.info("loaded %s from %s", variant, path)
@@ -180,6 +180,7 @@ def run(argv=None) -> int:
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
                                          "noise_level": vcfg.noise_level, "scale": vcfg.scale,
                                          "targets": vcfg.targets})
+            folder.record_written(path)  # a resume reads it back only while it is the file written here
         weights[variant] = tensors
     folder.update_meta(training=training)
 
