@@ -29,6 +29,7 @@ import torch
 from ..analog.hooks import install_converters
 from ..corpus import load_text
 from ..errors import NoisyNNError
+from ..heap import bound_heap, release_heap
 from ..evaluation import PerplexityResult, compute_perplexity, decode, entropy_bits, tokenize
 from .figures import token_label
 from .setting import Cancelled, Requests, Setting, check_setting, noise_seed
@@ -126,20 +127,43 @@ def drift_sigmas(sigma_start: float, sigma_end: float, n_tokens: int) -> list[fl
     return [float(sigma_start + (sigma_end - sigma_start) * t / (n_tokens - 1)) for t in range(n_tokens)]
 
 
+CACHED = 32  # clean continuations, clean perplexities and token windows kept per explorer
+
+
 def _never() -> bool:
     return False
+
+
+class Recent(OrderedDict):
+    """A dict of at most ``size`` entries; setting a new key past that drops the least recently set or read."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
 
 class Explorer:
     """Loaded models (each loaded once), their evaluation tokens and clean results; one model user at a time.
 
     Noise is applied in place (from a snapshot, restored bit-exactly after every call), so every
-    call that touches a model holds ``lock``. The clean results are the digital model's (no converters).
+    call that touches a model holds ``lock``. Memory is bounded: at most ``max_models`` models (each with one
+    snapshot), ``CACHED`` clean results of each kind, and the C heap shared by the server's threads and given back
+    after every noisy pass (noisynn.heap). The clean results are the digital model's (no converters).
     """
 
     def __init__(self, device: str = "auto", dtype: str | None = None, text_file: str | None = None,
                  dataset: str | None = None, loader: Callable[..., LoadedModel] = load_model, max_models: int = 2,
-                 device_map: str | None = None, max_memory: str | None = None):
+                 device_map: str | None = None, max_memory: str | None = None, bound_heap_memory: bool = True):
         self.device, self.dtype, self.loader, self.max_models = device, dtype, loader, max_models
         # a big model sharded across the node's devices (as --device_map/--max_memory of the scripts)
         self.placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {}
@@ -149,10 +173,13 @@ class Explorer:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._injectors: dict[str, tuple[tuple, NoiseInjector]] = {}
         self._hooks: dict[str, tuple[tuple, object]] = {}
-        self._clean_text: dict[tuple, Continuation] = {}
-        self._clean_ppl: dict[tuple, PerplexityResult] = {}
-        self._eval_ids: dict[tuple, torch.Tensor] = {}
+        # Sized caches: a day of prompts and windows keeps at most CACHED of each (a clean result is small).
+        self._clean_text: Recent = Recent(CACHED)
+        self._clean_ppl: Recent = Recent(CACHED)
+        self._eval_ids: Recent = Recent(CACHED)
         self._text = None
+        if bound_heap_memory:
+            bound_heap()  # the server's worker threads would each keep freed noise draws (noisynn.heap)
 
     # -- models and text -------------------------------------------------------------------------
     def model(self, name: str) -> LoadedModel:
@@ -231,6 +258,7 @@ class Explorer:
             inj.restore()
             if hooks is not None:
                 hooks.set_enabled(False)
+            release_heap()
 
     @contextmanager
     def _watch(self, lm: LoadedModel, cancelled: Callable[[], bool] | None):
@@ -342,6 +370,7 @@ class Explorer:
                         inj.restore()
                         if hooks is not None:
                             hooks.set_enabled(False)
+                        release_heap()
             except Cancelled:
                 pass
             except BaseException as err:  # handed to the consumer, which re-raises it

@@ -301,3 +301,28 @@ def test_tokens_are_escaped_for_the_chart():
     fig = probability_figure([(token_label(t), 0.5, 0.4) for t in ("\n\n", " " * 30, "a\rb")], 0.1)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert all("\n" not in t and "\r" not in t and t.strip() and len(t) <= MAX_LABEL for t in labels), labels
+
+
+def test_every_noisy_computation_gives_the_heap_back_and_caches_are_sized(explorer, monkeypatch):
+    """Memory of a day of use (issue 25): the heap is released after each noisy pass (noisynn.heap), and the
+    clean results kept per prompt or window are at most explore.CACHED, the most recent."""
+    released = []
+    monkeypatch.setattr(explore, "release_heap", lambda: released.append(1))
+    monkeypatch.setattr(explore, "CACHED", 3)
+    ex = Explorer(device="cpu", text_file=explorer.text_file, loader=explorer.loader)
+    ex.compare(setting())
+    ex.perplexity(setting())
+    assert len(released) == 2
+    list(ex.drift(setting(max_new_tokens=3), 0.0, 0.5))
+    assert len(released) == 3
+    for i in range(5):
+        ex.compare(setting(prompt=f"prompt {i}", sigma=0.0))
+    assert list(ex._clean_text) == [("tiny", f"prompt {i}", 12) for i in (2, 3, 4)]
+
+
+def test_recent_keeps_the_most_recently_used():
+    cache = explore.Recent(2)
+    cache["a"], cache["b"] = 1, 2
+    assert cache["a"] == 1  # a read makes "a" recent: "b" goes first
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"]
