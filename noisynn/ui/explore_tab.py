@@ -16,7 +16,8 @@ import tempfile
 
 from ..errors import NoisyNNError
 from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN,
-                      TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider)
+                      TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider,
+                      whole_number_in)
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
 from .curve import DEFAULT_T_SECONDS, Curve
@@ -365,9 +366,7 @@ class ExploreTab:
             s = self.setting_of(values)
             if s is None:
                 raise NoisyNNError("the log10 sigma box is empty: set a sigma to sweep up to")
-            n = int(n_levels or 0)
-            if not 2 <= n <= 20:
-                raise NoisyNNError(f"sweep levels must be between 2 and 20, got {n_levels}")
+            n = whole_number_in("sweep levels", n_levels, 2, 20)
             sigmas = [x for x in levels(s.sigma, n + 1, "log") if x > 0]
             cancelled = ex.requests.ticket(None)
             yield {status: ok(f"Sweep: {len(sigmas)} levels up to sigma = {s.sigma:g}...")}

@@ -132,7 +132,11 @@ def read_log_sigma(value, lo: float = SIGMA_LOG_MIN, hi: float = SIGMA_LOG_MAX) 
     return number, ""
 
 
-def _int_in(name: str, value, lo: int, hi: int) -> int:
+def whole_number_in(name: str, value, lo: int, hi: int) -> int:
+    """``value`` (typed or text) as an int in [lo, hi]; else NoisyNNError in one line, saying an empty box is empty
+    and writing a huge number as 1e+30, not as its float's 31 digits."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise NoisyNNError(f"the {name} box is empty: type a whole number between {lo} and {hi}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -140,7 +144,7 @@ def _int_in(name: str, value, lo: int, hi: int) -> int:
     if not math.isfinite(number) or number != int(number):
         raise NoisyNNError(f"{name} must be a whole number, got {value!r}")
     if not lo <= number <= hi:
-        raise NoisyNNError(f"{name} must be between {lo} and {hi}, got {int(number)}")
+        raise NoisyNNError(f"{name} must be between {lo} and {hi}, got {number:.6g}")
     return int(number)
 
 
@@ -159,11 +163,11 @@ def check_setting(s: Setting, n_blocks: int | None = None) -> Setting:
         raise NoisyNNError(f"block {blocks[-1]} does not exist: this model has blocks 0-{n_blocks - 1}")
     return replace(
         s, sigma=sigma, prompt=s.prompt, blocks=_format_blocks(None if blocks is None else list(blocks)),
-        seed=_int_in("seed", s.seed, 0, 2**31 - 1),
-        max_new_tokens=_int_in("max new tokens", s.max_new_tokens, 1, MAX_NEW_TOKENS),
-        top_k=_int_in("top-k", s.top_k, 1, MAX_TOP_K),
-        eval_tokens=_int_in("evaluation tokens", s.eval_tokens, 16, MAX_EVAL_TOKENS),
-        max_length=_int_in("perplexity window", s.max_length, 16, 8192))
+        seed=whole_number_in("seed", s.seed, 0, 2**31 - 1),
+        max_new_tokens=whole_number_in("max new tokens", s.max_new_tokens, 1, MAX_NEW_TOKENS),
+        top_k=whole_number_in("top-k", s.top_k, 1, MAX_TOP_K),
+        eval_tokens=whole_number_in("evaluation tokens", s.eval_tokens, 16, MAX_EVAL_TOKENS),
+        max_length=whole_number_in("perplexity window", s.max_length, 16, 8192))
 
 
 def _format_blocks(blocks: list[int] | None) -> str:

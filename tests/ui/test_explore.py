@@ -64,6 +64,10 @@ def same_state(a, b):
     ({"flags": (("input_range", "wide"),)}, "input_range is dynamic, .*or a number, got .wide."),
     ({"eval_tokens": 0}, "evaluation tokens must be between"),
     ({"seed": -1}, "seed must be between"),
+    ({"seed": None}, "the seed box is empty"),  # not "got None"
+    ({"max_new_tokens": 1e30}, r"got 1e\+30$"),  # not its float's 31 digits
+    ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("compensation_method", "exact"),)},
+     "--compensation_method: .*drift_compensation"),  # issue 25: a method without compensation means nothing
 ])
 def test_bad_settings_raise_one_line(change, message):
     with pytest.raises(NoisyNNError, match=message) as err:
