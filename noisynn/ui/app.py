@@ -103,7 +103,9 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
                 drift_end = Slider(SIGMA_LOG_MIN, SIGMA_LOG_MAX, value=-1.0, step=0.05,
                                    label="log10 sigma at the last token", elem_id="drift-end")
                 drift_tokens = gr.Number(48, precision=0, label="tokens", elem_id="drift-tokens")
-            play = gr.Button("Play", variant="primary", elem_id="drift-play")
+            with gr.Row():
+                play = gr.Button("Play", variant="primary", elem_id="drift-play")
+                drift_stop = gr.Button("Stop", variant="stop", elem_id="drift-stop")
             drift_now = gr.Markdown(elem_id="drift-now")
             drift_text = gr.Textbox(label="continuation under growing noise", lines=6, interactive=False,
                                     elem_id="drift-text")
@@ -167,7 +169,7 @@ def build_app(explorer: Explorer, defaults: Setting = Setting(), run_roots=RUN_R
         model_queue = {"concurrency_id": "model", "concurrency_limit": 1}
         drift_event = play.click(on_drift, [drift_start, drift_end, drift_tokens] + tab.inputs,
                                  [status, drift_text, drift_now, drift_plot], **model_queue)
-        tab.wire_stop([drift_event])
+        tab.wire_stop([drift_event], also=(drift_stop,))
         refresh.click(lambda: gr.update(choices=list_runs(run_roots)), None, run_folder)
         load_run.click(on_load_run, run_folder, [status, run_note, gallery, run_table, run_config])
         run_folder.select(on_load_run, run_folder, [status, run_note, gallery, run_table, run_config])

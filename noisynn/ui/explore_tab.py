@@ -17,7 +17,7 @@ import tempfile
 from ..errors import NoisyNNError
 from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN,
                       TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider,
-                      whole_number_in)
+                      whole_number_in, human_time)
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
 from .curve import DEFAULT_T_SECONDS, Curve
@@ -131,6 +131,7 @@ class ExploreTab:
                 self.sigma_text = gr.Markdown(f"sigma = **{sigma_from_slider(log10_or_min(defaults.sigma)):g}**",
                                               elem_id="sigma-value")
                 self.committed = gr.State(log10_or_min(defaults.sigma))  # the last sigma released
+                self.noise_state = gr.State(defaults.noise_type)  # the noise chosen before the current one
                 self.shown: Setting | None = None  # the setting of the last complete result
                 self.last = None  # that result: (the outputs shown, (clean, noisy) perplexity, mean noisy entropy)
                 self.scale = gr.Dropdown(SCALES, value=defaults.scale, label="scale", elem_id="scale",
@@ -152,6 +153,8 @@ class ExploreTab:
                                                                              TIME_LOG_MAX), step=0.05,
                                        label="log10 time after programming (s): 1 s to 10 years",
                                        visible="t_seconds" in shown, elem_id="time-slider")
+                    self.time_text = gr.Markdown(f"read **{human_time(t0)}** after programming",
+                                                 visible="t_seconds" in shown, elem_id="time-value")
                     for c in (c for c in self.controls_meta if c.group == "device"):
                         self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest), c.dest in shown)
                 with gr.Accordion("converters: DAC, output noise, ADC (the CLI's flags)", open=False,
@@ -347,19 +350,45 @@ class ExploreTab:
             v, _ = read_log_sigma(value)
             return gr.update() if v is None else f"sigma = **{sigma_from_slider(v):g}**"
 
-        def on_noise(noise, scale):
+        def on_noise(noise, scale, previous):
+            """Show the noise's own controls; between a device model (sigma multiplies the device as measured, its
+            own mappings) and a plain noise, sigma and scale start over, and the status says to what."""
             shown = shown_for(noise)
             allowed = getattr(NOISE_REGISTRY.get(noise), "scales", None)
-            new_scale = allowed[0] if allowed and scale not in allowed else scale
+            was_device = getattr(NOISE_REGISTRY.get(previous), "scales", None) is not None
             out = {self.flag_widgets[c.dest]: gr.update(visible=c.dest in shown)
                    for c in self.controls_meta if c.group == "device"}
-            out.update({self.time: gr.update(visible="t_seconds" in shown), self.scale: new_scale,
-                        self.meaning: sigma_meaning(noise, new_scale)})
+            new_scale, note = scale, ""
+            if allowed and (scale not in allowed or not was_device):
+                new_scale, log_sigma = allowed[0], 0.0
+                note = f"{noise}: scale {new_scale} (its mapping), sigma = 1 (the device as measured)."
+            elif not allowed and was_device:
+                new_scale, log_sigma = self.defaults.scale, log10_or_min(self.defaults.sigma)
+                note = f"{noise}: scale {new_scale}, sigma = {sigma_from_slider(log_sigma):g} (the page's start)."
+            if note:
+                out.update({self.log_sigma: log_sigma, self.sigma_text: f"sigma = **{sigma_from_slider(log_sigma):g}**",
+                            status: ok(note)})
+            out.update({self.time: gr.update(visible="t_seconds" in shown),
+                        self.time_text: gr.update(visible="t_seconds" in shown), self.scale: new_scale,
+                        self.meaning: sigma_meaning(noise, new_scale), self.noise_state: noise})
             return out
 
-        def on_time(value):
+        def on_time(value, typed):
+            """The slider moved: the t_seconds box follows, unless the box set the slider (within a step)."""
             v, _ = read_log_sigma(value, 0.0, TIME_LOG_MAX)
-            return gr.update() if v is None else f"{10 ** v:.4g}"
+            if v is None:
+                return gr.update(), gr.update()
+            t = _float_or(typed, None)
+            if t is not None and t > 0 and abs(math.log10(t) - v) <= 0.026:
+                return gr.update(), f"read **{human_time(t)}** after programming"
+            return f"{10 ** v:.4g}", f"read **{human_time(10 ** v)}** after programming"
+
+        def on_t_seconds(typed):
+            """A t_seconds typed in its box moves the time slider (clamped to its range) and its readout."""
+            t = _float_or(typed, None)
+            if t is None or not (math.isfinite(t) and t > 0):
+                return gr.update(), gr.update()
+            return (min(max(math.log10(t), 0.0), TIME_LOG_MAX), f"read **{human_time(t)}** after programming")
 
         @protect
         def on_sweep(curve, n_levels, *values):
@@ -420,7 +449,8 @@ class ExploreTab:
             **model_queue)
         t_box = self.flag_widgets.get("t_seconds")
         if t_box is not None:
-            self.time.change(on_time, self.time, t_box, **fast)
+            self.time.change(on_time, [self.time, t_box], [t_box, self.time_text], **fast)
+            t_box.input(on_t_seconds, t_box, [self.time, self.time_text], **fast)
             time_event = self.time.release(on_time_release, self.time, [self.time, t_box, status], **fast).then(
                 on_compute_if_live, [self.live, self.curve_state] + self.inputs, outputs, trigger_mode="multiple",
                 **model_queue)
@@ -432,7 +462,9 @@ class ExploreTab:
         full_event = self.full.click(on_full, [self.curve_state] + self.inputs, outputs, **model_queue)
         sweep_event = self.sweep.click(on_sweep, [self.curve_state, self.sweep_levels] + self.inputs,
                                        [status, self.curve_state, self.curve_plot, self.curve_table], **model_queue)
-        self.noise.change(on_noise, [self.noise, self.scale], [self.time, self.scale, self.meaning]
+        self.noise.change(on_noise, [self.noise, self.scale, self.noise_state],
+                          [self.time, self.time_text, self.scale, self.meaning, self.log_sigma, self.sigma_text, status,
+                           self.noise_state]
                           + [self.flag_widgets[c.dest] for c in self.controls_meta if c.group == "device"], **fast)
         self.scale.change(lambda n, s: sigma_meaning(n, s), [self.noise, self.scale], self.meaning, **fast)
         self.clear.click(on_clear, self.curve_state, [self.curve_state, self.curve_plot, self.curve_table, status],
@@ -442,6 +474,8 @@ class ExploreTab:
         self.stop_button_wiring = (on_stop, fast)
         return self.events
 
-    def wire_stop(self, extra_events=()):
+    def wire_stop(self, extra_events=(), also=()):
+        """The Stop button (and the buttons ``also``, e.g. the generation tab's) ends every running computation."""
         on_stop, fast = self.stop_button_wiring
-        self.stop.click(on_stop, None, self.status, cancels=list(self.events) + list(extra_events), **fast)
+        for button in (self.stop, *also):
+            button.click(on_stop, None, self.status, cancels=list(self.events) + list(extra_events), **fast)

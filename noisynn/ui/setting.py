@@ -96,7 +96,8 @@ class Setting:
                                                                   else [])
         words = [" ".join(head)]
         if "t_seconds" in params and "t_seconds" not in without:
-            words.append(f"read at t = {float(given.get('t_seconds', default('t_seconds'))):g} s")
+            t = float(given.get("t_seconds", default("t_seconds")))
+            words.append(f"read at t = {t:g} s" + (f" ({human_time(t)})" if t >= 60 else ""))
         if "drift_compensation" in params:
             on = str(given.get("drift_compensation", default("drift_compensation"))).strip().lower() == "true"
             method = given.get("compensation_method", default("compensation_method"))
@@ -245,3 +246,14 @@ class Requests:
         def cancelled() -> bool:
             return self.stops != stops or (sigma is not None and self.wanted is not None and self.wanted != sigma)
         return cancelled
+
+
+TIME_UNITS = (("y", 365.25 * 86400), ("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0))
+
+
+def human_time(seconds: float) -> str:
+    """``seconds`` in the largest unit it reaches (y = 365.25 d): 3600 -> '1 h', 1e8 -> '3.17 y', 0.5 -> '0.5 s'."""
+    for unit, size in TIME_UNITS:
+        if seconds >= size or unit == "s":
+            return f"{seconds / size:.3g} {unit}"
+    raise AssertionError("unreachable")

@@ -115,3 +115,9 @@ def test_ui_starts_on_gaussian_with_a_pcm_control_given():
 def test_typed_log_sigma_is_clamped_or_refused(typed, want):
     value, note = ui_setting.read_log_sigma(typed)
     assert value == want[0] and want[1] in note and "\n" not in note
+
+
+@pytest.mark.parametrize("seconds, shown", [(0.5, "0.5 s"), (1, "1 s"), (90, "1.5 min"), (3600, "1 h"),
+                                            (86400, "1 d"), (1e8, "3.17 y"), (10 * 365.25 * 86400, "10 y")])
+def test_read_times_are_shown_in_their_unit(seconds, shown):
+    assert ui_setting.human_time(seconds) == shown

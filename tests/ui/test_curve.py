@@ -136,10 +136,10 @@ def test_every_result_names_its_whole_setting():
     """A PCM result names its read time, drift compensation and converter preset, given or by default."""
     pcm = setting(noise_type="pcm", scale="relative_channel", sigma=1.0)
     default = pcm.label
-    assert "read at t = 86400 s" in default and "no drift compensation" in default
+    assert "read at t = 86400 s (1 d)" in default and "no drift compensation" in default
     later = replace(pcm, flags=(("t_seconds", "3600"), ("drift_compensation", "true"),
                                 ("analog_preset", "aihwkit_hwa"))).label
-    assert "read at t = 3600 s" in later and "drift compensation readout" in later
+    assert "read at t = 3600 s (1 h)" in later and "drift compensation readout" in later
     assert "preset aihwkit_hwa" in later and later != default
     assert "read at" not in setting().label and "--dac_bits 8" in replace(setting(), flags=(("dac_bits", "8"),)).label
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, script_env
+from noisynn.runs.read import read_rows
 from noisynn.ui.setting import sigma_from_slider
 from noisynn.ui.controls import flag_controls
 
@@ -230,6 +231,16 @@ def test_ui_in_chromium(app_url, tmp_path):
             clean_1, noisy_1 = texts(page)
             chart_1 = chart_src(page, "prob-chart")
             assert clean_1.strip() and noisy_1.strip()
+            # Issue 25, defect 2: a second tab's Generate at the setting just computed answers at once, in that tab.
+            other = browser.new_page(viewport={"width": 1400, "height": 1000})
+            other.goto(url)
+            other.wait_for_selector("#generate", timeout=WAIT_MS)
+            other.evaluate(STATUS_LOG)
+            other.locator("#live input").uncheck()
+            other.click("#generate")
+            status_contains(other, "Same setting as the last result (sigma = 0.001)")
+            assert texts(other) == (clean_1, noisy_1)
+            other.close()
 
             # Move the slider to log10 sigma = -1.5 and generate again.
             assert set_slider(page, "#sigma-slider", -1.5) == pytest.approx(-1.5)
@@ -294,6 +305,9 @@ def test_ui_in_chromium(app_url, tmp_path):
             choose(page, "#noise-type", "pcm")
             page.wait_for_selector("#flag-t_seconds", state="visible", timeout=WAIT_MS)
             assert page.input_value("#flag-t_seconds input") == "100000000.0"
+            # Issue 25, item 6: a device model starts at sigma 1 (the device as measured), the time reads in years.
+            status_contains(page, "pcm: scale relative_channel (its mapping), sigma = 1")
+            assert readout(page) == "sigma = 1" and "3.17 y" in page.inner_text("#time-value")
             assert page.input_value("#scale input") == "relative_channel"  # pcm maps by max|W|
             assert "multiplier of the PCM model" in page.inner_text("#sigma-meaning")
             assert page.locator("#time-slider").is_visible() and not page.locator("#flag-df").is_visible()
@@ -311,6 +325,18 @@ def test_ui_in_chromium(app_url, tmp_path):
                                    timeout=WAIT_MS)
             page.click("#generate")
             ppl_late = noisy_perplexity(status_contains(page, "Done: sigma = 1,"))
+            # Issue 25, defect 5: the result names its read time (and compensation).
+            heading = page.inner_text("#results-sigma")
+            assert "read at t = 1e+08 s (3.17 y)" in heading and "no drift compensation" in heading, heading
+            page.click("#generate")  # a repeated press answers (defect 2)
+            status_contains(page, "Same setting as the last result (sigma = 1)")
+            # Item 6: a t_seconds typed in its box moves the time slider and its readout.
+            page.locator("#flag-t_seconds input").fill("3600")
+            page.locator("#flag-t_seconds input").press("Tab")
+            page.wait_for_function("() => document.querySelector('#time-value').innerText.includes('1 h')",
+                                   timeout=WAIT_MS)
+            assert float(page.locator("#time-slider input[type=range]").input_value()) == pytest.approx(3.556, abs=0.03)
+            assert page.input_value("#flag-t_seconds input") == "3600"
             command = page.input_value("#cli-command textarea")
             assert "--noise_type pcm --t_seconds 100000000.0" in command and "--scale relative_channel" in command
             # The time slider (log10 s) sets t_seconds: 1 s after programming.
@@ -331,6 +357,13 @@ def test_ui_in_chromium(app_url, tmp_path):
 
             # A sweep fills the curve for the current setting; Stop ends another one midway.
             choose(page, "#noise-type", "gaussian")
+            # Item 6: leaving the device model says what sigma and scale start over at (the page's start).
+            status_contains(page, "gaussian: scale absolute, sigma = 0.001 (the page's start)")
+            assert page.input_value("#scale input") == "absolute" and readout(page) == "sigma = 0.001"
+            choose(page, "#scale", "relative_channel")
+            type_in_box(page, "#sigma-slider", "0")
+            page.wait_for_function("() => document.querySelector('#sigma-value').innerText == 'sigma = 1'",
+                                   timeout=WAIT_MS)
             page.locator("#sweep-levels input").fill("3")
             page.click("#sweep")
             status_contains(page, "Sweep: point 3 of 3")
@@ -354,6 +387,9 @@ def test_ui_in_chromium(app_url, tmp_path):
             exported = sorted(runs.glob("ui-curve-*"))
             assert len(exported) == 1
             settings = sorted(p for p in exported[0].iterdir() if (p / "run.json").is_file())
+            # Issue 25, defect 3: Export writes the points the page shows, no more (not the point Stop cut off).
+            written = sum(len(read_rows(p / "results.csv")) for p in settings)
+            assert written == n_after_stop - 1, (written, n_after_stop)
             assert len(settings) == 4  # gaussian absolute, pcm at two times, gaussian relative_channel
             graphs = subprocess.run([sys.executable, "-m", "noisynn.cli", "generate_graphs", "--results_dir",
                                      str(exported[0]), "--output_dir", str(tmp_path / "figures")], cwd=ROOT,
@@ -395,6 +431,13 @@ def test_ui_in_chromium(app_url, tmp_path):
             assert page.input_value("#drift-text textarea").strip()
             assert page.evaluate("() => window.seen.size") >= 4, "the text should grow token by token"
             chart_src(page, "drift-chart")
+            # Item 6: the generation tab has its own Stop.
+            page.locator("#drift-tokens input").fill("200")
+            page.click("#drift-play")
+            page.wait_for_function("() => document.querySelector('#drift-text textarea').value.length > 0",
+                                   timeout=WAIT_MS)
+            page.click("#drift-stop")
+            status_contains(page, "stopped", any_case=True)
 
             # Saved runs: a missing folder is a message; the committed sweep is shown (its figure redrawn).
             page.get_by_role("tab", name="Saved runs").click()
