@@ -445,3 +445,20 @@ def test_a_resume_after_the_self_generated_data_changed_is_refused(tmp_path, sma
     err = exits_2_with_one_line(nat.main, args, capsys)
     assert "was run on other content: self_data.jsonl, which the run wrote and reads back, changed since" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_afm_on_a_conv1d_model_is_refused_before_the_run_folder(tmp_path, text_file, capsys):
+    """GPT-2's projections are Conv1D, which the analog training forward does not run: one line, no folder."""
+    from tests.helpers import byte_tokenizer, exits_2_with_one_line, tiny_gpt2
+    from noisynn.experiments.noise_aware_training import run as nat
+
+    model_dir = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "run"
+    line = exits_2_with_one_line(nat.main, ["--recipe", "afm", "--times", "1s", "--model", str(model_dir),
+                                            "--text_file", str(text_file), "--eval_tokens", "64", "--max_length",
+                                            "32", "--seq_len", "24", "--max_samples", "6", "--quiet", "--out",
+                                            str(out)], capsys)
+    assert "no Linear layers among the targets" in line and "Conv1D" in line
+    assert not out.exists()

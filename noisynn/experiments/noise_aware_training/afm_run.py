@@ -40,7 +40,7 @@ from ...spec import make_noise_spec
 from . import afm_eval, report
 from .afm_eval import set_ranges
 from .afm import AFMConfig, afm_finetune
-from .analog_train import AnalogTrainConfig, AnalogTraining
+from .analog_train import AnalogTrainConfig, AnalogTraining, linear_layers
 from .lean import OPTIMIZERS as LEAN_OPTIMIZERS, TEACHERS as LEAN_TEACHERS, check_choice, check_optimizer
 from .data import load_training_text, self_generated_chunks, self_prompt, training_chunks
 from .training import check_batch_split, check_launch
@@ -238,7 +238,14 @@ def run_afm(args) -> int:
         check_launch(distributed.accelerator())
     afm_config(args, args.max_samples)  # flag combinations are checked before the folder is touched
     ev = afm_eval.settings(args)
-    ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
+    pcm = make_noise_spec("pcm", {"t_seconds": times[0], "drift_compensation": True}, "relative_channel",
+                          args.targets, None, args.include_bias)
+
+    def check_model(lm, text):  # what the model must offer, before the run folder is touched
+        afm_eval.check(ev, lm.model)
+        linear_layers(lm.model, select(lm.model, pcm))
+
+    ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, check=check_model, meta={
         "recipe": "afm", "variants": variants, "times_s": times, "time_labels": [time_label(t) for t in times],
         "reference": "Analog Foundation Models (Buechel et al., NeurIPS 2025; IBM/analog-foundation-models "
                      "config.yaml for Llama-3.2-1B)",
@@ -248,11 +255,8 @@ def run_afm(args) -> int:
         "compensation": "global drift compensation on at every read",
         "head": "not trained or programmed unless --targets names head/all (the pcm_afm rows: --eval_head)"})
     lm, folder = ctx.lm, ctx.folder
-    afm_eval.check(ev, lm.model)
     chunks, data_info = training_data(args, lm, folder, eval_text)
     cfg = afm_config(args, chunks.shape[0])
-    pcm = make_noise_spec("pcm", {"t_seconds": times[0], "drift_compensation": True}, "relative_channel",
-                          args.targets, None, args.include_bias)
     targets = select(lm.model, pcm)  # the injector (a snapshot of the weights) is made per variant, later
     folder.update_meta(training_text={**data_info, "windows": int(chunks.shape[0]), "seq_len": args.seq_len,
                                       "tokens": int(chunks.numel())},

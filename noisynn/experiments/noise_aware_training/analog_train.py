@@ -110,6 +110,23 @@ def adc(y: torch.Tensor, bound: torch.Tensor, bits: int | None) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- the layers
 
+def linear_layers(model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
+    """(module name, nn.Linear) of the targeted weights that the analog training forward can run; raises
+    NoisyNNError when there are none (GPT-2's Conv1D projections: the forward is written for x @ W.T)."""
+    layers = []
+    for t in targets:
+        name = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
+        module = model.get_submodule(name) if t.name.endswith(".weight") else None
+        if isinstance(module, nn.Linear):
+            layers.append((name, module))
+    if not layers:
+        kinds = sorted({type(model.get_submodule(t.name.rpartition(".")[0])).__name__ for t in targets
+                        if "." in t.name}) or ["none"]
+        raise NoisyNNError(f"no Linear layers among the targets for the analog training forward (the targets are "
+                           f"{', '.join(kinds)}); the AFM recipe trains nn.Linear models such as Llama")
+    return layers
+
+
 class AnalogTraining:
     """The analog forward on the targeted Linear layers of ``model`` (patched ``forward``, undone by ``remove``).
 
@@ -123,14 +140,7 @@ class AnalogTraining:
 
     def __init__(self, model: nn.Module, targets, cfg: AnalogTrainConfig, seed: int = 0):
         self.cfg, self.seed = cfg, seed
-        self.layers: list[tuple[str, nn.Linear]] = []
-        for t in targets:
-            name = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
-            module = model.get_submodule(name) if t.name.endswith(".weight") else None
-            if isinstance(module, nn.Linear):
-                self.layers.append((name, module))
-        if not self.layers:
-            raise NoisyNNError("no Linear layers among the targets for the analog training forward")
+        self.layers = linear_layers(model, targets)
         device = self.layers[0][1].weight.device
         self.ranges = nn.Parameter(torch.ones(len(self.layers), device=device))
         self.init_count = torch.zeros(len(self.layers), dtype=torch.long)
