@@ -156,18 +156,23 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Finished, or holding every point it will have."""
-        if self.meta.get("status") == "finished":
-            return True
+        """Holding every point it will have (when run.json says how many), else marked finished. A folder marked
+        finished whose results.csv lost rows since (a torn or cut file) is not complete."""
         n = self.n_points
-        return n is not None and len(self.rows) >= n
+        if n is not None and len(self.rows) < n:
+            return False
+        return self.meta.get("status") == "finished" or n is not None
 
     def progress_note(self) -> str:
-        """'' for a complete run, else 'incomplete: k of n points' (or 'incomplete: k points')."""
+        """'' for a complete run, else 'incomplete: k of n points' (or 'incomplete: k points'); for a folder marked
+        finished, that its results.csv has lost rows."""
         if self.complete:
             return ""
         n = self.n_points
-        return f"incomplete: {len(self.rows)} of {n} points" if n else f"incomplete: {len(self.rows)} points"
+        note = f"incomplete: {len(self.rows)} of {n} points" if n else f"incomplete: {len(self.rows)} points"
+        if self.meta.get("status") == "finished":
+            note += " (the run finished: results.csv has lost rows since; rerun the command to redo them)"
+        return note
 
 
 def read_run(path: str | Path) -> Run:

@@ -450,7 +450,7 @@ class ExploreTab:
         t_box = self.flag_widgets.get("t_seconds")
         if t_box is not None:
             self.time.change(on_time, [self.time, t_box], [t_box, self.time_text], **fast)
-            t_box.input(on_t_seconds, t_box, [self.time, self.time_text], **fast)
+            t_box.change(on_t_seconds, t_box, [self.time, self.time_text], **fast)
             time_event = self.time.release(on_time_release, self.time, [self.time, t_box, status], **fast).then(
                 on_compute_if_live, [self.live, self.curve_state] + self.inputs, outputs, trigger_mode="multiple",
                 **model_queue)

@@ -165,3 +165,38 @@ def test_git_hash_ignores_run_outputs_but_not_code(tmp_path):
     assert subprocess.run(probe, cwd=repo, capture_output=True, text=True).stdout.strip() == clean
     (repo / "noisynn" / "provenance.py").write_text((repo / "noisynn" / "provenance.py").read_text() + "\n# edit\n")
     assert subprocess.run(probe, cwd=repo, capture_output=True, text=True).stdout.strip() == clean + "-dirty"
+
+
+@pytest.mark.parametrize("status, n_points, n_rows, note", [
+    ("finished", None, 2, ""),  # how many points is not recorded: finished is complete
+    ("finished", 3, 3, ""),
+    ("running", 3, 3, ""),  # every point written, not yet marked
+    ("running", 3, 1, "incomplete: 1 of 3 points"),
+    ("finished", 3, 2, "incomplete: 2 of 3 points (the run finished: results.csv has lost rows since"),
+])
+def test_a_finished_folder_that_lost_rows_is_noted_incomplete(tmp_path, status, n_points, n_rows, note):
+    """Issue 25: a torn results.csv in a folder marked finished must not redraw the figure as if complete."""
+    from noisynn.runs.read import Run
+
+    meta = {"status": status, **({"n_points": n_points} if n_points else {})}
+    run = Run(tmp_path, meta, [{"sigma": 0.1 * i, "trial": 0} for i in range(n_rows)])
+    assert run.progress_note().startswith(note) and run.complete == (note == "")
+
+
+def test_generate_graphs_notes_a_torn_csv_in_a_finished_folder(tmp_path, tiny_model_dir, text_file):
+    """End to end: the sweep finishes, its results.csv loses its last row to a torn write, generate_graphs says so."""
+    from tests.helpers import run_python
+
+    out = tmp_path / "run"
+    done = run_python(["-m", "noisynn.cli", "sweep", "--model", str(tiny_model_dir), "--text_file", str(text_file),
+                       "--eval_tokens", "32", "--max_length", "32", "--n_levels", "3", "--n_trials", "1",
+                       "--max_noise", "0.1", "--n_samples", "1", "--max_new_tokens", "4", "--quiet",
+                       "--out", str(out)], timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    csv_text = (out / "results.csv").read_text()
+    (out / "results.csv").write_text(csv_text[: csv_text.rstrip("\n").rfind("\n") + 20])  # the last row torn
+    figures = tmp_path / "figures"
+    graphs = run_python(["-m", "noisynn.cli", "generate_graphs", "--results_dir", str(out), "--output_dir",
+                         str(figures)], timeout=600)
+    assert graphs.returncode == 0, graphs.stderr[-2000:]
+    assert "incomplete" in graphs.stdout + graphs.stderr and "lost rows" in graphs.stdout + graphs.stderr

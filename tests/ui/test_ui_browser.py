@@ -175,7 +175,17 @@ def rows(page, elem_id: str) -> int:
 
 
 def readout(page) -> str:
-    return page.inner_text("#sigma-value")
+    """The sigma readout's text, without the timer Gradio shows in it while an event that writes it is pending."""
+    text = page.inner_text("#sigma-value")
+    return "\n".join(line for line in text.splitlines() if line.strip() and not re.fullmatch(r"[\d.]+s", line.strip()))
+
+
+def readout_is(page, text: str) -> bool:
+    """Wait (up to WAIT_MS) until the readout shows ``text``; True then, so it reads as an assertion."""
+    page.wait_for_function("t => { const r = document.querySelector('#sigma-value').innerText.split('\\n')"
+                           ".map(l => l.trim()).filter(l => l && !/^[0-9.]+s$/.test(l)); return r.join('\\n') == t; }",
+                           arg=text, timeout=WAIT_MS)
+    return readout(page) == text
 
 
 def noisy_perplexity(status: str) -> float:
@@ -268,7 +278,7 @@ def test_ui_in_chromium(app_url, tmp_path):
             status_contains(page, f"Done: sigma = {final:g},")
             page.wait_for_timeout(3000)  # a superseded computation would report here; none may
             assert f"Done: sigma = {final:g}," in page.inner_text("#status")
-            assert readout(page) == f"sigma = {final:g}"
+            assert readout_is(page, f"sigma = {final:g}")
             assert f"sigma = {final:g}" in page.inner_text("#results-sigma")
             assert f"{final:g}" in page.inner_text("#metrics")
             assert float(page.locator("#sigma-slider input[type=range]").input_value()) == released[-1]
@@ -277,10 +287,10 @@ def test_ui_in_chromium(app_url, tmp_path):
             page.locator("#live input").uncheck()
             type_in_box(page, "#sigma-slider", "-10")
             status_contains(page, "log10 sigma -10 is outside [-4, 0]: clamped to -4")
-            assert readout(page) == "sigma = 0.0001"
+            assert readout_is(page, "sigma = 0.0001")
             type_in_box(page, "#sigma-slider", "3")
             status_contains(page, "clamped to 0")
-            assert readout(page) == "sigma = 1"
+            assert readout_is(page, "sigma = 1")
             type_in_box(page, "#sigma-slider", "-2")
             page.wait_for_function("() => document.querySelector('#sigma-value').innerText == 'sigma = 0.01'",
                                    timeout=WAIT_MS)
@@ -288,7 +298,7 @@ def test_ui_in_chromium(app_url, tmp_path):
             status_contains(page, "the log10 sigma box is empty: nothing changed")
             page.wait_for_function("() => document.querySelector('#sigma-slider input[type=range]').value == '-2'",
                                    timeout=WAIT_MS)
-            assert readout(page) == "sigma = 0.01"
+            assert readout_is(page, "sigma = 0.01")
             assert page.get_by_text("Error", exact=True).count() == 0
             assert "Ready." not in page.inner_text("#status")
 
@@ -307,7 +317,7 @@ def test_ui_in_chromium(app_url, tmp_path):
             assert page.input_value("#flag-t_seconds input") == "100000000.0"
             # Issue 25, item 6: a device model starts at sigma 1 (the device as measured), the time reads in years.
             status_contains(page, "pcm: scale relative_channel (its mapping), sigma = 1")
-            assert readout(page) == "sigma = 1" and "3.17 y" in page.inner_text("#time-value")
+            assert readout_is(page, "sigma = 1") and "3.17 y" in page.inner_text("#time-value")
             assert page.input_value("#scale input") == "relative_channel"  # pcm maps by max|W|
             assert "multiplier of the PCM model" in page.inner_text("#sigma-meaning")
             assert page.locator("#time-slider").is_visible() and not page.locator("#flag-df").is_visible()
@@ -359,7 +369,7 @@ def test_ui_in_chromium(app_url, tmp_path):
             choose(page, "#noise-type", "gaussian")
             # Item 6: leaving the device model says what sigma and scale start over at (the page's start).
             status_contains(page, "gaussian: scale absolute, sigma = 0.001 (the page's start)")
-            assert page.input_value("#scale input") == "absolute" and readout(page) == "sigma = 0.001"
+            assert page.input_value("#scale input") == "absolute" and readout_is(page, "sigma = 0.001")
             choose(page, "#scale", "relative_channel")
             type_in_box(page, "#sigma-slider", "0")
             page.wait_for_function("() => document.querySelector('#sigma-value').innerText == 'sigma = 1'",
