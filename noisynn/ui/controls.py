@@ -163,3 +163,14 @@ def sigma_meaning(noise_type: str, scale: str) -> str:
     doc = (inspect.getdoc(cls) or "").splitlines()[0] if cls is not None else ""
     return (f"**sigma for {noise_type}**: the scale of additive noise W + sigma u Z, u in {unit}"
             + (f" ({doc.rstrip('.')})." if doc else "."))
+
+
+def preset_placeholders(preset: str | None) -> dict[str, str]:
+    """The converter text boxes' placeholders under ``preset`` (its value, 'preset NAME'), or '(CLI default)'
+    for every box when no preset is chosen: an empty box shows what it will be."""
+    from ..analog.presets import PRESETS
+
+    values = PRESETS[preset].values if preset in PRESETS else {}
+    return {c.dest: (f"{values[c.dest]:g} (preset {preset})" if isinstance(values.get(c.dest), float)
+                     else f"{values[c.dest]} (preset {preset})" if c.dest in values else "(CLI default)")
+            for c in flag_controls() if c.group == "converter" and c.kind == "text"}

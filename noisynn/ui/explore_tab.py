@@ -21,7 +21,7 @@ from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, S
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
 from .curve import DEFAULT_T_SECONDS, Curve
-from .controls import flag_controls, given_flags, shown_for, sigma_meaning
+from .controls import flag_controls, given_flags, preset_placeholders, shown_for, sigma_meaning
 from ..noise import NOISE_REGISTRY
 from ..runs.runner import levels
 
@@ -101,14 +101,14 @@ def _float_or(text, default: float) -> float:
         return default
 
 
-def flag_widget(gr, c, value, visible: bool = True):
+def flag_widget(gr, c, value, visible: bool = True, placeholder: str = "(CLI default)"):
     """One control for one CLI flag (``explore_flags.FlagControl``)."""
     common = {"label": c.flag, "info": c.help, "elem_id": c.elem_id, "visible": visible}
     if c.kind == "bool":
         return gr.Checkbox(bool(value), **common)
     if c.kind == "choice":
         return gr.Dropdown([""] + list(c.choices), value=value or "", **common)
-    return gr.Textbox(value or "", placeholder="(CLI default)", max_lines=1, **common)
+    return gr.Textbox(value or "", placeholder=placeholder, max_lines=1, **common)
 
 
 class ExploreTab:
@@ -159,8 +159,10 @@ class ExploreTab:
                         self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest), c.dest in shown)
                 with gr.Accordion("converters: DAC, output noise, ADC (the CLI's flags)", open=False,
                                   elem_id="converter-params"):
+                    placeholders = preset_placeholders(flag_defaults.get("analog_preset"))
                     for c in (c for c in self.controls_meta if c.group == "converter"):
-                        self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest))
+                        self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest),
+                                                                placeholder=placeholders.get(c.dest, "(CLI default)"))
                 self.prompt = gr.Textbox(defaults.prompt, lines=2, label="prompt", elem_id="prompt")
                 with gr.Row():
                     self.max_new = gr.Number(defaults.max_new_tokens, precision=0, label="max new tokens",
@@ -279,10 +281,15 @@ class ExploreTab:
             yield {**first, status: ok(f"Generated at sigma = {s.sigma:g} ({cmp.injection['n_params']:,} noised "
                                        "parameters); computing perplexity...")}
             progress(0, desc="perplexity")
-            ppl = ex.perplexity(s, progress=lambda f: progress(f, desc="perplexity"), cancelled=cancelled)
+            try:
+                ppl = ex.perplexity(s, progress=lambda f: progress(f, desc="perplexity"), cancelled=cancelled)
+                if cancelled():
+                    raise Cancelled
+            except Cancelled:  # the heading must not promise a perplexity that will not come
+                yield {self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; perplexity "
+                                           "not computed: superseded or stopped)"}
+                raise
             rows = result_rows(cmp, ppl)
-            if cancelled():
-                raise Cancelled
             curve = curve.copy()
             curve.add(s, ppl[1], ppl[0], cmp.noisy.mean_entropy)
             done = {**first, self.results_sigma: f"Results for **sigma = {s.sigma:g}** ({html.escape(s.label)}; "
@@ -462,6 +469,14 @@ class ExploreTab:
         full_event = self.full.click(on_full, [self.curve_state] + self.inputs, outputs, **model_queue)
         sweep_event = self.sweep.click(on_sweep, [self.curve_state, self.sweep_levels] + self.inputs,
                                        [status, self.curve_state, self.curve_plot, self.curve_table], **model_queue)
+        preset_box = self.flag_widgets.get("analog_preset")
+        if preset_box is not None:
+            boxes = preset_placeholders(None)
+
+            def on_preset(name):
+                return [gr.update(placeholder=text) for text in preset_placeholders(name or None).values()]
+
+            preset_box.change(on_preset, preset_box, [self.flag_widgets[d] for d in boxes], **fast)
         self.noise.change(on_noise, [self.noise, self.scale, self.noise_state],
                           [self.time, self.time_text, self.scale, self.meaning, self.log_sigma, self.sigma_text, status,
                            self.noise_state]

@@ -121,3 +121,17 @@ def test_typed_log_sigma_is_clamped_or_refused(typed, want):
                                             (86400, "1 d"), (1e8, "3.17 y"), (10 * 365.25 * 86400, "10 y")])
 def test_read_times_are_shown_in_their_unit(seconds, shown):
     assert ui_setting.human_time(seconds) == shown
+
+
+def test_a_preset_shows_its_values_in_the_empty_converter_boxes():
+    """Issue 25, item 6: choosing a preset fills the boxes' placeholders with its values, not '(CLI default)'."""
+    from noisynn.analog.presets import PRESETS
+    from noisynn.ui.controls import preset_placeholders
+
+    none = preset_placeholders(None)
+    assert set(none.values()) == {"(CLI default)"} and {"dac_bits", "adc_bits", "out_noise"} <= set(none)
+    shown = preset_placeholders("aihwkit_default")
+    values = PRESETS["aihwkit_default"].values
+    assert shown["dac_bits"] == f"{values['dac_bits']} (preset aihwkit_default)"
+    assert shown["out_noise"] == f"{values['out_noise']:g} (preset aihwkit_default)"
+    assert shown.keys() == none.keys()
