@@ -5,7 +5,8 @@ such free, up to 32 MiB; below it a block comes from the calling thread's arena 
 keeps what is freed. A web server runs each event (and each step of a generator) on any of its worker threads,
 so the per-tensor buffers of a noise draw (3.5 MiB each for SmolLM2's MLP) end in many arenas, each keeping up to
 a model's worth: the explorer's RSS grew by ~0.65x the weights' bytes per new PCM setting (SmolLM2-135M driven
-from 16 threads on the 2-core machine: 1.3 -> 3.6 GB over 12 settings; bounded: 0.96 -> 1.03 GB).
+from 16 threads on the 2-core machine, benchmarks/bench_explorer_heap.py: 1.28 -> 3.57 GB over 12 settings;
+bounded: 0.95 -> 1.01 GB, flat once every thread has run).
 
 ``bound_heap`` allows 2 arenas for the whole process (mallopt ``M_ARENA_MAX``: the threads share them);
 ``release_heap`` (``malloc_trim(0)``) returns their free pages after each computation. Measured on a 210 MB

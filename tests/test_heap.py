@@ -14,27 +14,15 @@ import pytest
 from tests.helpers import run_python
 
 DRIVE = r"""
-import json, os, queue, sys, threading, torch
+import json, os, sys, torch
+from benchmarks.bench_explorer_heap import Workers, rss
 from noisynn.heap import bound_heap, release_heap
 bounded = sys.argv[1] == "bounded"
 if bounded:
     bound_heap()
 torch.set_num_threads(1)
-
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 weights = [torch.randn(576, 1536) for _ in range(60)]
-jobs = [queue.Queue() for _ in range(16)]
-
-def worker(q):
-    while True:
-        f, done = q.get()
-        f()
-        done.set()
-
-for q in jobs:
-    threading.Thread(target=worker, args=(q,), daemon=True).start()
+workers = Workers(16)
 
 def request(seed):
     g = torch.Generator().manual_seed(seed)
@@ -49,9 +37,7 @@ def request(seed):
 
 after = []
 for i in range(12):
-    done = threading.Event()
-    jobs[i % len(jobs)].put((lambda i=i: request(i), done))
-    done.wait()
+    workers.run(lambda i=i: request(i))
     after.append(rss())
 print(json.dumps({"model": sum(w.numel() * 4 for w in weights), "rss": after}))
 """
