@@ -21,7 +21,7 @@ from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, S
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
 from .curve import DEFAULT_T_SECONDS, Curve
-from .controls import flag_controls, given_flags, preset_placeholders, shown_for, sigma_meaning
+from .controls import flag_controls, given_flags, preset_placeholders, shown_for, sigma_log_max, sigma_meaning
 from ..noise import NOISE_REGISTRY
 from ..runs.runner import levels
 
@@ -90,8 +90,9 @@ def guard(gr, status):
     return wrap
 
 
-def log10_or_min(x: float) -> float:
-    return min(max(math.log10(x), SIGMA_LOG_MIN), SIGMA_LOG_MAX) if x > 0 else SIGMA_LOG_MIN
+def log10_or_min(x: float, hi: float = SIGMA_LOG_MAX) -> float:
+    """log10 ``x`` within the slider's range [SIGMA_LOG_MIN, hi]; the bottom for x <= 0."""
+    return min(max(math.log10(x), SIGMA_LOG_MIN), hi) if x > 0 else SIGMA_LOG_MIN
 
 
 def _float_or(text, default: float) -> float:
@@ -126,14 +127,24 @@ class ExploreTab:
                 self.noise = gr.Dropdown(noise_choices(), value=defaults.noise_type, label="noise type",
                                          elem_id="noise-type")
                 self.meaning = gr.Markdown(sigma_meaning(defaults.noise_type, defaults.scale), elem_id="sigma-meaning")
-                self.log_sigma = Slider(SIGMA_LOG_MIN, SIGMA_LOG_MAX, value=log10_or_min(defaults.sigma), step=0.05,
+                top = sigma_log_max(defaults.noise_type)
+                self.log_sigma = Slider(SIGMA_LOG_MIN, top, value=log10_or_min(defaults.sigma, top), step=0.05,
                                         label="log10 sigma", elem_id="sigma-slider")
-                self.sigma_text = gr.Markdown(f"sigma = **{sigma_from_slider(log10_or_min(defaults.sigma)):g}**",
+                self.sigma_text = gr.Markdown(f"sigma = **{sigma_from_slider(log10_or_min(defaults.sigma, top)):g}**",
                                               elem_id="sigma-value")
-                self.committed = gr.State(log10_or_min(defaults.sigma))  # the last sigma released
+                self.committed = gr.State(log10_or_min(defaults.sigma, top))  # the last sigma released
                 self.noise_state = gr.State(defaults.noise_type)  # the noise chosen before the current one
                 self.shown: Setting | None = None  # the setting of the last complete result
                 self.last = None  # that result: (the outputs shown, (clean, noisy) perplexity, mean noisy entropy)
+                # The buttons next to the slider: on the first screen at 1400x900 (issue 25), not below the controls.
+                self.preview = gr.Checkbox(True, label=f"preview: {PREVIEW_EVAL_TOKENS} eval tokens, "
+                                           f"{PREVIEW_NEW_TOKENS} new tokens (fast); untick for the full setting",
+                                           elem_id="preview")
+                self.live = gr.Checkbox(True, label="compute when the slider is released", elem_id="live")
+                with gr.Row():
+                    self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    self.full = gr.Button("Full setting", elem_id="full")
+                    self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 self.scale = gr.Dropdown(SCALES, value=defaults.scale, label="scale", elem_id="scale",
                                          info="absolute: weight units; relative: x std(W); relative_max: x max|W|; "
                                               "relative_channel: x max|W| per output channel")
@@ -170,14 +181,6 @@ class ExploreTab:
                     self.top_k = gr.Number(defaults.top_k, precision=0, label="top-k in chart", elem_id="top-k")
                     self.eval_tokens = gr.Number(defaults.eval_tokens, precision=0, label="eval tokens",
                                                  info="full setting", elem_id="eval-tokens")
-                self.preview = gr.Checkbox(True, label=f"preview: {PREVIEW_EVAL_TOKENS} eval tokens, "
-                                           f"{PREVIEW_NEW_TOKENS} new tokens (fast); untick for the full setting",
-                                           elem_id="preview")
-                self.live = gr.Checkbox(True, label="compute when the slider is released", elem_id="live")
-                with gr.Row():
-                    self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                    self.full = gr.Button("Full setting", elem_id="full")
-                    self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Row():
                     self.sweep_levels = gr.Number(5, precision=0, label="sweep: levels up to sigma",
                                                   elem_id="sweep-levels")
@@ -223,7 +226,7 @@ class ExploreTab:
         """The setting of the controls' values (None: the sigma box is empty); preview unless ``full``."""
         (model, noise, log_sigma, scale, targets, blocks, seed, prompt, max_new, top_k, eval_tokens,
          preview) = values[:12]
-        log_sigma, _ = read_log_sigma(log_sigma)
+        log_sigma, _ = read_log_sigma(log_sigma, SIGMA_LOG_MIN, sigma_log_max(noise))
         if log_sigma is None:
             return None
         flags = given_flags(noise, dict(zip(self.flag_widgets, values[12:])))
@@ -329,8 +332,8 @@ class ExploreTab:
             if v is not None:
                 ex.requests.want(sigma_from_slider(v))
 
-        def on_release_check(value, committed, is_live, evt: gr.EventData):
-            v, note = read_log_sigma(raw(value, evt))
+        def on_release_check(value, committed, is_live, noise, evt: gr.EventData):
+            v, note = read_log_sigma(raw(value, evt), SIGMA_LOG_MIN, sigma_log_max(noise))
             if v is None:  # the browser shows its clamp of the empty box: put the last sigma back, compute nothing
                 return {self.log_sigma: gr.update(value=committed), status: warn(note),
                         self.sigma_text: f"sigma = **{sigma_from_slider(committed):g}**"}
@@ -372,9 +375,10 @@ class ExploreTab:
             elif not allowed and was_device:
                 new_scale, log_sigma = self.defaults.scale, log10_or_min(self.defaults.sigma)
                 note = f"{noise}: scale {new_scale}, sigma = {sigma_from_slider(log_sigma):g} (the page's start)."
+            out[self.log_sigma] = gr.update(maximum=sigma_log_max(noise))
             if note:
-                out.update({self.log_sigma: log_sigma, self.sigma_text: f"sigma = **{sigma_from_slider(log_sigma):g}**",
-                            status: ok(note)})
+                out.update({self.log_sigma: gr.update(maximum=sigma_log_max(noise), value=log_sigma),
+                            self.sigma_text: f"sigma = **{sigma_from_slider(log_sigma):g}**", status: ok(note)})
             out.update({self.time: gr.update(visible="t_seconds" in shown),
                         self.time_text: gr.update(visible="t_seconds" in shown), self.scale: new_scale,
                         self.meaning: sigma_meaning(noise, new_scale), self.noise_state: noise})
@@ -450,7 +454,7 @@ class ExploreTab:
         # the computation follows it in the model's queue. Every release is queued ("once" would drop the later
         # ones while one runs); a superseded one ends at its first layer, a repeat of what is shown at once.
         live_event = self.log_sigma.release(
-            on_release_check, [self.log_sigma, self.committed, self.live],
+            on_release_check, [self.log_sigma, self.committed, self.live, self.noise],
             [self.log_sigma, self.committed, status, self.sigma_text], **fast).then(
             on_compute_if_live, [self.live, self.curve_state] + self.inputs, outputs, trigger_mode="multiple",
             **model_queue)

@@ -27,6 +27,7 @@ MAX_TOP_K = 50
 PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS = 256, 20  # the page's preview: a point in a few seconds on a CPU
 SIGMA_DIGITS = 4  # the UI's sigma is rounded to this many significant digits, so the CLI command is exact
 SIGMA_LOG_MIN, SIGMA_LOG_MAX = -4.0, 0.0
+DEVICE_SIGMA_LOG_MAX = 1.0  # a device model's sigma multiplies the device as measured: up to 10x it
 
 
 @dataclass(frozen=True)

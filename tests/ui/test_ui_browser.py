@@ -231,6 +231,9 @@ def test_ui_in_chromium(app_url, tmp_path):
             page.wait_for_selector("#generate", timeout=WAIT_MS)
             page.evaluate(STATUS_LOG)
             page.locator("#live input").uncheck()
+            # Issue 25, item 6: Generate is on the first screen of a 1400x900 window, next to the sigma slider.
+            button = page.locator("#generate").bounding_box()
+            assert button["y"] + button["height"] < 900, button
 
             # Baseline at sigma = 0.001 (a preview point: 256 eval tokens, 20 new tokens).
             start = time.monotonic()
@@ -318,6 +321,8 @@ def test_ui_in_chromium(app_url, tmp_path):
             # Issue 25, item 6: a device model starts at sigma 1 (the device as measured), the time reads in years.
             status_contains(page, "pcm: scale relative_channel (its mapping), sigma = 1")
             assert readout_is(page, "sigma = 1") and "3.17 y" in page.inner_text("#time-value")
+            type_in_box(page, "#sigma-slider", "0.5")  # up to 10x the device as measured
+            assert readout_is(page, f"sigma = {sigma_from_slider(0.5):g}")
             assert page.input_value("#scale input") == "relative_channel"  # pcm maps by max|W|
             assert "multiplier of the PCM model" in page.inner_text("#sigma-meaning")
             assert page.locator("#time-slider").is_visible() and not page.locator("#flag-df").is_visible()
