@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import tempfile
+import time
 
 from ..errors import NoisyNNError
 from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN,
@@ -136,6 +137,7 @@ class ExploreTab:
                 self.noise_state = gr.State(defaults.noise_type)  # the noise chosen before the current one
                 self.shown: Setting | None = None  # the setting of the last complete result
                 self.last = None  # that result: (the outputs shown, (clean, noisy) perplexity, mean noisy entropy)
+                self.took: dict[tuple, float] = {}  # seconds of the last point per (noise, eval tokens, new tokens)
                 # The buttons next to the slider: on the first screen at 1400x900 (issue 25), not below the controls.
                 self.preview = gr.Checkbox(True, label=f"preview: {PREVIEW_EVAL_TOKENS} eval tokens, "
                                            f"{PREVIEW_NEW_TOKENS} new tokens (fast); untick for the full setting",
@@ -265,8 +267,10 @@ class ExploreTab:
                 return
             self.shown = self.last = None
             cancelled = ex.requests.ticket(s.sigma)
+            began, kind = time.monotonic(), (s.noise_type, s.eval_tokens, s.max_new_tokens)
+            eta = f"; about {self.took[kind]:.0f} s, as the last such point" if kind in self.took else ""
             yield {status: ok(f"Computing sigma = {s.sigma:g} ({'full setting' if full or not values[11] else 'preview'}"
-                              f", {s.eval_tokens} eval tokens, {s.max_new_tokens} new tokens)...")}
+                              f", {s.eval_tokens} eval tokens, {s.max_new_tokens} new tokens{eta})...")}
             cmp = ex.compare(s, cancelled)
             rows = result_rows(cmp)
             labels = ", ".join(f"`{html.escape(t)}`" for t, _, _ in cmp.top)
@@ -299,6 +303,7 @@ class ExploreTab:
                                                  f"{ppl[1].n_tokens} eval tokens)",
                     self.metrics: metrics_table(rows), self.csv_file: str(write_csv(rows))}
             self.shown, self.last = s, (done, ppl, cmp.noisy.mean_entropy)
+            self.took[kind] = time.monotonic() - began  # the next point of this noise and size says how long
             yield {**done, status: ok(f"Done: sigma = {s.sigma:g}, perplexity {ppl[0].perplexity:.4g} clean, "
                                       f"{ppl[1].perplexity:.4g} noisy, on {ppl[1].n_tokens} tokens."),
                    self.curve_state: curve, self.curve_plot: curve.figure(), self.curve_table: curve.table()}

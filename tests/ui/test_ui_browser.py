@@ -363,6 +363,8 @@ def test_ui_in_chromium(app_url, tmp_path):
                                    ".includes('--t_seconds 1 ')", timeout=WAIT_MS)
             ppl_early = noisy_perplexity(status_contains(page, "Done: sigma = 1,"))
             assert ppl_early != ppl_late, "the read time must change the PCM model"
+            # Item 6: the second pcm point said how long it would take (the first one's time).
+            assert any("s, as the last such point" in t for t in page.evaluate("() => window.statusLog"))
 
             # The curve: gaussian at 0.001, 0.03162, the last release and 0.01; pcm at two times.
             assert rows(page, "curve-table") == 1 + 6
