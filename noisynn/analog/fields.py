@@ -17,6 +17,7 @@ no output noise): each converter flag turns on only its own effect unless --anal
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,12 +40,21 @@ def float32_error(number: float) -> str | None:
     or divides by zero (an input range of 1e-300), silently."""
     if number == 0 or math.isnan(number):
         return None
-    if abs(number) > F32_MAX:
+    stored = as_float32(number)  # rounded to nearest: 1.17549435082e-38 is stored as the normal 2^-126
+    if math.isinf(stored):
         return f"{number:g} is inf in float32 (it takes magnitudes up to {F32_MAX:.4g})"
-    if abs(number) < F32_TINY:
-        return (f"{number:g} is {'0' if abs(number) < 2 ** -150 else 'subnormal'} in float32 (the smallest "
+    if abs(stored) < F32_TINY:
+        return (f"{number:g} is {'0' if stored == 0 else 'subnormal'} in float32 (the smallest "
                 f"normal magnitude is {F32_TINY:.4g})")
     return None
+
+
+def as_float32(number: float) -> float:
+    """``number`` as float32 stores it (round to nearest; +-inf past its range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", number))[0]
+    except OverflowError:
+        return math.copysign(math.inf, number)
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,9 @@ class Field:
         if self.least is not None and (number <= self.least if self.strict else number < self.least):
             unit = " bits" if self.unit == "bits" else ""
             raise NoisyNNError(f"'{value}' must be {'>' if self.strict else '>='} {self.least:g}{unit}")
-        above_most = self.most is not None and number > self.most  # ``bound`` says so, with its reason
-        degenerate = float32_error(number) if self.kind != "int" and not above_most else None
+        if self.most is not None and number > self.most:  # before float32's limit: the bound's reason says more
+            raise NoisyNNError(above(number, self.most, self.why))
+        degenerate = float32_error(number) if self.kind != "int" else None
         if degenerate:  # the run computes in float32: 1e-300 would be 0 there, 1e39 inf
             raise NoisyNNError(f"'{value}': {degenerate}")
         return number
