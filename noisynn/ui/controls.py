@@ -174,11 +174,3 @@ def preset_placeholders(preset: str | None) -> dict[str, str]:
     return {c.dest: (f"{values[c.dest]:g} (preset {preset})" if isinstance(values.get(c.dest), float)
                      else f"{values[c.dest]} (preset {preset})" if c.dest in values else "(CLI default)")
             for c in flag_controls() if c.group == "converter" and c.kind == "text"}
-
-
-def sigma_log_max(noise_type: str) -> float:
-    """The sigma slider's top (log10): 1 (10x the device as measured) for a device model (a noise with its own
-    ``scales``), else 0 (sigma 1 in the scale's units)."""
-    from .setting import DEVICE_SIGMA_LOG_MAX, SIGMA_LOG_MAX
-
-    return DEVICE_SIGMA_LOG_MAX if getattr(NOISE_REGISTRY.get(noise_type), "scales", None) else SIGMA_LOG_MAX

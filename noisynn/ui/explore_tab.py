@@ -18,11 +18,11 @@ import time
 from ..errors import NoisyNNError
 from .setting import (MAX_NEW_TOKENS, PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS, SIGMA_LOG_MAX, SIGMA_LOG_MIN,
                       TARGET_CHOICES, Cancelled, Setting, cli_command, noise_seed, read_log_sigma, sigma_from_slider,
-                      whole_number_in, human_time)
+                      whole_number_in, human_time, sigma_log_max)
 from .figures import METRICS_HEADERS, entropy_figure, metrics_table, probability_figure, write_csv
 from .explore import Explorer, noise_choices, result_rows, sweep_points
 from .curve import DEFAULT_T_SECONDS, Curve
-from .controls import flag_controls, given_flags, preset_placeholders, shown_for, sigma_log_max, sigma_meaning
+from .controls import flag_controls, given_flags, preset_placeholders, shown_for, sigma_meaning
 from ..noise import NOISE_REGISTRY
 from ..runs.runner import levels
 
@@ -366,11 +366,10 @@ class ExploreTab:
             return gr.update() if v is None else f"sigma = **{sigma_from_slider(v):g}**"
 
         def on_noise(noise, scale, previous):
-            """Show the noise's own controls; between a device model (sigma multiplies the device as measured, its
-            own mappings) and a plain noise, sigma and scale start over, and the status says to what."""
+            """Show the noise's own controls; between a device model and a plain noise sigma and scale start over."""
             shown = shown_for(noise)
             allowed = getattr(NOISE_REGISTRY.get(noise), "scales", None)
-            was_device = getattr(NOISE_REGISTRY.get(previous), "scales", None) is not None
+            was_device = sigma_log_max(previous) > SIGMA_LOG_MAX  # a device model: sigma x the device
             out = {self.flag_widgets[c.dest]: gr.update(visible=c.dest in shown)
                    for c in self.controls_meta if c.group == "device"}
             new_scale, note = scale, ""
@@ -392,11 +391,9 @@ class ExploreTab:
         def on_time(value, typed):
             """The slider moved: the t_seconds box follows, unless the box set the slider (within a step)."""
             v, _ = read_log_sigma(value, 0.0, TIME_LOG_MAX)
-            if v is None:
-                return gr.update(), gr.update()
             t = _float_or(typed, None)
-            if t is not None and t > 0 and abs(math.log10(t) - v) <= 0.026:
-                return gr.update(), f"read **{human_time(t)}** after programming"
+            if v is None or (t is not None and t > 0 and abs(math.log10(t) - v) <= 0.026):
+                return gr.update(), (gr.update() if v is None else f"read **{human_time(t)}** after programming")
             return f"{10 ** v:.4g}", f"read **{human_time(10 ** v)}** after programming"
 
         def on_t_seconds(typed):
@@ -478,14 +475,10 @@ class ExploreTab:
         full_event = self.full.click(on_full, [self.curve_state] + self.inputs, outputs, **model_queue)
         sweep_event = self.sweep.click(on_sweep, [self.curve_state, self.sweep_levels] + self.inputs,
                                        [status, self.curve_state, self.curve_plot, self.curve_table], **model_queue)
-        preset_box = self.flag_widgets.get("analog_preset")
-        if preset_box is not None:
-            boxes = preset_placeholders(None)
-
-            def on_preset(name):
-                return [gr.update(placeholder=text) for text in preset_placeholders(name or None).values()]
-
-            preset_box.change(on_preset, preset_box, [self.flag_widgets[d] for d in boxes], **fast)
+        if "analog_preset" in self.flag_widgets:  # a preset's values in the empty converter boxes
+            self.flag_widgets["analog_preset"].change(
+                lambda name: [gr.update(placeholder=t) for t in preset_placeholders(name or None).values()],
+                self.flag_widgets["analog_preset"], [self.flag_widgets[d] for d in preset_placeholders(None)], **fast)
         self.noise.change(on_noise, [self.noise, self.scale, self.noise_state],
                           [self.time, self.time_text, self.scale, self.meaning, self.log_sigma, self.sigma_text, status,
                            self.noise_state]

@@ -17,6 +17,7 @@ from .controls import constructor_params, flag_argv
 from ..analog.fields import default
 from ..analog.setting import AnalogSetting
 from ..models.embedded import DEFAULT_MODEL
+from ..noise import NOISE_REGISTRY
 from ..runs.runner import Point
 from ..spec import NoiseSpec, make_noise_spec, parse_blocks
 
@@ -28,6 +29,12 @@ PREVIEW_EVAL_TOKENS, PREVIEW_NEW_TOKENS = 256, 20  # the page's preview: a point
 SIGMA_DIGITS = 4  # the UI's sigma is rounded to this many significant digits, so the CLI command is exact
 SIGMA_LOG_MIN, SIGMA_LOG_MAX = -4.0, 0.0
 DEVICE_SIGMA_LOG_MAX = 1.0  # a device model's sigma multiplies the device as measured: up to 10x it
+
+
+def sigma_log_max(noise_type: str) -> float:
+    """The sigma slider's top (log10): 1 (10x the device as measured) for a device model (a noise with its own
+    ``scales``), else 0 (sigma 1 in the scale's units)."""
+    return DEVICE_SIGMA_LOG_MAX if getattr(NOISE_REGISTRY.get(noise_type), "scales", None) else SIGMA_LOG_MAX
 
 
 @dataclass(frozen=True)

@@ -139,8 +139,7 @@ def test_a_preset_shows_its_values_in_the_empty_converter_boxes():
 
 def test_a_device_models_sigma_reaches_ten_times_the_device():
     """Issue 25, item 6: sigma of pcm multiplies the device as measured; the slider goes to 10x, not 1x."""
-    from noisynn.ui.controls import sigma_log_max
-
+    sigma_log_max = ui_setting.sigma_log_max
     assert sigma_log_max("pcm") == 1.0 and sigma_log_max("gaussian") == 0.0
     assert ui_setting.read_log_sigma("3", -4.0, sigma_log_max("pcm")) == (1.0, "log10 sigma 3 is outside [-4, 1]: "
                                                                                 "clamped to 1")
