@@ -10,8 +10,8 @@ bounded: 0.95 -> 1.01 GB, flat once every thread has run).
 
 ``bound_heap`` allows 2 arenas for the whole process (mallopt ``M_ARENA_MAX``: the threads share them);
 ``release_heap`` (``malloc_trim(0)``) returns their free pages after each computation. Measured on a 210 MB
-stand-in model, 24 draws from 16 threads (tests/test_heap.py's drive): 4.2 GB unbounded, 0.43 GB bounded, in
-1.3x the time; a fixed 1 MiB mmap threshold (``M_MMAP_THRESHOLD``) bounds it as well but took 1.8x the time. Both
+stand-in model, 24 draws from 16 threads (tests/test_heap.py's drive run twice as long; times from a 40-draw run
+scaled to 24): 4.2 GB unbounded, 0.43 GB bounded, in about 1.3x the time; a fixed 1 MiB mmap threshold (``M_MMAP_THRESHOLD``) bounds it as well but took 1.8x the time. Both
 calls are no-ops where the C library has no such calls (macOS, musl).
 """
 
