@@ -200,7 +200,7 @@ def left_padded(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-def _cache_names(model) -> tuple[str, str]:
+def cache_names(model) -> tuple[str, str]:
     """(forward kwarg, output field) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
     params = inspect.signature(model.forward).parameters
     return ("cache", "cache") if "cache" in params else ("past_key_values", "past_key_values")
@@ -251,7 +251,7 @@ def decode(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, gre
     ids, mask = ids.to(device), mask.to(device)
     batch = ids.shape[0]
     greedy_rows = torch.tensor([greedy] * batch if isinstance(greedy, bool) else list(greedy), device=device)
-    cache_kw, cache_out = _cache_names(model)
+    cache_kw, cache_out = cache_names(model)
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
     eos = tokenizer.eos_token_id if stop_at_eos else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)

@@ -27,6 +27,7 @@ EXPERIMENTS: dict[str, str] = {
     "llama_scaling": "noisynn.experiments.llama_scaling",
     "task_accuracy": "noisynn.experiments.task_accuracy",
     "placement": "noisynn.experiments.placement",
+    "analog_attention": "noisynn.experiments.analog_attention",
 }
 
 # name -> module with build_parser() and main(argv): commands that are not experiments (no run folder)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
-from .analog.fields import DEVICE_PARAMS
+from .analog.fields import ATTENTION_FIELDS, DEVICE_PARAMS
+from .analog.kv_store import AttentionSetting
 from .analog.setting import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, AnalogSetting, ConverterSpec
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, get_noise
@@ -238,3 +239,13 @@ def converter_spec_from_args(args) -> ConverterSpec | None:
     return AnalogSetting.from_args(args).converter_spec(getattr(args, "text_file", None),
                                                        getattr(args, "dataset", None),
                                                        getattr(args, "max_length", 512))
+
+
+def attention_from_args(args) -> AttentionSetting | None:
+    """The analog attention setting from its flags (options.add_attention_args; each checked by its field's
+    declaration, noisynn.analog.fields), None when none is given."""
+    flags = {n: getattr(args, n) for n in ATTENTION_FIELDS if hasattr(args, n)}
+    preset = getattr(args, "attn_preset", None)
+    if not flags and preset is None:
+        return None
+    return AttentionSetting.from_flags(flags, preset)

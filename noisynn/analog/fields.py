@@ -24,7 +24,8 @@ from typing import Callable
 from ..errors import NoisyNNError
 from ..tiling import DEFAULT_TILE_SIZE, parse_tile_size
 
-GROUPS = ("mapping", "device", "converters", "tiles", "bound_management", "noise_management", "compensation")
+GROUPS = ("mapping", "device", "converters", "tiles", "bound_management", "noise_management", "compensation",
+          "attention")
 KINDS = ("int", "float", "fraction", "bool", "choice", "tile", "range")
 _SIGMA = ("beyond 1e30 no float32 headroom is left (its largest value is 3.4e38): weights, figure axes and "
           "summaries overflow to inf, where every model was pure noise long before")
@@ -308,6 +309,43 @@ FIELDS: dict[str, Field] = _declare(
           "'exact': sum|W_prog| / sum|W_t| per layer, folded into the weights", choices=("readout", "exact"),
           device=True, needs=(Need(lambda v: bool(v["drift_compensation"]), "needs --drift_compensation (without "
                                    "it no drift compensation runs)"),)),
+)
+
+# analog attention and its gain-cell KV store (noisynn.analog.attention; Leroux et al., Nat. Comput. Sci. 2025):
+# flags of their own (noisynn.analog.flags.add_attention_args), not part of the projections' setting above
+ATTENTION_FIELDS: dict[str, Field] = _declare(
+    Field("kv_bits", "attention", "int", None, "write DAC of the stored K and V: 2^bits - 2 steps over [-r, r] "
+          "(the paper: 8 levels, about 3 bits)", unit="bits", least=2, most=24, why=_BITS, default_text="off"),
+    Field("kv_range", "attention", "range", "row", "write range r of a stored vector: row (its own abs-max, kept "
+          "digitally with it) | a number (one fixed range, activations clipped)", choices=("row",)),
+    Field("kv_write_noise", "attention", "float", 0.0, "write noise std of each stored cell, drawn once when "
+          "written", unit="full scale r", least=0, most=1e30, why=_SIGMA),
+    Field("kv_read_noise", "attention", "float", 0.0, "read noise drawn at every use: y_i += kv_read_noise "
+          "||x_n|| xi per MVM output (aihwkit additive_constant w_noise)", unit="full scale r", least=0, most=1e30,
+          why=_SIGMA),
+    Field("kv_tau", "attention", "float", None, "retention: a stored value decays as exp(-age / tau), age in "
+          "decode steps (the paper's 1.6e-4 per step is tau 6250)", unit="tokens", least=0, strict=True, most=1e30,
+          why=_SIGMA, default_text="no leak"),
+    Field("kv_tau_spread", "attention", "float", 0.0, "device-to-device spread of tau: lognormal, tau_cell = tau "
+          "exp(spread xi), tau the median (0: one tau, the paper's)", unit="ln tau std", least=0, most=10.0,
+          why="a spread of 10 in ln tau spans e^20 between neighbours"),
+    Field("kv_tau_per", "attention", "choice", "row", "what one tau draw covers: row (one stored vector's cells "
+          "of one kv head) | array (a layer's kv head)", choices=("row", "array")),
+    Field("attn_window", "attention", "int", 0, "sliding window: a query reads only the last N stored keys "
+          "(gain-cell arrays of N rows; 0 = the whole context)", unit="tokens", least=0, most=1_048_576,
+          why="no model's context is longer", default_text="whole context"),
+    Field("attn_dac_bits", "attention", "int", None, "DAC of both attention MVMs' inputs (queries, attention "
+          "weights)", unit="bits", least=2, most=24, why=_BITS, default_text="off"),
+    Field("attn_adc_bits", "attention", "int", None, "ADC of both attention MVMs' outputs (needs "
+          "--attn_out_bound)", unit="bits", least=2, most=24, why=_BITS, default_text="off"),
+    Field("attn_out_noise", "attention", "float", 0.0, "output noise std of both attention MVMs, per tile output",
+          unit="normalized input x full scale", least=0, most=1e30, why=_SIGMA),
+    Field("attn_out_bound", "attention", "float", None, "ADC bound of both attention MVMs, iterative bound "
+          "management", unit="normalized input x full scale", least=0, strict=True, most=1e30, why=_SIGMA,
+          default_text="none"),
+    Field("attn_tile", "attention", "tile", (64, 64), "gain-cell sub-arrays: IN x OUT (QK: head dims x keys; AV: "
+          "keys x head dims; the paper's 64-row arrays, their outputs summed digitally)", unit="cells", most=1_048_576,
+          why="no layer is that wide", metavar="IN[xOUT]"),
 )
 
 IO_FIELDS = tuple(n for n, f in FIELDS.items() if f.io)  # AnalogIO's declared fields

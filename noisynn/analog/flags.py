@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 
 from ..options.argtypes import add_field_flag, field_type
-from .fields import FIELDS, defaults_text
+from .fields import ATTENTION_FIELDS, FIELDS, defaults_text
+from .kv_store import PRESETS as ATTENTION_PRESETS
 from .presets import PRESETS
 
 
@@ -36,3 +37,15 @@ def tile_size(text: str) -> list[int]:
     """argparse type of ``--tile_size``: IN or INxOUT (0 = the whole layer) -> [IN, OUT] (a list: run.json's
     config reads back equal on resume); ``tiling.parse_tile_size`` through the field's declaration."""
     return field_type(FIELDS["tile_size"])(text)
+
+
+def add_attention_args(p: argparse.ArgumentParser) -> None:
+    """Analog attention on a gain-cell KV store (noisynn.analog.attention); off unless a flag is given."""
+    g = p.add_argument_group("analog attention (QK^T and AV on a leaking gain-cell KV cache; Leroux et al. 2025; "
+                             "see docs/analog_attention.md)")
+    g.add_argument("--attn_preset", choices=tuple(ATTENTION_PRESETS), default=argparse.SUPPRESS,
+                   help="start from a named setting: " + "; ".join(f"{n}: {', '.join(f'{k} {v:g}' for k, v in s.items())}"
+                                                                 for n, s in ATTENTION_PRESETS.items())
+                        + " (the paper's hardware model). Flags given override its fields")
+    for f in ATTENTION_FIELDS.values():
+        add_field_flag(g, f)

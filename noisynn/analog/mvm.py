@@ -228,23 +228,51 @@ def _noise_std(xl: torch.Tensor, w: torch.Tensor, scale, io: AnalogIO):
     return var.clamp_(min=0).add_(io.out_noise ** 2).sqrt_().div_(step)
 
 
-def _tile_pass(x: torch.Tensor, divisor, w: torch.Tensor, scale, io: AnalogIO, generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Gains:
+    """Per-vector factors on the cells one MVM reads (the analog attention's leaked KV store,
+    noisynn.analog.attention): ``inputs`` (N, in) multiplies the DAC'd input of vector n at input j (a stored
+    value leaked by that factor, read by that vector), ``outputs`` (N, out) the ideal product at output o (a
+    stored row leaked as a whole), ``absent`` (N, out) bool: outputs that vector does not read (future keys,
+    outside the window): 0, no noise, not in the bound-management test. Noise std is that of the unleaked
+    cells (additive_constant read noise depends on the input only)."""
+
+    inputs: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+    absent: torch.Tensor | None = None
+
+    def rows(self, rows: torch.Tensor) -> "Gains":
+        pick = (lambda t: None if t is None else t[rows])
+        return Gains(pick(self.inputs), pick(self.outputs), pick(self.absent))
+
+    def columns(self, cols: slice) -> "Gains":
+        return Gains(None if self.inputs is None else self.inputs[:, cols], self.outputs, self.absent)
+
+
+def _tile_pass(x: torch.Tensor, divisor, w: torch.Tensor, scale, io: AnalogIO, generator,
+               gains: Gains | None = None) -> torch.Tensor:
     """One analog MVM of one input tile, all its output tiles: x (N, i) the tile's inputs, w (O, i) its
     weights, scale c_w per output (O,) or None. y = round(DAC(x / divisor) W^T / (h e c_w) + noise), in ADC
-    steps e of the tile output (e = 1 without an ADC), before the clip at the bound."""
+    steps e of the tile output (e = 1 without an ADC), before the clip at the bound; with ``gains`` (``Gains``)
+    y = round((DAC(x / divisor) g_in) W^T g_out / (h e c_w) + noise), absent outputs 0."""
     half, step = io.dac_half or 1.0, io.adc_step or 1.0
     xl = _dac(x, divisor, io)
     if io.inp_noise:
         xl = xl.add_(_randn(xl.shape, xl, generator), alpha=io.inp_noise * half)
-    y = torch.matmul(xl, w.t())  # in (level x raw weight)
+    xg = xl * gains.inputs if gains is not None and gains.inputs is not None else xl
+    y = torch.matmul(xg, w.t())  # in (level x raw weight)
     inv = 1.0 / (half * step) if scale is None else (scale * (half * step)).reciprocal_()
     if not (isinstance(inv, float) and inv == 1.0):
         y = y.mul_(inv)
+    if gains is not None and gains.outputs is not None:
+        y = y.mul_(gains.outputs)
     std = _noise_std(xl, w, scale, io)
     if isinstance(std, torch.Tensor):
         y = y.add_(_randn(y.shape, y, generator).mul_(std))  # not addcmul_: its fused rounding can move an ADC level
     elif std:
         y = y.add_(_randn(y.shape, y, generator), alpha=std)
+    if gains is not None and gains.absent is not None:
+        y = y.masked_fill_(gains.absent, 0.0)
     return y.round_() if io.adc_step else y
 
 
@@ -275,7 +303,7 @@ def _take_rows(value, rows):
     return value[rows] if isinstance(value, torch.Tensor) and value.dim() == 2 else value
 
 
-def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes):
+def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes, gains=None):
     """Iterative bound management in place on one input tile's output ``y`` (N, O, weight units): the vectors
     with a saturated output tile (``over``, (N, n_out)) are redone with the input divided by s r, r = 2, 4, ...,
     and fresh noise; the output tiles that saturated take the new output (times r), until none saturates or r
@@ -287,7 +315,7 @@ def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, genera
         r *= 2
         rows = fail.any(dim=-1).nonzero().squeeze(1)
         u, c = _take_rows(used, rows), _take_rows(col, rows)
-        y_r = _tile_pass(x[rows], u * r, w, scale, io, generator)
+        y_r = _tile_pass(x[rows], u * r, w, scale, io, generator, None if gains is None else gains.rows(rows))
         over_r = _saturated(y_r, bound, out_sizes)
         y_r = _clip_and_rescale(y_r, c * r, row, io)
         redo = fail[rows]  # (R, n_out): these output tiles of these vectors take the new pass
@@ -296,15 +324,15 @@ def _bound_management(y, over, x, used, col, w, scale, row, io: AnalogIO, genera
     return y
 
 
-def _input_tile(x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes) -> torch.Tensor:
+def _input_tile(x, used, col, w, scale, row, io: AnalogIO, generator, out_sizes, gains=None) -> torch.Tensor:
     """One input tile's contribution (N, O) in weight units: its pass, clip, rescale (y e s c_w alpha) and,
     with iterative bound management, the redone vectors."""
-    y = _tile_pass(x, used, w, scale, io, generator)
+    y = _tile_pass(x, used, w, scale, io, generator, gains)
     iterative = io.out_bound and io.bound_management == "iterative"
     over = _saturated(y, io.saturation_level(), out_sizes) if iterative else None
     y = _clip_and_rescale(y, col, row, io)
     if over is not None and bool(over.any()):
-        y = _bound_management(y, over, x, used, col, w, scale, row, io, generator, out_sizes)
+        y = _bound_management(y, over, x, used, col, w, scale, row, io, generator, out_sizes, gains)
     return y
 
 
@@ -350,7 +378,7 @@ def _row_factors(scales, alpha, lay: TileLayout, dtype) -> list:
 
 def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_range=None,
                   generator: torch.Generator | None = None, scales: torch.Tensor | None = None,
-                  alpha: torch.Tensor | None = None) -> torch.Tensor:
+                  alpha: torch.Tensor | None = None, gains: Gains | None = None) -> torch.Tensor:
     """The analog forward x W^T of one layer without bias (see the module doc), in x's dtype and device:
     y = sum over input tiles of ADC(MVM(DAC(x_tile / s r))) e s r c_w alpha.
 
@@ -359,7 +387,8 @@ def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_
     x's device), drawn input tile by input tile (input noise, then output noise, then bound-management redos).
     ``scales``: c_w per tile output, (n_in, 1, out), as from ``weight_scales`` (default: from ``weight``; the
     hooks pass those of the programmed weights, as aihwkit fixes them at programming). ``alpha``: (n_in, n_out)
-    drift-compensation factors per tile, applied after the ADC.
+    drift-compensation factors per tile, applied after the ADC. ``gains``: per-vector factors on the cells read
+    and absent outputs (``Gains``, over x's vectors flattened to (N, ...)).
     """
     out_f, in_f = weight.shape
     lay = tile_layout(out_f, in_f, io.tile_size)
@@ -376,7 +405,8 @@ def analog_matmul(x: torch.Tensor, weight: torch.Tensor, io: AnalogIO, *, input_
     for (cols, (scale, row), rng) in zip(lay.in_slices(), _row_factors(scales, alpha, lay, x.dtype), ranges):
         xi = xf[:, cols]
         used, applied = _noise_management(xi, io, rng)
-        y = _input_tile(xi, used, applied * step, w[:, cols], scale, row, io, generator, lay.out_sizes)
+        y = _input_tile(xi, used, applied * step, w[:, cols], scale, row, io, generator, lay.out_sizes,
+                        None if gains is None else gains.columns(cols))
         acc = y if acc is None else acc.add_(y)
     return acc.reshape(*lead, out_f)
 

@@ -186,6 +186,13 @@ def level_grid(args, min_fraction: float = 1 / 30) -> list[float]:
     return levels(args.max_noise, args.n_levels, args.spacing, min_fraction)
 
 
+def add_attention_args(p: argparse.ArgumentParser) -> None:
+    """The analog attention flags (noisynn.analog.flags: the gain-cell KV store and the attention MVMs)."""
+    from ..analog.flags import add_attention_args as add
+
+    add(p)
+
+
 def add_converter_args(p: argparse.ArgumentParser) -> None:
     """The converter flags (noisynn.analog.flags: presets, DAC, ADC, noise and bound management, units)."""
     from ..analog.flags import add_converter_args as add

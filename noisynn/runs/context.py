@@ -28,7 +28,9 @@ from .schema import LEADING_COLUMNS
 from . import inputs
 from .folder import RunFolder
 from ..analog.setting import AnalogSetting
-from ..spec import NoiseSpec, resolve_preset, spec_from_args
+from ..analog.attention import check_covered
+from ..spec import NoiseSpec, attention_from_args, resolve_preset, spec_from_args
+from ..analog.kv_store import AttentionSetting
 from ..analog.setting import ConverterSpec
 
 
@@ -44,6 +46,7 @@ class Context:
     spec: NoiseSpec | None = None  # the checked noise flags (None when the experiment takes no noise)
     converters: ConverterSpec | None = None  # the checked converter flags (None when none is given)
     targets: list[Target] | None = None  # spec's targets on the loaded model (``NoiseInjector(..., selected=)``)
+    attention: AttentionSetting | None = None  # the checked analog attention flags (None when none is given)
 
 
 def check_model_flags(args) -> None:
@@ -78,6 +81,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         analog = AnalogSetting.from_args(args)  # the converter and device flags, one checked setting
         converters = analog.converter_spec(getattr(args, "text_file", None), getattr(args, "dataset", None),
                                            getattr(args, "max_length", 512))
+    attention = attention_from_args(args)  # the analog attention flags, if the experiment takes them
     if getattr(args, "text_file", None) and getattr(args, "dataset", None):
         raise NoisyNNError("give either --text_file or --dataset, not both")
     check_model_flags(args)
@@ -88,6 +92,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     if converters is not None:  # the resolved analog settings (presets, defaults): a run resumes only under the same
         config["analog"] = analog.record()
     meta = dict(meta or {})
+    if attention is not None:
+        meta["attention"] = attention.describe()
     if noise and resolve_preset(args):  # which preset fields came from the preset, which from flags
         meta.setdefault("preset_resolution", resolve_preset(args))
     files = inputs.of_args(args)  # --digital, --tokenizer, --train_file ...: their content, compared on resume
@@ -104,7 +110,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         run_meta = {"experiment": experiment, "text": text.info, **meta}
         folder.check(config, run_meta)
         done = folder.open(config, run_meta)
-        return Context(args, experiment, None, text, None, folder, done, spec, converters)
+        return Context(args, experiment, None, text, None, folder, done, spec, converters, attention=attention)
     text = load_text(args.text_file, args.dataset)
     lm = load_model(args.model, args.device, args.dtype, args.device_map, args.max_memory,
                     getattr(args, "tokenizer", None))
@@ -114,6 +120,8 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         converters = replace(converters, max_length=args.max_length)
     if getattr(args, "digital", None):  # a placement planned on other weights is not this model's
         check_planned_on(args.digital, lm.info)
+    if attention is not None:
+        check_covered(lm.model)
     if check is not None:
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run
@@ -125,7 +133,7 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         raise NoisyNNError(f"the text has only {eval_ids.numel() - 1} scorable tokens, fewer than "
                            f"--eval_tokens {args.eval_tokens}; lower it or give a longer text")
     done = folder.open(config, run_meta)
-    return Context(args, experiment, lm, text, eval_ids, folder, done, spec, converters, targets)
+    return Context(args, experiment, lm, text, eval_ids, folder, done, spec, converters, targets, attention)
 
 
 def finish(ctx: Context, figures: Sequence[Path], **fields) -> None:

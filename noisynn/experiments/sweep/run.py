@@ -9,12 +9,13 @@ import argparse
 import logging
 
 from ...runs.context import end_run, start
+from ...analog.attention import install_attention
 from ...analog.hooks import install_converters
 from ...inject import NoiseInjector, rounding_report
 from ...evaluation import DEFAULT_PROMPT, quality_metrics
 from ...options.parser import ArgumentParser
-from ...options.flags import (add_converter_args, add_digital_arg, add_level_args, add_model_args, add_noise_args,
-                              add_run_args, block_list, level_grid, prompt_text)
+from ...options.flags import (add_attention_args, add_converter_args, add_digital_arg, add_level_args,
+                              add_model_args, add_noise_args, add_run_args, block_list, level_grid, prompt_text)
 from ...options.argtypes import positive_int, nonneg_float
 from ...options.script import script_main
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
@@ -30,6 +31,7 @@ def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
     add_noise_args(p)
     add_converter_args(p)
+    add_attention_args(p)
     g = p.add_argument_group("sweep")
     # SUPPRESS: without --blocks the config (and so resuming older run folders) is unchanged.
     g.add_argument("--blocks", type=block_list, default=argparse.SUPPRESS,
@@ -70,9 +72,11 @@ def run(argv=None) -> int:
     injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     hooks = install_converters(ctx.converters, lm, injector.targets, seed=args.seed)
     injector.attach(hooks)  # drift compensation measures through the converters (noisynn.analog.compensation)
+    attention = install_attention(ctx.attention, lm.model, seed=args.seed)
     rounding = rounding_report(lm.rounding_std, injector, sigmas)
     ctx.folder.update_meta(injection=injector.describe(), low_precision_rounding=rounding,
                            **({"converters": hooks.describe()} if hooks else {}),
+                           **({"attention": attention.describe()} if attention else {}),
                            **({"digital": sorted(ctx.spec.digital)} if ctx.spec.digital else {}))
     if rounding and rounding["levels_where_rounding_exceeds_threshold"]:
         log.warning("%s rounding of the targeted weights (std %.3g in weight units) exceeds 10%% of the noise at "
@@ -84,6 +88,8 @@ def run(argv=None) -> int:
         injector.realize(point.seed(args.seed), point.sigma)
         if hooks:
             hooks.reseed(point.sample_seed(args.seed))
+        if attention:  # the KV store's tables per trial, its read noise per point
+            attention.reseed(point.seed(args.seed), point.sample_seed(args.seed))
         metrics, samples, greedy = quality_metrics(
             lm.model, lm.tokenizer, ctx.eval_ids, args.prompt, n_samples=args.n_samples,
             max_new_tokens=args.max_new_tokens, entropy_tokens=args.entropy_tokens, temperature=args.temperature,
@@ -98,6 +104,8 @@ def run(argv=None) -> int:
         injector.restore()
         if hooks:
             hooks.remove()
+        if attention:
+            attention.remove()
     if not ctx.folder.is_main:  # another process merged the shards and draws the figures
         return 0
     figures = report.plot(ctx.folder.path)
