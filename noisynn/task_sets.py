@@ -271,3 +271,23 @@ def lm_eval_call():
 
     with contextlib.redirect_stdout(io.StringIO()), single_process_view(), quiet_git():
         yield
+
+
+def tidy_rows(result: dict, tasks: TaskSet) -> list[dict]:
+    """One row per (task, metric): lm-eval's value, its stderr (nan where lm-eval gives none), items."""
+    rows = []
+    for task, metric, filt in tasks.metrics:
+        values = result["results"][task]
+        stderr = values.get(f"{metric}_stderr,{filt}")
+        rows.append({"task": task, "metric": metric_name(metric, filt), "value": float(values[f"{metric},{filt}"]),
+                     "stderr": float(stderr) if isinstance(stderr, (int, float)) else float("nan"),
+                     "n_items": int(result["n-samples"][task]["effective"])})
+    return rows
+
+
+def harness_context(loaded) -> int:
+    """The context lm-eval's HF model (NoisyLM, no max_length given) scores in, from the model's config."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils import resolve_max_length
+
+    return resolve_max_length(loaded.model.config, loaded.tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)

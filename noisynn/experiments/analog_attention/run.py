@@ -17,7 +17,8 @@ e.g. ``--kv_bits 8``; none = every knob off) and sweeps it:
   window    sliding window of stored keys
   bits      write DAC bits of K and V
 
-Per point: perplexity on the evaluation text, and the recall probe (noisynn.recall) at each distance. Noise tables
+Per point: perplexity on the evaluation text, the recall probe (noisynn.recall) at each distance, and with
+``--tasks`` lm-evaluation-harness tasks (value, stderr, items per task and metric, as task_accuracy). Noise tables
 (write noise, retention times, weight noise) are drawn once per trial and scaled across levels (common random
 numbers); deterministic conditions (window, bits, leak without spread) run one trial.
 """
@@ -25,6 +26,7 @@ numbers); deterministic conditions (window, bits, leak without spread) run one t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -41,6 +43,7 @@ from ...options.script import script_main
 from ...recall import recall_items, recall_scores
 from ...runs.context import end_run, start
 from ...runs.runner import Point, TrialResult, leading_columns, progress, run_sweep
+from ...task_sets import check_context, harness_context, lm_eval_call, prepare_tasks, tidy_rows
 from . import report
 
 EXPERIMENT = "analog_attention"
@@ -49,9 +52,11 @@ SWEPT = {"weight": "sigma", "write": "kv_write_noise", "read": "kv_read_noise", 
          "leak": "kv_tau", "window": "attn_window", "bits": "kv_bits"}
 SETTING_COLUMNS = ("kv_bits", "kv_tau", "kv_tau_spread", "attn_window", "kv_write_noise", "kv_read_noise",
                    "attn_out_noise")
-EXTRA = ("condition", "probe", "distance") + SETTING_COLUMNS
-KEY = ("condition", "sigma", "trial", "probe", "distance")
-METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "recall_acc", "recall_nll", "n_scored", "finite")
+EXTRA = ("condition", "probe", "distance", "task", "metric") + SETTING_COLUMNS
+KEY = ("condition", "sigma", "trial", "probe", "distance", "task", "metric")
+METRICS = ("perplexity", "nll", "bits_per_byte", "eval_tokens", "recall_acc", "recall_nll", "n_scored", "value",
+           "stderr", "n_items", "finite")
+BLANK = {m: math.nan for m in METRICS if m not in ("eval_tokens", "n_scored", "n_items", "finite")}
 DEFAULTS = {"weight": "0.01,0.03,0.1,0.3", "write": "0.003,0.01,0.03,0.1", "read": "0.003,0.01,0.03,0.1",
             "output": "0.01,0.03,0.1,0.3", "leak": "4096,1024,256,64,16", "window": "256,64,16", "bits": "8,6,4,3"}
 
@@ -81,6 +86,12 @@ def add_args(p: ArgumentParser) -> None:
     g.add_argument("--recall_items", type=positive_int, default=8, help="recall probe items (default: %(default)s)")
     g.add_argument("--recall_on", type=name_list, default=["float", "base", "leak", "window"],
                    help="conditions that also run the recall probe (default: %(default)s)")
+    g.add_argument("--tasks", type=name_list, default=[],
+                   help="lm-eval tasks scored at every point, comma list (e.g. the offline noisynn_cloze,"
+                        "noisynn_next_sentence; default: none)")
+    g.add_argument("--limit", type=positive_int, default=40, help="items per task (default: %(default)s)")
+    g.add_argument("--task_batch_size", type=positive_int, default=8,
+                   help="lm-eval's request batch size (default: %(default)s)")
     add_run_args(p)
 
 
@@ -184,6 +195,11 @@ def decode_check(model, ids: torch.Tensor, attention) -> float:
 def run(argv=None) -> int:
     args = parse(argv)
     grid = check_args(args)
+    tasks = None
+    if args.tasks:  # before the model and the run folder; the task files' content goes into the config
+        os.environ.setdefault("DISABLE_MULTIPROC", "1")
+        tasks = prepare_tasks(args.tasks, [], args.limit)
+        args.task_sha256 = {name: info["sha256"] for name, info in tasks.info.items()}
     ctx = start(args, EXPERIMENT, METRICS, key=KEY, extra_columns=EXTRA, meta={
         "condition_levels": grid, "leak_spread": args.leak_spread, "recall_distances": args._distances,
         "recall_items": args.recall_items,
@@ -191,10 +207,18 @@ def run(argv=None) -> int:
         "realizations": "per trial one draw of the write-noise table, the retention times and the weight noise, "
                         "scaled to every level (common random numbers); read and output noise fresh per point",
         "recall": "noisynn.recall: needle of 24 tokens, D tokens of filler, the needle's first 8 again; accuracy "
-                  "of the argmax on the other 16 (teacher-forced)"})
+                  "of the argmax on the other 16 (teacher-forced)", **({"tasks": tasks.info} if tasks else {})},
+        check=(lambda loaded, text: check_context(tasks, loaded.tokenizer, harness_context(loaded), args.limit))
+        if tasks else None)
     lm = ctx.lm
     base = ctx.attention or AttentionSetting()
-    injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
+    if tasks:  # lm-eval's model class over the same loaded model; its injector sets the weights of every point
+        from ...harness import NoisyLM
+
+        harness = NoisyLM(pretrained=lm, spec=ctx.spec, batch_size=args.task_batch_size)
+        injector = harness.injector
+    else:
+        injector = NoiseInjector(lm.model, ctx.spec, selected=ctx.targets)
     attention = install_attention(base, lm.model, seed=args.seed)
     attention.set_enabled(False)
     distances = args._distances
@@ -218,7 +242,9 @@ def run(argv=None) -> int:
 
     def parts(p: AttentionPoint) -> list[dict]:
         recall = [{"probe": "recall", "distance": d} for d in distances] if p.condition in args.recall_on else []
-        return [{"probe": "perplexity", "distance": 0}] + recall
+        scored = [{"probe": "task", "distance": 0, **t} for t in tasks.parts()] if tasks else []
+        return [{"probe": "perplexity", "distance": 0, "task": "", "metric": ""}] + [
+            {"task": "", "metric": "", **r} for r in recall] + scored
 
     def trial(point: AttentionPoint) -> TrialResult:
         setting = setting_of(base, point, args.leak_spread)
@@ -231,14 +257,21 @@ def run(argv=None) -> int:
             attention.reseed(point.seed(args.seed), point.sample_seed(args.seed))
         attention.set_enabled(setting is not None)
         ppl = compute_perplexity(lm.model, lm.tokenizer, ctx.eval_ids, max_length=args.max_length)
-        rows = [{"probe": "perplexity", "distance": 0, "perplexity": float(ppl), "nll": ppl.nll,
-                 "bits_per_byte": ppl.bits_per_byte, "eval_tokens": ppl.n_tokens, "recall_acc": math.nan,
-                 "recall_nll": math.nan, "n_scored": 0, "finite": bool(ppl.finite)}]
+        blank = {**BLANK, "eval_tokens": 0, "n_scored": 0, "n_items": 0, "task": "", "metric": "", "distance": 0}
+        rows = [{**blank, "probe": "perplexity", "perplexity": float(ppl), "nll": ppl.nll,
+                 "bits_per_byte": ppl.bits_per_byte, "eval_tokens": ppl.n_tokens, "finite": bool(ppl.finite)}]
         if point.condition in args.recall_on:
             for d in distances:
                 r = recall_scores(lm.model, items, d)
-                rows.append({"probe": "recall", "distance": d, "perplexity": math.nan, "nll": math.nan,
-                             "bits_per_byte": math.nan, "eval_tokens": 0, **r, "finite": math.isfinite(r["recall_nll"])})
+                rows.append({**blank, "probe": "recall", "distance": d, **r, "finite": math.isfinite(r["recall_nll"])})
+        if tasks:
+            import lm_eval
+
+            with lm_eval_call():
+                result = lm_eval.simple_evaluate(model=harness, tasks=list(tasks.tasks.values()),
+                                                 task_manager=tasks.manager, limit=args.limit, verbosity="ERROR")
+            rows += [{**blank, "probe": "task", **r, "finite": math.isfinite(r["value"])}
+                     for r in tidy_rows(result, tasks)]
         return TrialResult({}, [], rows)
 
     try:

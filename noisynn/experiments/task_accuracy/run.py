@@ -22,7 +22,8 @@ from ...options.flags import (add_converter_args, add_level_args, add_model_args
 from ...options.argtypes import nonneg_int, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
-from ...task_sets import TaskSet, check_context, lm_eval_call, metric_name, prepare_tasks
+from ...task_sets import (TaskSet, check_context, harness_context, lm_eval_call, metric_name, prepare_tasks,
+                          tidy_rows)
 from . import report
 
 EXPERIMENT = "task_accuracy"
@@ -85,18 +86,6 @@ def parse(argv=None):
     return build_parser().parse_args(argv)
 
 
-def tidy_rows(result: dict, tasks: TaskSet) -> list[dict]:
-    """One row per (task, metric): lm-eval's value, its stderr (nan where lm-eval gives none), items."""
-    rows = []
-    for task, metric, filt in tasks.metrics:
-        values = result["results"][task]
-        stderr = values.get(f"{metric}_stderr,{filt}")
-        rows.append({"task": task, "metric": metric_name(metric, filt), "value": float(values[f"{metric},{filt}"]),
-                     "stderr": float(stderr) if isinstance(stderr, (int, float)) else float("nan"),
-                     "n_items": int(result["n-samples"][task]["effective"])})
-    return rows
-
-
 def sample_records(result: dict, tasks: TaskSet) -> list[dict]:
     """lm-eval's per-item outputs, without the repeated document and prompt text (their hashes stay).
     Each is filed under its task's first metric row (the run folder keys samples by a row's key), and
@@ -113,14 +102,6 @@ def sample_records(result: dict, tasks: TaskSet) -> list[dict]:
             keep = json.loads(json.dumps(keep, default=handle_non_serializable))
             out.append({"task": task, "metric": first[task], **{k: v for k, v in keep.items() if k != "metric"}})
     return out
-
-
-def context_window(loaded) -> int:
-    """The context lm-eval's HF model (NoisyLM, no max_length given) scores in, from the model's config."""
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.models.utils import resolve_max_length
-
-    return resolve_max_length(loaded.model.config, loaded.tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)
 
 
 def run(argv=None) -> int:
@@ -143,7 +124,7 @@ def run(argv=None) -> int:
                               "trial seed and the layer name), scaled to every level; every task of a point is "
                               "scored on the same weights",
         "head": "not noised unless --targets names head/all; a tied head is untied before it is noised"},
-        check=lambda loaded, text: check_context(tasks, loaded.tokenizer, context_window(loaded), args.limit))
+        check=lambda loaded, text: check_context(tasks, loaded.tokenizer, harness_context(loaded), args.limit))
     lm = NoisyLM(pretrained=ctx.lm, spec=ctx.spec, converters=ctx.converters, batch_size=args.batch_size)
     ctx.folder.update_meta(**lm.describe())
     leading = leading_columns(EXPERIMENT, args.model, args.noise_type, args.scale, args.seed)
