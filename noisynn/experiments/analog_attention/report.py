@@ -51,13 +51,17 @@ def doubling(rows, condition: str, factor: float = 2.0) -> dict:
 
 
 def summary(rows) -> list[dict]:
-    """Per condition, probe, distance and level: the median metric (perplexity or recall accuracy) and its CI."""
+    """Per condition, probe, distance (recall) or task and metric (tasks), and level: the median of the probe's
+    metric (perplexity, recall accuracy, the task metric's value) and its CI."""
     out = []
     for cond, group in group_by(rows, "condition").items():
-        for probe, metric in (("perplexity", "perplexity"), ("recall", "recall_acc")):
-            for dist, sub in group_by([r for r in group if r["probe"] == probe], "distance").items():
-                for s in summarize_levels(sub, metric):
-                    out.append({"condition": cond, "probe": probe, "distance": dist, **s})
+        for probe, metric in (("perplexity", "perplexity"), ("recall", "recall_acc"), ("task", "value")):
+            sub = [r for r in group if r["probe"] == probe]
+            for (dist, task, name), part in group_by([{**r, "_k": (r["distance"], r.get("task", ""),
+                                                                   r.get("metric", ""))} for r in sub], "_k").items():
+                for s in summarize_levels(part, metric):
+                    out.append({"condition": cond, "probe": probe, "distance": dist, "task": task,
+                                "task_metric": name, **s})
     return out
 
 
@@ -128,12 +132,14 @@ def _recall_panel(ax, recall) -> None:
 
 def format_table(rows) -> str:
     """Console table: median perplexity [CI] per condition and level, then where it doubles."""
-    lines = [f"{'condition':<10}{'level':>10}{'perplexity':>13}{'CI':>22}{'trials':>8}"]
+    lines = [f"{'condition':<10}{'level':>10}  {'probe':<28}{'median':>10}{'CI':>22}{'trials':>8}"]
     for s in summary(rows):
-        if s["probe"] != "perplexity":
+        if s["probe"] == "recall":
             continue
+        probe = "perplexity" if s["probe"] == "perplexity" else f"{s['task']} {s['task_metric']}"
         ci = f"[{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if s["n_trials"] > 1 else "-"
-        lines.append(f"{s['condition']:<10}{s['sigma']:>10g}{s['median']:>13.4g}{ci:>22}{s['n_trials']:>8}")
+        lines.append(f"{s['condition']:<10}{s['sigma']:>10g}  {probe:<28}{s['median']:>10.4g}{ci:>22}"
+                     f"{s['n_trials']:>8}")
     lines.append("")
     for cond in NOISE + TOKENS + ("bits",):
         d = doubling(rows, cond)
