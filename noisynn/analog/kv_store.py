@@ -41,6 +41,8 @@ from .mvm import AnalogIO
 CHUNK = 256  # positions per seeded noise table: tables are drawn as far as a sequence reaches
 # the paper's hardware model (Leroux et al. 2025; GainCellAttention ft_dram_gpt2.py l.10-14): K/V 8 levels
 # (~3 bits), queries 16 levels (~4 bits), the AV output 32 levels (~5 bits), decay 1.6e-4 per step
+# the attention flags: one per declared field, and the preset
+ATTENTION_FLAGS = tuple(ATTENTION_FIELDS) + ("attn_preset",)
 PRESETS = {"gain_cell": {"kv_bits": 3, "attn_dac_bits": 4, "attn_adc_bits": 5, "attn_out_bound": 12.0,
                          "kv_tau": 6250.0}}
 

@@ -11,8 +11,8 @@ exported command computes. ``flag_argv`` writes the pairs back as the command's 
 
 Which controls a noise type shows: a constructor parameter when the noise class's constructor names it
 (``df`` for student_t; ``t_seconds``, ``drift_compensation`` ... for pcm), a converter flag always
-(converters are forward hooks on the targeted layers, whatever the weight noise), and a device flag the
-converters share (``--tile_size``) always.
+(converters are forward hooks on the targeted layers, whatever the weight noise), an analog attention flag
+always (noisynn.analog.attention), and a device flag the converters share (``--tile_size``) always.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..noise import NOISE_REGISTRY
-from ..options.flags import add_converter_args, add_noise_args
+from ..options.flags import add_attention_args, add_converter_args, add_noise_args
 from .. import spec
 from ..spec import NOISE_PARAMS
 
@@ -44,7 +44,7 @@ class FlagControl:
     flag: str
     kind: str
     help: str
-    group: str  # "device" (a noise constructor's parameter) or "converter"
+    group: str  # "device" (a noise constructor's parameter), "converter" or "attention" (analog attention)
     choices: tuple[str, ...] = ()
 
     @property
@@ -74,13 +74,14 @@ def _help(action: argparse.Action) -> str:
 
 @functools.lru_cache(maxsize=1)
 def flag_controls() -> tuple[FlagControl, ...]:
-    """Every device parameter (noise constructor flags) and converter flag of the CLI, in the CLI's order."""
+    """Every device parameter (noise constructor flags), converter and analog attention flag of the CLI, in the
+    CLI's order."""
     out = [FlagControl(a.dest, a.option_strings[0], _kind(a), _help(a), "device",
                        tuple(str(c) for c in a.choices or ()))
            for a in _actions(add_noise_args) if a.dest in NOISE_PARAMS and a.dest not in CORE_NOISE_DESTS]
-    out += [FlagControl(a.dest, a.option_strings[0], _kind(a), _help(a), "converter",
-                        tuple(str(c) for c in a.choices or ()))
-            for a in _actions(add_converter_args)]
+    for group, adder in (("converter", add_converter_args), ("attention", add_attention_args)):
+        out += [FlagControl(a.dest, a.option_strings[0], _kind(a), _help(a), group,
+                            tuple(str(c) for c in a.choices or ())) for a in _actions(adder)]
     return tuple(out)
 
 
@@ -105,7 +106,7 @@ def shown_for(noise_type: str) -> set[str]:
     """Dests of the controls the page shows for this noise type: its constructor's, the converters', and the
     device flags the converters share (``spec.SHARED_CONVERTER_FLAGS``: ``--tile_size``)."""
     params = constructor_params(noise_type) | set(getattr(spec, "SHARED_CONVERTER_FLAGS", ()))
-    return {c.dest for c in flag_controls() if c.group == "converter" or c.dest in params}
+    return {c.dest for c in flag_controls() if c.group in ("converter", "attention") or c.dest in params}
 
 
 def given_flags(noise_type: str, values: dict) -> tuple[tuple[str, str], ...]:

@@ -26,7 +26,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..analog.attention import install_attention
 from ..analog.hooks import install_converters
+from ..analog.kv_store import ATTENTION_FLAGS
 from ..corpus import load_text
 from ..errors import NoisyNNError
 from ..heap import bound_heap, release_heap
@@ -173,6 +175,7 @@ class Explorer:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._injectors: dict[str, tuple[tuple, NoiseInjector]] = {}
         self._hooks: dict[str, tuple[tuple, object]] = {}
+        self._attention: dict[str, tuple[tuple, object]] = {}
         # Sized caches: a day of prompts and windows keeps at most CACHED of each (a clean result is small).
         self._clean_text: Recent = Recent(CACHED)
         self._clean_ppl: Recent = Recent(CACHED)
@@ -237,27 +240,48 @@ class Explorer:
         self._hooks[s.model] = (key, hooks)
         return hooks
 
-    def _drop_hooks(self, name: str) -> None:
-        cached = self._hooks.pop(name, None)
-        if cached is not None and cached[1] is not None:
-            cached[1].remove()
+    def _analog_attention(self, s: Setting):
+        """The analog attention of this setting (installed once, off outside noisy passes), or None."""
+        key = tuple((k, v) for k, v in s.flags if k in ATTENTION_FLAGS)
+        cached = self._attention.get(s.model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self._drop_hooks(s.model, converters=False)
+        handle = install_attention(s.attention, self.model(s.model).model, seed=s.seed)
+        if handle is not None:
+            handle.set_enabled(False)
+        self._attention[s.model] = (key, handle)
+        return handle
+
+    def _drop_hooks(self, name: str, converters: bool = True) -> None:
+        """Remove the converter hooks (unless ``converters`` is False) and the analog attention of a model."""
+        for store in ((self._hooks, self._attention) if converters else (self._attention,)):
+            cached = store.pop(name, None)
+            if cached is not None and cached[1] is not None:
+                cached[1].remove()
 
     @contextmanager
     def _noisy(self, s: Setting, sigma: float | None = None):
         """The model with this setting's noise at ``sigma`` (default s.sigma) and its converters on."""
         inj = self._injector(s)
         hooks = self._converters(s, inj)
+        attention = self._analog_attention(s)
         sigma = s.sigma if sigma is None else sigma
         try:
             inj.realize(noise_seed(s.seed), sigma)
             if hooks is not None:
                 hooks.set_enabled(True)
                 hooks.reseed(Point(0, sigma, 0).sample_seed(s.seed))  # the sweep's level 0, trial 0
+            if attention is not None:  # the sweep's store (trial 0) and read noise (level 0, trial 0)
+                attention.set_enabled(True)
+                attention.reseed(noise_seed(s.seed), Point(0, sigma, 0).sample_seed(s.seed))
             yield inj
         finally:
             inj.restore()
             if hooks is not None:
                 hooks.set_enabled(False)
+            if attention is not None:
+                attention.set_enabled(False)
             release_heap()
 
     @contextmanager
@@ -353,6 +377,7 @@ class Explorer:
                     lm = self.model(s.model)
                     inj = self._injector(s)
                     hooks = self._converters(s, inj)
+                    attention = self._analog_attention(s)
 
                     def before_step(t):
                         if stop.is_set() or cancelled():
@@ -363,13 +388,15 @@ class Explorer:
                         out.put((t, token_id, entropy, logprob))
 
                     try:
-                        if hooks is not None:
-                            hooks.set_enabled(True)
+                        for on in (hooks, attention):
+                            if on is not None:
+                                on.set_enabled(True)
                         _continuation(lm, s.prompt, s.max_new_tokens, before_step, on_token)
                     finally:
                         inj.restore()
-                        if hooks is not None:
-                            hooks.set_enabled(False)
+                        for on in (hooks, attention):
+                            if on is not None:
+                                on.set_enabled(False)
                         release_heap()
             except Cancelled:
                 pass

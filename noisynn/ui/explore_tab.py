@@ -170,12 +170,13 @@ class ExploreTab:
                                                  visible="t_seconds" in shown, elem_id="time-value")
                     for c in (c for c in self.controls_meta if c.group == "device"):
                         self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest), c.dest in shown)
-                with gr.Accordion("converters: DAC, output noise, ADC (the CLI's flags)", open=False,
-                                  elem_id="converter-params"):
-                    placeholders = preset_placeholders(flag_defaults.get("analog_preset"))
-                    for c in (c for c in self.controls_meta if c.group == "converter"):
-                        self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest),
-                                                                placeholder=placeholders.get(c.dest, "(CLI default)"))
+                placeholders = preset_placeholders(flag_defaults.get("analog_preset"))
+                for group, title, elem in (("converter", "converters: DAC, output noise, ADC", "converter-params"),
+                                           ("attention", "analog attention: gain-cell KV cache", "attention-params")):
+                    with gr.Accordion(f"{title} (the CLI's flags)", open=False, elem_id=elem):
+                        for c in (c for c in self.controls_meta if c.group == group):
+                            self.flag_widgets[c.dest] = flag_widget(gr, c, flag_defaults.get(c.dest), placeholder=
+                                                                    placeholders.get(c.dest, "(CLI default)"))
                 self.prompt = gr.Textbox(defaults.prompt, lines=2, label="prompt", elem_id="prompt")
                 with gr.Row():
                     self.max_new = gr.Number(defaults.max_new_tokens, precision=0, label="max new tokens",

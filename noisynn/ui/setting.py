@@ -9,17 +9,19 @@ import math
 import shlex
 import threading
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Callable
 
 from ..errors import NoisyNNError
 from ..evaluation import DEFAULT_PROMPT
 from .controls import constructor_params, flag_argv
 from ..analog.fields import default
+from ..analog.kv_store import ATTENTION_FLAGS, AttentionSetting
 from ..analog.setting import AnalogSetting
 from ..models.embedded import DEFAULT_MODEL
 from ..noise import NOISE_REGISTRY
 from ..runs.runner import Point
-from ..spec import NoiseSpec, make_noise_spec, parse_blocks
+from ..spec import NoiseSpec, attention_from_args, make_noise_spec, parse_blocks
 
 TARGET_CHOICES = ("attention", "mlp", "head")
 MAX_NEW_TOKENS = 256
@@ -71,7 +73,14 @@ class Setting:
     def analog(self) -> AnalogSetting:
         """The device and converter flags as one checked setting, as the command line builds it
         (``AnalogSetting.from_flags``: the declared types, bounds and the CLI's one-line messages)."""
-        return AnalogSetting.from_flags({**dict(self.flags), "scale": self.scale, "noise_type": self.noise_type})
+        flags = {k: v for k, v in self.flags if k not in ATTENTION_FLAGS}
+        return AnalogSetting.from_flags({**flags, "scale": self.scale, "noise_type": self.noise_type})
+
+    @property
+    def attention(self) -> AttentionSetting | None:
+        """The analog attention flags as the command line checks them (``spec.attention_from_args``), None when
+        none is given."""
+        return attention_from_args(SimpleNamespace(**{k: v for k, v in self.flags if k in ATTENTION_FLAGS}))
 
     @property
     def spec(self) -> NoiseSpec:
@@ -110,11 +119,13 @@ class Setting:
             on = str(given.get("drift_compensation", default("drift_compensation"))).strip().lower() == "true"
             method = given.get("compensation_method", default("compensation_method"))
             words.append(f"drift compensation {method}" if on else "no drift compensation")
+        if given.get("attn_preset"):
+            words.append(f"attention: preset {given['attn_preset']}")
         if given.get("analog_preset"):
             words.append(f"converters: preset {given['analog_preset']}")
         elif str(given.get("analog_io", "")).strip().lower() == "true":
             words.append("converters: aihwkit defaults")
-        shown = ("t_seconds", "drift_compensation", "compensation_method", "analog_preset", "analog_io")
+        shown = ("t_seconds", "drift_compensation", "compensation_method", "analog_preset", "analog_io", "attn_preset")
         argv = flag_argv((k, v) for k, v in given.items() if k not in shown)
         words += ([" ".join(argv)] if argv else []) + ([f"seed {self.seed}"] if self.seed else [])
         return ", ".join(words) + f" ({self.eval_tokens} tok)"
@@ -168,6 +179,7 @@ def check_setting(s: Setting, n_blocks: int | None = None) -> Setting:
         raise NoisyNNError("choose at least one target (attention, mlp or head)")
     blocks = s.spec.blocks  # noise, its flags, scale, targets, blocks: the command line's checks
     s.converter_spec()  # the converter flags: AnalogIO's checks
+    _ = s.attention  # the analog attention flags: their declarations' checks
     if blocks is not None and n_blocks is not None and blocks[-1] >= n_blocks:
         raise NoisyNNError(f"block {blocks[-1]} does not exist: this model has blocks 0-{n_blocks - 1}")
     return replace(

@@ -44,7 +44,7 @@ def test_makefile_torch_pin_satisfies_pyproject():
 
 
 def test_root_scripts_are_thin_and_define_nothing():
-    assert len(ENTRY_POINTS) == 12, ENTRY_POINTS
+    assert len(ENTRY_POINTS) == 13, ENTRY_POINTS
     for name in ENTRY_POINTS:
         source = (ROOT / name).read_text()
         assert len(source.splitlines()) <= 10, name

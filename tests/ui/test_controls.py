@@ -19,7 +19,7 @@ def _cli_device_and_converter_flags():
     """The flags of the CLI's groups that the page must offer: noise-constructor flags and every converter flag."""
     import argparse
 
-    from noisynn.options.flags import add_converter_args, add_noise_args
+    from noisynn.options.flags import add_attention_args, add_converter_args, add_noise_args
     from noisynn.spec import NOISE_PARAMS
 
     def actions(adder):
@@ -28,7 +28,7 @@ def _cli_device_and_converter_flags():
         return [a for a in p._actions if a.option_strings]
 
     return ({a.dest for a in actions(add_noise_args) if a.dest in NOISE_PARAMS}
-            | {a.dest for a in actions(add_converter_args)})
+            | {a.dest for a in actions(add_converter_args)} | {a.dest for a in actions(add_attention_args)})
 
 
 def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
@@ -37,7 +37,8 @@ def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
     from noisynn.ui.controls import flag_controls
 
     wanted = _cli_device_and_converter_flags()
-    assert {"t_seconds", "drift_compensation", "stuck_fraction", "clip_std", "dac_bits", "input_range"} <= wanted
+    assert {"t_seconds", "drift_compensation", "stuck_fraction", "clip_std", "dac_bits", "input_range", "kv_tau",
+            "attn_preset"} <= wanted
     assert {c.dest for c in flag_controls()} == wanted
     config = ui.build_app(explorer, check_setting(setting()), run_roots=("nowhere",)).get_config_file()
     ids = {c["props"].get("elem_id") for c in config["components"]}
@@ -47,7 +48,7 @@ def test_every_device_and_converter_flag_is_a_control_of_the_page(explorer):
 def test_controls_are_shown_for_the_noise_type_that_uses_them():
     from noisynn.ui.controls import shown_for, sigma_meaning
 
-    converters = {"dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "analog_io"}
+    converters = {"dac_bits", "adc_bits", "out_noise", "out_bound", "input_range", "analog_io", "kv_write_noise"}
     assert converters <= shown_for("gaussian") and "df" not in shown_for("gaussian")
     assert "df" in shown_for("student_t") and "t_seconds" not in shown_for("student_t")
     assert {"t_seconds", "drift_compensation", "stuck_fraction", "stuck_on_ratio", "clip_std"} <= shown_for("pcm")

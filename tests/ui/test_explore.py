@@ -68,6 +68,8 @@ def same_state(a, b):
     ({"max_new_tokens": 1e30}, r"got 1e\+30$"),  # not its float's 31 digits
     ({"noise_type": "pcm", "scale": "relative_channel", "flags": (("compensation_method", "exact"),)},
      "--compensation_method: .*drift_compensation"),  # issue 25: a method without compensation means nothing
+    ({"flags": (("kv_tau", "0"),)}, "--kv_tau: '0' must be > 0"),  # issue 26: the analog attention flags
+    ({"flags": (("kv_tau_spread", "0.5"),)}, "needs --kv_tau"),
 ])
 def test_bad_settings_raise_one_line(change, message):
     with pytest.raises(NoisyNNError, match=message) as err:
@@ -330,3 +332,18 @@ def test_recent_keeps_the_most_recently_used():
     assert cache["a"] == 1  # a read makes "a" recent: "b" goes first
     cache["c"] = 3
     assert list(cache) == ["a", "c"]
+
+
+def test_analog_attention_flags_act_on_the_noisy_pass_only(explorer):
+    """The page's attention controls install the command line's analog attention on the noisy model (the sweep's
+    store and read noise), off for the clean one; removed when the setting drops them."""
+    plain = explorer.compare(setting(sigma=0.0))
+    leaky = explorer.compare(setting(sigma=0.0, flags=(("kv_tau", "2"), ("kv_write_noise", "0.3"))))
+    assert leaky.clean.text == plain.clean.text and torch.equal(leaky.clean.first_probs, plain.clean.first_probs)
+    assert not torch.allclose(leaky.noisy.first_probs, leaky.clean.first_probs)
+    again = explorer.compare(setting(sigma=0.0, flags=(("kv_tau", "2"), ("kv_write_noise", "0.3"))))
+    assert torch.equal(again.noisy.first_probs, leaky.noisy.first_probs)  # the same seeds
+    assert torch.equal(explorer.compare(setting(sigma=0.0)).noisy.first_probs, plain.noisy.first_probs)
+    assert explorer.model("tiny").model.config._attn_implementation == "sdpa"
+    assert "--kv_tau 2" in setting(flags=(("kv_tau", "2"),)).describe()
+
