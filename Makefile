@@ -104,6 +104,7 @@ ui: $(STAMP)
 ## strategy and the floor (fp32 and bf16), the analog hooks' overhead, one vs two processes,
 ## the analog forward (tiles, bound management, per-MVM noise) against the plain one and aihwkit-lightning's,
 ## the AFM recipe's training memory at 1B with its lean options (20-40 minutes; options that would not fit are estimated),
+## analog attention against plain attention (decode tokens/s and a 512-token forward, 5-10 minutes),
 ## peak memory above base / weights' bytes per experiment path on the embedded and a random 1B model
 ## (writes a 4.3 GB model folder once under ~/.cache/noisynn/random-models; 30-40 minutes on 2 cores),
 ## and whole-model perplexity under aihwkit's defaults against real aihwkit (when installed: 15-30 minutes).
@@ -114,6 +115,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_task_accuracy.py --batch_sizes 1 8 16 --out benchmarks/results/task_accuracy.json
 	$(BIN)/python benchmarks/bench_analog.py --out benchmarks/results/analog.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_afm_memory.py --out benchmarks/results/afm_memory.json
+	$(BIN)/python benchmarks/bench_attention.py --out benchmarks/results/attention.json
 	$(BIN)/python benchmarks/bench_memory.py --models embedded,1b --out benchmarks/results/memory.json
 	if $(BIN)/python -c "import aihwkit" 2>/dev/null; then \
 		OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_aihwkit.py --out benchmarks/results/aihwkit.json; \

@@ -74,7 +74,7 @@ def plot(run_dir: str | Path) -> list[Path]:
     write_table(Path(run_dir) / "summary.csv", table)
     base = reference(rows)
     recall = [r for r in rows if r["probe"] == "recall"]
-    fig, axes = plt.subplots(1, 3 if recall else 2, figsize=(16 if recall else 11, 4.6))
+    fig, axes = plt.subplots(1, 3 if recall else 2, figsize=(17 if recall else 11, 4.6))
     ax = axes[0]
     for cond in NOISE:
         sub = _rows(rows, cond)
@@ -115,19 +115,23 @@ def _reference_lines(ax, base: float) -> None:
 
 def _recall_panel(ax, recall) -> None:
     """Recall accuracy against distance: float, base, each leak tau and window (medians over trials)."""
+    maps = {"leak": plt.cm.Blues, "window": plt.cm.Oranges}
     for cond, group in group_by(recall, "condition").items():
-        for level, sub in sorted(group_by(group, "sigma").items()):
+        levels = sorted(group_by(group, "sigma").items())
+        for i, (level, sub) in enumerate(levels):
             by_d = sorted(group_by(sub, "distance").items())
             med = [median_ci([r["recall_acc"] for r in rs], nonfinite_as_inf=False).median for _, rs in by_d]
             label = cond if cond in ("float", "base") else f"{cond} {level:g}"
-            style = "k--" if cond == "float" else ("o-" if cond == "leak" else "s:")
-            ax.plot([d for d, _ in by_d], med, style, ms=3.5, label=label)
+            color = maps[cond](0.35 + 0.6 * i / max(1, len(levels) - 1)) if cond in maps else (
+                "k" if cond == "float" else "grey")
+            style = "--" if cond == "float" else ("o-" if cond == "leak" else ("s:" if cond == "window" else "x:"))
+            ax.plot([d for d, _ in by_d], med, style, color=color, ms=3.5, label=label)
     n = sorted({r["n_scored"] for r in recall})
     ax.set_xlabel("distance D (tokens between the passage and its cue)")
     ax.set_ylabel(f"recall accuracy ({n[-1] if n else '?'} tokens per point)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("far-back recall")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def format_table(rows) -> str:
