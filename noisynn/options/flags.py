@@ -121,7 +121,9 @@ def name_list(text: str) -> list[str]:
 
 
 def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", scale: str = "absolute",
-                   targets: str = "blocks") -> None:
+                   targets: str = "blocks", schedule: bool = True) -> None:
+    """The noise flags; ``schedule``: with the per-layer schedule flags (``add_schedule_args``; every experiment,
+    not the explorer, which has no schedule control)."""
     g = p.add_argument_group("noise")
     g.add_argument("--noise_type", default=noise_type,
                    help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
@@ -145,7 +147,8 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--noise_draw", choices=("cpu", "device"), default=argparse.SUPPRESS,
                    help="where additive noise is drawn: cpu (default: one stream, the same noise on every device) "
                         "or device (the weight's device; on a GPU much faster, other random numbers)")
-    add_schedule_args(p)
+    if schedule:
+        add_schedule_args(p)
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
     d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
