@@ -205,7 +205,8 @@ class NoiseInjector:
         clean weights, one tensor at a time; exactly ``W_clean`` at 0. Under a layer schedule a target of block b
         gets ``sigma * m_b`` (``level``) whatever sigma means to the noise type: the std multiplier of the additive
         noises and of pcm / pcm_afm, the step of quantize, the fault fraction of stuck_at. The per-level stream
-        (noises drawn afresh at each level) stays keyed by the nominal sigma."""
+        (read noise, noises drawn afresh at each level) is keyed by that level, so block b under a schedule is
+        exactly block b of an unscheduled run at ``sigma * m_b``."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
         self.compensation.clear()
@@ -219,7 +220,7 @@ class NoiseInjector:
                 continue
             c = self.clean.read(i, scratch.get("clean", w.dtype))
             state = self._state(i, c, scratch.get("draw", w.dtype))
-            self.noise.weights(c, state, level, self.units[i], self._generator(c, t.name, float(sigma)), out=w)
+            self.noise.weights(c, state, level, self.units[i], self._generator(c, t.name, float(level)), out=w)
             self.compensation.apply_target(self, t, c, state, level)  # readout drift compensation, if asked for
             self._states[i] = _emptied(state)
             del c, state
@@ -242,7 +243,8 @@ class NoiseInjector:
             if self.level(t, sigma) == 0:  # a block the schedule leaves clean
                 continue
             state = self._state(i, w if type(self.noise).program is NoiseDistribution.program else self.clean[i])
-            z, level = unit_draw(self.noise, state, w, self.level(t, sigma), self._generator(w, t.name, float(sigma)))
+            level = self.level(t, sigma)
+            z, level = unit_draw(self.noise, state, w, level, self._generator(w, t.name, float(level)))
             add_scaled(w, z, level, self.units[i], out=w)
             del state, z
 

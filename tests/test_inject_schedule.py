@@ -158,10 +158,20 @@ def test_sweep_records_the_schedule_and_refuses_a_wrong_table(tiny_model_dir, te
     assert "schedule_file" in err
 
 
-def test_sweep_without_a_schedule_writes_as_before(tiny_model_dir, text_file, tmp_path):
-    out = tmp_path / "run"
-    assert registry.run_module("sweep").main(sweep_argv(tiny_model_dir, text_file, out)) == 0
+def test_sweep_without_a_schedule_writes_as_before_and_compares_with_one(tiny_model_dir, text_file, tmp_path):
+    sweep = registry.run_module("sweep")
+    out = tmp_path / "constant"
+    assert sweep.main(sweep_argv(tiny_model_dir, text_file, out)) == 0
     meta = json.loads((out / "run.json").read_text())
     assert "layer_schedule" not in meta and "layer_schedule" not in meta["injection"]
     assert not any(k.startswith("schedule") or k == "layer_schedule" for k in meta["config"])
     assert "layer_schedule" not in (out / "results.csv").read_text().splitlines()[0]
+    lin = tmp_path / "linear"
+    assert sweep.main(sweep_argv(tiny_model_dir, text_file, lin, "--layer_schedule", "linear", "--schedule_start",
+                                 "0.5", "--schedule_end", "1.5")) == 0
+    report = registry.report_module("sweep")
+    table = report.compare_table([lin, out])
+    rows = [ln for ln in table.splitlines() if ln.startswith("| linear") or ln.startswith("| constant")]
+    assert rows[0].startswith("| constant | 0 |") and "| linear:0.5->1.5,energy | 0.1 | 1 |" in table
+    assert rows[0].endswith("| 1 [1, 1] |") and "sigma at 2x clean perplexity" in table
+    assert report.plot_compare([out, lin], tmp_path / "cmp.png").is_file()
