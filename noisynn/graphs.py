@@ -1,7 +1,7 @@
 """Redraw every figure from saved run folders alone (no model is run; torch is not imported).
 
     python generate_graphs.py                 # = noisynn generate_graphs: results/ -> images/ (make figures)
-    python generate_graphs.py --compare results/noise_types/* --output images/noise_types.png
+    python generate_graphs.py --compare results/noise_types/* --output images/noise_types.png   # + a table
 
 Every folder under ``--results_dir`` that holds a ``run.json`` is redrawn by the ``plot`` of
 the experiment named in it (``registry.report_module(name).plot``), and its PNGs are copied to
@@ -122,6 +122,7 @@ def run(argv=None) -> int:
         if missing:
             raise NoisyNNError(f"not a run folder (no readable {RUN_JSON}): {', '.join(missing)}")
         path = plot_compare(dirs, args.output or out_dir / "noise_types.png")
+        print(registry.report_module("sweep").compare_table(dirs))
         print(f"{len(dirs)} runs -> {path}")
         return 0
     root = Path(args.results_dir)

@@ -32,7 +32,7 @@ from .errors import NoisyNNError
 from .noise import NoiseDistribution, add_scaled, draw, is_additive, unit_draw
 from .seeding import derive_seed, make_generator
 from .spec import SCALES, NoiseSpec, make_noise_spec
-from .targets import Target, is_tied, original_targets, select
+from .targets import Target, count_blocks, is_tied, original_targets, scheduled_block, select
 
 
 def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tensor | float:
@@ -48,6 +48,32 @@ def unit_scale(clean: torch.Tensor, scale: str, out_axis: int = 0) -> torch.Tens
         dims = [d for d in range(w.dim()) if d != out_axis]
         return w.abs().amax(dim=dims, keepdim=True).to(clean.dtype)
     raise NoisyNNError(f"unknown scale '{scale}'; known: {', '.join(SCALES)}")
+
+
+def resolve_schedule(spec: NoiseSpec, model: nn.Module, targets: Sequence[Target]) -> NoiseSpec:
+    """``spec`` with its layer schedule's per-block multipliers fixed (``spec.multipliers``), normalized over
+    ``targets`` (their element counts per block) on ``model``'s depth; unchanged without a schedule or when
+    already fixed. A table of the wrong length is refused here, in one line, before a run folder is touched."""
+    if spec.schedule is None or spec.multipliers is not None:
+        return spec
+    n_blocks = count_blocks(model)
+    if n_blocks == 0:
+        raise NoisyNNError(f"a layer schedule needs transformer blocks; {type(model).__name__} has none")
+    per_block: dict[int, int] = {}
+    for t in targets:
+        b = scheduled_block(t)
+        if b is not None:
+            per_block[b] = per_block.get(b, 0) + t.numel
+    return replace(spec, multipliers=spec.schedule.multipliers(n_blocks, per_block))
+
+
+def schedule_record(spec: NoiseSpec) -> dict | None:
+    """What run.json records of a resolved layer schedule (None without one): the schedule and the multipliers
+    used per block (non-block targets: 1)."""
+    if spec.schedule is None:
+        return None
+    return {**spec.schedule.record(), "n_blocks": len(spec.multipliers or ()),
+            "multipliers": list(spec.multipliers or ()), "non_block_targets": 1.0}
 
 
 class NoiseInjector:
@@ -67,11 +93,12 @@ class NoiseInjector:
         ``clean_weights``: where the clean weights wait (auto, disk, cpu, memory; noisynn.clean_weights)."""
         if not isinstance(spec, NoiseSpec):
             spec = make_noise_spec(spec, noise_params, scale, targets, blocks, include_bias)
+        self.targets = list(selected) if selected is not None else select(model, spec)
+        spec = resolve_schedule(spec, model, self.targets)  # per-block multipliers, unless the spec has them
         self.model, self.spec = model, spec
         self._base_spec = spec  # set_mapping's params replace this spec's, never a previous mapping's
         self.noise = spec.noise
         self.scale = spec.scale
-        self.targets = list(selected) if selected is not None else select(model, spec)
         self.units = self._units()
         self.clean = CleanWeights([t.param for t in self.targets], clean_weights)
         self._states: list | None = None
@@ -107,8 +134,8 @@ class NoiseInjector:
         if scale == self.spec.scale and merged == self.spec.params:
             return
         spec = make_noise_spec(self.spec.noise_type, merged, scale, self.spec.targets, self.spec.blocks,
-                               self.spec.include_bias, self.spec.digital)
-        self.spec = replace(spec, draw_on=self.spec.draw_on)
+                               self.spec.include_bias, self.spec.digital, self.spec.schedule)
+        self.spec = replace(spec, draw_on=self.spec.draw_on, multipliers=self.spec.multipliers)
         self.noise, self.scale = spec.noise, spec.scale
         self.units = self._units(self.clean)
         self.draw(0)  # drop the kept draws: the rebuilt noise draws again
@@ -166,24 +193,35 @@ class NoiseInjector:
             self.draw(seed)
         self.apply(sigma)
 
+    def level(self, t: Target, sigma: float) -> float:
+        """The level target ``t`` gets at ``sigma``: ``sigma * m_b`` under a layer schedule (m_b: its block's
+        multiplier; 1 for non-block targets), else ``sigma`` itself (the unscheduled path, bit for bit)."""
+        b = scheduled_block(t) if self.spec.multipliers is not None else None
+        return sigma if b is None else sigma * self.spec.multipliers[b]
+
     @torch.no_grad()
     def apply(self, sigma: float) -> None:
         """Every targeted weight at ``sigma`` (``W_clean + sigma * u * Z`` for the built-in distributions), from the
-        clean weights, one tensor at a time; exactly ``W_clean`` at 0."""
+        clean weights, one tensor at a time; exactly ``W_clean`` at 0. Under a layer schedule a target of block b
+        gets ``sigma * m_b`` (``level``) whatever sigma means to the noise type: the std multiplier of the additive
+        noises and of pcm / pcm_afm, the step of quantize, the fault fraction of stuck_at. The per-level stream
+        (read noise, noises drawn afresh at each level) is keyed by that level, so block b under a schedule is
+        exactly block b of an unscheduled run at ``sigma * m_b``."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before apply(sigma)")
         self.compensation.clear()
         scratch = Scratch(self.clean.largest())
         for i, t in enumerate(self.targets):
             w = t.param.data
-            if sigma == 0:
+            level = self.level(t, sigma)
+            if level == 0:  # sigma 0, or a block the schedule leaves clean
                 self.clean.restore(i, w)
                 self._states[i] = None
                 continue
             c = self.clean.read(i, scratch.get("clean", w.dtype))
             state = self._state(i, c, scratch.get("draw", w.dtype))
-            self.noise.weights(c, state, sigma, self.units[i], self._generator(c, t.name, float(sigma)), out=w)
-            self.compensation.apply_target(self, t, c, state, sigma)  # readout drift compensation, if asked for
+            self.noise.weights(c, state, level, self.units[i], self._generator(c, t.name, float(level)), out=w)
+            self.compensation.apply_target(self, t, c, state, level)  # readout drift compensation, if asked for
             self._states[i] = _emptied(state)
             del c, state
 
@@ -191,7 +229,8 @@ class NoiseInjector:
     def accumulate(self, sigma: float) -> None:
         """Add ``sigma * u * Z`` (the current draw) to the weights *as they are now*: a random-walk step (temporal_drift
         ``--accumulate``). Calls stack: after draws Z_1..Z_k with steps s_1..s_k the weights are
-        ``W_clean + u * sum_i s_i Z_i``; ``u`` is the clean weights', and ``restore()`` is still bit-exact."""
+        ``W_clean + u * sum_i s_i Z_i``; ``u`` is the clean weights', and ``restore()`` is still bit-exact.
+        Under a layer schedule each step is ``sigma * m_b`` on block b (``level``)."""
         if self.seed is None:
             raise RuntimeError("call draw(seed) before accumulate(sigma)")
         if not is_additive(self.noise):
@@ -201,8 +240,11 @@ class NoiseInjector:
             return
         for i, t in enumerate(self.targets):
             w = t.param.data
+            if self.level(t, sigma) == 0:  # a block the schedule leaves clean
+                continue
             state = self._state(i, w if type(self.noise).program is NoiseDistribution.program else self.clean[i])
-            z, level = unit_draw(self.noise, state, w, sigma, self._generator(w, t.name, float(sigma)))
+            level = self.level(t, sigma)
+            z, level = unit_draw(self.noise, state, w, level, self._generator(w, t.name, float(level)))
             add_scaled(w, z, level, self.units[i], out=w)
             del state, z
 
@@ -226,9 +268,12 @@ class NoiseInjector:
         kinds: dict[str, int] = {}
         for t in self.targets:
             kinds[t.cls.kind] = kinds.get(t.cls.kind, 0) + t.numel
-        return {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
-                "n_params": self.n_params, "params_by_kind": kinds,
-                "head_untied": not is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
+        out = {"noise": self.noise.describe(), "scale": self.scale, "n_tensors": len(self.targets),
+               "n_params": self.n_params, "params_by_kind": kinds,
+               "head_untied": not is_tied(self.model) and any(t.cls.kind == "head" for t in self.targets)}
+        if self.spec.schedule is not None:  # absent without a schedule: run.json as before
+            out["layer_schedule"] = schedule_record(self.spec)
+        return out
 
 
 def _emptied(state):

@@ -19,6 +19,7 @@ from .analog.kv_store import AttentionSetting
 from .analog.setting import CONVERTER_FLAGS, SHARED_CONVERTER_FLAGS, AnalogSetting, ConverterSpec
 from .errors import NoisyNNError
 from .noise import NoiseDistribution, get_noise
+from .noise.schedule import LayerSchedule, make_schedule, read_table
 from .placements import read_digital
 
 SCALES = ("absolute", "relative", "relative_max", "relative_channel")
@@ -105,6 +106,8 @@ class NoiseSpec:
     include_bias: bool = False
     digital: frozenset = frozenset()
     draw_on: str = "cpu"
+    schedule: LayerSchedule | None = None
+    multipliers: tuple[float, ...] | None = None
 
     def with_targets(self, targets: str | Sequence[str], blocks: Iterable[int] | str | None = None) -> "NoiseSpec":
         """The same noise (the same instance) on other weights, checked like the original."""
@@ -124,17 +127,40 @@ def _checked_targets(targets, blocks) -> tuple[str, tuple[int, ...] | None]:
 def make_noise_spec(noise_type: str | NoiseDistribution = "gaussian", params: dict | None = None,
                     scale: str = "absolute", targets: str | Sequence[str] = "blocks",
                     blocks: Iterable[int] | str | None = None, include_bias: bool = False,
-                    digital: Iterable[str] = ()) -> NoiseSpec:
+                    digital: Iterable[str] = (), schedule: LayerSchedule | None = None) -> NoiseSpec:
     """The one check of a noise setting (call after plugins are loaded); raises NoisyNNError in one line.
 
     ``digital``: tensor names kept digital (whether the model has them is checked by ``targets.select_targets``).
+    ``schedule``: a per-layer schedule (``noise.schedule.make_schedule``); a constant one is stored as None.
     """
     params = {k: v for k, v in (params or {}).items() if v is not None}
     noise = get_noise(noise_type, **params)
     check_scale(noise, scale)  # also an unknown scale name
     spec, block_tuple = _checked_targets(targets, blocks)
     name = noise_type if isinstance(noise_type, str) else noise.name
-    return NoiseSpec(name, noise, params, scale, spec, block_tuple, bool(include_bias), frozenset(digital))
+    if schedule is not None and schedule.is_constant:
+        schedule = None
+    return NoiseSpec(name, noise, params, scale, spec, block_tuple, bool(include_bias), frozenset(digital),
+                     schedule=schedule)
+
+
+def schedule_from_args(args) -> LayerSchedule | None:
+    """The per-layer schedule the flags ask for (``--layer_schedule --schedule_start --schedule_end
+    --schedule_file --schedule_normalize``; all absent unless given), checked; None when constant."""
+    kind = getattr(args, "layer_schedule", None)
+    path = getattr(args, "schedule_file", None)
+    start, end = getattr(args, "schedule_start", None), getattr(args, "schedule_end", None)
+    normalize = getattr(args, "schedule_normalize", None)
+    if kind is None and path is None and start is None and end is None and normalize is None:
+        return None
+    if kind is None:
+        kind = "table" if path is not None else "constant"
+        if kind == "constant":
+            raise NoisyNNError("--schedule_start, --schedule_end and --schedule_normalize need --layer_schedule "
+                               "linear, exp or cosine (or table)")
+    values = read_table(path) if path is not None else None
+    schedule = make_schedule(kind, start, end, values, normalize, path)
+    return None if schedule.is_constant else schedule
 
 
 def noise_params(args) -> dict:
@@ -215,7 +241,7 @@ def spec_from_args(args) -> NoiseSpec:
         raise NoisyNNError(f"unknown --scale '{args.scale}'; known: {', '.join(SCALES)}")
     digital = read_digital(args.digital) if getattr(args, "digital", None) else ()
     spec = make_noise_spec(args.noise_type, noise_params(args), args.scale, args.targets,
-                           getattr(args, "blocks", None), args.include_bias, digital)
+                           getattr(args, "blocks", None), args.include_bias, digital, schedule_from_args(args))
     return replace(spec, draw_on=getattr(args, "noise_draw", "cpu"))
 
 

@@ -175,6 +175,24 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] = "blocks", bl
     return found
 
 
+def count_blocks(model: nn.Module) -> int:
+    """The model's number of transformer blocks: 1 + the largest block index of an attention or mlp layer (0: none),
+    the depth a per-layer schedule (noisynn.noise.schedule) is spread over, whatever ``--blocks`` selects."""
+    found = -1
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D)):
+            cls = classify_weight(mod_name, module, model)
+            if cls.kind in ("attention", "mlp") and cls.block is not None:
+                found = max(found, cls.block)
+    return found + 1
+
+
+def scheduled_block(t: Target) -> int | None:
+    """The block whose schedule multiplier target ``t`` takes: attention and mlp weights' block; None (multiplier
+    1) for the head, the embeddings and other weights."""
+    return t.cls.block if t.cls.kind in ("attention", "mlp") else None
+
+
 def select(model: nn.Module, spec: NoiseSpec) -> list[Target]:
     """``select_targets`` for a spec's targets, blocks, biases and digital tensors."""
     return select_targets(model, spec.targets, spec.blocks, spec.include_bias, spec.digital)

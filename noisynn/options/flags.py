@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..analog.fields import DEVICE_PARAMS, FIELDS
-from .argtypes import add_field_flag, nonneg_float, nonneg_int, positive_int
+from .argtypes import add_field_flag, finite_float, nonneg_float, nonneg_int, positive_int
 from ..errors import NoisyNNError
 from ..paths import readable_file
 
@@ -121,7 +121,9 @@ def name_list(text: str) -> list[str]:
 
 
 def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", scale: str = "absolute",
-                   targets: str = "blocks") -> None:
+                   targets: str = "blocks", schedule: bool = True) -> None:
+    """The noise flags; ``schedule``: with the per-layer schedule flags (``add_schedule_args``; every experiment,
+    not the explorer, which has no schedule control)."""
     g = p.add_argument_group("noise")
     g.add_argument("--noise_type", default=noise_type,
                    help="registered noise name: gaussian, uniform, cauchy, laplacian, student_t, pcm, pcm_afm, stuck_at, "
@@ -145,12 +147,34 @@ def add_noise_args(p: argparse.ArgumentParser, noise_type: str = "gaussian", sca
     g.add_argument("--noise_draw", choices=("cpu", "device"), default=argparse.SUPPRESS,
                    help="where additive noise is drawn: cpu (default: one stream, the same noise on every device) "
                         "or device (the weight's device; on a GPU much faster, other random numbers)")
+    if schedule:
+        add_schedule_args(p)
     # Device-model parameters (noisynn.noise.pcm, .faults); left out of the config unless given.
     d = p.add_argument_group("analog devices (--noise_type pcm, pcm_afm, stuck_at, quantize; need --scale relative_channel "
                              "or relative_max, the weight-to-conductance mapping)")
     for name in DEVICE_PARAMS:  # declared in noisynn.analog.fields: type, choices, help, default
         if name != "df":
             add_field_flag(d, FIELDS[name])
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """Per-layer noise schedule flags (noisynn.noise.schedule), part of every noise flag set. All SUPPRESS: left out
+    of the config unless given, so runs without a schedule (and older run folders) are unchanged."""
+    from ..noise.schedule import KINDS, NORMALIZE
+
+    g = p.add_argument_group("per-layer noise schedule (sigma x m_b on block b; head, embeddings: x 1)")
+    g.add_argument("--layer_schedule", choices=KINDS, default=argparse.SUPPRESS,
+                   help="how sigma varies with block depth x = b/(n-1): constant (default), linear start+(end-start)x, "
+                        "exp start(end/start)^x, cosine end+(start-end)(1+cos(pi x))/2, table (--schedule_file)")
+    g.add_argument("--schedule_start", type=finite_float, default=argparse.SUPPRESS, metavar="M",
+                   help="multiplier at the first block (linear, exp, cosine; before normalization)")
+    g.add_argument("--schedule_end", type=finite_float, default=argparse.SUPPRESS, metavar="M",
+                   help="multiplier at the last block (linear, exp, cosine; before normalization)")
+    g.add_argument("--schedule_file", type=readable_path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="--layer_schedule table: one multiplier per block, one a line or comma-separated (# comments)")
+    g.add_argument("--schedule_normalize", choices=NORMALIZE, default=argparse.SUPPRESS,
+                   help="energy (default): rescale the multipliers so the targeted weights get the noise energy "
+                        "sum n_t (sigma m_b)^2 of the constant schedule; none: as given")
 
 
 def add_run_args(p: argparse.ArgumentParser, n_trials: int = 3) -> None:

@@ -17,6 +17,7 @@ from ..corpus import Text, load_text
 from ..errors import NoisyNNError
 from ..evaluation import tokenize
 from ..targets import Target, select
+from ..inject import resolve_schedule, schedule_record
 from ..models.loaded import LoadedModel
 from ..models.checks import fit_context
 from ..models.loading import load_model
@@ -24,7 +25,7 @@ from ..models.devices import parse_max_memory, resolve_device, resolve_dtype
 from ..options.flags import config_of, context_needs, default_out
 from ..options.plugins import load_plugins
 from ..placements import check_planned_on
-from .schema import LEADING_COLUMNS
+from .schema import LEADING_COLUMNS, SCHEDULE_COLUMN
 from . import inputs
 from .folder import RunFolder
 from ..analog.setting import AnalogSetting
@@ -69,6 +70,9 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
     and compared on resume. Plugin files are recorded with their sha256 (``run.json``: meta ``plugins`` and config
     ``plugin_sha256``, only when plugins are given, so runs without plugins resume as before).
 
+    A per-layer schedule (``--layer_schedule``) is resolved on ``ctx.targets`` into ``ctx.spec.multipliers``,
+    recorded in run.json (meta ``layer_schedule``) and named in every row (column ``layer_schedule``).
+
     ``load=False`` (experiments that compare several models, one at a time) skips the model:
     ``lm`` and ``eval_ids`` are None, and the text is cut to ``args.eval_chars`` characters.
     ``check(lm, text)``, if given, validates flags that depend on the loaded model or text
@@ -86,7 +90,10 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         raise NoisyNNError("give either --text_file or --dataset, not both")
     check_model_flags(args)
     args.out = args.out or default_out(experiment)
-    columns = list(LEADING_COLUMNS) + list(extra_columns) + list(metric_columns)
+    # A scheduled run's rows name the schedule (a column after the leading ones); without one the columns are as
+    # before, so older folders resume.
+    scheduled = [SCHEDULE_COLUMN] if spec is not None and spec.schedule is not None and load else []
+    columns = list(LEADING_COLUMNS) + scheduled + list(extra_columns) + list(metric_columns)
     folder = RunFolder(args.out, columns, key)
     config = {"experiment": experiment, **config_of(args)}
     if converters is not None:  # the resolved analog settings (presets, defaults): a run resumes only under the same
@@ -126,6 +133,10 @@ def start(args, experiment: str, metric_columns: Sequence[str], key: Sequence[st
         check(lm, text)
     # targets (and --blocks) that select no weight of this model fail here, not mid-run
     targets = select(lm.model, spec) if spec is not None else None
+    if spec is not None and spec.schedule is not None:  # per-block multipliers fixed on these targets (a table of
+        spec = resolve_schedule(spec, lm.model, targets)  # the wrong length fails here, before the folder)
+        meta["layer_schedule"] = schedule_record(spec)
+        folder.constants[SCHEDULE_COLUMN] = spec.schedule.label()
     run_meta = {"experiment": experiment, "model": lm.info, "text": text.info, **meta}
     folder.check(config, run_meta)  # flags, fingerprints of the weights and text, damaged files
     eval_ids = tokenize(lm.tokenizer, text.text, args.eval_tokens)

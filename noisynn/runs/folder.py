@@ -56,6 +56,7 @@ class RunFolder:
         self.path = Path(path)
         self.columns = list(columns)
         self.key = tuple(key)
+        self.constants: dict = {}  # cells every row of this run shares (the layer schedule's label), filled in by append
         self.csv = self.path / RESULTS_CSV
         self.run_json = self.path / RUN_JSON
         self.samples = self.path / SAMPLES_JSONL
@@ -189,6 +190,7 @@ class RunFolder:
         return buf.getvalue()
 
     def append(self, row: dict) -> None:
+        row = {**self.constants, **row}
         missing = [c for c in self.columns if c not in row]
         if missing:
             raise KeyError(f"row lacks columns {missing}")

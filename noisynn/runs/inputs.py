@@ -6,7 +6,7 @@
 so a folder's fingerprint changes when any byte of any file does, or a file is added, removed or renamed,
 and not with the order the file system lists them in. Entries are ``{"path", "sha256"}``, of two kinds:
 
-- a flag's file (``--digital``, ``--tokenizer``, ``--train_file``, ``--data``), keyed by the flag's name:
+- a flag's file (``--digital``, ``--tokenizer``, ``--train_file``, ``--data``, ``--schedule_file``), keyed by the flag's name:
   recorded at every start, compared with the file as it is now;
 - a file the run wrote into its own folder and reads back when resumed (saved weights, self-generated
   data), keyed by its name with ``"written": true``: recorded when written, compared with the file on
@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import NoisyNNError
 
 # flag -> words it takes that are not paths (``--data self``)
-FLAGS = {"digital": (), "tokenizer": (), "train_file": (), "data": ("self", "corpus")}
+FLAGS = {"digital": (), "tokenizer": (), "train_file": (), "data": ("self", "corpus"), "schedule_file": ()}
 KEY = "inputs"  # run.json meta key
 
 

@@ -12,7 +12,8 @@ What ``noisynn.runs.read`` checks and ``noisynn.runs.folder.RunFolder`` writes:
 - ``results.csv``: UTF-8, a header then one row per finished point, leading columns
   ``experiment, model, noise_type, scale, sigma, trial, seed`` (``sigma`` a number, ``trial``
   and ``seed`` integers), then the experiment's metric columns. Floats are written with full
-  precision (``repr``). **Broken trials**: a perplexity-like metric (``perplexity``, ``nll``,
+  precision (``repr``). A run with a per-layer noise schedule has a ``layer_schedule`` column (text) after the
+  leading ones; other runs have none. **Broken trials**: a perplexity-like metric (``perplexity``, ``nll``,
   ``bits_per_byte``) of a model whose logits became non-finite is ``inf`` (a broken model
   predicts nothing: infinite perplexity), in results.csv, summary.csv and on the console
   alike; a nan read from an older folder is read as inf. Other metrics of a broken trial
@@ -31,6 +32,8 @@ from typing import Sequence
 
 
 LEADING_COLUMNS = ("experiment", "model", "noise_type", "scale", "sigma", "trial", "seed")
+# After the leading columns, only in runs with a per-layer noise schedule: its label (e.g. linear:0.25->1.75,energy).
+SCHEDULE_COLUMN = "layer_schedule"
 RESULTS_CSV = "results.csv"
 RUN_JSON = "run.json"
 SAMPLES_JSONL = "samples.jsonl"

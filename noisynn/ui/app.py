@@ -187,7 +187,7 @@ def launch(app, port: int, block: bool = True):
 
 def add_args(p: ArgumentParser) -> None:
     add_model_args(p)
-    add_noise_args(p)
+    add_noise_args(p, schedule=False)  # the explorer has no per-layer schedule control
     add_converter_args(p)
     g = p.add_argument_group("ui")
     g.add_argument("--port", type=port_number, default=7860,

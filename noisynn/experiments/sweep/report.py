@@ -13,7 +13,7 @@ from ...errors import NoisyNNError
 from ...plotting import band, level_ticks, plt, quality_label, realizations_note, save_figure, sigma_axis, write_summary
 from ...runs.schema import RESULTS_CSV
 from ...runs.read import Run, read_run
-from ...stats import group_by, measured_rows, summarize_levels
+from ...stats import group_by, measured_rows, summarize_levels, threshold_crossings
 
 
 def plot(run_dir: str | Path, name: str = "sweep.png") -> list[Path]:
@@ -75,10 +75,17 @@ def format_sweep_table(rows: Sequence[dict], ppl_summary: Sequence[dict] | None 
     return "\n".join(lines)
 
 
+def schedule_label(meta: dict) -> str:
+    """A run's per-layer noise schedule as run.json records it (meta ``layer_schedule``): its label, or "constant"."""
+    return (meta.get("layer_schedule") or {}).get("label") or "constant"
+
+
 def _varying_key(metas: Sequence[dict]) -> str | None:
-    """The config key whose value differs between runs (noise_type preferred)."""
+    """The config key whose value differs between runs (noise_type preferred; then the layer schedule)."""
     cfgs = [m.get("config", {}) for m in metas]
     keys = [k for k in ("noise_type", "scale", "targets", "model") if len({str(c.get(k)) for c in cfgs}) > 1]
+    if len({schedule_label(m) for m in metas}) > 1:
+        keys.append("layer_schedule")
     keys += sorted(k for k in set().union(*cfgs) if k not in keys and k not in ("out", "output", "quiet", "argv")
                    and len({json.dumps(c.get(k), default=str) for c in cfgs}) > 1)
     return keys[0] if keys else None
@@ -98,7 +105,7 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str =
     """Median ``metric`` (band: CI over realizations) against sigma for several sweep folders on
     one axis, labelled by the config key that differs between them (the noise type). Trials
     that gave inf/nan are marked with red 'x', never dropped."""
-    runs = sorted(((r.meta, r.rows) for r in map(read_run, run_dirs)), key=lambda mr: str(mr[0].get("config", {}).get("noise_type")))
+    runs = _read_sorted(run_dirs)
     key = _varying_key([m for m, _ in runs]) or "noise_type"
     if not any(r["sigma"] > 0 for _, rows in runs for r in rows):  # an empty figure would look like a result
         raise NoisyNNError(f"nothing to compare: none of {', '.join(map(str, run_dirs))} has a finished noisy point yet")
@@ -110,7 +117,7 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str =
         if not noisy:
             continue
         summary = summarize_levels(noisy, metric)
-        label = str(cfg.get(key))
+        label = schedule_label(meta) if key == "layer_schedule" else str(cfg.get(key))
         if key == "noise_type" and cfg.get("noise_type") == "student_t":
             label += f" (df={cfg.get('df') or 3:g})"
         band(ax, [s["sigma"] for s in summary], summary, label, log_y=metric in ("perplexity", "nll"))
@@ -129,7 +136,46 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, metric: str =
     cfg = meta0.get("config", {})
     tokens = sorted({r.get("eval_tokens") for _, rows in runs for r in rows})
     ax.set_title(f"{cfg.get('model', '?')}: {len(runs)} runs by {key}, {cfg.get('scale')} scale on {cfg.get('targets')}, "
-                 f"{_runs_note(runs)}, {metric} on {tokens[0] if len(tokens) == 1 else tokens} "
-                 "tokens\nsigma is each distribution's scale parameter (gaussian: std; uniform: half-width; "
-                 "laplacian: b; cauchy: HWHM; student_t: scale)", fontsize=9)
+                 f"{_runs_note(runs)}, {metric} on {tokens[0] if len(tokens) == 1 else tokens} tokens\n"
+                 + ("sigma is the nominal level; block b gets sigma x m_b (equal total noise energy when normalized)"
+                    if key == "layer_schedule" else "sigma is each distribution's scale parameter (gaussian: std; "
+                    "uniform: half-width; laplacian: b; cauchy: HWHM; student_t: scale)"), fontsize=9)
     return save_figure(fig, path)
+
+
+def _read_sorted(run_dirs):
+    """(meta, rows) of each run folder, by noise type, then constant schedule first."""
+    runs = [(r.meta, r.rows) for r in map(read_run, run_dirs)]
+    return sorted(runs, key=lambda mr: (str(mr[0].get("config", {}).get("noise_type")),
+                                        schedule_label(mr[0]) != "constant", schedule_label(mr[0])))
+
+
+def compare_table(run_dirs: Sequence[str | Path], metric: str = "perplexity") -> str:
+    """Markdown table of several sweeps (``plot_compare``'s runs): per run and level the median ``metric`` [CI], and
+    the paired ratio to the first run (by trial: the same seeds, so the same unit draws under every schedule or
+    mapping), as median [min, max] over trials; then each run's sigma at which the metric doubles (median [CI])."""
+    runs = _read_sorted(run_dirs)
+    key = _varying_key([m for m, _ in runs]) or "noise_type"
+    label = (lambda m: schedule_label(m)) if key == "layer_schedule" else (lambda m: str(m.get("config", {}).get(key)))
+    base = {(r["sigma"], r["trial"]): r[metric] for r in runs[0][1]} if runs else {}
+    cov = None
+    lines = [f"| run | sigma | n | median {metric} | CI | ratio to {label(runs[0][0]) if runs else '?'} (by trial) |",
+             "|---|---|---|---|---|---|"]
+    for meta, rows in runs:
+        for s in summarize_levels(rows, metric):
+            cov = s["coverage"] if cov is None else min(cov, s["coverage"])
+            ratios = sorted(r[metric] / base[(r["sigma"], r["trial"])] for r in rows
+                            if r["sigma"] == s["sigma"] and (r["sigma"], r["trial"]) in base)
+            ratio = f"{ratios[len(ratios) // 2]:.3g} [{ratios[0]:.3g}, {ratios[-1]:.3g}]" if ratios else "-"
+            lines.append(f"| {label(meta)} | {s['sigma']:.4g} | {s['n_trials']} | {s['median']:.4g} | "
+                         f"[{s['ci_low']:.4g}, {s['ci_high']:.4g}] | {ratio} |")
+    lines += ["", f"| run | sigma at 2x clean {metric} (median) | CI | realizations not reaching it |", "|---|---|---|---|"]
+    for meta, rows in runs:
+        t = threshold_crossings(rows, 2.0, metric)
+        cov = t["coverage"] if cov is None else min(cov, t["coverage"])
+        lines.append(f"| {label(meta)} | {t['median']:.4g} | [{t['ci_low']:.4g}, {t['ci_high']:.4g}] | "
+                     f"{t['n_not_reached']} of {t['n_trials']} |")
+    tokens = sorted({r.get("eval_tokens") for _, rows in runs for r in rows})
+    lines.append(f"\nCIs: order statistics of the realizations, coverage at least {cov or 0:.0%} (with 3 realizations: "
+                 f"[min, max], 75%); {metric} on {tokens[0] if len(tokens) == 1 else tokens} tokens.")
+    return "\n".join(lines)
