@@ -1,13 +1,14 @@
 """Cost of analog attention: decode tokens/s and a 512-token forward, analog / plain, on the embedded model, in one run.
 
-    python benchmarks/bench_attention.py [--reps 5] [--new_tokens 32] [--tokens 512] [--out FILE.json]
+    python benchmarks/bench_attention.py [--reps 5] [--new_tokens 32] [--tokens 512] [--threads 1] [--out FILE.json]
 
 Plain and analog passes alternate (a change in machine load hits both); each is timed once per repetition after one
 warm-up pair, and the ratio of the medians is reported for two settings: every knob off (the cost of the path:
 two analog MVMs per kv head and layer, the softmax between them) and the paper's hardware model with noise and
 leak (``--attn_preset gain_cell`` + write and read noise 0.02, tau spread 0.5). Decoding is greedy from a
-64-token prompt with the KV cache (noisynn.evaluation.decode), batch 1. Compare the load average printed with
-the numbers.
+64-token prompt with the KV cache (noisynn.evaluation.decode), batch 1, at ``--threads`` torch threads (default 1:
+analog attention is many small kernels, and on a machine with more runnable processes than cores each
+multi-threaded kernel can stall on a descheduled thread). Compare the load average printed with the numbers.
 """
 
 import argparse
@@ -49,8 +50,10 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--tokens", type=int, default=512, help="tokens of the forward pass")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     lm = load_model("smollm2-135m", device="cpu")
     ids = tokenize(lm.tokenizer, load_text().text, args.tokens)[: args.tokens][None]
     prompt = lm.tokenizer.decode(ids[0, :64])

@@ -75,29 +75,9 @@ def plot(run_dir: str | Path) -> list[Path]:
     base = reference(rows)
     recall = [r for r in rows if r["probe"] == "recall"]
     fig, axes = plt.subplots(1, 3 if recall else 2, figsize=(17 if recall else 11, 4.6))
-    ax = axes[0]
-    for cond in NOISE:
-        sub = _rows(rows, cond)
-        if sub:
-            s = summarize_levels(sub, "perplexity")
-            band(ax, [v["sigma"] for v in s], s, f"{cond} ({UNITS[cond]})", log_y=True)
-    _reference_lines(ax, base)
-    ax.set_xscale("log")
-    ax.set_xlabel("noise std")
-    ax.set_ylabel("perplexity")
-    ax.set_title("cache noise vs weight noise")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for cond in TOKENS:
-        sub = _rows(rows, cond)
-        if sub:
-            s = summarize_levels(sub, "perplexity")
-            band(ax, [v["sigma"] for v in s], s, f"{cond} ({UNITS[cond]})", log_y=True)
-    _reference_lines(ax, base)
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens (retention tau, or window)")
-    ax.set_title("leakage and window")
-    ax.legend(fontsize=7)
+    _perplexity_panel(axes[0], rows, NOISE, base, "noise std", "cache noise vs weight noise")
+    axes[0].set_ylabel("perplexity")
+    _perplexity_panel(axes[1], rows, TOKENS, base, "tokens (retention tau, or window)", "leakage and window")
     if recall:
         _recall_panel(axes[2], recall)
     n_tok = sorted({r["eval_tokens"] for r in rows if r["probe"] == "perplexity"})
@@ -105,6 +85,20 @@ def plot(run_dir: str | Path) -> list[Path]:
                  f"{n_tok[-1] if n_tok else '?'} tokens per point", fontsize=10)
     fig.tight_layout()
     return [save_figure(fig, Path(run_dir) / FIGURE)]
+
+
+def _perplexity_panel(ax, rows, conditions, base: float, xlabel: str, title: str) -> None:
+    """Median perplexity and its CI band against the level, one line per condition, and the float references."""
+    for cond in conditions:
+        sub = _rows(rows, cond)
+        if sub:
+            s = summarize_levels(sub, "perplexity")
+            band(ax, [v["sigma"] for v in s], s, f"{cond} ({UNITS[cond]})", log_y=True)
+    _reference_lines(ax, base)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
 
 
 def _reference_lines(ax, base: float) -> None:
