@@ -24,10 +24,11 @@ models on PCM drift through AFM's converters; ``--recipe weight_noise`` (the def
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ...runs import distributed
 from ...runs.context import end_run, start
@@ -38,14 +39,14 @@ from ...targets import select_targets
 from ...options.parser import ArgumentParser
 from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid
 from ...spec import noise_params
-from ...options.argtypes import nonneg_float, positive_float, positive_int
+from ...options.argtypes import nonneg_float, positive_float, positive_int, unit_float
 from ...options.script import script_main
 from ...runs.files import write_json_atomic
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
 from .data import load_training_text, training_chunks
-from .training import TrainConfig, check_batch_split, check_launch, finetune
+from .training import ANNEAL_DEFAULTS, ANNEAL_KINDS, TrainConfig, check_batch_split, check_launch, finetune, make_schedule
 from .weights import WEIGHTS, read_weights, save_weights, set_weights
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,54 @@ def add_args(p: ArgumentParser) -> None:
                         "models and a resumed run skips training; without it a resumed run trains again (same "
                         "seed, same weights)")
     g.add_argument("--train_file", default=None, help="train on this UTF-8 text file instead of the embedded training split")
+    add_anneal_args(g)
     g = p.add_argument_group("evaluation sweep (same noise seeds for every model)")
     add_level_args(g, max_noise=0.05, n_levels=6, spacing="linear")
     afm_run.add_afm_args(p)
     add_run_args(p)
+
+
+def add_anneal_args(g) -> None:
+    """The noise schedule over the steps (both recipes); all default None: a run folder written before them, or
+    one with --anneal constant, records and resumes as before."""
+    g.add_argument("--anneal", choices=ANNEAL_KINDS, default=None,
+                   help="the training noise over the steps: constant (the level at every step, default) | linear | "
+                        "cosine | step: from --anneal_start to --anneal_end times the level (--noise_level; with "
+                        "--recipe afm the weight noise) over the first --anneal_ramp of the steps, then held")
+    g.add_argument("--anneal_start", type=nonneg_float, default=None,
+                   help="noise multiplier at the first step (default: 0 with --anneal other than constant); "
+                        "start > end anneals the noise down, start < end is a curriculum up")
+    g.add_argument("--anneal_end", type=nonneg_float, default=None,
+                   help="noise multiplier at the end of the ramp and after it (default: 1)")
+    g.add_argument("--anneal_ramp", type=unit_float, default=None,
+                   help="fraction of the steps the schedule takes, in (0, 1] (default: 1)")
+    g.add_argument("--anneal_stairs", type=positive_int, default=None,
+                   help="levels of --anneal step, start and end included, >= 2 (default: 4)")
+
+
+def resolve_anneal(p, args) -> None:
+    """Check the --anneal flags (a usage error, exit 2, before anything is written) and fill in the defaults of a
+    non-constant schedule; --anneal constant is recorded as no flag (the record of today's runs)."""
+    given = [k for k in ANNEAL_DEFAULTS if getattr(args, k) is not None]
+    if args.anneal in (None, "constant"):
+        if given:
+            p.error(f"--{given[0]} needs --anneal linear, cosine or step")
+        args.anneal = None
+        return
+    if args.anneal_ramp is not None and args.anneal_ramp <= 0:
+        p.error(f"argument --anneal_ramp: '{args.anneal_ramp}' must be > 0")
+    if args.anneal_stairs is not None and args.anneal != "step":
+        p.error("--anneal_stairs needs --anneal step")
+    if args.anneal_stairs is not None and args.anneal_stairs < 2:
+        p.error(f"argument --anneal_stairs: '{args.anneal_stairs}' must be >= 2")
+    if args.noise_level == 0 or getattr(args, "no_weight_noise", None) or getattr(args, "no_analog", None):
+        p.error(f"--anneal {args.anneal} scales the training noise, and this run trains without any")
+    for k, v in ANNEAL_DEFAULTS.items():
+        if getattr(args, k) is None and (k != "anneal_stairs" or args.anneal == "step"):
+            setattr(args, k, v)
+    if args.anneal_start == args.anneal_end:
+        p.error(f"--anneal {args.anneal} with --anneal_start = --anneal_end = {args.anneal_start} is constant noise; "
+                "give --noise_level instead")
 
 
 def build_parser() -> ArgumentParser:
@@ -108,6 +153,7 @@ def parse(argv=None):
         p.error(f"argument --seq_len: '{args.seq_len}' must be >= 2 (a window of one token has no next token to "
                 "predict)")
     afm_run.resolve_recipe(p, args)  # recipe-dependent defaults, and flags that belong to the other recipe
+    resolve_anneal(p, args)
     return args
 
 
@@ -116,7 +162,13 @@ def train_config(args, n_samples: int) -> TrainConfig:
     return TrainConfig(noise_level=args.noise_level, noise_type=args.noise_type, scale=args.scale,
                        targets=args.targets, include_bias=args.include_bias, noise_params=noise_params(args),
                        steps=steps, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                       clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed)
+                       clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
+                       anneal=anneal_schedule(args))
+
+
+def anneal_schedule(args):
+    """The ``NoiseSchedule`` of the resolved --anneal flags."""
+    return make_schedule(args.anneal, args.anneal_start, args.anneal_end, args.anneal_ramp, args.anneal_stairs)
 
 
 
@@ -158,7 +210,7 @@ def run(argv=None) -> int:
     weights = {"original": {t.name: t.param.detach().clone() for t in targets}}
     training = {}
     for variant in variants[1:]:
-        vcfg = TrainConfig(**{**asdict(cfg), "noise_level": cfg.noise_level if variant == "finetuned" else 0.0})
+        vcfg = cfg if variant == "finetuned" else replace(cfg, noise_level=0.0)
         path = folder.path / WEIGHTS.format(variant=variant)
         distributed.barrier()  # every process sees the same saved files (the main one saves)
         if path.is_file():  # resumed run: saved before (and checked against its recorded fingerprint by start)
@@ -179,7 +231,9 @@ def run(argv=None) -> int:
             save_weights(path, tensors, {"variant": variant, "base_model": args.model,
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
                                          "noise_level": vcfg.noise_level, "scale": vcfg.scale,
-                                         "targets": vcfg.targets})
+                                         "targets": vcfg.targets,
+                                         **({} if vcfg.anneal.constant or not vcfg.noise_level
+                                            else {"anneal": json.dumps(asdict(vcfg.anneal))})})
             folder.record_written(path)  # a resume reads it back only while it is the file written here
         weights[variant] = tensors
     folder.update_meta(training=training)
