@@ -39,14 +39,15 @@ from ...targets import select_targets
 from ...options.parser import ArgumentParser
 from ...options.flags import add_level_args, add_model_args, add_noise_args, add_run_args, level_grid
 from ...spec import noise_params
-from ...options.argtypes import nonneg_float, positive_float, positive_int, unit_float
+from ...options.argtypes import nonneg_float, positive_float, positive_int
 from ...options.script import script_main
 from ...runs.files import write_json_atomic
 from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, run_sweep
 from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
 from .data import load_training_text, training_chunks
-from .training import ANNEAL_DEFAULTS, ANNEAL_KINDS, TrainConfig, check_batch_split, check_launch, finetune, make_schedule
+from .anneal import add_anneal_args, anneal_schedule, resolve_anneal
+from .training import TrainConfig, check_batch_split, check_launch, finetune
 from .weights import WEIGHTS, read_weights, save_weights, set_weights
 
 log = logging.getLogger(__name__)
@@ -95,49 +96,6 @@ def add_args(p: ArgumentParser) -> None:
     add_run_args(p)
 
 
-def add_anneal_args(g) -> None:
-    """The noise schedule over the steps (both recipes); all default None: a run folder written before them, or
-    one with --anneal constant, records and resumes as before."""
-    g.add_argument("--anneal", choices=ANNEAL_KINDS, default=None,
-                   help="the training noise over the steps: constant (the level at every step, default) | linear | "
-                        "cosine | step: from --anneal_start to --anneal_end times the level (--noise_level; with "
-                        "--recipe afm the weight noise) over the first --anneal_ramp of the steps, then held")
-    g.add_argument("--anneal_start", type=nonneg_float, default=None,
-                   help="noise multiplier at the first step (default: 0 with --anneal other than constant); "
-                        "start > end anneals the noise down, start < end is a curriculum up")
-    g.add_argument("--anneal_end", type=nonneg_float, default=None,
-                   help="noise multiplier at the end of the ramp and after it (default: 1)")
-    g.add_argument("--anneal_ramp", type=unit_float, default=None,
-                   help="fraction of the steps the schedule takes, in (0, 1] (default: 1)")
-    g.add_argument("--anneal_stairs", type=positive_int, default=None,
-                   help="levels of --anneal step, start and end included, >= 2 (default: 4)")
-
-
-def resolve_anneal(p, args) -> None:
-    """Check the --anneal flags (a usage error, exit 2, before anything is written) and fill in the defaults of a
-    non-constant schedule; --anneal constant is recorded as no flag (the record of today's runs)."""
-    given = [k for k in ANNEAL_DEFAULTS if getattr(args, k) is not None]
-    if args.anneal in (None, "constant"):
-        if given:
-            p.error(f"--{given[0]} needs --anneal linear, cosine or step")
-        args.anneal = None
-        return
-    if args.anneal_ramp is not None and args.anneal_ramp <= 0:
-        p.error(f"argument --anneal_ramp: '{args.anneal_ramp}' must be > 0")
-    if args.anneal_stairs is not None and args.anneal != "step":
-        p.error("--anneal_stairs needs --anneal step")
-    if args.anneal_stairs is not None and args.anneal_stairs < 2:
-        p.error(f"argument --anneal_stairs: '{args.anneal_stairs}' must be >= 2")
-    if args.noise_level == 0 or getattr(args, "no_weight_noise", None) or getattr(args, "no_analog", None):
-        p.error(f"--anneal {args.anneal} scales the training noise, and this run trains without any")
-    for k, v in ANNEAL_DEFAULTS.items():
-        if getattr(args, k) is None and (k != "anneal_stairs" or args.anneal == "step"):
-            setattr(args, k, v)
-    if args.anneal_start == args.anneal_end:
-        p.error(f"--anneal {args.anneal} with --anneal_start = --anneal_end = {args.anneal_start} is constant noise; "
-                "give --noise_level instead")
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="noise_aware_training.py", description=__doc__.strip().splitlines()[0])
     add_args(p)
@@ -165,10 +123,6 @@ def train_config(args, n_samples: int) -> TrainConfig:
                        clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
                        anneal=anneal_schedule(args))
 
-
-def anneal_schedule(args):
-    """The ``NoiseSchedule`` of the resolved --anneal flags."""
-    return make_schedule(args.anneal, args.anneal_start, args.anneal_end, args.anneal_ramp, args.anneal_stairs)
 
 
 
