@@ -171,6 +171,7 @@ def test_compare_runs_pairs_the_draws_and_refuses_another_run(tmp_path, small, c
     assert nat.main(small + ["--anneal", "linear", "--anneal_end", "2", "--out", str(lin)]) == 0
     c = anneal_report.compare_runs(const, [lin])
     assert c["original_rows_identical"] and c["shared_original_rows"] == 6 and c["n_trials"] == 2
+    assert c["original_rows_max_rel_diff"] == 0.0
     assert [r["schedule"] for r in c["runs"]] == ["constant", "linear x0 -> x2"]
     assert c["runs"][0]["mean_noise_level"] == 0.3 and c["runs"][1]["mean_noise_level"] == pytest.approx(0.3)
     ft = {name: {(r["sigma"], r["trial"]): r for r in read_rows(d / "results.csv") if r["model_variant"] == "finetuned"}
@@ -279,3 +280,21 @@ def test_afm_resume_from_a_checkpoint_gives_the_same_factors_and_weights(tmp_pat
     with pytest.raises(NoisyNNError, match="another training configuration"):
         afm.afm_finetune(tiny_llama(), chunks(8), dataclasses.replace(AFM_CFG, anneal=NoiseSchedule("cosine", 0, 2)),
                          checkpoint=ckpt)
+
+
+def test_afm_run_folder_records_the_schedule(tmp_path, small, capsys):
+    out = tmp_path / "afm"
+    argv = small + ["--recipe", "afm", "--times", "1s", "--self_batch", "4", "--n_trials", "1", "--no_pcm_afm",
+                    "--anneal", "cosine", "--anneal_start", "2", "--anneal_end", "0", "--out", str(out)]
+    i = argv.index("--train_file")
+    del argv[i:i + 2]
+    argv.remove("--no_control")
+    assert nat.main(argv) == 0
+    meta = json.loads((out / "run.json").read_text())
+    schedule = NoiseSchedule(**meta["training_config"]["anneal"])
+    steps = meta["training_config"]["steps"]
+    rows = read_rows(out / "training.csv")
+    assert [r["noise_level"] for r in rows if r["variant"] == "finetuned"] == [
+        0.3 * noise_factor(k, steps, schedule) for k in range(steps)]
+    assert rows[-1]["variant"] == "control" and all(r["noise_level"] == 0.0 for r in rows if r["variant"] == "control")
+    assert report.noise_levels(out) is not None and (out / "noise_aware_training.png").stat().st_size > 10_000

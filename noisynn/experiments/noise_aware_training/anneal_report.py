@@ -90,6 +90,8 @@ def compare_runs(reference: str | Path, annealed: Sequence[str | Path]) -> dict:
     originals = [_variant(r.rows, "original") for _, r in runs]
     shared = set.intersection(*(set(o) for o in originals))
     identical = all(o[k]["perplexity"] == originals[0][k]["perplexity"] for o in originals for k in shared)
+    spread = max((abs(o[k]["perplexity"] / originals[0][k]["perplexity"] - 1) for o in originals for k in shared),
+                 default=float("nan"))
     ref_ft = _variant(ref.rows, "finetuned")
     out_runs, levels = [], {}
     for i, (d, run) in enumerate(runs):
@@ -105,6 +107,10 @@ def compare_runs(reference: str | Path, annealed: Sequence[str | Path]) -> dict:
                 pairs = [math.exp(ref_ft[k]["nll"] - ft[k]["nll"]) for k in sorted(ft) if k[0] == s["sigma"]
                          and k in ref_ft]
                 entry["runs"][i]["reference_over_this"] = _ci(pairs) if pairs else None
+    labels = [r["schedule"] for r in out_runs]
+    for r in out_runs:  # two runs of one schedule (a rerun): told apart by their folders
+        if labels.count(r["schedule"]) > 1:
+            r["schedule"] += f" ({Path(r['folder']).name})"
     for v in ("original", "control"):
         for s in summarize_levels([r for r in ref.rows if r["model_variant"] == v], "perplexity"):
             if s["sigma"] in levels:
@@ -112,7 +118,7 @@ def compare_runs(reference: str | Path, annealed: Sequence[str | Path]) -> dict:
     n_trials = len({r["trial"] for r in ref.rows})
     tokens = sorted({r["eval_tokens"] for r in ref.rows})
     return {"reference": ref_dir.as_posix(), "runs": out_runs, "levels": [levels[s] for s in sorted(levels)],
-            "original_rows_identical": identical, "shared_original_rows": len(shared), "n_trials": n_trials,
+            "original_rows_identical": identical, "original_rows_max_rel_diff": spread, "shared_original_rows": len(shared), "n_trials": n_trials,
             "coverage": round(median_ci([0.0] * n_trials).coverage, 4), "eval_tokens": tokens[0],
             "noise_level": ref.meta.get("config", {}).get("noise_level"), "scale": ref.meta.get("config", {}).get("scale")}
 
@@ -145,7 +151,9 @@ def format_comparison(c: dict) -> str:
         lines.append(" ".join(cells))
     lines.append(f"(noise-aware model's perplexity, median [{c['coverage']:.0%} CI] over {c['n_trials']} noise draws "
                  f"shared by all runs, on {c['eval_tokens']} held-out tokens; ratios > 1: the annealed run is better "
-                 f"on the same draw; original rows identical across folders: {c['original_rows_identical']})")
+                 f"on the same draw; the original rows of the folders: "
+                 f"{'identical' if c['original_rows_identical'] else 'differ'} (largest relative difference "
+                 f"{c['original_rows_max_rel_diff']:.2g}))")
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def draw_noise_levels(ax, run_dir: str | Path) -> None:
                label=f"training noise ({anneal['kind']} x{anneal['start']:g} -> x{anneal['end']:g})")
     right.set_ylim(bottom=0)
     right.set_ylabel("training noise level (sigma)", color="tab:purple")
-    right.legend(fontsize=7, loc="upper center")
+    right.legend(fontsize=7, loc="center left")
 
 
 def _ci_dict(values, nonfinite_as_inf: bool = True) -> dict:
@@ -222,8 +222,11 @@ def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Pa
     draw_noise_levels(ax, run_dir)
     cfg = meta.get("config", {})
     tc = meta.get("training_config", {})
+    anneal = tc.get("anneal") or {}
+    schedule = ("" if anneal.get("kind", "constant") == "constant"
+                else f" x {anneal['kind']} {anneal['start']:g} -> {anneal['end']:g}")
     fig.suptitle(f"{cfg.get('model', '?')}: noise-aware fine-tuning ({cfg.get('noise_type')} {cfg.get('scale')} "
-                 f"sigma={cfg.get('noise_level')} on {cfg.get('targets')}, {tc.get('steps')} steps x "
+                 f"sigma={cfg.get('noise_level')}{schedule} on {cfg.get('targets')}, {tc.get('steps')} steps x "
                  f"{tc.get('batch_size')} x {tc.get('seq_len')} tokens, lr {tc.get('lr')}); "
                  f"{report['n_trials']} shared noise draws per level, perplexity on {report['eval_tokens']} tokens",
                  fontsize=10)
