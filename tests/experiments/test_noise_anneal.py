@@ -298,3 +298,17 @@ def test_afm_run_folder_records_the_schedule(tmp_path, small, capsys):
         0.3 * noise_factor(k, steps, schedule) for k in range(steps)]
     assert rows[-1]["variant"] == "control" and all(r["noise_level"] == 0.0 for r in rows if r["variant"] == "control")
     assert report.noise_levels(out) is not None and (out / "noise_aware_training.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("folder", ["results/noise_aware_training", "results/noise_aware_training_afm"])
+def test_the_committed_runs_recorded_before_anneal_still_match_their_command(folder):
+    from tests.helpers import ROOT
+    from noisynn.options.flags import config_of
+
+    meta = json.loads((ROOT / folder / "run.json").read_text())
+    args = nat.parse(meta["argv"][1:])
+    new = json.loads(json.dumps({"experiment": "noise_aware_training", **config_of(args)}, default=str))
+    old = meta["config"]
+    # max_length is resolved against the model when the run starts; nothing else may differ
+    assert sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ("out", "max_length")) == []
+    assert all(new[k] is None for k in ("anneal", "anneal_start", "anneal_end", "anneal_ramp", "anneal_stairs"))
