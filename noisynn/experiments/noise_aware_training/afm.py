@@ -33,7 +33,8 @@ from ...runs.files import read_saved, write_via_temp
 from ...targets import select_targets
 from .analog_train import AnalogTrainConfig, AnalogTraining
 from .lean import Snapshot, check_choice, make_optimizer
-from .training import batch_order, check_launch, clip_weights, lr_factor, restore_model, share_of_batch
+from .training import (CONSTANT, NoiseSchedule, batch_order, check_launch, clip_weights, lr_factor, noise_factor,
+                       restore_model, share_of_batch)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class AFMConfig:
     save_every: int = 10
     teacher: str = "copy"  # copy: the clean snapshot; shared: the student's own weights, analog off (lean.py)
     optimizer: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (lean.py)
+    anneal: NoiseSchedule = CONSTANT  # the weight noise at step s: analog.weight_noise x noise_factor(s)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -106,8 +108,9 @@ def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, c
                 teacher = model(input_ids=batch, use_cache=False).logits
             else:
                 teacher = torch.func.functional_call(model, clean, (), {"input_ids": batch, "use_cache": False}).logits
-    if analog is not None:
+    if analog is not None:  # the noise factor is a function of the step alone: a resumed run sees the same
         analog.enabled, analog.step = True, step
+        analog.noise_scale = noise_factor(step, cfg.steps, cfg.anneal)
     need_ce = not cfg.distill or cfg.beta < 1.0
     out = (module or model)(input_ids=batch, labels=batch if need_ce else None, use_cache=False)
     loss, parts = afm_loss(out, teacher, cfg)
@@ -122,6 +125,13 @@ def afm_step(model, batch: torch.Tensor, optimizer, cfg: AFMConfig, step: int, c
     out = {"loss": float(accelerator.reduce(loss.detach(), "mean")), "grad_norm": norm}
     out.update({k: float(accelerator.reduce(v.detach(), "mean")) for k, v in parts.items()})
     return out
+
+
+def step_noise_level(step: int, cfg: AFMConfig) -> float:
+    """The weight-noise std (in units of the per-channel max|W|) of ``step``'s analog forward; 0 without one."""
+    if cfg.analog is None:
+        return 0.0
+    return cfg.analog.weight_noise * noise_factor(step, cfg.steps, cfg.anneal)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -146,7 +156,7 @@ def load_checkpoint(path: Path | None, cfg: AFMConfig) -> dict | None:
 
 
 # fields added later: left out of the record at their defaults, so older checkpoints still resume
-_LATER_DEFAULTS = {"teacher": "copy", "optimizer": "adamw"}
+_LATER_DEFAULTS = {"teacher": "copy", "optimizer": "adamw", "anneal": asdict(CONSTANT)}
 
 
 def _config_record(cfg: AFMConfig) -> dict:
@@ -238,6 +248,7 @@ def afm_finetune(model, chunks: torch.Tensor, cfg: AFMConfig, checkpoint: Path |
             if cfg.clip_sigma > 0:
                 clip_weights(targets, cfg.clip_sigma)
             history.append({"step": step, **logged, "lr": lr, "tokens": batch.numel() * world,
+                            "noise_level": step_noise_level(step, cfg),
                             "range_mean": float(analog.ranges.detach().mean()) if analog is not None else float("nan"),
                             "seconds": round(time.perf_counter() - t0, 3)})
             if hasattr(iterator, "set_postfix"):

@@ -15,6 +15,7 @@ the ADC, measured through the converters (``noisynn.analog.compensation``, aihwk
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -43,6 +44,7 @@ from .afm import AFMConfig, afm_finetune
 from .analog_train import AnalogTrainConfig, AnalogTraining, linear_layers
 from .lean import OPTIMIZERS as LEAN_OPTIMIZERS, TEACHERS as LEAN_TEACHERS, check_choice, check_optimizer
 from .data import load_training_text, self_generated_chunks, self_prompt, training_chunks
+from .anneal import anneal_schedule
 from .training import check_batch_split, check_launch
 from .weights import WEIGHTS, read_weights, save_weights, set_weights
 
@@ -181,7 +183,8 @@ def afm_config(args, n_samples: int) -> AFMConfig:
                      targets=args.targets, include_bias=args.include_bias, distill=not args.no_distill,
                      temperature=args.distill_temperature, beta=args.distill_beta, analog=analog_config(args),
                      range_lr=args.range_lr, grad_checkpointing=bool(args.grad_checkpointing),
-                     save_every=args.save_every, **lean_options(args))
+                     save_every=args.save_every, anneal=anneal_schedule(args),
+                     **lean_options(args))
 
 
 def lean_options(args) -> dict:
@@ -311,7 +314,9 @@ def train_variants(args, lm, folder, chunks, cfg, targets, variants, head=()) ->
             report.write_training_csv(folder.path, variant, history)
             if args.save_weights:
                 save_weights(path, tensors, {"variant": variant, "recipe": "afm", "base_model": args.model,
-                                             **training[variant]})
+                                             **training[variant],
+                                             **({} if vcfg.anneal.constant or vcfg.analog is None
+                                                else {"anneal": json.dumps(asdict(vcfg.anneal))})})
                 folder.record_written(path)  # a resume reads it back only while it is the file written here
         if learned:
             ranges[variant] = learned

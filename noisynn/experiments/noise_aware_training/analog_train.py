@@ -4,7 +4,8 @@ Per targeted Linear layer (one tile per layer: AFM's ``mapping_max_input_size: -
 weight W (out x in), learned input range r (a scalar per layer) and w_i = max_j |W_ij| (detached):
 
     DAC    x_c = clamp(x, -r, r);  x_q = round(x_c / d) d,  d = 2 r / (2^dac_bits - 2)
-    noise  W_n = W + std w_i N(0, 1)           (fresh draw every forward; the gradient goes to W unchanged)
+    noise  W_n = W + std f w_i N(0, 1)         (fresh draw every forward; the gradient goes to W unchanged;
+                                               f = noise_scale, the --anneal factor of the step, 1 by default)
     MVM    y = x_q W_n^T
     ADC    b_i = out_bound r w_i;  y_q = clamp(round(y / s_i) s_i, -b_i, b_i),  s_i = 2 b_i / (2^adc_bits - 2)
     out    y_q + bias (digital)
@@ -135,7 +136,9 @@ class AnalogTraining:
     batches each range was initialised from. ``step`` keys the weight-noise draws: layer l at step s
     draws from a generator seeded by (seed, s, layer name), so a recomputed forward (gradient
     checkpointing) sees the same noise and a resumed run the same noise as an uninterrupted one.
-    ``enabled = False`` gives the plain digital forward (the teacher pass, the control).
+    ``enabled = False`` gives the plain digital forward (the teacher pass, the control). ``noise_scale``
+    multiplies the weight-noise std (the --anneal factor of ``step``, set by the training loop; 1: the
+    configured std exactly).
     """
 
     def __init__(self, model: nn.Module, targets, cfg: AnalogTrainConfig, seed: int = 0):
@@ -145,6 +148,7 @@ class AnalogTraining:
         self.ranges = nn.Parameter(torch.ones(len(self.layers), device=device))
         self.init_count = torch.zeros(len(self.layers), dtype=torch.long)
         self.enabled, self.step, self.calibrating = True, 0, False
+        self.noise_scale = 1.0
         self._seen: dict[int, int] = {}  # layer index -> step its range was last initialised at
         for i, (name, module) in enumerate(self.layers):
             module.forward = self._forward_of(i, name, module)
@@ -197,10 +201,11 @@ class AnalogTraining:
                 self._init_range(i, x)
             r = self.ranges[i] if (cfg.learn_ranges and module.training) else self.ranges[i].detach()
             x = dac(x, r.to(x.dtype), cfg.dac_bits, cfg.decay if cfg.learn_ranges else 0.0, cfg.input_min_percentage)
-        if cfg.weight_noise > 0 and module.training:
+        std = cfg.weight_noise * self.noise_scale  # = cfg.weight_noise exactly when the scale is 1
+        if std > 0 and module.training:
             g = make_generator(derive_seed(self.seed, "afm-weight-noise", self.step, name), w.device)
             noise = torch.randn(w.shape, generator=g, device=w.device, dtype=w.dtype)
-            w = w + (cfg.weight_noise * w_max[:, None]) * noise  # the noise carries no gradient
+            w = w + (std * w_max[:, None]) * noise  # the noise carries no gradient
         y = x @ w.t()
         if cfg.out_bound:
             scale = r.detach() if r is not None else x.detach().abs().amax()

@@ -36,6 +36,34 @@ def loss_histories(run_dir: str | Path):
         if hist:
             yield v, np.array([h["step"] for h in hist]), np.array([h["loss"] for h in hist], dtype=float)
 
+
+def noise_levels(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, training noise level) of the noise-trained variant when its noise followed a schedule (``--anneal``
+    other than constant, recorded in run.json ``training_config``); None for constant noise or an older training.csv
+    without the ``noise_level`` column."""
+    anneal = (read_run(run_dir).meta.get("training_config") or {}).get("anneal") or {}
+    if anneal.get("kind", "constant") == "constant":
+        return None
+    hist = [r for r in read_rows(Path(run_dir) / "training.csv") if r["variant"] == "finetuned"]
+    if not hist or any(not isinstance(h.get("noise_level"), (int, float)) for h in hist):
+        return None
+    return np.array([h["step"] for h in hist]), np.array([h["noise_level"] for h in hist], dtype=float)
+
+
+def draw_noise_levels(ax, run_dir: str | Path) -> None:
+    """The training noise level over the steps, on a right-hand axis of the training panel, when it was annealed."""
+    curve = noise_levels(run_dir)
+    if curve is None:
+        return
+    anneal = read_run(run_dir).meta["training_config"]["anneal"]
+    right = ax.twinx()
+    right.step(curve[0], curve[1], where="post", color="tab:purple", lw=1.2, ls="--",
+               label=f"training noise ({anneal['kind']} x{anneal['start']:g} -> x{anneal['end']:g})")
+    right.set_ylim(bottom=0)
+    right.set_ylabel("training noise level (sigma)", color="tab:purple")
+    right.legend(fontsize=7, loc="center left")
+
+
 def _ci_dict(values, nonfinite_as_inf: bool = True) -> dict:
     s = median_ci(values, nonfinite_as_inf=nonfinite_as_inf)
     return {"median": s.median, "ci_low": s.low, "ci_high": s.high, "coverage": round(s.coverage, 4),
@@ -191,10 +219,14 @@ def plot(run_dir: str | Path, name: str = "noise_aware_training.png") -> list[Pa
     ax.set_title("fine-tuning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    draw_noise_levels(ax, run_dir)
     cfg = meta.get("config", {})
     tc = meta.get("training_config", {})
+    anneal = tc.get("anneal") or {}
+    schedule = ("" if anneal.get("kind", "constant") == "constant"
+                else f" x {anneal['kind']} {anneal['start']:g} -> {anneal['end']:g}")
     fig.suptitle(f"{cfg.get('model', '?')}: noise-aware fine-tuning ({cfg.get('noise_type')} {cfg.get('scale')} "
-                 f"sigma={cfg.get('noise_level')} on {cfg.get('targets')}, {tc.get('steps')} steps x "
+                 f"sigma={cfg.get('noise_level')}{schedule} on {cfg.get('targets')}, {tc.get('steps')} steps x "
                  f"{tc.get('batch_size')} x {tc.get('seq_len')} tokens, lr {tc.get('lr')}); "
                  f"{report['n_trials']} shared noise draws per level, perplexity on {report['eval_tokens']} tokens",
                  fontsize=10)
@@ -394,6 +426,7 @@ def plot_afm(run_dir: Path, name: str = "noise_aware_training.png") -> list[Path
     ax.set_title("training")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    draw_noise_levels(ax, run_dir)
     cfg, tc = meta.get("config", {}), meta.get("training_config", {})
     fig.suptitle(f"{cfg.get('model', '?')}: AFM recipe vs control ({tc.get('steps')} steps x {tc.get('batch_size')} x "
                  f"{tc.get('seq_len')} tokens of {meta.get('training_text', {}).get('source', '?')} data, lr "

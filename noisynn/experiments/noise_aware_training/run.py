@@ -24,10 +24,11 @@ models on PCM drift through AFM's converters; ``--recipe weight_noise`` (the def
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ...runs import distributed
 from ...runs.context import end_run, start
@@ -45,6 +46,7 @@ from ...runs.runner import Point, TrialResult, grid, leading_columns, progress, 
 from . import afm_run, report
 # the recipe's pieces, under their historical names here (tests and users import them from run)
 from .data import load_training_text, training_chunks
+from .anneal import add_anneal_args, anneal_schedule, resolve_anneal
 from .training import TrainConfig, check_batch_split, check_launch, finetune
 from .weights import WEIGHTS, read_weights, save_weights, set_weights
 
@@ -87,6 +89,7 @@ def add_args(p: ArgumentParser) -> None:
                         "models and a resumed run skips training; without it a resumed run trains again (same "
                         "seed, same weights)")
     g.add_argument("--train_file", default=None, help="train on this UTF-8 text file instead of the embedded training split")
+    add_anneal_args(g)
     g = p.add_argument_group("evaluation sweep (same noise seeds for every model)")
     add_level_args(g, max_noise=0.05, n_levels=6, spacing="linear")
     afm_run.add_afm_args(p)
@@ -108,6 +111,7 @@ def parse(argv=None):
         p.error(f"argument --seq_len: '{args.seq_len}' must be >= 2 (a window of one token has no next token to "
                 "predict)")
     afm_run.resolve_recipe(p, args)  # recipe-dependent defaults, and flags that belong to the other recipe
+    resolve_anneal(p, args)
     return args
 
 
@@ -116,7 +120,9 @@ def train_config(args, n_samples: int) -> TrainConfig:
     return TrainConfig(noise_level=args.noise_level, noise_type=args.noise_type, scale=args.scale,
                        targets=args.targets, include_bias=args.include_bias, noise_params=noise_params(args),
                        steps=steps, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                       clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed)
+                       clip_sigma=args.clip_sigma, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
+                       anneal=anneal_schedule(args))
+
 
 
 
@@ -158,7 +164,7 @@ def run(argv=None) -> int:
     weights = {"original": {t.name: t.param.detach().clone() for t in targets}}
     training = {}
     for variant in variants[1:]:
-        vcfg = TrainConfig(**{**asdict(cfg), "noise_level": cfg.noise_level if variant == "finetuned" else 0.0})
+        vcfg = cfg if variant == "finetuned" else replace(cfg, noise_level=0.0)
         path = folder.path / WEIGHTS.format(variant=variant)
         distributed.barrier()  # every process sees the same saved files (the main one saves)
         if path.is_file():  # resumed run: saved before (and checked against its recorded fingerprint by start)
@@ -179,7 +185,9 @@ def run(argv=None) -> int:
             save_weights(path, tensors, {"variant": variant, "base_model": args.model,
                                          "base_fingerprint": lm.info.get("fingerprint"), **training[variant],
                                          "noise_level": vcfg.noise_level, "scale": vcfg.scale,
-                                         "targets": vcfg.targets})
+                                         "targets": vcfg.targets,
+                                         **({} if vcfg.anneal.constant or not vcfg.noise_level
+                                            else {"anneal": json.dumps(asdict(vcfg.anneal))})})
             folder.record_written(path)  # a resume reads it back only while it is the file written here
         weights[variant] = tensors
     folder.update_meta(training=training)

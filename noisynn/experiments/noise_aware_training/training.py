@@ -21,6 +21,85 @@ from ...targets import select_targets
 from ...seeding import derive_seed, make_generator
 
 
+ANNEAL_KINDS = ("constant", "linear", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """How the training noise follows the steps (``--anneal``): a multiplier of the recipe's noise level.
+
+    ``kind`` constant: the factor is 1 at every step (today's training, bit for bit); linear, cosine, step:
+    it goes from ``start`` to ``end`` over the first ``ramp`` x steps and stays at ``end`` after (see
+    ``noise_factor``). start > end anneals the noise down; start < end is a curriculum up to it.
+    """
+
+    kind: str = "constant"
+    start: float = 1.0  # the factor at step 0 (a multiple of --noise_level / the AFM weight noise)
+    end: float = 1.0  # the factor at the end of the ramp and after it
+    ramp: float = 1.0  # fraction of the steps the change takes, in (0, 1]
+    stairs: int = 4  # levels of the step schedule (start and end included), >= 2
+
+    def __post_init__(self):
+        if self.kind not in ANNEAL_KINDS:
+            raise NoisyNNError(f"unknown noise schedule {self.kind!r}; known: {', '.join(ANNEAL_KINDS)}")
+        for name in ("start", "end"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise NoisyNNError(f"the noise schedule's {name} must be a finite number >= 0, not {v!r}")
+        if not (isinstance(self.ramp, (int, float)) and 0 < self.ramp <= 1):
+            raise NoisyNNError(f"the noise schedule's ramp must lie in (0, 1], not {self.ramp!r}")
+        if not (isinstance(self.stairs, int) and self.stairs >= 2):
+            raise NoisyNNError(f"the noise schedule's stairs must be an integer >= 2, not {self.stairs!r}")
+
+    @property
+    def constant(self) -> bool:
+        return self.kind == "constant"
+
+
+CONSTANT = NoiseSchedule()
+# what --anneal_start/_end/_ramp/_stairs mean when not given with a non-constant --anneal: from no noise up to the level
+ANNEAL_DEFAULTS = {"anneal_start": 0.0, "anneal_end": 1.0, "anneal_ramp": 1.0, "anneal_stairs": 4}
+
+
+def make_schedule(kind: str | None, start=None, end=None, ramp=None, stairs=None) -> NoiseSchedule:
+    """The schedule of the (resolved) ``--anneal*`` values; ``kind`` None or constant: ``CONSTANT``."""
+    if kind in (None, "constant"):
+        return CONSTANT
+    d = ANNEAL_DEFAULTS
+    return NoiseSchedule(kind, float(d["anneal_start"] if start is None else start),
+                         float(d["anneal_end"] if end is None else end), float(d["anneal_ramp"] if ramp is None else ramp),
+                         int(d["anneal_stairs"] if stairs is None else stairs))
+
+
+def noise_factor(step: int, total_steps: int, schedule: NoiseSchedule = CONSTANT) -> float:
+    """The multiplier of the training noise level at optimizer ``step`` (0-based) of ``total_steps``.
+
+    With n = max(1, round(ramp x total_steps)) steps of ramp and p = clamp(step / max(1, n - 1), 0, 1)
+    (0 at step 0, 1 from step n - 1 on)::
+
+        factor = start + (end - start) g(p)
+        constant  factor = 1 exactly (start, end ignored)
+        linear    g = p
+        cosine    g = (1 - cos(pi p)) / 2                          (flat at both ends)
+        step      g = min(floor(p K), K - 1) / (K - 1),  K = stairs (K equal-width levels, start to end)
+
+    Every g is non-decreasing in p with g(0) = 0 and g(1) = 1, so the factor stays between start and end
+    and is monotone in the step. It depends on the step alone: a resumed run sees the same factors.
+    """
+    if schedule.kind == "constant":
+        return 1.0
+    n = max(1, round(schedule.ramp * total_steps))
+    p = min(max(step / max(1, n - 1), 0.0), 1.0)
+    if schedule.kind == "linear":
+        g = p
+    elif schedule.kind == "cosine":
+        g = (1.0 - math.cos(math.pi * p)) / 2.0
+    else:  # step
+        k = schedule.stairs
+        g = min(math.floor(p * k), k - 1) / (k - 1)
+    return schedule.start + (schedule.end - schedule.start) * g
+
+
 @dataclass
 class TrainConfig:
     """What one fine-tuning run does (recorded in run.json and in the weights' metadata)."""
@@ -41,6 +120,7 @@ class TrainConfig:
     batch_size: int = 4
     seq_len: int = 128
     seed: int = 0
+    anneal: NoiseSchedule = CONSTANT  # the training noise per step: noise_level x noise_factor(step)
 
 
 
@@ -75,14 +155,19 @@ def clip_weights(targets, clip_sigma: float) -> None:
         torch.maximum(torch.minimum(w, bound), -bound, out=w)
 
 
+def step_noise_level(step: int, cfg: TrainConfig) -> float:
+    """The training noise level at ``step``: ``noise_level`` x ``noise_factor`` (``noise_level`` itself, constant)."""
+    return cfg.noise_level * noise_factor(step, cfg.steps, cfg.anneal)
+
+
 def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: int, accelerator=None,
                module=None) -> tuple[float, float]:
     """One optimizer step whose gradient is taken at freshly noised weights; returns (loss, grad norm).
 
     The noise (``noisy_weights``: the library's injector, seeded from (seed, step)) is added
     to the targeted weights for the forward *and* backward pass and removed, bit-exactly,
-    before the optimizer updates the clean weights; it never persists. With
-    ``cfg.noise_level == 0`` this is an ordinary step (the control).
+    before the optimizer updates the clean weights; it never persists. Its level is
+    ``step_noise_level(step, cfg)`` (``cfg.anneal``); at level 0 this is an ordinary step (the control).
 
     Across processes (``accelerate launch``), ``module`` is the DDP-wrapped ``model``: every
     process draws the *same* noise (same seed, drawn on the CPU), runs its equal share of the
@@ -91,10 +176,11 @@ def noisy_step(model, batch: torch.Tensor, optimizer, cfg: TrainConfig, step: in
     """
     accelerator = accelerator or distributed.accelerator()
     optimizer.zero_grad(set_to_none=True)
-    noise = (noisy_weights(model, cfg.noise_level, cfg.noise_type, scale=cfg.scale, targets=cfg.targets,
+    level = step_noise_level(step, cfg)
+    noise = (noisy_weights(model, level, cfg.noise_type, scale=cfg.scale, targets=cfg.targets,
                            include_bias=cfg.include_bias, seed=derive_seed(cfg.seed, "train-noise", step),
                            noise_params=cfg.noise_params)
-             if cfg.noise_level > 0 else contextlib.nullcontext())
+             if level > 0 else contextlib.nullcontext())
     with noise:
         loss = (module or model)(input_ids=batch, labels=batch, use_cache=False).loss
         accelerator.backward(loss)
@@ -162,7 +248,7 @@ def finetune(model, chunks: torch.Tensor, cfg: TrainConfig, progress=None) -> tu
             if cfg.clip_sigma > 0:
                 clip_weights(targets, cfg.clip_sigma)
             history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": batch.numel() * world,
-                            "seconds": round(time.perf_counter() - t0, 3)})
+                            "seconds": round(time.perf_counter() - t0, 3), "noise_level": step_noise_level(step, cfg)})
             if hasattr(iterator, "set_postfix"):
                 iterator.set_postfix(loss=f"{loss:.3f}")
             if not math.isfinite(loss):
