@@ -15,7 +15,17 @@ from noisynn.analog.mvm import AnalogIO, Gains, analog_matmul
 from noisynn.errors import NoisyNNError
 from noisynn.evaluation import cache_names
 
-MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+def _tiny(kind: str):
+    """A tiny random Mistral or Qwen2 (grouped-query attention, as Llama)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cfg, model = {"mistral": (MistralConfig, MistralForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    torch.manual_seed(0)
+    return model(cfg(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256)).eval()
+
+
+MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "mistral": lambda: _tiny("mistral"), "qwen2": lambda: _tiny("qwen2")}
 NOISY = {"kv_bits": 4, "kv_write_noise": 0.05, "kv_tau": 12.0, "kv_tau_spread": 0.5, "attn_window": 20}
 
 
@@ -164,7 +174,7 @@ def test_bad_settings_are_refused_in_one_line():
         AttentionSetting.from_flags({}, preset="nope")
     with pytest.raises(NoisyNNError, match="covers the llama"):
         check_covered(SimpleNamespace(config=SimpleNamespace(model_type="gemma3")))
-    assert {"llama", "gpt2"} <= set(COVERED)
+    assert set(MODELS) == set(COVERED)  # every covered family is tested above
 
 
 def test_gain_cell_preset_is_the_papers_hardware_model():
