@@ -327,6 +327,7 @@ def test_ui_in_chromium(app_url, tmp_path):
             assert "multiplier of the PCM model" in page.inner_text("#sigma-meaning")
             assert page.locator("#time-slider").is_visible() and not page.locator("#flag-df").is_visible()
             page.get_by_text("converters: DAC, output noise, ADC").click()
+            page.get_by_text("analog attention: gain-cell KV cache").click()  # issue 26: its accordion
             for c in flag_controls():
                 assert page.locator(f"#{c.elem_id}").is_visible() == (c.dest in shown_for("pcm")), c.flag
             choose(page, "#noise-type", "student_t")
